@@ -1,0 +1,1 @@
+//! Every `unsafe` block of the crate, each with its `// SAFETY:` justification.

@@ -1,0 +1,408 @@
+//! The contract both sides share: wire types of `GET /v1/secrets`, the secret-name, value and
+//! repository rules, and a small HTTP/1.1 client over a unix socket. Nothing here touches signals,
+//! the store or the environment; no function here logs or formats a secret value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+/// Path of the sandbox API.
+pub const SECRETS_PATH: &str = "/v1/secrets";
+/// Where `sandbox-init` looks for the sandbox socket by default.
+pub const DEFAULT_SANDBOX_SOCKET: &str = "/run/sandbox/secrets.sock";
+/// Largest secret value, in bytes of UTF-8.
+pub const MAX_VALUE_BYTES: usize = 48 * 1024;
+/// Most secrets one user, or one repository, may hold.
+pub const MAX_SECRETS_PER_SCOPE: usize = 100;
+/// Longest secret name accepted.
+pub const MAX_NAME_LEN: usize = 255;
+/// The largest `GET /v1/secrets` answer a client reads: 200 secrets at the value limit, plus
+/// JSON escaping (at most 6 bytes per input byte for control characters) would be larger, so
+/// this is a hard cap rather than an exact bound; anything above is refused as garbage.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Names refused unless explicitly allowed: they change how the child's programs start.
+pub const DANGEROUS_NAMES: &[&str] = &[
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "BASH_ENV",
+    "ENV",
+    "PROMPT_COMMAND",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "USER",
+    "NODE_OPTIONS",
+    "PYTHONSTARTUP",
+    "PYTHONPATH",
+    "PERL5OPT",
+    "RUBYOPT",
+];
+
+/// Why a secret name was refused. The message names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("secret name is empty")]
+    Empty,
+    #[error("secret name is longer than {MAX_NAME_LEN} characters")]
+    TooLong,
+    #[error("secret name {0:?} may only contain letters, digits and underscores")]
+    BadCharacter(String),
+    #[error("secret name {0:?} must not start with a digit")]
+    LeadingDigit(String),
+    #[error("secret name {0:?} must not start with GITHUB_ (reserved)")]
+    ReservedGithub(String),
+    #[error("secret name {0:?} must not start with SANDBOX_ (reserved for sandbox-init)")]
+    ReservedSandbox(String),
+    #[error("secret name {0:?} is dangerous (it changes how programs start); allow it explicitly")]
+    Dangerous(String),
+}
+
+/// Checks a secret name against SPEC's rules and returns its stored (upper-case) form.
+pub fn normalize_name(raw: &str, allow_dangerous: bool) -> Result<String, NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if raw.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(NameError::BadCharacter(raw.to_owned()));
+    }
+    let name = raw.to_ascii_uppercase();
+    if name.as_bytes()[0].is_ascii_digit() {
+        return Err(NameError::LeadingDigit(name));
+    }
+    if name.starts_with("GITHUB_") {
+        return Err(NameError::ReservedGithub(name));
+    }
+    if name.starts_with("SANDBOX_") {
+        return Err(NameError::ReservedSandbox(name));
+    }
+    if !allow_dangerous && DANGEROUS_NAMES.contains(&name.as_str()) {
+        return Err(NameError::Dangerous(name));
+    }
+    Ok(name)
+}
+
+/// Why a secret value was refused. Never holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("secret value is {len} bytes, more than the {MAX_VALUE_BYTES}-byte limit")]
+    TooLarge { len: usize },
+    #[error("secret value contains a NUL byte at offset {offset}")]
+    Nul { offset: usize },
+    #[error("secret value is not valid UTF-8 (at byte {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("secret value is empty")]
+    Empty,
+}
+
+/// Checks raw value bytes (as read from stdin or a file) and returns them as text.
+pub fn check_value(raw: &[u8]) -> Result<&str, ValueError> {
+    if raw.is_empty() {
+        return Err(ValueError::Empty);
+    }
+    if raw.len() > MAX_VALUE_BYTES {
+        return Err(ValueError::TooLarge { len: raw.len() });
+    }
+    if let Some(offset) = raw.iter().position(|&b| b == 0) {
+        return Err(ValueError::Nul { offset });
+    }
+    std::str::from_utf8(raw).map_err(|e| ValueError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })
+}
+
+/// Why a repository or user name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("repository {0:?} must be owner/name (letters, digits, '-', '_', '.'; no '..')")]
+    BadRepository(String),
+    #[error("user {0:?} must be 1-39 letters, digits or '-' (not starting with '-')")]
+    BadUser(String),
+}
+
+fn repo_part_ok(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 100
+        && part != "."
+        && part != ".."
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks an `owner/name` repository and returns its stored (lower-case) form: repository names
+/// are case-insensitive, as on GitHub.
+pub fn normalize_repo(raw: &str) -> Result<String, ScopeError> {
+    let mut parts = raw.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(owner), Some(name), None) if repo_part_ok(owner) && repo_part_ok(name) => {
+            Ok(raw.to_ascii_lowercase())
+        }
+        _ => Err(ScopeError::BadRepository(raw.to_owned())),
+    }
+}
+
+/// Checks a user name (GitHub's login rules) and returns its stored (lower-case) form.
+pub fn normalize_user(raw: &str) -> Result<String, ScopeError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 39
+        && !raw.starts_with('-')
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        Err(ScopeError::BadUser(raw.to_owned()))
+    }
+}
+
+/// One secret on the wire. `Debug` never shows the value; the value is zeroized on drop.
+#[derive(Serialize, Deserialize)]
+pub struct WireSecret {
+    pub name: String,
+    #[serde(serialize_with = "expose_value", deserialize_with = "secret_value")]
+    pub value: SecretString,
+}
+
+impl fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireSecret")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+fn expose_value<S: Serializer>(value: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value.expose_secret())
+}
+
+fn secret_value<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    String::deserialize(d).map(SecretString::from)
+}
+
+/// The body of `200 GET /v1/secrets`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsResponse {
+    pub sandbox: String,
+    pub repository: String,
+    pub secrets: Vec<WireSecret>,
+}
+
+/// The body of every error answer. Never holds a value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Why a request over a unix socket failed. Messages name the socket, never a body.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {socket} failed: {source}")]
+    Http {
+        socket: PathBuf,
+        source: hyper::Error,
+    },
+    #[error("answer from {socket} is larger than {limit} bytes")]
+    TooLarge { socket: PathBuf, limit: usize },
+    #[error("cannot build request for {path}: {source}")]
+    Request {
+        path: String,
+        source: hyper::http::Error,
+    },
+}
+
+/// A complete answer: status and body. The body is zeroized on drop because it may hold secrets.
+pub struct Answer {
+    pub status: hyper::StatusCode,
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+/// Sends one HTTP/1.1 request over the unix socket at `socket` and reads the whole answer,
+/// refusing bodies larger than `limit`. Timeouts are the caller's (wrap in `tokio::time::timeout`).
+/// Must run inside a tokio runtime (current-thread is enough).
+pub async fn unix_request(
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Answer, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            socket: socket.to_owned(),
+            source,
+        })?;
+    let http = |source| ClientError::Http {
+        socket: socket.to_owned(),
+        source,
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+    let conn = tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost");
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|source| ClientError::Request {
+            path: path.to_owned(),
+            source,
+        })?;
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let mut incoming = response.into_body();
+    let mut out = Zeroizing::new(Vec::new());
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(http)?;
+        if let Ok(chunk) = frame.into_data() {
+            if out.len() + chunk.len() > limit {
+                conn.abort();
+                return Err(ClientError::TooLarge {
+                    socket: socket.to_owned(),
+                    limit,
+                });
+            }
+            if out.capacity() < out.len() + chunk.len() {
+                // Grow by hand so no unzeroized copy of earlier bytes is left behind.
+                let mut grown = Zeroizing::new(Vec::with_capacity(
+                    (out.len() + chunk.len()).max(out.capacity() * 2).min(limit),
+                ));
+                grown.extend_from_slice(&out);
+                out = grown;
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+    conn.abort();
+    Ok(Answer { status, body: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_upper_cased_and_checked_rule_by_rule() {
+        assert_eq!(normalize_name("api_Token", false).unwrap(), "API_TOKEN");
+        assert_eq!(normalize_name("_x1", false).unwrap(), "_X1");
+        assert_eq!(normalize_name("", false), Err(NameError::Empty));
+        assert!(matches!(
+            normalize_name("A-B", false),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            normalize_name("A B", false),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            normalize_name("é", false),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            normalize_name("1ABC", false),
+            Err(NameError::LeadingDigit(_))
+        ));
+        assert!(matches!(
+            normalize_name("github_token", false),
+            Err(NameError::ReservedGithub(_))
+        ));
+        assert!(matches!(
+            normalize_name("Sandbox_X", false),
+            Err(NameError::ReservedSandbox(_))
+        ));
+        assert_eq!(
+            normalize_name(&"A".repeat(MAX_NAME_LEN + 1), false),
+            Err(NameError::TooLong)
+        );
+        for name in DANGEROUS_NAMES {
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                matches!(normalize_name(&lower, false), Err(NameError::Dangerous(_))),
+                "{name}"
+            );
+            assert_eq!(normalize_name(&lower, true).unwrap(), *name);
+        }
+        // Prefixes of dangerous names are ordinary names.
+        assert_eq!(normalize_name("PATHS", false).unwrap(), "PATHS");
+    }
+
+    #[test]
+    fn name_errors_name_the_rule() {
+        let e = normalize_name("GITHUB_X", false).unwrap_err().to_string();
+        assert!(e.contains("GITHUB_") && e.contains("reserved"), "{e}");
+        let e = normalize_name("LD_PRELOAD", false).unwrap_err().to_string();
+        assert!(e.contains("dangerous"), "{e}");
+    }
+
+    #[test]
+    fn values_are_checked_without_echoing_them() {
+        assert_eq!(
+            check_value(b"line1\nline2 $'\"\\").unwrap(),
+            "line1\nline2 $'\"\\"
+        );
+        assert_eq!(check_value(b""), Err(ValueError::Empty));
+        assert_eq!(check_value(b"ab\0cd"), Err(ValueError::Nul { offset: 2 }));
+        assert_eq!(
+            check_value(&[b'a', 0xff]),
+            Err(ValueError::NotUtf8 { offset: 1 })
+        );
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        assert_eq!(
+            check_value(&big),
+            Err(ValueError::TooLarge {
+                len: MAX_VALUE_BYTES + 1
+            })
+        );
+        assert!(check_value(&vec![b'x'; MAX_VALUE_BYTES]).is_ok());
+        let msg = check_value(b"hunter2\0").unwrap_err().to_string();
+        assert!(!msg.contains("hunter2"));
+    }
+
+    #[test]
+    fn repositories_and_users() {
+        assert_eq!(
+            normalize_repo("Octo-Org/Hello.World").unwrap(),
+            "octo-org/hello.world"
+        );
+        for bad in [
+            "", "a", "a/", "/b", "a/b/c", "a/..", "../b", "a b/c", "a/b\n",
+        ] {
+            assert!(normalize_repo(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(normalize_user("Mona").unwrap(), "mona");
+        for bad in ["", "-mona", "mo na", "mona/x", &"m".repeat(40)] {
+            assert!(normalize_user(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wire_secret_debug_is_redacted_and_round_trips() {
+        let body = r#"{"sandbox":"s1","repository":"o/r","secrets":[{"name":"A","value":"s3cr3t\n\"x\""}]}"#;
+        let parsed: SecretsResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.secrets[0].value.expose_secret(), "s3cr3t\n\"x\"");
+        assert!(!format!("{parsed:?}").contains("s3cr3t"));
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), body);
+    }
+}
