@@ -1,11 +1,31 @@
 //! The init's secrets step: fetch from the sandbox socket, build the child's environment, write
-//! docker credentials, spill oversized values. Nothing here forks or handles signals.
+//! docker credentials, spill oversized values. Nothing here forks or handles signals, and no
+//! value reaches a log line, an error or the init's own environment.
+//!
+//! - [`fetch`]: the socket client and the checks on arrival.
+//! - [`env`]: the `execve` budget and which values go to files (pure).
+//! - [`spill`]: the 0400 spill files and the atomic writer.
+//! - [`dockercfg`]: registry triplets to `config.json`.
+//! - [`quote`]: shell quoting for `sandbox-init env`.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
+pub mod dockercfg;
+pub mod env;
+pub mod fetch;
+pub mod quote;
+pub mod spill;
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use fetch::{FetchError, Secret};
 
 /// What to do when the socket is missing or the fetch fails (`--secrets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -39,27 +59,429 @@ pub struct Target {
 /// Variables to add to (or replace in) the child's environment. Values are zeroized on drop.
 #[derive(Debug, Default)]
 pub struct Prepared {
+    /// Set in the child, replacing an inherited variable of the same name. Sorted by name.
     pub vars: Vec<(String, SecretString)>,
+    /// Inherited variables to remove from the child: secrets of that name went to a file
+    /// (`NAME_FILE` is in `vars`), so a stale inherited `NAME` must not stay.
+    pub unset: Vec<String>,
 }
 
 /// Why the secrets step stopped the init. Never holds a value.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("secrets step is not implemented yet")]
-    Unimplemented,
+    #[error("secrets socket {} does not exist (--secrets required)", socket.display())]
+    NoSocket { socket: PathBuf },
+    #[error("cannot fetch secrets from {}", socket.display())]
+    Fetch { socket: PathBuf, source: FetchError },
+    #[error("cannot write registry credentials")]
+    DockerConfig(#[source] dockercfg::ConfigError),
+    #[error("cannot prepare the directory {} for oversized secrets", path.display())]
+    SpillDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write secret {name} to {}", path.display())]
+    Spill {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the export lines to stdout")]
+    Output(#[source] std::io::Error),
+}
+
+/// What a policy says about a situation: go on without secrets, or stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Proceed,
+    Stop,
+}
+
+/// No socket at the path: only `required` stops.
+pub fn on_missing_socket(policy: SecretsPolicy) -> Decision {
+    match policy {
+        SecretsPolicy::Required => Decision::Stop,
+        SecretsPolicy::Auto | SecretsPolicy::Optional => Decision::Proceed,
+    }
+}
+
+/// A socket is there but the fetch failed (or a later setup step did): only `optional` goes on.
+pub fn on_failure(policy: SecretsPolicy) -> Decision {
+    match policy {
+        SecretsPolicy::Optional => Decision::Proceed,
+        SecretsPolicy::Auto | SecretsPolicy::Required => Decision::Stop,
+    }
+}
+
+/// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
+/// With no socket this is one `stat`: no runtime is built.
+fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
+    if !fetch::socket_present(&opts.socket) {
+        return match on_missing_socket(opts.policy) {
+            Decision::Stop => Err(Error::NoSocket {
+                socket: opts.socket.clone(),
+            }),
+            Decision::Proceed => {
+                tracing::info!(
+                    socket = %opts.socket.display(),
+                    "no secrets socket; starting without secrets"
+                );
+                Ok(None)
+            }
+        };
+    }
+    match fetch::fetch(&opts.socket, opts.timeout) {
+        Ok(secrets) => {
+            tracing::info!(socket = %opts.socket.display(), count = secrets.len(), "fetched secrets");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+                tracing::debug!(names = ?names, "secret names");
+            }
+            Ok(Some(secrets))
+        }
+        Err(source) => {
+            let err = Error::Fetch {
+                socket: opts.socket.clone(),
+                source,
+            };
+            match on_failure(opts.policy) {
+                Decision::Stop => Err(err),
+                Decision::Proceed => {
+                    tracing::warn!(
+                        "{}; starting without secrets (--secrets optional)",
+                        chain(&err)
+                    );
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line, `a: b: c`, as the binaries print them.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let msg = e.to_string();
+        // Some errors repeat their source in their own message; say it once.
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        next = e.source();
+    }
+    out
+}
+
+fn lookup<'a>(inherited: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {
+    inherited
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_os_str())
+}
+
+fn spill_dir(var: Option<&OsStr>) -> PathBuf {
+    match var {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(spill::DEFAULT_SPILL_DIR),
+    }
+}
+
+/// The placement of every secret: which stay in the environment, which go to files.
+struct Placement {
+    spilled: Vec<bool>,
+    dir: PathBuf,
+}
+
+fn place(secrets: &[Secret], env: &[(OsString, OsString)], dir: PathBuf) -> Placement {
+    let names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    let rest: usize = env
+        .iter()
+        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if names.contains(k)))
+        .map(|(k, v)| env::entry_cost(k.len(), v.len()))
+        .sum();
+    let lens: Vec<(usize, usize)> = secrets
+        .iter()
+        .map(|s| (s.name.len(), s.value.expose_secret().len()))
+        .collect();
+    let spilled = env::plan_spill(rest, &lens, dir.as_os_str().len(), env::Limits::current());
+    Placement { spilled, dir }
 }
 
 /// Fetches the sandbox's secrets, writes docker credentials for `target`, and returns the
 /// variables the child gets on top of `inherited` (the init's own environment).
 pub fn prepare(
-    _opts: &Options,
-    _target: &Target,
-    _inherited: &[(OsString, OsString)],
+    opts: &Options,
+    target: &Target,
+    inherited: &[(OsString, OsString)],
 ) -> Result<Prepared, Error> {
-    Ok(Prepared::default())
+    let Some(mut secrets) = obtain(opts)? else {
+        return Ok(Prepared::default());
+    };
+    secrets.sort_by(|a, b| a.name.cmp(&b.name));
+
+    registry_credentials(opts, target, inherited, &secrets)?;
+
+    for s in &secrets {
+        if lookup(inherited, &s.name).is_some() {
+            tracing::warn!(
+                variable = %s.name,
+                "secret {} replaces the inherited variable of the same name",
+                s.name
+            );
+        }
+    }
+
+    let placement = place(
+        &secrets,
+        inherited,
+        spill_dir(lookup(inherited, spill::SPILL_DIR_ENV)),
+    );
+    let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
+    let mut prepared = Prepared::default();
+    if placement.spilled.iter().any(|&s| s) {
+        spill::ensure_private_dir(&placement.dir, target.uid, target.gid).map_err(|source| {
+            Error::SpillDir {
+                path: placement.dir.clone(),
+                source,
+            }
+        })?;
+    }
+    for (secret, spilled) in secrets.into_iter().zip(placement.spilled) {
+        if !spilled {
+            prepared.vars.push((secret.name, secret.value));
+            continue;
+        }
+        let path = write_spill(&placement.dir, &secret, target.uid, target.gid)?;
+        let file_var = format!("{}_FILE", secret.name);
+        if lookup(inherited, &secret.name).is_some() {
+            prepared.unset.push(secret.name.clone());
+        }
+        if names.contains(&file_var) {
+            tracing::warn!(
+                "secret {} is too large for the environment and went to {}, but {file_var} is \
+                 a secret too and keeps its value; read the file directly",
+                secret.name,
+                path.display()
+            );
+            continue;
+        }
+        if lookup(inherited, &file_var).is_some() {
+            tracing::warn!(
+                variable = %file_var,
+                "{file_var} (the file of the oversized secret {}) replaces the inherited variable",
+                secret.name
+            );
+        }
+        tracing::info!(
+            "secret {} is too large for the environment: {file_var}={}",
+            secret.name,
+            path.display()
+        );
+        let path = path.into_os_string().into_string().unwrap_or_else(|p| {
+            // Only reachable with a non-UTF-8 spill dir; the variable must still be exact.
+            String::from_utf8_lossy(p.as_bytes()).into_owned()
+        });
+        prepared.vars.push((file_var, SecretString::from(path)));
+    }
+    prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(prepared)
 }
 
-/// `sandbox-init env`: prints the secrets as shell-quoted `export` lines on stdout.
-pub fn print_env(_opts: &Options) -> Result<(), Error> {
-    Err(Error::Unimplemented)
+fn write_spill(dir: &Path, secret: &Secret, uid: u32, gid: u32) -> Result<PathBuf, Error> {
+    spill::write_atomic(
+        dir,
+        &secret.name,
+        secret.value.expose_secret().as_bytes(),
+        0o400,
+        uid,
+        gid,
+    )
+    .map_err(|source| Error::Spill {
+        name: secret.name.clone(),
+        path: dir.join(&secret.name),
+        source,
+    })
+}
+
+/// Writes `config.json` when the secrets hold a complete triplet; failures stop the init unless
+/// `--secrets optional`.
+fn registry_credentials(
+    opts: &Options,
+    target: &Target,
+    inherited: &[(OsString, OsString)],
+    secrets: &[Secret],
+) -> Result<(), Error> {
+    let pairs: Vec<(&str, &SecretString)> = secrets
+        .iter()
+        .map(|s| (s.name.as_str(), &s.value))
+        .collect();
+    let (entries, warnings) = dockercfg::entries(&pairs);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (dir, explicit) = dockercfg::config_dir(lookup(inherited, "DOCKER_CONFIG"), &target.home);
+    if !explicit && !target.home.is_dir() {
+        tracing::warn!(
+            "home {} of uid {} does not exist and DOCKER_CONFIG is not set: registry \
+             credentials not written",
+            target.home.display(),
+            target.uid
+        );
+        return Ok(());
+    }
+    match dockercfg::write_config(&dir, explicit, &entries, target.uid, target.gid) {
+        Ok(written) => {
+            for w in &written.warnings {
+                tracing::warn!("{w}");
+            }
+            let servers: Vec<&str> = entries.iter().map(|e| e.server.as_str()).collect();
+            tracing::info!(
+                path = %written.path.display(),
+                servers = ?servers,
+                "registry credentials written"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let err = Error::DockerConfig(e);
+            match on_failure(opts.policy) {
+                Decision::Stop => Err(err),
+                Decision::Proceed => {
+                    tracing::warn!("{}; going on (--secrets optional)", chain(&err));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `sandbox-init env`: prints the secrets as shell-quoted `export` lines on stdout, all or
+/// nothing. No socket: prints nothing (an error with `--secrets required`). A value too large
+/// for the environment is written to the spill directory (owned like the directory already is,
+/// so the init's child keeps reading it) and exported as `NAME_FILE`.
+pub fn print_env(opts: &Options) -> Result<(), Error> {
+    let Some(mut secrets) = obtain(opts)? else {
+        return Ok(());
+    };
+    secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let placement = place(
+        &secrets,
+        &env,
+        spill_dir(std::env::var_os(spill::SPILL_DIR_ENV).as_deref()),
+    );
+    let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
+    let mut files: Vec<(String, String)> = Vec::new();
+    if placement.spilled.iter().any(|&s| s) {
+        let (uid, gid) = match std::fs::metadata(&placement.dir) {
+            Ok(m) => (m.uid(), m.gid()),
+            Err(_) => (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+        };
+        spill::ensure_private_dir(&placement.dir, uid, gid).map_err(|source| Error::SpillDir {
+            path: placement.dir.clone(),
+            source,
+        })?;
+        for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
+            let path = write_spill(&placement.dir, secret, uid, gid)?;
+            let file_var = format!("{}_FILE", secret.name);
+            if names.contains(&file_var) {
+                tracing::warn!(
+                    "secret {} is too large for the environment and went to {}, but {file_var} \
+                     is a secret too and keeps its value",
+                    secret.name,
+                    path.display()
+                );
+                continue;
+            }
+            files.push((file_var, path.to_string_lossy().into_owned()));
+        }
+    }
+    let kept = secrets
+        .iter()
+        .zip(&placement.spilled)
+        .filter(|(_, &s)| !s)
+        .map(|(s, _)| (s.name.as_str(), s.value.expose_secret()));
+    let lines: Vec<(&str, &str)> = kept
+        .chain(files.iter().map(|(n, p)| (n.as_str(), p.as_str())))
+        .collect();
+    // Exact size up front: no reallocation leaves a copy of a value behind.
+    let size: usize = lines
+        .iter()
+        .map(|(n, v)| "export =''\n".len() + n.len() + v.len() + 3 * v.matches('\'').count())
+        .sum();
+    let mut out = Zeroizing::new(String::with_capacity(size));
+    for (name, value) in lines {
+        quote::push_export(&mut out, name, value);
+    }
+    debug_assert_eq!(out.len(), size);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(Error::Output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_decide_exhaustively() {
+        use Decision::*;
+        use SecretsPolicy::*;
+        let table = [
+            (Auto, Proceed, Stop),
+            (Required, Stop, Stop),
+            (Optional, Proceed, Proceed),
+        ];
+        for (policy, missing, failed) in table {
+            assert_eq!(on_missing_socket(policy), missing, "{policy:?}");
+            assert_eq!(on_failure(policy), failed, "{policy:?}");
+        }
+        assert_eq!(SecretsPolicy::default(), Auto);
+    }
+
+    #[test]
+    fn errors_chain_and_name_the_step() {
+        let e = Error::Fetch {
+            socket: "/run/sandbox/secrets.sock".into(),
+            source: FetchError::Timeout(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            chain(&e),
+            "cannot fetch secrets from /run/sandbox/secrets.sock: no complete answer within 1500ms"
+        );
+        let e = Error::NoSocket {
+            socket: "/x.sock".into(),
+        };
+        assert_eq!(
+            chain(&e),
+            "secrets socket /x.sock does not exist (--secrets required)"
+        );
+    }
+
+    #[test]
+    fn lookup_takes_the_last_and_spill_dir_defaults() {
+        let env = vec![
+            (OsString::from("A"), OsString::from("1")),
+            (OsString::from("A"), OsString::from("2")),
+        ];
+        assert_eq!(lookup(&env, "A"), Some(OsStr::new("2")));
+        assert_eq!(lookup(&env, "B"), None);
+        assert_eq!(spill_dir(None), PathBuf::from(spill::DEFAULT_SPILL_DIR));
+        assert_eq!(
+            spill_dir(Some(OsStr::new(""))),
+            PathBuf::from(spill::DEFAULT_SPILL_DIR)
+        );
+        assert_eq!(spill_dir(Some(OsStr::new("/t"))), PathBuf::from("/t"));
+    }
 }

@@ -1,0 +1,712 @@
+//! Docker registry credentials: `<ID>_CONTAINER_REGISTRY_SERVER/_USER/_PASSWORD` triplets become
+//! `auths` entries merged into `config.json`. Owns server normalisation, triplet grouping, the
+//! merge and the atomic write; it never logs a user name, password or `auth` string, and never
+//! drops an existing file silently.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::spill;
+
+/// Suffixes of the three parts of a triplet, in the order they are reported.
+pub const SERVER_SUFFIX: &str = "_CONTAINER_REGISTRY_SERVER";
+pub const USER_SUFFIX: &str = "_CONTAINER_REGISTRY_USER";
+pub const PASSWORD_SUFFIX: &str = "_CONTAINER_REGISTRY_PASSWORD";
+/// Docker Hub's key in `auths`, the one the docker CLI looks up for hub images.
+pub const DOCKER_HUB: &str = "https://index.docker.io/v1/";
+
+/// Normalises a registry server for `auths`: surrounding whitespace, an `http://` or `https://`
+/// scheme (any case) and trailing slashes are stripped, the host (with its port) is lower-cased,
+/// a path is kept. Docker Hub under any of its names (`docker.io`, `index.docker.io`,
+/// `registry-1.docker.io`, bare or with `/v1`) becomes [`DOCKER_HUB`]. `None` for an empty
+/// server or one with whitespace or control characters inside.
+pub fn normalize_registry(server: &str) -> Option<String> {
+    let s = server.trim();
+    let lower = s.to_ascii_lowercase();
+    let s = if lower.starts_with("https://") {
+        &s["https://".len()..]
+    } else if lower.starts_with("http://") {
+        &s["http://".len()..]
+    } else {
+        s
+    };
+    let s = s.trim_end_matches('/');
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let (host, path) = match s.find('/') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let host = host.to_ascii_lowercase();
+    let hub = matches!(
+        host.as_str(),
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    );
+    if hub && (path.is_empty() || path.eq_ignore_ascii_case("/v1")) {
+        return Some(DOCKER_HUB.to_owned());
+    }
+    Some(format!("{host}{path}"))
+}
+
+/// The host part docker and credential helpers key on: scheme and path dropped, lower-cased.
+fn hostname(server: &str) -> String {
+    let lower = server.trim().to_ascii_lowercase();
+    let s = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .unwrap_or(&lower);
+    s.split('/').next().unwrap_or("").to_owned()
+}
+
+/// A complete triplet: indices into the names it was grouped from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Triplet {
+    pub id: String,
+    pub server: usize,
+    pub user: usize,
+    pub password: usize,
+}
+
+/// Groups names into triplets by their `<ID>` (sorted by ID). Incomplete groups come back as
+/// warnings naming each missing variable.
+pub fn group_triplets(names: &[&str]) -> (Vec<Triplet>, Vec<String>) {
+    let mut groups: BTreeMap<&str, [Option<usize>; 3]> = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        for (part, suffix) in [SERVER_SUFFIX, USER_SUFFIX, PASSWORD_SUFFIX]
+            .iter()
+            .enumerate()
+        {
+            if let Some(id) = name.strip_suffix(suffix) {
+                if !id.is_empty() {
+                    groups.entry(id).or_default()[part] = Some(i);
+                }
+            }
+        }
+    }
+    let mut complete = Vec::new();
+    let mut warnings = Vec::new();
+    for (id, parts) in groups {
+        match parts {
+            [Some(server), Some(user), Some(password)] => complete.push(Triplet {
+                id: id.to_owned(),
+                server,
+                user,
+                password,
+            }),
+            _ => {
+                let missing: Vec<String> = [SERVER_SUFFIX, USER_SUFFIX, PASSWORD_SUFFIX]
+                    .iter()
+                    .zip(parts)
+                    .filter(|(_, p)| p.is_none())
+                    .map(|(suffix, _)| format!("{id}{suffix}"))
+                    .collect();
+                warnings.push(format!(
+                    "{} missing: registry credentials for {id} not written",
+                    missing.join(", ")
+                ));
+            }
+        }
+    }
+    (complete, warnings)
+}
+
+/// One `auths` entry to write. The `auth` string is zeroized on drop.
+pub struct Entry {
+    pub id: String,
+    pub server: String,
+    pub auth: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("server", &self.server)
+            .field("auth", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `base64(user:password)`, built in zeroized buffers of exact size.
+pub fn basic_auth(user: &str, password: &str) -> Zeroizing<String> {
+    let mut plain = Zeroizing::new(String::with_capacity(user.len() + 1 + password.len()));
+    plain.push_str(user);
+    plain.push(':');
+    plain.push_str(password);
+    let len = base64::encoded_len(plain.len(), true).unwrap_or(0);
+    let mut out = Zeroizing::new(String::with_capacity(len));
+    base64::engine::general_purpose::STANDARD.encode_string(plain.as_bytes(), &mut out);
+    out
+}
+
+/// Turns the secrets into entries: triplets grouped, servers normalised, checked. Returns the
+/// entries (one per server; a later ID wins) and warnings, none holding a value.
+pub fn entries(secrets: &[(&str, &SecretString)]) -> (Vec<Entry>, Vec<String>) {
+    let names: Vec<&str> = secrets.iter().map(|(n, _)| *n).collect();
+    let (triplets, mut warnings) = group_triplets(&names);
+    let mut out: Vec<Entry> = Vec::new();
+    for t in triplets {
+        let server_name = secrets[t.server].0;
+        let Some(server) = normalize_registry(secrets[t.server].1.expose_secret()) else {
+            warnings.push(format!(
+                "{server_name} is not a registry server (empty, or holds whitespace): \
+                 registry credentials for {} not written",
+                t.id
+            ));
+            continue;
+        };
+        let user = secrets[t.user].1.expose_secret();
+        if user.is_empty() || user.contains(':') {
+            warnings.push(format!(
+                "{} is empty or holds ':': registry credentials for {} not written",
+                secrets[t.user].0, t.id
+            ));
+            continue;
+        }
+        let auth = basic_auth(user, secrets[t.password].1.expose_secret());
+        if let Some(prev) = out.iter_mut().find(|e| e.server == server) {
+            warnings.push(format!(
+                "{} and {} both give credentials for {server}: {} wins",
+                prev.id, t.id, t.id
+            ));
+            prev.id = t.id;
+            prev.auth = auth;
+        } else {
+            out.push(Entry {
+                id: t.id,
+                server,
+                auth,
+            });
+        }
+    }
+    (out, warnings)
+}
+
+/// A parsed `config.json` whose strings (other registries' `auth` among them) are zeroized when
+/// it is dropped.
+pub struct Config(pub Map<String, Value>);
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        fn scrub(v: &mut Value) {
+            match v {
+                Value::String(s) => s.zeroize(),
+                Value::Array(a) => a.iter_mut().for_each(scrub),
+                Value::Object(m) => m.values_mut().for_each(scrub),
+                _ => {}
+            }
+        }
+        self.0.values_mut().for_each(scrub);
+    }
+}
+
+/// Merges `entries` into `config.auths` (other keys and entries kept; an entry for the same
+/// server is replaced, also under a different spelling of it) and returns warnings for a
+/// `credsStore` or `credHelpers` entry that docker would consult instead.
+pub fn merge(config: &mut Map<String, Value>, entries: &[Entry], path: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(store) = config.get("credsStore").and_then(Value::as_str) {
+        if !store.is_empty() {
+            warnings.push(format!(
+                "{} sets credsStore {store:?}: docker asks that helper first, so it may shadow \
+                 the registry credentials written to auths",
+                path.display()
+            ));
+        }
+    }
+    if let Some(helpers) = config.get("credHelpers").and_then(Value::as_object) {
+        for e in entries {
+            let host = hostname(&e.server);
+            if let Some((key, helper)) = helpers.iter().find(|(k, _)| hostname(k) == host) {
+                warnings.push(format!(
+                    "{} sets credHelpers[{key:?}] = {helper}: it shadows the credentials of {} \
+                     for {}",
+                    path.display(),
+                    e.id,
+                    e.server
+                ));
+            }
+        }
+    }
+    let auths = config
+        .entry("auths")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !auths.is_object() {
+        *auths = Value::Object(Map::new());
+    }
+    let Value::Object(auths) = auths else {
+        unreachable!("auths was just made an object")
+    };
+    for e in entries {
+        // Another spelling of the same server (`https://Reg.example/`) would make docker pick
+        // either; the new entry replaces it.
+        let same: Vec<String> = auths
+            .keys()
+            .filter(|k| {
+                k.as_str() != e.server && normalize_registry(k).as_deref() == Some(&e.server)
+            })
+            .cloned()
+            .collect();
+        for k in same {
+            if let Some(mut old) = auths.remove(&k) {
+                scrub_value(&mut old);
+            }
+        }
+        let mut entry = Map::new();
+        entry.insert("auth".into(), Value::String(e.auth.as_str().to_owned()));
+        if let Some(mut old) = auths.insert(e.server.clone(), Value::Object(entry)) {
+            scrub_value(&mut old);
+        }
+    }
+    warnings
+}
+
+fn scrub_value(v: &mut Value) {
+    let mut c = Config(Map::new());
+    c.0.insert(String::new(), std::mem::take(v));
+}
+
+/// Where `config.json` goes: `$DOCKER_CONFIG` (from the child's inherited environment) when set
+/// and non-empty, else `<home>/.docker`.
+pub fn config_dir(docker_config: Option<&std::ffi::OsStr>, home: &Path) -> (PathBuf, bool) {
+    match docker_config {
+        Some(d) if !d.is_empty() => (PathBuf::from(d), true),
+        _ => (home.join(".docker"), false),
+    }
+}
+
+/// What [`write_config`] did.
+#[derive(Debug)]
+pub struct Written {
+    pub path: PathBuf,
+    pub warnings: Vec<String>,
+}
+
+/// Why `config.json` could not be written. Names the path and the step, never content.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot prepare docker config directory {}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot read {}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot keep corrupt {} aside", path.display())]
+    KeepAside { path: PathBuf, source: io::Error },
+    #[error("cannot write {}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot serialise {}", path.display())]
+    Serialise {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Merges `entries` into `dir/config.json` for `uid:gid`: the directory is made 0700 and owned
+/// by them (an explicit `$DOCKER_CONFIG` that already exists and belongs to someone else keeps
+/// its owner and mode), the file is replaced atomically, 0600, owned by them. A corrupt file
+/// (not JSON, not an object, `auths` not an object, a symlink) is renamed to
+/// `config.json.corrupt-<unix-ts>` with a warning.
+pub fn write_config(
+    dir: &Path,
+    explicit: bool,
+    entries: &[Entry],
+    uid: u32,
+    gid: u32,
+) -> Result<Written, ConfigError> {
+    let mut warnings = Vec::new();
+    let dir_err = |source| ConfigError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if explicit && meta.is_dir() && meta.uid() != uid => {
+            if meta.mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "DOCKER_CONFIG {} belongs to uid {} with mode {:o}; config.json in it is 0600 \
+                     for uid {uid}",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ));
+            }
+        }
+        _ => spill::ensure_private_dir(dir, uid, gid).map_err(dir_err)?,
+    }
+    let path = dir.join("config.json");
+    let mut config = match read_existing(&path) {
+        Ok(Some(c)) => c,
+        Ok(None) => Config(Map::new()),
+        Err(Corrupt::Io(source)) => {
+            return Err(ConfigError::Read {
+                path: path.clone(),
+                source,
+            })
+        }
+        Err(Corrupt::Bad(why)) => {
+            let aside = keep_aside(&path).map_err(|source| ConfigError::KeepAside {
+                path: path.clone(),
+                source,
+            })?;
+            warnings.push(format!(
+                "{} is corrupt ({why}); kept it as {} and started a new one",
+                path.display(),
+                aside.display()
+            ));
+            Config(Map::new())
+        }
+    };
+    warnings.extend(merge(&mut config.0, entries, &path));
+    let bytes = serialise(&config.0).map_err(|source| ConfigError::Serialise {
+        path: path.clone(),
+        source,
+    })?;
+    spill::write_atomic(dir, "config.json", &bytes, 0o600, uid, gid).map_err(|source| {
+        ConfigError::Write {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    Ok(Written { path, warnings })
+}
+
+enum Corrupt {
+    Io(io::Error),
+    Bad(String),
+}
+
+fn read_existing(path: &Path) -> Result<Option<Config>, Corrupt> {
+    let mut file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Corrupt::Bad("a symlink".into()))
+        }
+        Err(e) => return Err(Corrupt::Io(e)),
+    };
+    let len = file.metadata().map_err(Corrupt::Io)?.len() as usize;
+    let mut raw = Zeroizing::new(Vec::with_capacity(len + 1));
+    // Never grow past the preallocation: a file that grows while read is read in part only.
+    (&mut file)
+        .take(len as u64)
+        .read_to_end(&mut raw)
+        .map_err(Corrupt::Io)?;
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value =
+        serde_json::from_slice(&raw).map_err(|e| Corrupt::Bad(format!("not JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        let mut value = value;
+        scrub_value(&mut value);
+        return Err(Corrupt::Bad("not a JSON object".into()));
+    };
+    let config = Config(map);
+    if config.0.get("auths").is_some_and(|a| !a.is_object()) {
+        return Err(Corrupt::Bad("auths is not an object".into()));
+    }
+    Ok(Some(config))
+}
+
+fn keep_aside(path: &Path) -> io::Result<PathBuf> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let base = format!("{}.corrupt-{ts}", path.display());
+    for n in 0..100 {
+        let aside = if n == 0 {
+            PathBuf::from(&base)
+        } else {
+            PathBuf::from(format!("{base}-{n}"))
+        };
+        if fs::symlink_metadata(&aside).is_err() {
+            fs::rename(path, &aside)?;
+            // Keep it as private as the file it replaces is going to be.
+            if fs::symlink_metadata(&aside).is_ok_and(|m| m.is_file()) {
+                let _ = fs::set_permissions(&aside, fs::Permissions::from_mode(0o600));
+            }
+            return Ok(aside);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "too many corrupt copies kept aside",
+    ))
+}
+
+/// Serialises into one zeroized buffer of exactly the right size, so no reallocation leaves a
+/// copy of an `auth` string behind.
+fn serialise(config: &Map<String, Value>) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer_pretty(&mut count, config)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(count.0 + 1));
+    serde_json::to_writer_pretty(&mut *out, config)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_servers_normalise() {
+        let cases = [
+            ("ghcr.io", "ghcr.io"),
+            ("GHCR.IO", "ghcr.io"),
+            ("https://ghcr.io", "ghcr.io"),
+            ("https://ghcr.io/", "ghcr.io"),
+            ("HTTPS://GHCR.io//", "ghcr.io"),
+            ("http://ghcr.io", "ghcr.io"),
+            ("  ghcr.io \n", "ghcr.io"),
+            ("127.0.0.1:5000", "127.0.0.1:5000"),
+            ("http://127.0.0.1:5000/", "127.0.0.1:5000"),
+            ("Registry.Example.COM:8443", "registry.example.com:8443"),
+            (
+                "registry.example.com/Team/Path/",
+                "registry.example.com/Team/Path",
+            ),
+            (
+                "https://Registry.example.com/v2/",
+                "registry.example.com/v2",
+            ),
+            ("[::1]:5000", "[::1]:5000"),
+            ("docker.io", DOCKER_HUB),
+            ("DOCKER.IO", DOCKER_HUB),
+            ("https://docker.io/", DOCKER_HUB),
+            ("index.docker.io", DOCKER_HUB),
+            ("https://index.docker.io/v1/", DOCKER_HUB),
+            ("https://index.docker.io/v1", DOCKER_HUB),
+            ("http://Index.Docker.IO/V1/", DOCKER_HUB),
+            ("registry-1.docker.io", DOCKER_HUB),
+            ("https://registry-1.docker.io/", DOCKER_HUB),
+            ("registry-1.docker.io/v1/", DOCKER_HUB),
+            ("docker.io/v1", DOCKER_HUB),
+            // Not Hub: other paths, ports, look-alike hosts stay as they are.
+            ("docker.io/library", "docker.io/library"),
+            ("docker.io:443", "docker.io:443"),
+            ("mydocker.io", "mydocker.io"),
+            ("docker.io.evil.example", "docker.io.evil.example"),
+            ("index.docker.io/v2/", "index.docker.io/v2"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_registry(raw).as_deref(), Some(want), "{raw:?}");
+        }
+        for bad in [
+            "",
+            "   ",
+            "/",
+            "https://",
+            "http:///",
+            "https:///path",
+            "a b",
+            "a\tb",
+            "a\u{0}b",
+            "reg\u{7f}",
+        ] {
+            assert_eq!(normalize_registry(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn normalising_is_idempotent() {
+        for raw in ["HTTPS://Reg.Example:5000/p/", "docker.io", "ghcr.io/x"] {
+            let once = normalize_registry(raw).unwrap();
+            assert_eq!(normalize_registry(&once).as_deref(), Some(once.as_str()));
+        }
+    }
+
+    #[test]
+    fn triplets_group_by_id_and_incomplete_ones_name_what_is_missing() {
+        let names = [
+            "ACME_CONTAINER_REGISTRY_SERVER",
+            "OTHER",
+            "ACME_CONTAINER_REGISTRY_PASSWORD",
+            "ACME_CONTAINER_REGISTRY_USER",
+            "HALF_CONTAINER_REGISTRY_SERVER",
+            "HALF_CONTAINER_REGISTRY_USER",
+            "LONE_CONTAINER_REGISTRY_PASSWORD",
+            "A_B_CONTAINER_REGISTRY_SERVER",
+            "A_B_CONTAINER_REGISTRY_USER",
+            "A_B_CONTAINER_REGISTRY_PASSWORD",
+            "CONTAINER_REGISTRY_SERVER",
+            "X_CONTAINER_REGISTRY_SERVERS",
+        ];
+        let (complete, warnings) = group_triplets(&names);
+        assert_eq!(
+            complete,
+            vec![
+                Triplet {
+                    id: "ACME".into(),
+                    server: 0,
+                    user: 3,
+                    password: 2
+                },
+                Triplet {
+                    id: "A_B".into(),
+                    server: 7,
+                    user: 8,
+                    password: 9
+                },
+            ]
+        );
+        assert_eq!(
+            warnings,
+            vec![
+                "HALF_CONTAINER_REGISTRY_PASSWORD missing: registry credentials for HALF not \
+                 written",
+                "LONE_CONTAINER_REGISTRY_SERVER, LONE_CONTAINER_REGISTRY_USER missing: registry \
+                 credentials for LONE not written",
+            ]
+        );
+        assert_eq!(group_triplets(&[]), (vec![], vec![]));
+    }
+
+    fn s(v: &str) -> SecretString {
+        SecretString::from(v.to_owned())
+    }
+
+    #[test]
+    fn entries_encode_basic_auth_and_check_values() {
+        let (srv, usr, pw) = (s("HTTPS://Reg.Example/"), s("mona"), s("pa:ss wörd"));
+        let (bad_srv, bad_usr) = (s(" "), s("a:b"));
+        let secrets = vec![
+            ("A_CONTAINER_REGISTRY_SERVER", &srv),
+            ("A_CONTAINER_REGISTRY_USER", &usr),
+            ("A_CONTAINER_REGISTRY_PASSWORD", &pw),
+            ("B_CONTAINER_REGISTRY_SERVER", &bad_srv),
+            ("B_CONTAINER_REGISTRY_USER", &usr),
+            ("B_CONTAINER_REGISTRY_PASSWORD", &pw),
+            ("C_CONTAINER_REGISTRY_SERVER", &srv),
+            ("C_CONTAINER_REGISTRY_USER", &bad_usr),
+            ("C_CONTAINER_REGISTRY_PASSWORD", &pw),
+        ];
+        let (entries, warnings) = entries(&secrets);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].server, "reg.example");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(entries[0].auth.as_bytes())
+                .unwrap(),
+            "mona:pa:ss wörd".as_bytes()
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("B_CONTAINER_REGISTRY_SERVER is not"));
+        assert!(warnings[1].starts_with("C_CONTAINER_REGISTRY_USER is empty or holds ':'"));
+        let all = warnings.join("\n") + &format!("{entries:?}");
+        assert!(!all.contains("pa:ss") && !all.contains("mona"), "{all}");
+    }
+
+    #[test]
+    fn two_ids_for_one_server_the_later_wins_with_a_warning() {
+        let (srv, srv2, u1, u2, pw) = (
+            s("ghcr.io"),
+            s("https://GHCR.io/"),
+            s("one"),
+            s("two"),
+            s("p"),
+        );
+        let secrets = vec![
+            ("A_CONTAINER_REGISTRY_SERVER", &srv),
+            ("A_CONTAINER_REGISTRY_USER", &u1),
+            ("A_CONTAINER_REGISTRY_PASSWORD", &pw),
+            ("B_CONTAINER_REGISTRY_SERVER", &srv2),
+            ("B_CONTAINER_REGISTRY_USER", &u2),
+            ("B_CONTAINER_REGISTRY_PASSWORD", &pw),
+        ];
+        let (entries, warnings) = entries(&secrets);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].auth.as_str(), basic_auth("two", "p").as_str());
+        assert_eq!(
+            warnings,
+            vec!["A and B both give credentials for ghcr.io: B wins"]
+        );
+    }
+
+    fn entry(server: &str, auth: &str) -> Entry {
+        Entry {
+            id: "ID".into(),
+            server: server.into(),
+            auth: Zeroizing::new(auth.into()),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_others_replaces_spellings_and_warns_on_shadowing() {
+        let mut config: Map<String, Value> = serde_json::from_str(
+            r#"{"auths":{"other.example":{"auth":"b3RoZXI="},"https://Reg.Example/":{"auth":"old"},
+                "reg.example":{"auth":"old2"}},
+               "credsStore":"desktop","credHelpers":{"https://reg.example":"ecr-login","gcr.io":"gcloud"},
+               "proxies":{"default":{}}}"#,
+        )
+        .unwrap();
+        let warnings = merge(
+            &mut config,
+            &[entry("reg.example", "bmV3")],
+            Path::new("/h/.docker/config.json"),
+        );
+        let auths = config["auths"].as_object().unwrap();
+        assert_eq!(auths.len(), 2, "{auths:?}");
+        assert_eq!(auths["other.example"]["auth"], "b3RoZXI=");
+        assert_eq!(auths["reg.example"]["auth"], "bmV3");
+        assert!(config.contains_key("proxies"));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("credsStore \"desktop\""),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].contains("credHelpers[\"https://reg.example\"]"),
+            "{}",
+            warnings[1]
+        );
+
+        // No auths yet, an empty credsStore: no warning.
+        let mut config: Map<String, Value> = serde_json::from_str(r#"{"credsStore":""}"#).unwrap();
+        assert!(merge(&mut config, &[entry(DOCKER_HUB, "eA==")], Path::new("c")).is_empty());
+        assert_eq!(config["auths"][DOCKER_HUB]["auth"], "eA==");
+    }
+
+    #[test]
+    fn config_dir_prefers_a_non_empty_docker_config() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            config_dir(Some("/cfg".as_ref()), home),
+            (PathBuf::from("/cfg"), true)
+        );
+        assert_eq!(
+            config_dir(Some("".as_ref()), home),
+            (PathBuf::from("/home/u/.docker"), false)
+        );
+        assert_eq!(
+            config_dir(None, home),
+            (PathBuf::from("/home/u/.docker"), false)
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Fetching the sandbox's secrets from the broker socket and checking the answer. Owns the
+//! current-thread runtime (built only when a socket exists) and the garbage checks on arrival;
+//! it never logs, formats or stores a value outside a `SecretString`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::protocol::{self, ErrorBody, SecretsResponse};
+
+/// One secret as it arrived, name re-validated. The value is zeroized on drop.
+pub struct Secret {
+    pub name: String,
+    pub value: SecretString,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Why a fetch from a present socket failed. Never holds a value.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot build the client runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Client(#[from] protocol::ClientError),
+    #[error("no complete answer within {}", fmt_duration(*.0))]
+    Timeout(Duration),
+    #[error("broker answered {status}: {message}")]
+    Status {
+        status: hyper::StatusCode,
+        message: String,
+    },
+    #[error("broker answered garbage: {0}")]
+    Garbage(String),
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Whether something exists at the socket path. Only "nothing there" (ENOENT, ENOTDIR) counts as
+/// absent: anything else (a dead socket, a permission problem) is a present-but-failing socket.
+/// One `stat`, no runtime: the fast path of an init started without a broker.
+pub fn socket_present(socket: &Path) -> bool {
+    match std::fs::symlink_metadata(socket) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)),
+    }
+}
+
+/// `GET /v1/secrets` on `socket`, the whole exchange (connect included) bounded by `timeout`
+/// and the answer by [`protocol::MAX_RESPONSE_BYTES`], then checked by [`parse_answer`].
+pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(FetchError::Runtime)?;
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(
+            timeout,
+            protocol::unix_request(
+                socket,
+                hyper::Method::GET,
+                protocol::SECRETS_PATH,
+                None,
+                protocol::MAX_RESPONSE_BYTES,
+            ),
+        )
+        .await
+    });
+    // Dropping the runtime here cancels the connection task, whatever happened.
+    drop(runtime);
+    let answer = answer.map_err(|_| FetchError::Timeout(timeout))??;
+    parse_answer(answer.status, &answer.body)
+}
+
+/// Longest broker error message shown; a hostile peer cannot flood the terminal.
+const MAX_ERROR_MESSAGE: usize = 300;
+
+/// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
+/// `{"error"}` message (escaped, shortened); a 200 body must be a [`SecretsResponse`] whose every
+/// name passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose
+/// values hold no NUL (an environment cannot carry one).
+pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
+    if status != hyper::StatusCode::OK {
+        // An error body never holds a value by contract; it is still escaped and bounded.
+        let message = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(e) => shorten(&e.error),
+            Err(_) => format!("(no JSON error body, {} bytes)", body.len()),
+        };
+        return Err(FetchError::Status { status, message });
+    }
+    let response: SecretsResponse = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's message holds a line and column, never input text.
+        FetchError::Garbage(format!("not a secrets answer: {e}"))
+    })?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(response.secrets.len());
+    for wire in response.secrets {
+        let name = protocol::normalize_name(&wire.name, false)
+            .map_err(|e| FetchError::Garbage(e.to_string()))?;
+        if !seen.insert(name.clone()) {
+            return Err(FetchError::Garbage(format!(
+                "secret name {name:?} appears more than once"
+            )));
+        }
+        if let Some(offset) = wire.value.expose_secret().bytes().position(|b| b == 0) {
+            return Err(FetchError::Garbage(format!(
+                "value of {name} contains a NUL byte at offset {offset}"
+            )));
+        }
+        out.push(Secret {
+            name,
+            value: wire.value,
+        });
+    }
+    Ok(out)
+}
+
+fn shorten(message: &str) -> String {
+    let escaped: String = message.escape_debug().collect();
+    if escaped.chars().count() <= MAX_ERROR_MESSAGE {
+        escaped
+    } else {
+        let cut: String = escaped.chars().take(MAX_ERROR_MESSAGE).collect();
+        format!("{cut}...")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::StatusCode;
+
+    fn ok(body: &str) -> Result<Vec<Secret>, FetchError> {
+        parse_answer(StatusCode::OK, body.as_bytes())
+    }
+
+    #[test]
+    fn a_good_answer_is_taken_and_names_upper_cased() {
+        let got = ok(r#"{"sandbox":"s","repository":"o/r","secrets":[
+            {"name":"api_token","value":"v1\n'$\"\\é"},{"name":"B","value":""}]}"#)
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].name, "API_TOKEN");
+        assert_eq!(got[0].value.expose_secret(), "v1\n'$\"\\é");
+        assert_eq!(got[1].name, "B");
+        assert!(!format!("{got:?}").contains("v1"));
+        assert!(ok(r#"{"sandbox":"s","repository":"o/r","secrets":[]}"#)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn garbage_is_refused_naming_the_reason_never_a_value() {
+        let cases = [
+            ("", "not a secrets answer"),
+            ("hello", "not a secrets answer"),
+            ("[]", "not a secrets answer"),
+            (r#"{"secrets":[]}"#, "not a secrets answer"),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A"}]}"#,
+                "not a secrets answer",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[],"x":1}"#,
+                "not a secrets answer",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"LD_PRELOAD","value":"topsecret"}]}"#,
+                "dangerous",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A-B","value":"topsecret"}]}"#,
+                "letters, digits",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"GITHUB_X","value":"topsecret"}]}"#,
+                "reserved",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"","value":"topsecret"}]}"#,
+                "empty",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":"topsecret"},{"name":"a","value":"topsecret"}]}"#,
+                "more than once",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":"top\u0000secret"}]}"#,
+                "NUL byte at offset 3",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = ok(body).unwrap_err();
+            assert!(matches!(e, FetchError::Garbage(_)), "{body}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(want), "{body}: {msg}");
+            assert!(
+                !msg.contains("topsecret") && !msg.contains("secret\""),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_statuses_show_the_broker_message_escaped_and_bounded() {
+        let e = parse_answer(StatusCode::FORBIDDEN, br#"{"error":"sandbox deleted\n"}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "broker answered 403 Forbidden: sandbox deleted\\n");
+        let e = parse_answer(StatusCode::INTERNAL_SERVER_ERROR, b"<html>")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("500") && e.contains("no JSON error body, 6 bytes"),
+            "{e}"
+        );
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(5000));
+        let e = parse_answer(StatusCode::BAD_GATEWAY, long.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400 && e.ends_with("..."), "{e}");
+    }
+
+    #[test]
+    fn only_nothing_there_counts_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!socket_present(&dir.path().join("nope.sock")));
+        assert!(!socket_present(&dir.path().join("nope/deeper.sock")));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(socket_present(&file));
+        assert!(!socket_present(&file.join("under-a-file.sock")));
+    }
+}
