@@ -362,20 +362,26 @@ fn registry_credentials(
 }
 
 /// `sandbox-init env`: prints the secrets as shell-quoted `export` lines on stdout, all or
-/// nothing. No socket: prints nothing (an error with `--secrets required`). A value too large
-/// for the environment is written to the spill directory (owned like the directory already is,
-/// so the init's child keeps reading it) and exported as `NAME_FILE`.
+/// nothing. No socket: prints nothing (an error with `--secrets required`). See [`write_env`].
 pub fn print_env(opts: &Options) -> Result<(), Error> {
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    write_env(opts, &env, &mut std::io::stdout().lock())
+}
+
+/// The body of [`print_env`], against the caller's environment `env` (whose size counts against
+/// the `execve` budget and whose `SANDBOX_INIT_SECRETS_DIR` is honoured) and writing to `out`.
+/// A value too large for the environment is written to the spill directory (owned like the
+/// directory already is, so the init's child keeps reading it) and exported as `NAME_FILE`.
+pub fn write_env(
+    opts: &Options,
+    env: &[(OsString, OsString)],
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let Some(mut secrets) = obtain(opts)? else {
         return Ok(());
     };
     secrets.sort_by(|a, b| a.name.cmp(&b.name));
-    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let placement = place(
-        &secrets,
-        &env,
-        spill_dir(std::env::var_os(spill::SPILL_DIR_ENV).as_deref()),
-    );
+    let placement = place(&secrets, env, spill_dir(lookup(env, spill::SPILL_DIR_ENV)));
     let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
     if placement.spilled.iter().any(|&s| s) {
@@ -418,15 +424,13 @@ pub fn print_env(opts: &Options) -> Result<(), Error> {
         .iter()
         .map(|(n, v)| "export =''\n".len() + n.len() + v.len() + 3 * v.matches('\'').count())
         .sum();
-    let mut out = Zeroizing::new(String::with_capacity(size));
+    let mut text = Zeroizing::new(String::with_capacity(size));
     for (name, value) in lines {
-        quote::push_export(&mut out, name, value);
+        quote::push_export(&mut text, name, value);
     }
-    debug_assert_eq!(out.len(), size);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
+    debug_assert_eq!(text.len(), size);
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
         .map_err(Error::Output)
 }
 
