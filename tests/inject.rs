@@ -826,6 +826,16 @@ fn registry_triplet_lets_skopeo_and_docker_reach_the_private_image() {
             works,
             "skopeo with password ok={works}"
         );
+        let docker_ok = Command::new("docker")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !works && docker_ok {
+            let out = run(Command::new("docker")
+                .env("DOCKER_CONFIG", &cfg)
+                .args(["pull", &image]));
+            assert!(!out.status.success(), "docker pull with a wrong password");
+        }
         // Unauthenticated must fail, or the test proves nothing.
         if works {
             let anon = dir.path().join("anon.json");
@@ -838,11 +848,7 @@ fn registry_triplet_lets_skopeo_and_docker_reach_the_private_image() {
                 !out.status.success(),
                 "the registry lets anonymous users in"
             );
-            if Command::new("docker")
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
+            if docker_ok {
                 let _ = Command::new("docker")
                     .args(["image", "rm", &image])
                     .output();
