@@ -383,6 +383,10 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     let server = serve(&[("BIG", &big), ("SMALL", "small-distinct")]);
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("run/sandbox-init/secrets");
+    // Left from an earlier start: a revoked secret's file, and the directory too open.
+    std::fs::create_dir_all(&spill).unwrap();
+    std::fs::set_permissions(&spill, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(spill.join("REVOKED"), b"revoked-distinct").unwrap();
     let t = target(dir.path());
     let inherited = env(&[
         ("BIG", "stale-inherited"),
@@ -407,8 +411,9 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     let dmeta = std::fs::metadata(&spill).unwrap();
     assert_eq!(dmeta.mode() & 0o7777, 0o700);
     assert_eq!((dmeta.uid(), dmeta.gid()), (t.uid, t.gid));
-    // Only the file: no temporary left behind.
+    // Only the file: no temporary left behind, the revoked one gone.
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 1);
+    assert!(logs.contains("no longer spilled: REVOKED"), "{logs}");
     assert!(logs.contains("BIG_FILE="), "{logs}");
     assert_no_value(
         &logs,

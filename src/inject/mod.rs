@@ -249,7 +249,13 @@ pub fn prepare(
             }
         })?;
     }
-    for (secret, spilled) in secrets.into_iter().zip(placement.spilled) {
+    let spilled_names: Vec<String> = secrets
+        .iter()
+        .zip(&placement.spilled)
+        .filter(|(_, &s)| s)
+        .map(|(s, _)| s.name.clone())
+        .collect();
+    for (secret, spilled) in secrets.into_iter().zip(placement.spilled.iter().copied()) {
         if !spilled {
             prepared.vars.push((secret.name, secret.value));
             continue;
@@ -285,6 +291,19 @@ pub fn prepare(
             String::from_utf8_lossy(p.as_bytes()).into_owned()
         });
         prepared.vars.push((file_var, SecretString::from(path)));
+    }
+    let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
+    match spill::remove_stale(&placement.dir, &keep) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            dir = %placement.dir.display(),
+            "removed files of secrets no longer spilled: {}",
+            removed.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "cannot clean the oversized-secrets directory {}: {e}",
+            placement.dir.display()
+        ),
     }
     prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)

@@ -40,6 +40,35 @@ pub fn ensure_private_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
     chown(dir, uid, gid, &meta)
 }
 
+/// Removes files in the spill directory left by an earlier start for secrets that are not
+/// spilled now (revoked, or now small enough for the environment): a revoked value must not
+/// outlive its grant in a file. Only names that are secret names are touched. A missing
+/// directory is fine.
+pub fn remove_stale(dir: &Path, keep: &[&str]) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if keep.contains(&name.as_str())
+            || crate::protocol::normalize_name(&name, true).as_deref() != Ok(name.as_str())
+            || !entry.file_type()?.is_file()
+        {
+            continue;
+        }
+        fs::remove_file(entry.path())?;
+        removed.push(name);
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 fn chown(path: &Path, uid: u32, gid: u32, meta: &fs::Metadata) -> io::Result<()> {
     if meta.uid() == uid && meta.gid() == gid {
         return Ok(());
@@ -139,6 +168,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("A")]);
+    }
+
+    #[test]
+    fn stale_spill_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["OLD", "KEEP", "not-a-name.txt", "lower"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        fs::create_dir(dir.path().join("SUBDIR")).unwrap();
+        let removed = remove_stale(dir.path(), &["KEEP"]).unwrap();
+        assert_eq!(removed, vec!["OLD".to_string()]);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["KEEP", "SUBDIR", "lower", "not-a-name.txt"]);
+        assert!(remove_stale(&dir.path().join("absent"), &[])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
