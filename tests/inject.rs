@@ -867,3 +867,38 @@ fn registry_triplet_lets_skopeo_and_docker_reach_the_private_image() {
         }
     }
 }
+
+#[test]
+fn a_spill_directory_that_cannot_be_made_stops_the_init_unless_optional() {
+    let big = "q".repeat(130 * 1024) + "-unspillable-distinct";
+    let server = serve(&[("BIG", &big), ("SMALL", "s")]);
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let spill = blocker.join("secrets");
+    let inherited = env(&[("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap())]);
+    let t = target(dir.path());
+    let e =
+        inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &inherited).unwrap_err();
+    let msg = err_text(&e);
+    assert!(
+        msg.contains("cannot prepare the directory") && msg.contains("a-file/secrets"),
+        "{msg}"
+    );
+    let (got, logs) = logged(|| {
+        inject::prepare(
+            &opts(&server.socket, SecretsPolicy::Optional),
+            &t,
+            &inherited,
+        )
+    });
+    assert_eq!(
+        vars(&got.unwrap()),
+        vec![("SMALL".to_string(), "s".to_string())]
+    );
+    assert!(
+        logs.contains("starting without BIG (--secrets optional)"),
+        "{logs}"
+    );
+    assert_no_value(&(msg + &logs), &["-unspillable-distinct"]);
+}

@@ -241,13 +241,9 @@ pub fn prepare(
     );
     let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut prepared = Prepared::default();
+    let mut dir_ready = Ok(());
     if placement.spilled.iter().any(|&s| s) {
-        spill::ensure_private_dir(&placement.dir, target.uid, target.gid).map_err(|source| {
-            Error::SpillDir {
-                path: placement.dir.clone(),
-                source,
-            }
-        })?;
+        dir_ready = spill::ensure_private_dir(&placement.dir, target.uid, target.gid);
     }
     let spilled_names: Vec<String> = secrets
         .iter()
@@ -260,7 +256,25 @@ pub fn prepare(
             prepared.vars.push((secret.name, secret.value));
             continue;
         }
-        let path = write_spill(&placement.dir, &secret, target.uid, target.gid)?;
+        let written = match &dir_ready {
+            Ok(()) => write_spill(&placement.dir, &secret, target.uid, target.gid),
+            Err(e) => Err(Error::SpillDir {
+                path: placement.dir.clone(),
+                source: std::io::Error::new(e.kind(), e.to_string()),
+            }),
+        };
+        let path = match (written, on_failure(opts.policy)) {
+            (Ok(path), _) => path,
+            (Err(e), Decision::Stop) => return Err(e),
+            (Err(e), Decision::Proceed) => {
+                tracing::warn!(
+                    "{}; starting without {} (--secrets optional)",
+                    chain(&e),
+                    secret.name
+                );
+                continue;
+            }
+        };
         let file_var = format!("{}_FILE", secret.name);
         if lookup(inherited, &secret.name).is_some() {
             prepared.unset.push(secret.name.clone());
