@@ -220,7 +220,7 @@ impl ApiError {
 
 /// The whole answer as one buffer, zeroized once written (it may hold secret values).
 pub struct ZBuf {
-    data: Zeroizing<Vec<u8>>,
+    data: Arc<Zeroizing<Vec<u8>>>,
     pos: usize,
 }
 
@@ -261,6 +261,10 @@ impl Body for SecretBody {
 }
 
 fn json_response(status: StatusCode, body: Zeroizing<Vec<u8>>) -> Response<SecretBody> {
+    shared_response(status, Arc::new(body))
+}
+
+fn shared_response(status: StatusCode, body: Arc<Zeroizing<Vec<u8>>>) -> Response<SecretBody> {
     let mut r = Response::new(SecretBody(Some(ZBuf { data: body, pos: 0 })));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -315,7 +319,7 @@ pub fn sandbox_request(
         .response();
     }
     match secrets_answer(daemon, id) {
-        Ok(body) => json_response(StatusCode::OK, body),
+        Ok(body) => shared_response(StatusCode::OK, body),
         Err(e) => {
             audit::read_refused(id, &e);
             e.response()
@@ -323,7 +327,77 @@ pub fn sandbox_request(
     }
 }
 
-fn secrets_answer(daemon: &Daemon, id: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+/// Largest answer kept in the [`AnswerCache`]; bigger ones are rebuilt per request.
+pub const MAX_CACHED_ANSWER: usize = 1024 * 1024;
+/// Most answers kept; the cache is emptied when it would grow past this.
+pub const MAX_CACHED_ANSWERS: usize = 4096;
+
+/// Built `GET /v1/secrets` answers per sandbox, each valid for one store generation, so a
+/// sandbox's answer is opened and encoded once per change rather than once per request. Entries
+/// are zeroized when replaced, invalidated or dropped.
+#[derive(Default)]
+pub struct AnswerCache {
+    map: std::sync::RwLock<std::collections::HashMap<String, CachedAnswer>>,
+}
+
+struct CachedAnswer {
+    generation: u64,
+    body: Arc<Zeroizing<Vec<u8>>>,
+    repository: String,
+    count: usize,
+    names: String,
+}
+
+impl AnswerCache {
+    fn get(
+        &self,
+        id: &str,
+        generation: u64,
+    ) -> Option<(Arc<Zeroizing<Vec<u8>>>, String, usize, String)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(id).filter(|c| c.generation == generation).map(|c| {
+            (
+                Arc::clone(&c.body),
+                c.repository.clone(),
+                c.count,
+                c.names.clone(),
+            )
+        })
+    }
+
+    fn put(&self, id: &str, entry: CachedAnswer) {
+        if entry.body.len() > MAX_CACHED_ANSWER {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(id)
+            .is_some_and(|c| c.generation >= entry.generation)
+        {
+            return;
+        }
+        if map.len() >= MAX_CACHED_ANSWERS && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_owned(), entry);
+    }
+
+    /// Forgets a sandbox's answer.
+    pub fn remove(&self, id: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+fn secrets_answer(daemon: &Daemon, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, ApiError> {
+    if let Some((body, repository, count, names)) =
+        daemon.answers().get(id, daemon.store().generation())
+    {
+        audit::secrets_read(id, &repository, count, &names);
+        return Ok(body);
+    }
     let fetched = daemon.store().fetch(id).map_err(|e| match e {
         StoreError::SandboxNotFound(id) => ApiError::SandboxGone(id),
         other => ApiError::Unservable(other),
@@ -346,8 +420,25 @@ fn secrets_answer(daemon: &Daemon, id: &str) -> Result<Zeroizing<Vec<u8>>, ApiEr
             .sum::<usize>(),
     ));
     serde_json::to_writer(&mut *body, &out).map_err(|_| ApiError::NotText(String::new()))?;
+    let body = Arc::new(body);
     let names: Vec<&str> = fetched.secrets.iter().map(|(n, _)| n.as_str()).collect();
-    audit::secrets_read(&fetched.sandbox.id, &fetched.sandbox.repo, &names);
+    let names = names.join(",");
+    audit::secrets_read(
+        &fetched.sandbox.id,
+        &fetched.sandbox.repo,
+        fetched.secrets.len(),
+        &names,
+    );
+    daemon.answers().put(
+        id,
+        CachedAnswer {
+            generation: fetched.generation,
+            body: Arc::clone(&body),
+            repository: fetched.sandbox.repo.clone(),
+            count: fetched.secrets.len(),
+            names,
+        },
+    );
     Ok(body)
 }
 

@@ -3,22 +3,14 @@
 
 use std::fmt;
 
-struct Names<'a>(&'a [&'a str]);
-
-impl fmt::Display for Names<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join(","))
-    }
-}
-
-/// A sandbox read its secrets.
-pub fn secrets_read(sandbox: &str, repository: &str, names: &[&str]) {
+/// A sandbox read its secrets; `names` is the comma-separated list of the `count` names served.
+pub fn secrets_read(sandbox: &str, repository: &str, count: usize, names: &str) {
     tracing::info!(
         audit = "read",
         sandbox,
         repository,
-        count = names.len(),
-        names = %Names(names),
+        count,
+        names,
         "sandbox read its secrets"
     );
 }

@@ -76,6 +76,8 @@ pub struct Daemon {
     euid: u32,
     /// Stop switch per running sandbox listener.
     listeners: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Built sandbox answers, per store generation.
+    answers: api::AnswerCache,
     /// Held by every serve loop and connection; the drain waits until all are dropped.
     drain: Mutex<Option<mpsc::Sender<()>>>,
 }
@@ -86,6 +88,9 @@ impl Daemon {
     }
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+    pub fn answers(&self) -> &api::AnswerCache {
+        &self.answers
     }
 
     fn drain_guard(&self) -> Option<mpsc::Sender<()>> {
@@ -168,6 +173,7 @@ impl Daemon {
         sandboxes::check_id(id)?;
         let row = self.store.remove_sandbox(id)?;
         self.stop_listener(id);
+        self.answers.remove(id);
         self.layout.remove_sandbox(id)?;
         Ok(row)
     }
@@ -175,6 +181,7 @@ impl Daemon {
 
 /// Runs the daemon until `shutdown` completes, then drains connections and removes its sockets.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    harden();
     let store = Store::open(&config.state_dir)?;
     for what in store.unreadable() {
         tracing::error!(secret = %what, "sealed value does not open (tampered?); sandboxes that read it will get an error");
@@ -194,6 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config: config.clone(),
         euid: nix::unistd::geteuid().as_raw(),
         listeners: Mutex::new(HashMap::new()),
+        answers: api::AnswerCache::default(),
         drain: Mutex::new(Some(drain_tx.clone())),
     });
 
@@ -256,6 +264,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps plaintext that passes through this process out of core dumps and away from same-uid
+/// debuggers: no core file, not dumpable (also closes /proc/<pid>/mem to non-root peers).
+fn harden() {
+    use nix::sys::resource::{setrlimit, Resource};
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot mark the daemon not dumpable");
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

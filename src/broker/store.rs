@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -139,6 +140,8 @@ pub struct SandboxRow {
 /// The result of a sandbox fetch: the values, in name order, zeroized on drop.
 pub struct Fetched {
     pub sandbox: SandboxRow,
+    /// The store's generation this answer was read at (see [`Store::generation`]).
+    pub generation: u64,
     pub secrets: Vec<(String, Zeroizing<Vec<u8>>)>,
 }
 
@@ -169,6 +172,9 @@ pub struct Store {
     conn: Mutex<Connection>,
     cache: RwLock<Cache>,
     sealer: Sealer,
+    /// Bumped by every change, under the write lock: answers built at an older generation are
+    /// stale.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -277,6 +283,7 @@ impl Store {
             conn: Mutex::new(conn),
             cache: RwLock::new(cache),
             sealer,
+            generation: AtomicU64::new(1),
         })
     }
 
@@ -284,7 +291,16 @@ impl Store {
         self.cache.read().unwrap_or_else(|e| e.into_inner())
     }
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
-        self.cache.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        // Bumped before any change is made and while readers are shut out, so no reader can
+        // pair the new generation with old contents or the old one with new contents.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// The current generation: it changes whenever the store does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
@@ -493,6 +509,7 @@ impl Store {
     /// the secret; nothing else is returned then.
     pub fn fetch(&self, id: &str) -> Result<Fetched, StoreError> {
         let cache = self.read();
+        let generation = self.generation();
         let sandbox = cache
             .sandboxes
             .get(id)
@@ -514,7 +531,11 @@ impl Store {
             )?;
             secrets.push((key.2, value));
         }
-        Ok(Fetched { sandbox, secrets })
+        Ok(Fetched {
+            sandbox,
+            generation,
+            secrets,
+        })
     }
 }
 
