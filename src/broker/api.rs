@@ -337,7 +337,7 @@ pub const MAX_CACHED_ANSWERS: usize = 4096;
 /// are zeroized when replaced, invalidated or dropped.
 #[derive(Default)]
 pub struct AnswerCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, CachedAnswer>>,
+    map: std::sync::RwLock<std::collections::HashMap<String, Arc<CachedAnswer>>>,
 }
 
 struct CachedAnswer {
@@ -349,20 +349,11 @@ struct CachedAnswer {
 }
 
 impl AnswerCache {
-    fn get(
-        &self,
-        id: &str,
-        generation: u64,
-    ) -> Option<(Arc<Zeroizing<Vec<u8>>>, String, usize, String)> {
+    fn get(&self, id: &str, generation: u64) -> Option<Arc<CachedAnswer>> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(id).filter(|c| c.generation == generation).map(|c| {
-            (
-                Arc::clone(&c.body),
-                c.repository.clone(),
-                c.count,
-                c.names.clone(),
-            )
-        })
+        map.get(id)
+            .filter(|c| c.generation == generation)
+            .map(Arc::clone)
     }
 
     fn put(&self, id: &str, entry: CachedAnswer) {
@@ -379,7 +370,7 @@ impl AnswerCache {
         if map.len() >= MAX_CACHED_ANSWERS && !map.contains_key(id) {
             map.clear();
         }
-        map.insert(id.to_owned(), entry);
+        map.insert(id.to_owned(), Arc::new(entry));
     }
 
     /// Forgets a sandbox's answer.
@@ -392,11 +383,9 @@ impl AnswerCache {
 }
 
 fn secrets_answer(daemon: &Daemon, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, ApiError> {
-    if let Some((body, repository, count, names)) =
-        daemon.answers().get(id, daemon.store().generation())
-    {
-        audit::secrets_read(id, &repository, count, &names);
-        return Ok(body);
+    if let Some(c) = daemon.answers().get(id, daemon.store().generation()) {
+        audit::secrets_read(id, &c.repository, c.count, &c.names);
+        return Ok(Arc::clone(&c.body));
     }
     let fetched = daemon.store().fetch(id).map_err(|e| match e {
         StoreError::SandboxNotFound(id) => ApiError::SandboxGone(id),
