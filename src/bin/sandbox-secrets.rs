@@ -144,7 +144,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sandbox-secrets: error: {e:#}");
+            let hint = if format!("{e:#}").contains("is dangerous") {
+                " (pass --allow-dangerous to store it anyway)"
+            } else {
+                ""
+            };
+            eprintln!("sandbox-secrets: error: {e:#}{hint}");
             ExitCode::FAILURE
         }
     }

@@ -208,8 +208,13 @@ impl ApiError {
         })
         .unwrap_or_default();
         let mut r = json_response(self.status(), Zeroizing::new(body));
-        if let ApiError::Method { .. } = self {
-            let allow = hyper::header::HeaderValue::from_static("GET, POST");
+        if let ApiError::Method { path, .. } = self {
+            let allow =
+                hyper::header::HeaderValue::from_static(if path.starts_with(ADMIN_PREFIX) {
+                    "POST"
+                } else {
+                    "GET"
+                });
             r.headers_mut().insert(hyper::header::ALLOW, allow);
         }
         r
