@@ -1007,3 +1007,39 @@ fn unusable_state_directory_is_a_clear_error() {
     .arg(dir.path().join("run-nobody"));
     run(c, None).fails_with("is not writable");
 }
+
+#[test]
+fn delete_asks_on_a_terminal_unless_yes() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: script(1) not installed (needed for a pseudo-terminal)");
+        return;
+    }
+    let mut d = Daemon::new();
+    d.set_repo("GONE", "octo/a", "confirm-VALUE");
+    let on_tty = |args: &str, answer: &[u8]| {
+        let mut c = Command::new("script");
+        c.args(["-qec"])
+            .arg(format!("{BIN} --run-dir {} {args}", d.run_dir().display()))
+            .arg("/dev/null");
+        run(c, Some(answer))
+    };
+    let out = on_tty("delete GONE --repo octo/a", b"n\n");
+    assert!(
+        !out.out.status.success()
+            && out
+                .stdout()
+                .contains("delete repository secret GONE of octo/a? [y/N]"),
+        "{}",
+        out.explain()
+    );
+    assert!(out.stdout().contains("not deleted"), "{}", out.explain());
+    assert!(d.list_json("--repo", "octo/a").contains("GONE"));
+    let out = on_tty("delete GONE --repo octo/a --yes", b"");
+    assert!(
+        out.out.status.success() && !out.stdout().contains("[y/N]"),
+        "{}",
+        out.explain()
+    );
+    assert!(!d.list_json("--repo", "octo/a").contains("GONE"));
+    d.stop();
+}

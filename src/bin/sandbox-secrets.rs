@@ -390,10 +390,10 @@ fn read_hidden_line(stdin: &std::io::Stdin) -> Result<Zeroizing<Vec<u8>>> {
     let saved = tcgetattr(stdin).context("cannot read terminal settings")?;
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
-    tcsetattr(stdin, SetArg::TCSAFLUSH, &quiet).context("cannot turn off echo")?;
+    tcsetattr(stdin, SetArg::TCSANOW, &quiet).context("cannot turn off echo")?;
     let mut line = Zeroizing::new(String::new());
     let read = stdin.read_line(&mut line);
-    let _ = tcsetattr(stdin, SetArg::TCSAFLUSH, &saved);
+    let _ = tcsetattr(stdin, SetArg::TCSANOW, &saved);
     read.context("cannot read the value from the terminal")?;
     let trimmed = line.strip_suffix('\n').unwrap_or(&line);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
