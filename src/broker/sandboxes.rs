@@ -55,6 +55,8 @@ pub enum SandboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("run directory {path} has mode {mode:04o}: group or others may write it (use a directory of its own, mode 0755)")]
+    RunDirWritable { path: PathBuf, mode: u32 },
     #[error("cannot get random bytes for a sandbox id: {0}")]
     Random(getrandom::Error),
 }
@@ -157,9 +159,23 @@ impl Layout {
         Ok(self.sandbox_dir(id)?.join(SOCKET_NAME))
     }
 
-    /// Creates the run directory (0755) and `sandboxes/` (0700), fixing their modes.
+    /// Creates the run directory (0755) if missing, and `sandboxes/` (0700, mode enforced). An
+    /// existing run directory keeps its mode (it may be shared, like `/tmp`), but one that others
+    /// may write is refused: they could replace the admin socket.
     pub fn prepare(&self) -> Result<(), SandboxError> {
-        mkdir(&self.run_dir, RUN_DIR_MODE)?;
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.run_dir) {
+            Ok(meta) if meta.is_dir() => {
+                let mode = meta.mode() & 0o7777;
+                if mode & 0o022 != 0 {
+                    return Err(SandboxError::RunDirWritable {
+                        path: self.run_dir.clone(),
+                        mode,
+                    });
+                }
+            }
+            _ => mkdir(&self.run_dir, RUN_DIR_MODE)?,
+        }
         mkdir(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)
     }
 
@@ -222,6 +238,34 @@ mod tests {
             assert!(check_id(bad).is_err(), "{bad:?}");
             assert!(Layout::new("/run/x").sandbox_dir(bad).is_err());
         }
+    }
+
+    #[test]
+    fn a_run_directory_others_can_write_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, Permissions::from_mode(0o1777)).unwrap();
+        let e = Layout::new(&run).prepare().unwrap_err().to_string();
+        assert!(e.contains("1777"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        let fresh = dir.path().join("a/b");
+        Layout::new(&fresh).prepare().unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777,
+            RUN_DIR_MODE
+        );
+        assert_eq!(
+            std::fs::metadata(fresh.join("sandboxes"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            SANDBOXES_DIR_MODE
+        );
     }
 
     #[test]
