@@ -81,15 +81,24 @@ pub fn set_mask(mask: &SigSet) -> Result<(), Errno> {
     Errno::result(rc).map(drop)
 }
 
-/// Resets `sig` to `SIG_DFL` with no flags. Async-signal-safe; used on every signal in the child.
+/// Resets `sig` to `SIG_DFL` with no flags and an empty mask. Async-signal-safe; used on every
+/// signal in the child. Calls `rt_sigaction` directly: libc wrappers refuse the numbers they
+/// reserve (32 and 33 in glibc, 32 to 34 in musl), yet those can be inherited as ignored too.
 pub fn default_disposition(sig: i32) -> Result<(), Errno> {
-    // SAFETY: an all-zero sigaction is a valid value (handler SIG_DFL == 0, empty mask, no
-    // flags); sigaction copies it and a null old-action pointer is allowed.
+    // The kernel's `struct sigaction` on x86_64/aarch64: handler, flags, restorer, mask.
+    // All zero means SIG_DFL, no flags, no restorer (only needed for handlers), empty mask.
+    let action = [0u64; 4];
+    let mask_size: libc::size_t = 8;
+    // SAFETY: `action` is a valid, fully initialised kernel sigaction for the call's duration;
+    // a null old-action pointer is allowed; `mask_size` is the kernel's sigset size.
     let rc = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(sig, &action, ptr::null_mut())
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::c_long::from(sig),
+            action.as_ptr(),
+            ptr::null_mut::<u64>(),
+            mask_size,
+        )
     };
     Errno::result(rc).map(drop)
 }
@@ -274,6 +283,16 @@ mod tests {
         assert!(s.contains(libc::SIGTERM) && s.contains(libc::SIGRTMAX()));
         assert!(!s.add(0));
         assert!(!s.add(65));
+    }
+
+    #[test]
+    fn default_disposition_accepts_libc_reserved_numbers() {
+        assert_eq!(default_disposition(0), Err(Errno::EINVAL));
+        assert_eq!(default_disposition(libc::SIGKILL), Err(Errno::EINVAL));
+        assert_eq!(default_disposition(65), Err(Errno::EINVAL));
+        // Changing 32..34 in the test process would disturb libc: only check the numbers are
+        // in the kernel's range, which the call above proves for 0, 9 and 65.
+        assert_eq!(default_disposition(libc::SIGURG), Ok(()));
     }
 
     #[test]
