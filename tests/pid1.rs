@@ -237,17 +237,20 @@ impl Running {
 
     fn abort(&self, why: &str) -> ! {
         let desc = self.desc();
-        for p in processes() {
-            if p.3 == "sandbox-init" && is_descendant(&processes(), p.0, self.child.id() as i32) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &p.0.to_string()])
-                    .status();
-            }
-        }
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status();
+        self.kill_tree();
         panic!("{why}\n{desc}");
+    }
+
+    /// SIGKILLs the spawned process and every descendant (by pid, never by name).
+    fn kill_tree(&self) {
+        let root = self.child.id() as i32;
+        let procs = processes();
+        for p in procs.iter().filter(|p| is_descendant(&procs, p.0, root)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &p.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     fn wait(mut self) -> Outcome {
@@ -269,6 +272,16 @@ impl Running {
                 self.abort(&format!("still running after the {guard:?} hang guard"));
             }
             sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave the scenario's processes behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_tree();
+            let _ = self.child.wait();
         }
     }
 }
