@@ -1129,3 +1129,28 @@ fn dashdash_env_runs_the_env_program_with_the_inherited_environment() {
         );
     }
 }
+
+#[test]
+fn json_log_lines_on_stderr() {
+    let dir = tempdir();
+    let argv = init_argv(
+        Mode::Subreaper,
+        &[],
+        &[],
+        &["--log-format", "json", "-v", "--", "sh", "-c", "exit 3"],
+    );
+    let out = start_in(dir.path(), argv, Mode::Subreaper, false).wait();
+    out.expect_code(3);
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", out.desc)))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["level"] == "INFO" && v["message"] == "exiting: child exited with 3"),
+        "{}",
+        out.desc
+    );
+}
