@@ -1,5 +1,61 @@
-//! The `sandbox-init` binary: parse, run, map the error to an exit code once.
+//! The `sandbox-init` binary: block signals, harden, parse, run, map the error to an exit code
+//! once. Exit 2 for usage, 1 for a setup failure before the child started, else the child's.
 
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::process::ExitCode;
+
+use sandbox_init::init::{self, cli, sys};
+use sandbox_init::{inject, logging};
+
+fn main() -> ExitCode {
+    // First of all: no signal may be lost (or kill PID 1) before the supervisor waits for it.
+    let masks = match sys::block_forwardable() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sandbox-init: block signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let core = match init::harden() {
+        Ok(c) => c,
+        Err(e) => return fail(anyhow::Error::from(e)),
+    };
+    let invocation = match cli::parse(std::env::args_os().skip(1), &|k| std::env::var_os(k)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("sandbox-init: {e}\nTry 'sandbox-init --help' for more information.");
+            return ExitCode::from(2);
+        }
+    };
+    match invocation {
+        cli::Invocation::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        cli::Invocation::Version => {
+            println!("sandbox-init {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Invocation::Env(opts) => {
+            // A plain command, not an init: Ctrl-C must work.
+            let _ = sys::set_mask(&masks.original);
+            logging::install(init::log_level(opts.verbosity), opts.log_format);
+            match inject::print_env(&opts.secrets) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(anyhow::Error::from(e).context("secrets")),
+            }
+        }
+        cli::Invocation::Run(opts) => {
+            logging::install(init::log_level(opts.verbosity), opts.log_format);
+            match init::run(opts, masks, core) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => fail(anyhow::Error::from(e)),
+            }
+        }
+    }
+}
+
+/// Prints a setup failure once, with its chain of causes, and exits 1.
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("sandbox-init: {e:#}");
+    ExitCode::from(1)
 }

@@ -1,1 +1,322 @@
-//! Every `unsafe` block of the crate, each with its `// SAFETY:` justification.
+//! Every `unsafe` block of the crate, each with its `// SAFETY:` justification: thin wrappers over
+//! libc (and nix's unsafe `fork`) where nix has no safe, allocation-free or realtime-signal-aware
+//! API. No decisions are made here; nothing here allocates after `fork`.
+
+use std::ffi::{c_char, CString};
+use std::mem::MaybeUninit;
+use std::ptr;
+
+use nix::errno::Errno;
+use zeroize::Zeroizing;
+
+use super::signals;
+
+/// A `sigset_t` that can hold realtime signals (nix's `SigSet` cannot).
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    pub fn empty() -> SigSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the whole set it is given and cannot fail for a valid
+        // pointer; the value is only read after that.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            SigSet(set.assume_init())
+        }
+    }
+
+    /// Adds `sig`; false when libc refuses it (out of range or reserved by libc itself).
+    pub fn add(&mut self, sig: i32) -> bool {
+        // SAFETY: `self.0` is an initialised sigset_t; sigaddset only validates `sig`.
+        unsafe { libc::sigaddset(&mut self.0, sig) == 0 }
+    }
+
+    pub fn contains(&self, sig: i32) -> bool {
+        // SAFETY: `self.0` is an initialised sigset_t; sigismember only reads it.
+        unsafe { libc::sigismember(&self.0, sig) == 1 }
+    }
+}
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sigs: Vec<i32> = (1..=signals::max_signal())
+            .filter(|&s| self.contains(s))
+            .collect();
+        f.debug_tuple("SigSet").field(&sigs).finish()
+    }
+}
+
+/// The signal mask the init started with, and the set it blocks to wait on.
+#[derive(Clone, Copy, Debug)]
+pub struct Masks {
+    pub original: SigSet,
+    pub blocked: SigSet,
+}
+
+/// Step one of `main`: blocks every forwardable signal (all but the synchronous ones and
+/// KILL/STOP, realtime ones included), and sets SIGCHLD to its default action so an inherited
+/// `SIG_IGN` cannot make the kernel auto-reap the child before the init reads its status.
+pub fn block_forwardable() -> Result<Masks, Errno> {
+    let mut blocked = SigSet::empty();
+    for sig in 1..=signals::max_signal() {
+        if signals::is_forwardable(sig) {
+            // libc refuses the few numbers it reserves for itself; those stay unblocked.
+            blocked.add(sig);
+        }
+    }
+    let mut original = SigSet::empty();
+    // SAFETY: both pointers are valid initialised sigsets living across the call.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &blocked.0, &mut original.0) };
+    Errno::result(rc)?;
+    default_disposition(libc::SIGCHLD)?;
+    Ok(Masks { original, blocked })
+}
+
+/// Sets the calling thread's mask (used to restore the original mask, in the child or before
+/// `sandbox-init env`). Async-signal-safe.
+pub fn set_mask(mask: &SigSet) -> Result<(), Errno> {
+    // SAFETY: `mask.0` is an initialised sigset; a null old-set pointer is allowed.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &mask.0, ptr::null_mut()) };
+    Errno::result(rc).map(drop)
+}
+
+/// Resets `sig` to `SIG_DFL` with no flags and an empty mask. Async-signal-safe; used on every
+/// signal in the child. Calls `rt_sigaction` directly: libc wrappers refuse the numbers they
+/// reserve (32 and 33 in glibc, 32 to 34 in musl), yet those can be inherited as ignored too.
+pub fn default_disposition(sig: i32) -> Result<(), Errno> {
+    // The kernel's `struct sigaction` on x86_64/aarch64: handler, flags, restorer, mask.
+    // All zero means SIG_DFL, no flags, no restorer (only needed for handlers), empty mask.
+    let action = [0u64; 4];
+    let mask_size: libc::size_t = 8;
+    // SAFETY: `action` is a valid, fully initialised kernel sigaction for the call's duration;
+    // a null old-action pointer is allowed; `mask_size` is the kernel's sigset size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::c_long::from(sig),
+            action.as_ptr(),
+            ptr::null_mut::<u64>(),
+            mask_size,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// A signal taken off the pending queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub sig: i32,
+    /// The sender's pid as the kernel reports it (0 when sent by the kernel or from outside the
+    /// namespace).
+    pub pid: i32,
+}
+
+/// Waits for one of `set` (which must be blocked). EINTR is returned to the caller.
+pub fn sigwaitinfo(set: &SigSet) -> Result<Received, Errno> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `set` is initialised, `info` is writable storage for one siginfo_t.
+    let sig = unsafe { libc::sigwaitinfo(&set.0, info.as_mut_ptr()) };
+    let sig = Errno::result(sig)?;
+    // SAFETY: sigwaitinfo filled `info` on success (and it was zeroed before). si_pid reads the
+    // union member every signal sent by kill/sigqueue/SIGCHLD carries; for the rest it is 0.
+    let pid = unsafe { info.assume_init().si_pid() };
+    Ok(Received { sig, pid })
+}
+
+/// `kill(pid, sig)`; a negative pid names a process group. Takes raw numbers so realtime
+/// signals can be forwarded.
+pub fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill has no memory arguments.
+    Errno::result(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `waitpid(-1, WNOHANG)`: `Ok(None)` when children exist but none has ended.
+/// Raw status, so a death by a realtime signal is not lost in decoding.
+pub fn wait_any_nohang() -> Result<Option<(i32, i32)>, Errno> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for the call's duration.
+    let pid = Errno::result(unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) })?;
+    Ok((pid > 0).then_some((pid, status)))
+}
+
+/// Which side of a fork we are on.
+pub enum Forked {
+    Child,
+    Parent { child: i32 },
+}
+
+/// Forks. The caller's child branch must only call async-signal-safe, allocation-free code
+/// until it execs or `_exit`s ([`super::spawn`] keeps that promise).
+pub fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the init is single-threaded when it forks (the secrets step's runtime is dropped
+    // before), and the child branch only runs async-signal-safe code (see the doc above).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
+            child: child.as_raw(),
+        }),
+    }
+}
+
+/// `_exit(code)`: ends the forked child without running the parent's atexit handlers or
+/// flushing its stdio buffers. Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Whether fd 0 is a terminal.
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty takes a plain descriptor number and has no memory arguments.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+}
+
+/// Makes `pgid` the foreground process group of the terminal on fd 0. Async-signal-safe.
+pub fn tcsetpgrp_stdin(pgid: i32) -> Result<(), Errno> {
+    // SAFETY: tcsetpgrp takes a descriptor number and a pid, no memory.
+    Errno::result(unsafe { libc::tcsetpgrp(libc::STDIN_FILENO, pgid) }).map(drop)
+}
+
+/// `PR_SET_PDEATHSIG` with a raw number (nix's wrapper cannot take realtime signals).
+pub fn set_pdeathsig(sig: i32) -> Result<(), Errno> {
+    // SAFETY: PR_SET_PDEATHSIG takes the signal as an integer argument; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    Errno::result(rc).map(drop)
+}
+
+/// Reads the calling process's supplementary groups into `buf`. Async-signal-safe, no
+/// allocation (nix's `getgroups` allocates).
+pub fn getgroups(buf: &mut [libc::gid_t]) -> Result<usize, Errno> {
+    let len = libc::c_int::try_from(buf.len()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `buf` is writable for `len` elements.
+    let n = unsafe { libc::getgroups(len, buf.as_mut_ptr()) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// Everything `execvpe` needs, built before `fork` so the child allocates nothing. Environment
+/// strings may hold secret values: they live in zeroizing buffers, and the parent calls
+/// [`ExecSpec::wipe_env`] right after the fork.
+pub struct ExecSpec {
+    file: CString,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    env: Vec<Zeroizing<Vec<u8>>>,
+    env_ptrs: Vec<*const c_char>,
+}
+
+impl ExecSpec {
+    /// `env` entries are `NAME=value` each ending in exactly one NUL byte.
+    ///
+    /// # Panics
+    /// When an env entry does not end in NUL or has a NUL inside (a bug in the caller).
+    pub fn new(file: CString, argv: Vec<CString>, env: Vec<Zeroizing<Vec<u8>>>) -> ExecSpec {
+        for e in &env {
+            assert!(
+                e.last() == Some(&0) && !e[..e.len() - 1].contains(&0),
+                "env entry must be NUL-terminated without inner NUL"
+            );
+        }
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(ptr::null()))
+            .collect();
+        let env_ptrs = env
+            .iter()
+            .map(|e| e.as_ptr().cast::<c_char>())
+            .chain(std::iter::once(ptr::null()))
+            .collect();
+        ExecSpec {
+            file,
+            argv,
+            argv_ptrs,
+            env,
+            env_ptrs,
+        }
+    }
+
+    pub fn file(&self) -> &CString {
+        &self.file
+    }
+
+    pub fn argv(&self) -> &[CString] {
+        &self.argv
+    }
+
+    /// Drops (zeroizing) every environment string; the spec cannot exec afterwards.
+    pub fn wipe_env(&mut self) {
+        self.env_ptrs.clear();
+        self.env.clear();
+        self.env.shrink_to_fit();
+    }
+
+    /// `execvpe(file, argv, envp)`: PATH search like a shell. Only returns on failure.
+    pub fn exec(&self) -> Errno {
+        if self.env_ptrs.is_empty() {
+            return Errno::EFAULT;
+        }
+        // SAFETY: `file` is a valid C string; `argv_ptrs` and `env_ptrs` are NULL-terminated
+        // arrays of pointers into C strings owned by `self`, which outlives the call (on
+        // success the process image is replaced).
+        unsafe {
+            libc::execvpe(
+                self.file.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.env_ptrs.as_ptr(),
+            );
+        }
+        Errno::last()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigset_holds_realtime_signals() {
+        let mut s = SigSet::empty();
+        assert!(!s.contains(libc::SIGTERM));
+        assert!(s.add(libc::SIGTERM));
+        assert!(s.add(libc::SIGRTMAX()));
+        assert!(s.contains(libc::SIGTERM) && s.contains(libc::SIGRTMAX()));
+        assert!(!s.add(0));
+        assert!(!s.add(65));
+    }
+
+    #[test]
+    fn default_disposition_accepts_libc_reserved_numbers() {
+        assert_eq!(default_disposition(0), Err(Errno::EINVAL));
+        assert_eq!(default_disposition(libc::SIGKILL), Err(Errno::EINVAL));
+        assert_eq!(default_disposition(65), Err(Errno::EINVAL));
+        // Changing 32..34 in the test process would disturb libc: only check the numbers are
+        // in the kernel's range, which the call above proves for 0, 9 and 65.
+        assert_eq!(default_disposition(libc::SIGURG), Ok(()));
+    }
+
+    #[test]
+    fn exec_spec_arrays_are_null_terminated_and_wipe_disables_exec() {
+        let mut spec = ExecSpec::new(
+            CString::new("true").unwrap(),
+            vec![CString::new("true").unwrap()],
+            vec![Zeroizing::new(b"A=1\0".to_vec())],
+        );
+        assert_eq!(spec.argv_ptrs.len(), 2);
+        assert!(spec.argv_ptrs[1].is_null());
+        assert_eq!(spec.env_ptrs.len(), 2);
+        spec.wipe_env();
+        assert!(spec.env.is_empty());
+        assert_eq!(spec.exec(), Errno::EFAULT);
+    }
+
+    #[test]
+    #[should_panic(expected = "NUL-terminated")]
+    fn exec_spec_rejects_unterminated_env() {
+        ExecSpec::new(
+            CString::new("x").unwrap(),
+            vec![],
+            vec![Zeroizing::new(b"A=1".to_vec())],
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Load generator for a sandbox socket: N concurrent clients send `GET /v1/secrets` for D seconds,
+//! each request on a new connection (`--new-conn`, what an init does) or over one keep-alive
+//! connection per client, and one line of JSON is printed: requests/s, p50/p99 latency.
+//! It checks each answer is 200 and counts anything else as an error; it never prints a body.
+//!
+//! `cargo run --release --example loadgen -- --socket S [--clients N] [--seconds D]
+//!  [--threads T] [--new-conn | --keep-alive]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+struct Options {
+    socket: PathBuf,
+    clients: usize,
+    seconds: f64,
+    threads: usize,
+    new_conn: bool,
+}
+
+fn parse() -> Result<Options, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut o = Options {
+        socket: PathBuf::new(),
+        clients: 16,
+        seconds: 5.0,
+        threads: 2,
+        new_conn: true,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("socket") => o.socket = parser.value()?.into(),
+            Long("clients") | Short('c') => o.clients = parser.value()?.parse()?,
+            Long("seconds") | Short('d') => o.seconds = parser.value()?.parse()?,
+            Long("threads") | Short('t') => o.threads = parser.value()?.parse()?,
+            Long("new-conn") => o.new_conn = true,
+            Long("keep-alive") => o.new_conn = false,
+            Long("help") | Short('h') => {
+                println!("loadgen --socket S [--clients N] [--seconds D] [--threads T] [--new-conn | --keep-alive]");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if o.socket.as_os_str().is_empty() {
+        return Err("--socket is required".into());
+    }
+    Ok(o)
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(socket: &PathBuf) -> Result<Sender, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn one(sender: &mut Sender) -> Result<(), String> {
+    let request = hyper::Request::get("/v1/secrets")
+        .header(hyper::header::HOST, "localhost")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ok = response.status() == hyper::StatusCode::OK;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(body);
+    if ok {
+        Ok(())
+    } else {
+        Err("status".into())
+    }
+}
+
+async fn client(socket: Arc<PathBuf>, until: Instant, new_conn: bool) -> Tally {
+    let mut tally = Tally::default();
+    let mut kept: Option<Sender> = None;
+    while Instant::now() < until {
+        let start = Instant::now();
+        let result = async {
+            if new_conn || kept.is_none() {
+                kept = Some(connect(&socket).await?);
+            }
+            let sender = kept.as_mut().expect("connected above");
+            sender.ready().await.map_err(|e| e.to_string())?;
+            one(sender).await
+        }
+        .await;
+        match result {
+            Ok(()) => tally
+                .latencies_us
+                .push(start.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Err(_) => {
+                tally.errors += 1;
+                kept = None;
+            }
+        }
+        if new_conn {
+            kept = None;
+        }
+    }
+    tally
+}
+
+fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let socket = Arc::new(o.socket.clone());
+    let threads = o.threads.max(1);
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(o.seconds);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let socket = Arc::clone(&socket);
+            let clients = o.clients / threads + usize::from(t < o.clients % threads);
+            let new_conn = o.new_conn;
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..clients)
+                        .map(|_| tokio::spawn(client(Arc::clone(&socket), until, new_conn)))
+                        .collect();
+                    let mut all = Tally::default();
+                    for t in tasks {
+                        if let Ok(t) = t.await {
+                            all.latencies_us.extend(t.latencies_us);
+                            all.errors += t.errors;
+                        }
+                    }
+                    all
+                })
+            })
+        })
+        .collect();
+    let mut all = Tally::default();
+    for h in handles {
+        if let Ok(t) = h.join() {
+            all.latencies_us.extend(t.latencies_us);
+            all.errors += t.errors;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.latencies_us.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if all.latencies_us.is_empty() {
+            return 0;
+        }
+        let i = ((all.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        all.latencies_us[i]
+    };
+    let ok = all.latencies_us.len();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": if o.new_conn { "new-conn" } else { "keep-alive" },
+            "clients": o.clients,
+            "threads": threads,
+            "seconds": (elapsed * 1000.0).round() / 1000.0,
+            "requests": ok,
+            "errors": all.errors,
+            "requests_per_s": (ok as f64 / elapsed).round(),
+            "p50_us": pct(0.50),
+            "p99_us": pct(0.99),
+        })
+    );
+    if ok == 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the static release sandbox-init (profile `init`: opt-level z, LTO, panic=abort, strip)
+# and checks with `file` that it is static. musl first; static glibc as the fallback.
+# Output: target/static/sandbox-init. Prints "<path> <bytes> <libc>".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/static
+mkdir -p "$out"
+
+build() { # target [RUSTFLAGS]
+  RUSTFLAGS="${2:-}" cargo build --quiet --profile init --target "$1" \
+    --no-default-features --bin sandbox-init
+}
+
+if rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl &&
+  build x86_64-unknown-linux-musl; then
+  libc=musl
+  cp target/x86_64-unknown-linux-musl/init/sandbox-init "$out/sandbox-init"
+else
+  echo "build-static: musl target not available, building static glibc" >&2
+  build x86_64-unknown-linux-gnu "-C target-feature=+crt-static"
+  libc=glibc
+  cp target/x86_64-unknown-linux-gnu/init/sandbox-init "$out/sandbox-init"
+fi
+
+desc=$(file -b "$out/sandbox-init")
+case "$desc" in
+  *"statically linked"* | *"static-pie linked"*) ;;
+  *) echo "build-static: $out/sandbox-init is not static: $desc" >&2; exit 1 ;;
+esac
+echo "$out/sandbox-init $(stat -c %s "$out/sandbox-init") $libc"

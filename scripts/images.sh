@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the sandbox images on the local Docker engine without pulling anything:
+#   sandbox-init/minimal:latest       FROM scratch + Debian's busybox-static
+#   sandbox-init/devcontainer:latest  FROM a debootstrap'd bookworm base, imported when missing
+#   scripts/images.sh [minimal|devcontainer]...   (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BASE=sandbox-init/debian-base:bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+images=("${@:-minimal devcontainer}")
+# shellcheck disable=SC2206
+images=(${images[*]})
+
+[[ -x target/static/sandbox-init ]] || scripts/build-static.sh >/dev/null
+ctx=$ROOT/target/images
+rm -rf "$ctx"; mkdir -p "$ctx"
+
+build() { # name dir
+  local name=$1 dir=$ctx/$1
+  mkdir -p "$dir"
+  cp images/"$name"/Dockerfile "$dir/"
+  cp target/static/sandbox-init "$dir/sandbox-init"
+  cp images/profile.d/sandbox-secrets.sh "$dir/sandbox-secrets.sh"
+  [[ $name == minimal ]] && cp /bin/busybox "$dir/busybox"
+  echo "images: building sandbox-init/$name:latest"
+  docker build --network host -q -t "sandbox-init/$name:latest" "$dir" > "$dir/build.log" 2>&1 ||
+    { cat "$dir/build.log" >&2; exit 1; }
+}
+
+base() {
+  docker image inspect "$BASE" >/dev/null 2>&1 && return 0
+  echo "images: making $BASE with debootstrap --variant=minbase (a few minutes, once)"
+  local rootfs
+  rootfs=$(mktemp -d /var/tmp/sandbox-base.XXXXXX)
+  debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" > "$ctx/debootstrap.log" 2>&1 ||
+    { tail -20 "$ctx/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb
+  tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
+  rm -rf "$rootfs"
+}
+
+file -b /bin/busybox | grep -q static || { echo "images: /bin/busybox is not static (install busybox-static)" >&2; exit 1; }
+for image in "${images[@]}"; do
+  case $image in
+    minimal) build minimal ;;
+    devcontainer) base; build devcontainer ;;
+    *) echo "images: unknown image $image" >&2; exit 2 ;;
+  esac
+done

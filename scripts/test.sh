@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, the static build, unit and integration tests against the
+# real binaries (PID 1 in a PID namespace, the real broker daemon, a real registry), and the
+# docker smoke tests. Installs what it needs first. This is what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --deps
+
+echo "== fmt and clippy"
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== static init"
+scripts/build-static.sh
+
+echo "== test registry"
+scripts/registry.sh start
+trap 'scripts/registry.sh stop >/dev/null 2>&1 || true' EXIT
+set -a
+# shellcheck disable=SC1091
+. "${SANDBOX_TEST_DIR:-/run/sandbox-init-test}/registry.env"
+set +a
+export SANDBOX_INIT_STATIC="$PWD/target/static/sandbox-init"
+
+echo "== cargo test"
+cargo test --all-targets --no-fail-fast
+
+if [[ -x scripts/smoke.sh ]]; then
+  echo "== docker smoke tests"
+  scripts/smoke.sh
+fi

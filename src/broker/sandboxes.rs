@@ -1,0 +1,291 @@
+//! The run directory: admin socket path, each sandbox's directory and socket, their modes, and
+//! sandbox ids (random lower-case hex, checked before any path use). Knows nothing of secrets.
+
+use std::fs::Permissions;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// Hex digits in a sandbox id (128 random bits).
+pub const ID_LEN: usize = 32;
+/// Mode of the run directory.
+pub const RUN_DIR_MODE: u32 = 0o755;
+/// Mode of `sandboxes/`: host users cannot reach any sandbox socket.
+pub const SANDBOXES_DIR_MODE: u32 = 0o700;
+/// Mode of one sandbox's directory (bind-mounted into the container).
+pub const SANDBOX_DIR_MODE: u32 = 0o755;
+/// Mode of a sandbox socket: any user inside the container may connect.
+pub const SANDBOX_SOCKET_MODE: u32 = 0o666;
+/// Mode of the admin socket.
+pub const ADMIN_SOCKET_MODE: u32 = 0o600;
+/// File name of a sandbox's socket inside its directory.
+pub const SOCKET_NAME: &str = "secrets.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox id {0:?} is not {ID_LEN} lower-case hex digits")]
+    BadId(String),
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set mode {mode:04o} on {path}: {source}")]
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+        source: std::io::Error,
+    },
+    #[error("socket {0} is in use by a running daemon")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotSocket(PathBuf),
+    #[error("cannot remove stale socket {path}: {source}")]
+    RemoveStale {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run directory {path} has mode {mode:04o}: group or others may write it (use a directory of its own, mode 0755)")]
+    RunDirWritable { path: PathBuf, mode: u32 },
+    #[error("cannot get random bytes for a sandbox id: {0}")]
+    Random(getrandom::Error),
+}
+
+/// A fresh random sandbox id.
+pub fn new_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; ID_LEN / 2];
+    getrandom::getrandom(&mut bytes).map_err(SandboxError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks an id is exactly [`ID_LEN`] lower-case hex digits (so it is safe as a path component).
+pub fn check_id(id: &str) -> Result<&str, SandboxError> {
+    if id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(id)
+    } else {
+        Err(SandboxError::BadId(id.to_owned()))
+    }
+}
+
+fn chmod(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| {
+        SandboxError::Chmod {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
+    })
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| SandboxError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })?;
+    chmod(path, mode)
+}
+
+/// Binds a unix socket at `path` with `mode`. An existing socket that answers a connect is a
+/// running daemon (error); one that does not is stale and removed; anything else is refused.
+pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, SandboxError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(SandboxError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(|source| SandboxError::RemoveStale {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(_) => return Err(SandboxError::NotSocket(path.to_owned())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| SandboxError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    chmod(path, mode)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SandboxError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(listener)
+}
+
+/// Paths under the run directory.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    run_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+        }
+    }
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+    pub fn admin_socket(&self) -> PathBuf {
+        self.run_dir.join("admin.sock")
+    }
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.run_dir.join("sandboxes")
+    }
+    /// The directory the platform bind-mounts at `/run/sandbox`. `id` must be checked.
+    pub fn sandbox_dir(&self, id: &str) -> Result<PathBuf, SandboxError> {
+        Ok(self.sandboxes_dir().join(check_id(id)?))
+    }
+    pub fn sandbox_socket(&self, id: &str) -> Result<PathBuf, SandboxError> {
+        Ok(self.sandbox_dir(id)?.join(SOCKET_NAME))
+    }
+
+    /// Creates the run directory (0755) if missing, and `sandboxes/` (0700, mode enforced). An
+    /// existing run directory keeps its mode (it may be shared, like `/tmp`), but one that others
+    /// may write is refused: they could replace the admin socket.
+    pub fn prepare(&self) -> Result<(), SandboxError> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.run_dir) {
+            Ok(meta) if meta.is_dir() => {
+                let mode = meta.mode() & 0o7777;
+                if mode & 0o022 != 0 {
+                    return Err(SandboxError::RunDirWritable {
+                        path: self.run_dir.clone(),
+                        mode,
+                    });
+                }
+            }
+            _ => mkdir(&self.run_dir, RUN_DIR_MODE)?,
+        }
+        mkdir(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)
+    }
+
+    /// Binds the admin socket, mode 0600.
+    pub fn bind_admin(&self) -> Result<UnixListener, SandboxError> {
+        bind_socket(&self.admin_socket(), ADMIN_SOCKET_MODE)
+    }
+
+    /// Creates (or re-creates) a sandbox's directory (0755) and binds its socket (0666).
+    pub fn bind_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
+        let dir = self.sandbox_dir(id)?;
+        mkdir(&dir, SANDBOX_DIR_MODE)?;
+        bind_socket(&dir.join(SOCKET_NAME), SANDBOX_SOCKET_MODE)
+    }
+
+    /// Removes a sandbox's socket and directory (a missing one is not an error).
+    pub fn remove_sandbox(&self, id: &str) -> Result<(), SandboxError> {
+        let dir = self.sandbox_dir(id)?;
+        remove_file_quietly(&dir.join(SOCKET_NAME))?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Removes a file, treating "not found" as done.
+pub fn remove_file_quietly(path: &Path) -> Result<(), SandboxError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_hex_and_checked() {
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(check_id(&a).unwrap(), a);
+        for bad in [
+            "",
+            "../etc",
+            "ABCDEF0123456789abcdef0123456789",
+            &"a".repeat(ID_LEN - 1),
+            &"a".repeat(ID_LEN + 1),
+            &format!("{}/", "a".repeat(ID_LEN - 1)),
+            &format!("{}g", "a".repeat(ID_LEN - 1)),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+            assert!(Layout::new("/run/x").sandbox_dir(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn a_run_directory_others_can_write_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, Permissions::from_mode(0o1777)).unwrap();
+        let e = Layout::new(&run).prepare().unwrap_err().to_string();
+        assert!(e.contains("1777"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        let fresh = dir.path().join("a/b");
+        Layout::new(&fresh).prepare().unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777,
+            RUN_DIR_MODE
+        );
+        assert_eq!(
+            std::fs::metadata(fresh.join("sandboxes"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            SANDBOXES_DIR_MODE
+        );
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_refused_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let live = bind_socket(&path, 0o600).unwrap();
+        assert!(matches!(
+            bind_socket(&path, 0o600),
+            Err(SandboxError::InUse(_))
+        ));
+        drop(live); // the file stays behind: stale
+        assert!(path.exists());
+        let _again = bind_socket(&path, 0o600).unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            bind_socket(&file, 0o600),
+            Err(SandboxError::NotSocket(_))
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,1045 @@
+//! Integration tests of `sandbox-secrets`: a real daemon process per test in its own temp dirs,
+//! driven through the real CLI and the real sandbox sockets. A failure prints the command, its
+//! stdout and stderr, and the daemon's log.
+#![cfg(feature = "broker")]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-secrets");
+
+/// One finished command with everything needed to explain a failure.
+struct Run {
+    cmd: String,
+    out: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn explain(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            self.cmd,
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "expected success\n{}",
+            self.explain()
+        );
+        self
+    }
+    /// Expects failure with `needle` in stderr.
+    #[track_caller]
+    fn fails_with(self, needle: &str) -> Self {
+        assert!(
+            !self.out.status.success() && self.stderr().contains(needle),
+            "expected failure mentioning {needle:?}\n{}",
+            self.explain()
+        );
+        self
+    }
+}
+
+fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
+    let shown = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    if let Some(input) = stdin {
+        // The command may refuse its arguments before reading stdin.
+        match child.stdin.take().unwrap().write_all(input) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap(),
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    Run { cmd: shown, out }
+}
+
+/// A daemon process with its own state and run directories.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl Daemon {
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Traversable by other uids (the non-root tests), as /run would be.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut d = Daemon {
+            log: dir.path().join("daemon-0.log"),
+            dir,
+            child: None,
+            starts: 0,
+        };
+        d.start().unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    /// Starts the daemon; `Err` holds its exit status and log when it stops instead.
+    fn start(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        self.log = self.dir.path().join(format!("daemon-{}.log", self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .env("SANDBOX_SECRETS_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let admin = self.run_dir().join("admin.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!(
+                    "daemon exited with {status}\nlog:\n{}",
+                    self.log_text()
+                ));
+            }
+            // The listening line is written after every socket is bound.
+            if UnixStream::connect(&admin).is_ok() && self.log_text().contains("listening") {
+                self.child = Some(child);
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the log of this run.
+    fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "daemon exit {status}\n{}",
+                    self.log_text()
+                );
+                return self.log_text();
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `sandbox-secrets --run-dir R ARGS`, value on stdin when given.
+    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--run-dir").arg(self.run_dir()).args(args);
+        run(cmd, stdin)
+    }
+
+    fn set_user(&self, name: &str, user: &str, repos: &str, value: &str) {
+        self.cli(
+            &["set", name, "--user", user, "--repos", repos],
+            Some(value.as_bytes()),
+        )
+        .ok();
+    }
+
+    fn set_repo(&self, name: &str, repo: &str, value: &str) {
+        self.cli(&["set", name, "--repo", repo], Some(value.as_bytes()))
+            .ok();
+    }
+
+    /// Creates a sandbox; returns (id, directory).
+    fn sandbox(&self, user: &str, repo: &str) -> (String, PathBuf) {
+        let out = self
+            .cli(&["sandbox", "create", "--user", user, "--repo", repo], None)
+            .ok();
+        let line = out.stdout();
+        let mut parts = line.trim().split(' ');
+        let (Some(id), Some(dir), None) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("sandbox create printed {line:?}\n{}", out.explain());
+        };
+        (id.to_owned(), PathBuf::from(dir))
+    }
+
+    /// `list --json` of a scope, for before/after comparisons.
+    fn list_json(&self, scope: &str, owner: &str) -> String {
+        self.cli(&["list", scope, owner, "--json"], None)
+            .ok()
+            .stdout()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET path` over a unix socket with HTTP/1.1 by hand; returns (status, body).
+fn http(socket: &Path, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Fetches a sandbox's secrets through its directory; returns (status, body).
+fn fetch(dir: &Path) -> (u16, String) {
+    http(&dir.join("secrets.sock"), "GET", "/v1/secrets")
+        .unwrap_or_else(|e| panic!("fetch via {}: {e}", dir.display()))
+}
+
+/// Fetches and returns the served (name, value) pairs; panics unless 200.
+fn served(dir: &Path) -> Vec<(String, String)> {
+    let (status, body) = fetch(dir);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[track_caller]
+fn assert_no_values(what: &str, haystack: &[u8], values: &[&str]) {
+    for v in values {
+        assert!(
+            !haystack.windows(v.len()).any(|w| w == v.as_bytes()),
+            "{what} holds the value {v:?}"
+        );
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn set_update_list_delete_round_trip() {
+    let mut d = Daemon::new();
+    let v1 = "round-trip-VALUE-one\nline two $'\"\\ `x`";
+    let v2 = "round-trip-VALUE-two";
+    d.set_user("api_token", "Mona", "octo/app", v1);
+    let (_, dir) = d.sandbox("mona", "octo/app");
+    assert_eq!(served(&dir), pairs(&[("API_TOKEN", v1)]));
+
+    // Case-insensitive: the same secret, updated; the grant is kept when --repos is omitted.
+    let out = d
+        .cli(&["set", "Api_Token", "--user", "mona"], Some(v2.as_bytes()))
+        .ok();
+    assert!(out.stdout().contains("updated"), "{}", out.explain());
+    assert_eq!(served(&dir), pairs(&[("API_TOKEN", v2)]));
+
+    // From a file.
+    let file = d.dir.path().join("value.txt");
+    std::fs::write(&file, "from-file-VALUE").unwrap();
+    d.cli(
+        &["set", "db_url", "--repo", "Octo/App", "--from-file"],
+        None,
+    )
+    .fails_with("--from-file");
+    d.cli(
+        &[
+            "set",
+            "db_url",
+            "--repo",
+            "Octo/App",
+            "--from-file",
+            file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .ok();
+    assert_eq!(
+        served(&dir),
+        pairs(&[("API_TOKEN", v2), ("DB_URL", "from-file-VALUE")])
+    );
+
+    let list = d.cli(&["list", "--user", "mona"], None).ok();
+    assert!(list.stdout().contains("API_TOKEN") && list.stdout().contains("octo/app"));
+    let json: serde_json::Value = serde_json::from_str(&d.list_json("--user", "mona")).unwrap();
+    assert_eq!(json["secrets"][0]["name"], "API_TOKEN");
+    assert_eq!(json["secrets"][0]["repos"][0], "octo/app");
+    assert!(json["secrets"][0]["updated"].as_i64().unwrap() > 1_600_000_000);
+    let rlist = d.cli(&["list", "--repo", "octo/app"], None).ok();
+    assert!(rlist.stdout().contains("DB_URL"));
+    for out in [&list, &rlist] {
+        assert_no_values("list output", &out.out.stdout, &[v1, v2, "from-file-VALUE"]);
+    }
+
+    // Delete (stdin is not a terminal: no question asked).
+    d.cli(&["delete", "API_TOKEN", "--user", "mona"], None).ok();
+    d.cli(&["delete", "API_TOKEN", "--user", "mona"], None)
+        .fails_with("no user secret API_TOKEN for mona");
+    d.cli(&["delete", "db_url", "--repo", "octo/app", "--yes"], None)
+        .ok();
+    assert_eq!(served(&dir), vec![]);
+    let empty: serde_json::Value = serde_json::from_str(&d.list_json("--user", "mona")).unwrap();
+    assert_eq!(empty["secrets"], serde_json::json!([]));
+
+    let log = d.stop();
+    assert_no_values(
+        "daemon log",
+        log.as_bytes(),
+        &[v2, "round-trip-VALUE-one", "from-file-VALUE"],
+    );
+    assert!(log.contains("API_TOKEN"), "audit names secrets:\n{log}");
+}
+
+#[test]
+fn access_matrix_and_plan() {
+    let mut d = Daemon::new();
+    d.set_user("TOKEN", "mona", "octo/a", "mona-token-VALUE");
+    d.set_user("ONLY_B", "mona", "octo/b", "mona-b-VALUE");
+    d.set_user("HUBOT_T", "hubot", "octo/a,octo/b", "hubot-VALUE");
+    d.set_repo("TOKEN", "octo/a", "repo-a-token-VALUE");
+    d.set_repo("DB", "octo/a", "repo-a-db-VALUE");
+    d.set_repo("DB", "octo/b", "repo-b-db-VALUE");
+
+    let (_, mona_a) = d.sandbox("mona", "octo/a");
+    let (_, mona_b) = d.sandbox("mona", "octo/b");
+    let (_, hubot_a) = d.sandbox("hubot", "octo/a");
+    let (_, mona_c) = d.sandbox("mona", "octo/c");
+
+    // User secret wins the clash on TOKEN; repository secrets reach every sandbox of the repo.
+    assert_eq!(
+        served(&mona_a),
+        pairs(&[("DB", "repo-a-db-VALUE"), ("TOKEN", "mona-token-VALUE")])
+    );
+    assert_eq!(
+        served(&mona_b),
+        pairs(&[("DB", "repo-b-db-VALUE"), ("ONLY_B", "mona-b-VALUE")])
+    );
+    assert_eq!(
+        served(&hubot_a),
+        pairs(&[
+            ("DB", "repo-a-db-VALUE"),
+            ("HUBOT_T", "hubot-VALUE"),
+            ("TOKEN", "repo-a-token-VALUE")
+        ])
+    );
+    assert_eq!(served(&mona_c), vec![]);
+    let (_, body) = fetch(&mona_a);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["repository"], "octo/a");
+    assert_eq!(v.as_object().unwrap().len(), 3, "{body}");
+
+    let plan = d
+        .cli(&["plan", "--user", "mona", "--repo", "octo/a"], None)
+        .ok();
+    let text = plan.stdout();
+    assert!(
+        text.contains("TOKEN") && text.contains("user secret wins"),
+        "{text}"
+    );
+    assert_no_values(
+        "plan",
+        text.as_bytes(),
+        &["mona-token-VALUE", "repo-a-db-VALUE"],
+    );
+    let plan = d
+        .cli(
+            &["plan", "--user", "mona", "--repo", "octo/a", "--json"],
+            None,
+        )
+        .ok();
+    let p: serde_json::Value = serde_json::from_str(&plan.stdout()).unwrap();
+    assert_eq!(
+        p["secrets"],
+        serde_json::json!([
+            {"name": "DB", "from": "repository", "overrides_repository": false},
+            {"name": "TOKEN", "from": "user", "overrides_repository": true},
+        ])
+    );
+
+    // Changing access needs no value (stdin is empty/null) and takes effect at once.
+    let out = d
+        .cli(
+            &[
+                "access",
+                "TOKEN",
+                "--user",
+                "mona",
+                "--repos",
+                "octo/b,octo/c",
+            ],
+            None,
+        )
+        .ok();
+    assert!(out.stdout().contains("access changed"), "{}", out.explain());
+    assert_eq!(
+        served(&mona_a),
+        pairs(&[("DB", "repo-a-db-VALUE"), ("TOKEN", "repo-a-token-VALUE")])
+    );
+    assert!(served(&mona_b).contains(&("TOKEN".into(), "mona-token-VALUE".into())));
+    assert_eq!(served(&mona_c), pairs(&[("TOKEN", "mona-token-VALUE")]));
+    d.cli(&["access", "TOKEN", "--user", "mona", "--repos", ""], None)
+        .ok();
+    assert_eq!(served(&mona_c), vec![]);
+    d.cli(
+        &["access", "NOPE", "--user", "mona", "--repos", "octo/a"],
+        None,
+    )
+    .fails_with("no user secret NOPE for mona");
+    d.cli(
+        &["access", "TOKEN", "--user", "mona", "--repos", "not-a-repo"],
+        None,
+    )
+    .fails_with("must be owner/name");
+
+    let log = d.stop();
+    assert_no_values(
+        "daemon log",
+        log.as_bytes(),
+        &[
+            "mona-token-VALUE",
+            "repo-a-token-VALUE",
+            "hubot-VALUE",
+            "repo-b-db-VALUE",
+        ],
+    );
+    assert!(
+        log.contains("names=DB,TOKEN") || log.contains("names=\"DB,TOKEN\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn invalid_input_is_refused_by_rule_and_the_store_is_unchanged() {
+    let mut d = Daemon::new();
+    d.set_user("KEEP", "mona", "octo/a", "keep-user-VALUE");
+    d.set_repo("KEEP", "octo/a", "keep-repo-VALUE");
+    let before = (
+        d.list_json("--user", "mona"),
+        d.list_json("--repo", "octo/a"),
+    );
+
+    let long = "A".repeat(256);
+    let big = "x".repeat(48 * 1024 + 1);
+    let cases: Vec<(Vec<&str>, Vec<u8>, &str)> = vec![
+        (
+            vec!["set", "1ABC", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "must not start with a digit",
+        ),
+        (
+            vec!["set", "A-B", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "may only contain letters, digits and underscores",
+        ),
+        (
+            vec!["set", "A B", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "may only contain",
+        ),
+        (
+            vec!["set", "", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "secret name is empty",
+        ),
+        (
+            vec!["set", &long, "--repo", "octo/a"],
+            b"v".to_vec(),
+            "longer than 255",
+        ),
+        (
+            vec!["set", "github_token", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "must not start with GITHUB_",
+        ),
+        (
+            vec!["set", "Sandbox_X", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "must not start with SANDBOX_",
+        ),
+        (
+            vec!["set", "ld_preload", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "is dangerous (it changes how programs start); allow it explicitly (pass --allow-dangerous",
+        ),
+        (
+            vec!["set", "PATH", "--user", "mona", "--repos", "octo/a"],
+            b"v".to_vec(),
+            "is dangerous",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo/a"],
+            b"".to_vec(),
+            "secret value is empty",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo/a"],
+            b"ab\0cd".to_vec(),
+            "NUL byte at offset 2",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo/a"],
+            vec![b'a', 0xff, b'b'],
+            "not valid UTF-8",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo/a"],
+            big.clone().into_bytes(),
+            "more than the 49152-byte limit",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo"],
+            b"v".to_vec(),
+            "must be owner/name",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "a/b/c"],
+            b"v".to_vec(),
+            "must be owner/name",
+        ),
+        (
+            vec!["set", "KEEP", "--user=-mona", "--repos", "octo/a"],
+            b"v".to_vec(),
+            "must be 1-39 letters",
+        ),
+        (
+            vec!["set", "KEEP", "--user", "mona", "--repos", "octo/a,bad"],
+            b"v".to_vec(),
+            "\"bad\" must be owner/name",
+        ),
+        (
+            vec!["set", "NEW", "--user", "mona"],
+            b"v".to_vec(),
+            "give the repositories",
+        ),
+        (
+            vec!["set", "KEEP", "--repo", "octo/a", "--repos", "octo/b"],
+            b"v".to_vec(),
+            "cannot be used with",
+        ),
+        (
+            vec!["set", "KEEP", "--user", "mona", "--repo", "octo/a"],
+            b"v".to_vec(),
+            "cannot be used with",
+        ),
+        (
+            vec!["delete", "bad-name", "--repo", "octo/a"],
+            vec![],
+            "may only contain",
+        ),
+        (
+            vec!["sandbox", "create", "--user", "mona", "--repo", "nope"],
+            vec![],
+            "must be owner/name",
+        ),
+        (
+            vec!["sandbox", "delete", "../../etc"],
+            vec![],
+            "is not 32 lower-case hex digits",
+        ),
+        (
+            vec!["sandbox", "delete", "0123456789abcdef0123456789abcdef"],
+            vec![],
+            "no sandbox 0123456789abcdef0123456789abcdef",
+        ),
+    ];
+    for (args, stdin, needle) in &cases {
+        let out = d.cli(args, Some(stdin)).fails_with(needle);
+        assert_no_values("error output", &out.out.stderr, &["keep-user-VALUE"]);
+    }
+    // The refused value itself never shows up in the error.
+    let out = d
+        .cli(
+            &["set", "KEEP", "--repo", "octo/a"],
+            Some(b"refused-VALUE\0x"),
+        )
+        .fails_with("NUL");
+    assert_no_values("error", &out.out.stderr, &["refused-VALUE"]);
+    assert_eq!(
+        before,
+        (
+            d.list_json("--user", "mona"),
+            d.list_json("--repo", "octo/a")
+        )
+    );
+    let (_, dir) = d.sandbox("mona", "octo/a");
+    assert_eq!(served(&dir), pairs(&[("KEEP", "keep-user-VALUE")]));
+
+    // Dangerous names pass with the explicit flag.
+    d.cli(
+        &["set", "ld_preload", "--repo", "octo/z", "--allow-dangerous"],
+        Some(b"/lib/x.so"),
+    )
+    .ok();
+    assert!(d.list_json("--repo", "octo/z").contains("LD_PRELOAD"));
+
+    // 100 per user and per repository; the 101st is refused and nothing changes.
+    for i in 0..99 {
+        d.set_user(&format!("U{i}"), "mona", "octo/a", "u");
+        d.set_repo(&format!("R{i}"), "octo/a", "r");
+    }
+    let full = (
+        d.list_json("--user", "mona"),
+        d.list_json("--repo", "octo/a"),
+    );
+    d.cli(
+        &["set", "EXTRA", "--user", "mona", "--repos", "octo/a"],
+        Some(b"v"),
+    )
+    .fails_with("user mona already has 100 secrets (the limit)");
+    d.cli(&["set", "EXTRA", "--repo", "octo/a"], Some(b"v"))
+        .fails_with("repository octo/a already has 100 secrets (the limit)");
+    // Updating at the limit still works.
+    d.cli(
+        &["set", "KEEP", "--repo", "octo/a"],
+        Some(b"keep-repo-VALUE"),
+    )
+    .ok();
+    assert_eq!(
+        full.0,
+        d.list_json("--user", "mona"),
+        "refused change touched the store"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&d.list_json("--repo", "octo/a")).unwrap();
+    assert_eq!(listed["secrets"].as_array().unwrap().len(), 100);
+    assert_eq!(served(&dir).len(), 199);
+    d.stop();
+}
+
+#[test]
+fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
+    let mut d = Daemon::new();
+    let values = ["AT-REST-user-VALUE-4f1c", "AT-REST-repo-VALUE-93ab"];
+    d.set_user("TOKEN", "mona", "octo/a", values[0]);
+    d.set_repo("DB_PASS", "octo/a", values[1]);
+    let (_, dir) = d.sandbox("mona", "octo/a");
+    let (_, other) = d.sandbox("hubot", "octo/b");
+    d.set_repo("B_ONLY", "octo/b", "b-VALUE");
+    assert_eq!(served(&dir).len(), 2);
+
+    // While running (WAL live) and after stopping: no file in the state dir holds a value.
+    let scan = |d: &Daemon| {
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(d.state()).unwrap() {
+            let path = entry.unwrap().path();
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            assert_no_values(
+                &path.display().to_string(),
+                &std::fs::read(&path).unwrap(),
+                &values,
+            );
+        }
+        seen
+    };
+    let live = scan(&d);
+    assert!(
+        live.iter().any(|f| f == "secrets.db-wal"),
+        "WAL not in use: {live:?}"
+    );
+    assert_eq!(mode(&d.state().join("key")), 0o600);
+    assert_eq!(std::fs::metadata(d.state().join("key")).unwrap().len(), 32);
+    d.stop();
+    scan(&d);
+
+    // Flip one bit of DB_PASS's ciphertext while the daemon is stopped.
+    {
+        let db = rusqlite::Connection::open(d.state().join("secrets.db")).unwrap();
+        let mut ct: Vec<u8> = db
+            .query_row(
+                "SELECT ciphertext FROM secrets WHERE kind = 'repo' AND name = 'DB_PASS'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        ct[3] ^= 0x01;
+        db.execute(
+            "UPDATE secrets SET ciphertext = ?1 WHERE kind = 'repo' AND name = 'DB_PASS'",
+            [ct],
+        )
+        .unwrap();
+    }
+    d.start().unwrap();
+    let (status, body) = fetch(&dir);
+    assert_eq!(status, 500, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let msg = err["error"].as_str().unwrap();
+    assert!(msg.contains("DB_PASS") && msg.contains("octo/a"), "{msg}");
+    assert_no_values("error answer", body.as_bytes(), &values);
+    // Other sandboxes are served as before.
+    assert_eq!(served(&other), pairs(&[("B_ONLY", "b-VALUE")]));
+    let log = d.stop();
+    assert!(
+        log.contains("DB_PASS"),
+        "startup names the tampered secret:\n{log}"
+    );
+    assert_no_values("daemon log", log.as_bytes(), &values);
+    // Swapping a valid ciphertext in from another secret is refused too: the AAD binds the
+    // value to its scope and name.
+    {
+        let db = rusqlite::Connection::open(d.state().join("secrets.db")).unwrap();
+        db.execute(
+            "UPDATE secrets SET (nonce, ciphertext) = (SELECT nonce, ciphertext FROM secrets
+             WHERE kind = 'user' AND name = 'TOKEN') WHERE kind = 'repo' AND name = 'DB_PASS'",
+            [],
+        )
+        .unwrap();
+    }
+    d.start().unwrap();
+    let (status, body) = fetch(&dir);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("DB_PASS"), "{body}");
+    assert_no_values("error answer", body.as_bytes(), &values);
+    d.stop();
+}
+
+#[test]
+fn key_file_rules() {
+    let mut d = Daemon::new();
+    d.set_repo("X", "octo/a", "key-rules-VALUE");
+    d.stop();
+    let key = d.state().join("key");
+    let original = std::fs::read(&key).unwrap();
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = d.start().unwrap_err();
+    assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+
+    std::fs::write(&key, [0x5a; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = d.start().unwrap_err();
+    assert!(e.contains("does not open this store"), "{e}");
+
+    std::fs::remove_file(&key).unwrap();
+    let e = d.start().unwrap_err();
+    assert!(
+        e.contains("is missing but the store holds 1 sealed secrets"),
+        "{e}"
+    );
+
+    std::fs::write(&key, &original).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.start().unwrap();
+    let (_, dir) = d.sandbox("mona", "octo/a");
+    assert_eq!(served(&dir), pairs(&[("X", "key-rules-VALUE")]));
+    d.stop();
+}
+
+#[test]
+fn restart_keeps_secrets_and_sandboxes_through_the_same_directory() {
+    let mut d = Daemon::new();
+    d.set_user("TOKEN", "mona", "octo/a", "restart-VALUE");
+    let (id, dir) = d.sandbox("mona", "octo/a");
+    let listed_before = d.cli(&["sandbox", "list", "--json"], None).ok().stdout();
+    assert_eq!(served(&dir), pairs(&[("TOKEN", "restart-VALUE")]));
+    // Hold the directory open as a bind mount would: the same inode must serve after restart.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
+
+    // An idle keep-alive connection does not hold up a SIGTERM: it is closed in the drain.
+    let mut idle = UnixStream::connect(dir.join("secrets.sock")).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(idle, "GET /v1/secrets HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let log = d.stop();
+    assert!(
+        !log.contains("still open after the drain timeout"),
+        "idle connection held up the drain:\n{log}"
+    );
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(
+        !d.run_dir().join("admin.sock").exists(),
+        "SIGTERM leaves the admin socket"
+    );
+    assert!(
+        !dir.join("secrets.sock").exists(),
+        "SIGTERM leaves the sandbox socket"
+    );
+    assert!(
+        dir.is_dir(),
+        "the sandbox directory must survive for its bind mount"
+    );
+
+    d.start().unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap()),
+        inode
+    );
+    assert_eq!(served(&dir), pairs(&[("TOKEN", "restart-VALUE")]));
+    assert_eq!(
+        d.cli(&["sandbox", "list", "--json"], None).ok().stdout(),
+        listed_before
+    );
+    assert!(d
+        .cli(&["sandbox", "list"], None)
+        .ok()
+        .stdout()
+        .contains(&id));
+
+    // A second daemon on the same run directory is refused.
+    let second = run(
+        {
+            let mut c = Command::new(BIN);
+            c.args(["serve", "--state-dir"])
+                .arg(d.dir.path().join("state2"))
+                .arg("--run-dir")
+                .arg(d.run_dir());
+            c
+        },
+        None,
+    );
+    let second = second.fails_with("in use by a running daemon");
+    assert!(
+        second.stderr().contains("admin.sock"),
+        "{}",
+        second.explain()
+    );
+    // ... and the first still serves.
+    assert_eq!(served(&dir).len(), 1);
+
+    // A stale socket file (daemon killed hard) is replaced on start.
+    let mut child = d.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(d.run_dir().join("admin.sock").exists());
+    d.start().unwrap();
+    assert_eq!(served(&dir), pairs(&[("TOKEN", "restart-VALUE")]));
+    d.stop();
+}
+
+#[test]
+fn modes_of_the_run_directory_and_sandbox_deletion() {
+    let mut d = Daemon::new();
+    let (id, dir) = d.sandbox("mona", "octo/a");
+    let run = d.run_dir();
+    assert_eq!(mode(&run), 0o755);
+    assert_eq!(mode(&run.join("admin.sock")), 0o600);
+    assert_eq!(mode(&run.join("sandboxes")), 0o700);
+    assert_eq!(dir, run.join("sandboxes").join(&id));
+    assert_eq!(mode(&dir), 0o755);
+    assert_eq!(mode(&dir.join("secrets.sock")), 0o666);
+    assert_eq!(id.len(), 32);
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+
+    // Other routes and methods answer JSON errors.
+    let (status, body) = http(&dir.join("secrets.sock"), "GET", "/v1/other").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (status, body) = http(&dir.join("secrets.sock"), "POST", "/v1/secrets").unwrap();
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (status, body) = http(&run.join("admin.sock"), "GET", "/v1/admin/plan").unwrap();
+    assert_eq!(status, 405, "{body}");
+
+    let (id2, dir2) = d.sandbox("mona", "octo/a");
+    d.cli(&["sandbox", "delete", &id], None).ok();
+    assert!(!dir.exists(), "deleted sandbox's directory is still there");
+    assert!(UnixStream::connect(dir.join("secrets.sock")).is_err());
+    let list = d.cli(&["sandbox", "list"], None).ok().stdout();
+    assert!(!list.contains(&id) && list.contains(&id2), "{list}");
+    assert_eq!(fetch(&dir2).0, 200);
+    d.stop();
+    d.start().unwrap();
+    assert!(!dir.exists(), "deleted sandbox came back after restart");
+    assert_eq!(fetch(&dir2).0, 200);
+    d.stop();
+}
+
+#[test]
+fn admin_socket_refuses_other_uids() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root to run the CLI as another uid");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: setpriv not installed");
+        return;
+    }
+    let mut d = Daemon::new();
+    d.set_repo("X", "octo/a", "admin-uid-VALUE");
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--run-dir",
+        ])
+        .arg(d.run_dir())
+        .args(args);
+        run(c, None)
+    };
+    // The socket's 0600 mode stops the connect itself.
+    as_nobody(&["list", "--repo", "octo/a"]).fails_with("Permission denied");
+    // With the mode opened up, SO_PEERCRED still refuses, with a 403 naming the rule.
+    let admin = d.run_dir().join("admin.sock");
+    std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody(&["list", "--repo", "octo/a"])
+        .fails_with("uid 65534 may not use the admin socket");
+    assert!(!out.stdout().contains('X'), "{}", out.explain());
+    as_nobody(&["sandbox", "create", "--user", "mona", "--repo", "octo/a"])
+        .fails_with("uid 65534 may not use the admin socket");
+    assert!(d
+        .cli(&["sandbox", "list", "--json"], None)
+        .ok()
+        .stdout()
+        .contains("[]"));
+    // Root still works.
+    d.cli(&["list", "--repo", "octo/a"], None).ok();
+    let log = d.stop();
+    assert!(
+        log.contains("admin connection refused") && log.contains("65534"),
+        "{log}"
+    );
+}
+
+#[test]
+fn unusable_state_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["serve", "--state-dir"])
+        .arg(file.join("state"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"));
+    run(c, None).fails_with("cannot create state directory");
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root for the non-root daemon case");
+        return;
+    }
+    // A daemon running as nobody cannot write a root-owned state directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "serve",
+        "--state-dir",
+    ])
+    .arg(&state)
+    .arg("--run-dir")
+    .arg(dir.path().join("run-nobody"));
+    run(c, None).fails_with("is not writable");
+}
+
+#[test]
+fn delete_asks_on_a_terminal_unless_yes() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: script(1) not installed (needed for a pseudo-terminal)");
+        return;
+    }
+    let mut d = Daemon::new();
+    d.set_repo("GONE", "octo/a", "confirm-VALUE");
+    let on_tty = |args: &str, answer: &[u8]| {
+        let mut c = Command::new("script");
+        c.args(["-qec"])
+            .arg(format!("{BIN} --run-dir {} {args}", d.run_dir().display()))
+            .arg("/dev/null");
+        run(c, Some(answer))
+    };
+    let out = on_tty("delete GONE --repo octo/a", b"n\n");
+    assert!(
+        !out.out.status.success()
+            && out
+                .stdout()
+                .contains("delete repository secret GONE of octo/a? [y/N]"),
+        "{}",
+        out.explain()
+    );
+    assert!(out.stdout().contains("not deleted"), "{}", out.explain());
+    assert!(d.list_json("--repo", "octo/a").contains("GONE"));
+    let out = on_tty("delete GONE --repo octo/a --yes", b"");
+    assert!(
+        out.out.status.success() && !out.stdout().contains("[y/N]"),
+        "{}",
+        out.explain()
+    );
+    assert!(!d.list_json("--repo", "octo/a").contains("GONE"));
+    d.stop();
+}
