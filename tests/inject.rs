@@ -260,7 +260,7 @@ fn authorized_secrets_arrive_byte_exact_and_replace_inherited_with_a_warning() {
         "{logs}"
     );
     assert!(
-        logs.contains("fetched secrets") && logs.contains("count=3"),
+        logs.contains("fetched 3 secrets from") && logs.contains("TRICKY API_TOKEN EMPTY"),
         "{logs}"
     );
     assert_no_value(
@@ -413,7 +413,10 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     assert_eq!((dmeta.uid(), dmeta.gid()), (t.uid, t.gid));
     // Only the file: no temporary left behind, the revoked one gone.
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 1);
-    assert!(logs.contains("no longer spilled: REVOKED"), "{logs}");
+    assert!(
+        logs.contains("no longer spilled from") && logs.contains("secrets: REVOKED"),
+        "{logs}"
+    );
     assert!(logs.contains("BIG_FILE="), "{logs}");
     assert_no_value(
         &logs,

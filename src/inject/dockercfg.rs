@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use super::spill;
+use super::{spill, ScrubbedJson};
 
 /// Suffixes of the three parts of a triplet, in the order they are reported.
 pub const SERVER_SUFFIX: &str = "_CONTAINER_REGISTRY_SERVER";
@@ -200,15 +200,7 @@ pub struct Config(pub Map<String, Value>);
 
 impl Drop for Config {
     fn drop(&mut self) {
-        fn scrub(v: &mut Value) {
-            match v {
-                Value::String(s) => s.zeroize(),
-                Value::Array(a) => a.iter_mut().for_each(scrub),
-                Value::Object(m) => m.values_mut().for_each(scrub),
-                _ => {}
-            }
-        }
-        self.0.values_mut().for_each(scrub);
+        drop(ScrubbedJson(Value::Object(std::mem::take(&mut self.0))));
     }
 }
 
@@ -274,8 +266,7 @@ pub fn merge(config: &mut Map<String, Value>, entries: &[Entry], path: &Path) ->
 }
 
 fn scrub_value(v: &mut Value) {
-    let mut c = Config(Map::new());
-    c.0.insert(String::new(), std::mem::take(v));
+    drop(ScrubbedJson(std::mem::take(v)));
 }
 
 /// Where `config.json` goes: `$DOCKER_CONFIG` (from the child's inherited environment) when set
@@ -463,9 +454,9 @@ fn serialise(config: &Map<String, Value>) -> Result<Zeroizing<Vec<u8>>, serde_js
         }
     }
     let mut count = Count(0);
-    serde_json::to_writer_pretty(&mut count, config)?;
+    serde_json::to_writer(&mut count, config)?;
     let mut out = Zeroizing::new(Vec::with_capacity(count.0 + 1));
-    serde_json::to_writer_pretty(&mut *out, config)?;
+    serde_json::to_writer(&mut *out, config)?;
     out.push(b'\n');
     Ok(out)
 }

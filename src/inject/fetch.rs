@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::protocol::{self, ErrorBody, SecretsResponse};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use crate::protocol::{self, SecretsResponse};
 
 /// One secret as it arrived, name re-validated. The value is zeroized on drop.
 pub struct Secret {
@@ -96,18 +99,32 @@ const MAX_ERROR_MESSAGE: usize = 300;
 /// name passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose
 /// values hold no NUL (an environment cannot carry one).
 pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
+    // One JSON parser for every shape (a smaller init): the body becomes a `Value` first,
+    // whose strings are zeroized when it is dropped.
+    let (value, syntax) = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => (super::ScrubbedJson(v), None),
+        Err(e) => (super::ScrubbedJson(Value::Null), Some(e)),
+    };
     if status != hyper::StatusCode::OK {
         // An error body never holds a value by contract; it is still escaped and bounded.
-        let message = match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(e) => shorten(&e.error),
-            Err(_) => format!("(no JSON error body, {} bytes)", body.len()),
+        let message = match value.0.get("error").and_then(Value::as_str) {
+            Some(e) => shorten(e),
+            None => format!("(no JSON error body, {} bytes)", body.len()),
         };
         return Err(FetchError::Status { status, message });
     }
-    let response: SecretsResponse = serde_json::from_slice(body).map_err(|e| {
-        // serde_json's message holds a line and column, never input text.
-        FetchError::Garbage(format!("not a secrets answer: {e}"))
-    })?;
+    // serde_json's messages hold a line and column or a field name, never input text.
+    if let Some(e) = syntax {
+        return Err(FetchError::Garbage(format!("not a secrets answer: {e}")));
+    }
+    match SecretsResponse::deserialize(&value.0) {
+        Ok(response) => check(response),
+        Err(e) => Err(FetchError::Garbage(format!("not a secrets answer: {e}"))),
+    }
+}
+
+/// The checks on arrival: names valid (dangerous ones refused) and unique, values without NUL.
+fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(response.secrets.len());
     for wire in response.secrets {

@@ -122,20 +122,24 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
                 socket: opts.socket.clone(),
             }),
             Decision::Proceed => {
-                tracing::info!(
-                    socket = %opts.socket.display(),
-                    "no secrets socket; starting without secrets"
-                );
+                info(format_args!(
+                    "no secrets socket at {}; starting without secrets",
+                    opts.socket.display()
+                ));
                 Ok(None)
             }
         };
     }
     match fetch::fetch(&opts.socket, opts.timeout) {
         Ok(secrets) => {
-            tracing::info!(socket = %opts.socket.display(), count = secrets.len(), "fetched secrets");
-            if tracing::enabled!(tracing::Level::DEBUG) {
+            if tracing::enabled!(tracing::Level::INFO) {
                 let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
-                tracing::debug!(names = ?names, "secret names");
+                info(format_args!(
+                    "fetched {} secrets from {}: {}",
+                    secrets.len(),
+                    opts.socket.display(),
+                    names.join(" ")
+                ));
             }
             Ok(Some(secrets))
         }
@@ -147,15 +151,46 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
             match on_failure(opts.policy) {
                 Decision::Stop => Err(err),
                 Decision::Proceed => {
-                    tracing::warn!(
+                    warn(format_args!(
                         "{}; starting without secrets (--secrets optional)",
                         chain(&err)
-                    );
+                    ));
                     Ok(None)
                 }
             }
         }
     }
+}
+
+/// A parsed JSON document whose strings (values, `auth` entries) are zeroized when dropped.
+pub struct ScrubbedJson(pub serde_json::Value);
+
+impl Drop for ScrubbedJson {
+    fn drop(&mut self) {
+        fn scrub(v: &mut serde_json::Value) {
+            use serde_json::Value;
+            match v {
+                Value::String(s) => zeroize::Zeroize::zeroize(s),
+                Value::Array(a) => a.iter_mut().for_each(scrub),
+                Value::Object(m) => m.values_mut().for_each(scrub),
+                _ => {}
+            }
+        }
+        scrub(&mut self.0);
+    }
+}
+
+/// Every warning of this module goes through one call site (a smaller static init). Messages
+/// hold names and paths, never a value.
+#[inline(never)]
+fn warn(message: std::fmt::Arguments<'_>) {
+    tracing::warn!("{message}");
+}
+
+/// Every info line of this module, as [`warn`].
+#[inline(never)]
+fn info(message: std::fmt::Arguments<'_>) {
+    tracing::info!("{message}");
 }
 
 /// An error and its sources on one line, `a: b: c`, as the binaries print them.
@@ -226,11 +261,10 @@ pub fn prepare(
 
     for s in &secrets {
         if lookup(inherited, &s.name).is_some() {
-            tracing::warn!(
-                variable = %s.name,
+            warn(format_args!(
                 "secret {} replaces the inherited variable of the same name",
                 s.name
-            );
+            ));
         }
     }
 
@@ -267,11 +301,11 @@ pub fn prepare(
             (Ok(path), _) => path,
             (Err(e), Decision::Stop) => return Err(e),
             (Err(e), Decision::Proceed) => {
-                tracing::warn!(
+                warn(format_args!(
                     "{}; starting without {} (--secrets optional)",
                     chain(&e),
                     secret.name
-                );
+                ));
                 continue;
             }
         };
@@ -280,26 +314,25 @@ pub fn prepare(
             prepared.unset.push(secret.name.clone());
         }
         if names.contains(&file_var) {
-            tracing::warn!(
+            warn(format_args!(
                 "secret {} is too large for the environment and went to {}, but {file_var} is \
                  a secret too and keeps its value; read the file directly",
                 secret.name,
                 path.display()
-            );
+            ));
             continue;
         }
         if lookup(inherited, &file_var).is_some() {
-            tracing::warn!(
-                variable = %file_var,
+            warn(format_args!(
                 "{file_var} (the file of the oversized secret {}) replaces the inherited variable",
                 secret.name
-            );
+            ));
         }
-        tracing::info!(
+        info(format_args!(
             "secret {} is too large for the environment: {file_var}={}",
             secret.name,
             path.display()
-        );
+        ));
         let path = path.into_os_string().into_string().unwrap_or_else(|p| {
             // Only reachable with a non-UTF-8 spill dir; the variable must still be exact.
             String::from_utf8_lossy(p.as_bytes()).into_owned()
@@ -308,16 +341,16 @@ pub fn prepare(
     }
     let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
     match spill::remove_stale(&placement.dir, &keep) {
-        Ok(removed) if !removed.is_empty() => tracing::info!(
-            dir = %placement.dir.display(),
-            "removed files of secrets no longer spilled: {}",
+        Ok(removed) if !removed.is_empty() => info(format_args!(
+            "removed files of secrets no longer spilled from {}: {}",
+            placement.dir.display(),
             removed.join(", ")
-        ),
+        )),
         Ok(_) => {}
-        Err(e) => tracing::warn!(
+        Err(e) => warn(format_args!(
             "cannot clean the oversized-secrets directory {}: {e}",
             placement.dir.display()
-        ),
+        )),
     }
     prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
@@ -352,33 +385,33 @@ fn registry_credentials(
         .map(|s| (s.name.as_str(), &s.value))
         .collect();
     let (entries, warnings) = dockercfg::entries(&pairs);
-    for w in &warnings {
-        tracing::warn!("{w}");
+    for w in warnings {
+        warn(format_args!("{w}"));
     }
     if entries.is_empty() {
         return Ok(());
     }
     let (dir, explicit) = dockercfg::config_dir(lookup(inherited, "DOCKER_CONFIG"), &target.home);
     if !explicit && !target.home.is_dir() {
-        tracing::warn!(
+        warn(format_args!(
             "home {} of uid {} does not exist and DOCKER_CONFIG is not set: registry \
              credentials not written",
             target.home.display(),
             target.uid
-        );
+        ));
         return Ok(());
     }
     match dockercfg::write_config(&dir, explicit, &entries, target.uid, target.gid) {
         Ok(written) => {
-            for w in &written.warnings {
-                tracing::warn!("{w}");
+            for w in written.warnings {
+                warn(format_args!("{w}"));
             }
             let servers: Vec<&str> = entries.iter().map(|e| e.server.as_str()).collect();
-            tracing::info!(
-                path = %written.path.display(),
-                servers = ?servers,
-                "registry credentials written"
-            );
+            info(format_args!(
+                "registry credentials written to {} for {}",
+                written.path.display(),
+                servers.join(" ")
+            ));
             Ok(())
         }
         Err(e) => {
@@ -386,7 +419,10 @@ fn registry_credentials(
             match on_failure(opts.policy) {
                 Decision::Stop => Err(err),
                 Decision::Proceed => {
-                    tracing::warn!("{}; going on (--secrets optional)", chain(&err));
+                    warn(format_args!(
+                        "{}; going on (--secrets optional)",
+                        chain(&err)
+                    ));
                     Ok(())
                 }
             }
@@ -433,12 +469,12 @@ pub fn write_env(
             let path = write_spill(&placement.dir, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);
             if names.contains(&file_var) {
-                tracing::warn!(
+                warn(format_args!(
                     "secret {} is too large for the environment and went to {}, but {file_var} \
                      is a secret too and keeps its value",
                     secret.name,
                     path.display()
-                );
+                ));
                 continue;
             }
             files.push((file_var, path.to_string_lossy().into_owned()));
