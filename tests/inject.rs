@@ -260,7 +260,7 @@ fn authorized_secrets_arrive_byte_exact_and_replace_inherited_with_a_warning() {
         "{logs}"
     );
     assert!(
-        logs.contains("fetched 3 secrets from") && logs.contains("TRICKY API_TOKEN EMPTY"),
+        logs.contains("fetched 3 secrets from") && logs.contains("API_TOKEN EMPTY TRICKY"),
         "{logs}"
     );
     assert_no_value(

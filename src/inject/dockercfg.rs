@@ -9,7 +9,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -139,15 +138,30 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// `base64(user:password)`, built in zeroized buffers of exact size.
+/// `base64(user:password)` (standard alphabet, padded), built in zeroized buffers of exact
+/// size. Written out here rather than with the `base64` crate: a smaller static init.
 pub fn basic_auth(user: &str, password: &str) -> Zeroizing<String> {
-    let mut plain = Zeroizing::new(String::with_capacity(user.len() + 1 + password.len()));
-    plain.push_str(user);
-    plain.push(':');
-    plain.push_str(password);
-    let len = base64::encoded_len(plain.len(), true).unwrap_or(0);
-    let mut out = Zeroizing::new(String::with_capacity(len));
-    base64::engine::general_purpose::STANDARD.encode_string(plain.as_bytes(), &mut out);
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut plain = Zeroizing::new(Vec::with_capacity(user.len() + 1 + password.len()));
+    plain.extend_from_slice(user.as_bytes());
+    plain.push(b':');
+    plain.extend_from_slice(password.as_bytes());
+    let mut out = Zeroizing::new(String::with_capacity(plain.len().div_ceil(3) * 4));
+    for chunk in plain.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
     out
 }
 
@@ -466,6 +480,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn basic_auth_matches_standard_base64_for_every_length_and_byte() {
+        use base64::Engine as _;
+        let std64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(basic_auth("", "").as_str(), "Og==");
+        assert_eq!(basic_auth("mona", "pw").as_str(), std64("mona:pw"));
+        for len in 0..12 {
+            let pw: String = "é✓\u{0}~\u{7f}xyz🦀".chars().cycle().take(len).collect();
+            assert_eq!(
+                basic_auth("u", &pw).as_str(),
+                std64(&format!("u:{pw}")),
+                "{len}"
+            );
+        }
+        let all: String = (0u8..128).map(char::from).collect();
+        assert_eq!(
+            basic_auth(&all, &all).as_str(),
+            std64(&format!("{all}:{all}"))
+        );
+    }
+
+    #[test]
     fn registry_servers_normalise() {
         let cases = [
             ("ghcr.io", "ghcr.io"),
@@ -584,6 +619,7 @@ mod tests {
 
     #[test]
     fn entries_encode_basic_auth_and_check_values() {
+        use base64::Engine as _;
         let (srv, usr, pw) = (s("HTTPS://Reg.Example/"), s("mona"), s("pa:ss wörd"));
         let (bad_srv, bad_usr) = (s(" "), s("a:b"));
         let secrets = vec![

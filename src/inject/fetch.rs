@@ -2,7 +2,6 @@
 //! current-thread runtime (built only when a socket exists) and the garbage checks on arrival;
 //! it never logs, formats or stores a value outside a `SecretString`.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,17 +123,12 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
 }
 
 /// The checks on arrival: names valid (dangerous ones refused) and unique, values without NUL.
+/// Returns them sorted by name.
 fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
-    let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(response.secrets.len());
     for wire in response.secrets {
         let name = protocol::normalize_name(&wire.name, false)
             .map_err(|e| FetchError::Garbage(e.to_string()))?;
-        if !seen.insert(name.clone()) {
-            return Err(FetchError::Garbage(format!(
-                "secret name {name:?} appears more than once"
-            )));
-        }
         if let Some(offset) = wire.value.expose_secret().bytes().position(|b| b == 0) {
             return Err(FetchError::Garbage(format!(
                 "value of {name} contains a NUL byte at offset {offset}"
@@ -144,6 +138,13 @@ fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
             name,
             value: wire.value,
         });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(FetchError::Garbage(format!(
+            "secret name {:?} appears more than once",
+            w[0].name
+        )));
     }
     Ok(out)
 }

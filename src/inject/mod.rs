@@ -14,7 +14,6 @@ pub mod fetch;
 pub mod quote;
 pub mod spill;
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -230,11 +229,16 @@ struct Placement {
     dir: PathBuf,
 }
 
+/// Whether `name` is among `names` (sorted, as [`fetch::fetch`] returns them).
+fn is_secret(names: &[String], name: &str) -> bool {
+    names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+}
+
 fn place(secrets: &[Secret], env: &[(OsString, OsString)], dir: PathBuf) -> Placement {
-    let names: HashSet<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let rest: usize = env
         .iter()
-        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if names.contains(k)))
+        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if is_secret(&names, k)))
         .map(|(k, v)| env::entry_cost(k.len(), v.len()))
         .sum();
     let lens: Vec<(usize, usize)> = secrets
@@ -252,10 +256,9 @@ pub fn prepare(
     target: &Target,
     inherited: &[(OsString, OsString)],
 ) -> Result<Prepared, Error> {
-    let Some(mut secrets) = obtain(opts)? else {
+    let Some(secrets) = obtain(opts)? else {
         return Ok(Prepared::default());
     };
-    secrets.sort_by(|a, b| a.name.cmp(&b.name));
 
     registry_credentials(opts, target, inherited, &secrets)?;
 
@@ -273,7 +276,7 @@ pub fn prepare(
         inherited,
         spill_dir(lookup(inherited, spill::SPILL_DIR_ENV)),
     );
-    let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut prepared = Prepared::default();
     let mut dir_ready = Ok(());
     if placement.spilled.iter().any(|&s| s) {
@@ -313,7 +316,7 @@ pub fn prepare(
         if lookup(inherited, &secret.name).is_some() {
             prepared.unset.push(secret.name.clone());
         }
-        if names.contains(&file_var) {
+        if is_secret(&names, &file_var) {
             warn(format_args!(
                 "secret {} is too large for the environment and went to {}, but {file_var} is \
                  a secret too and keeps its value; read the file directly",
@@ -446,12 +449,11 @@ pub fn write_env(
     env: &[(OsString, OsString)],
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let Some(mut secrets) = obtain(opts)? else {
+    let Some(secrets) = obtain(opts)? else {
         return Ok(());
     };
-    secrets.sort_by(|a, b| a.name.cmp(&b.name));
     let placement = place(&secrets, env, spill_dir(lookup(env, spill::SPILL_DIR_ENV)));
-    let names: HashSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
     if placement.spilled.iter().any(|&s| s) {
         let (uid, gid) = match std::fs::metadata(&placement.dir) {
@@ -468,7 +470,7 @@ pub fn write_env(
         for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
             let path = write_spill(&placement.dir, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);
-            if names.contains(&file_var) {
+            if is_secret(&names, &file_var) {
                 warn(format_args!(
                     "secret {} is too large for the environment and went to {}, but {file_var} \
                      is a secret too and keeps its value",

@@ -121,10 +121,14 @@ pub fn write_atomic(
 fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::File)> {
     let mut attempt = 0u32;
     loop {
-        let mut salt = [0u8; 6];
-        getrandom::getrandom(&mut salt).map_err(|e| io::Error::other(e.to_string()))?;
-        let salt: String = salt.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = dir.join(format!(".{name}.{}.{salt}.tmp", std::process::id()));
+        // Unique enough with create_new behind it: pid, clock, attempt.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = dir.join(format!(
+            ".{name}.{}.{nanos:x}.{attempt}.tmp",
+            std::process::id()
+        ));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
