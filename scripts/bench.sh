@@ -25,7 +25,7 @@ pid1() {
   say "## PID 1: size, startup, memory"
   say ""
   # Sizes: the musl build above, and the static-glibc fallback built here for comparison.
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile init \
+  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" cargo build --quiet --profile init \
     --target x86_64-unknown-linux-gnu --no-default-features --bin sandbox-init
   local glibc=$ROOT/target/x86_64-unknown-linux-gnu/init/sandbox-init
   say "| binary | bytes | target |"

@@ -207,19 +207,19 @@ pub struct ErrorBody {
 /// Why a request over a unix socket failed. Messages name the socket, never a body.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {socket}: {source}")]
+    #[error("cannot connect to {socket}")]
     Connect {
         socket: PathBuf,
         source: std::io::Error,
     },
-    #[error("HTTP exchange with {socket} failed: {source}")]
+    #[error("HTTP exchange with {socket} failed")]
     Http {
         socket: PathBuf,
         source: hyper::Error,
     },
     #[error("answer from {socket} is larger than {limit} bytes")]
     TooLarge { socket: PathBuf, limit: usize },
-    #[error("cannot build request for {path}: {source}")]
+    #[error("cannot build request for {path}")]
     Request {
         path: String,
         source: hyper::http::Error,

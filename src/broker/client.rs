@@ -20,7 +20,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 pub enum AdminError {
     #[error("cannot start the client runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("{source} (is `sandbox-secrets serve` running with this --run-dir, and are you root or its user?)")]
+    #[error("cannot reach the daemon (is `sandbox-secrets serve` running with this --run-dir, and are you root or its user?)")]
     Connect { source: protocol::ClientError },
     #[error("{0}")]
     Exchange(protocol::ClientError),

@@ -158,7 +158,7 @@ pub fn run(opts: cli::Options, masks: sys::Masks, core: CoreLimit) -> Result<u8,
         ],
         None => Vec::new(),
     };
-    let env = spawn::compose_env(&inherited, &user_vars, &prepared.vars);
+    let env = spawn::compose_env(&inherited, &user_vars, &prepared.vars, &prepared.unset);
     // The composed environment now holds the only copy the init needs; wipe the rest.
     drop(prepared);
     let mut spec = spawn::exec_spec(&opts.command, &shell, env).map_err(SetupError::Spawn)?;

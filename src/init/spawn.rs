@@ -124,7 +124,8 @@ pub enum SpawnError {
 }
 
 /// Builds the child's environment: the init's own (inherited) variables, replaced or extended
-/// by `user_vars` (HOME, USER, ... from `--user`), replaced or extended by `secrets`.
+/// by `user_vars` (HOME, USER, ... from `--user`), replaced or extended by `secrets`; inherited
+/// variables named in `unset` (secrets that went to a file as `NAME_FILE`) are left out.
 /// Precedence secrets > user vars > inherited; a later duplicate secret wins. Each entry is
 /// `NAME=value\0` in a zeroizing buffer; an entry holding NUL is left out with a warning
 /// naming the variable.
@@ -132,6 +133,7 @@ pub fn compose_env(
     inherited: &[(OsString, OsString)],
     user_vars: &[(&str, OsString)],
     secrets: &[(String, SecretString)],
+    unset: &[String],
 ) -> Vec<Zeroizing<Vec<u8>>> {
     fn entry(name: &[u8], value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if name.is_empty() || name.contains(&0) || name.contains(&b'=') || value.contains(&0) {
@@ -146,6 +148,7 @@ pub fn compose_env(
     }
     let secret_named = |n: &[u8]| secrets.iter().any(|(s, _)| s.as_bytes() == n);
     let user_named = |n: &[u8]| user_vars.iter().any(|(u, _)| u.as_bytes() == n);
+    let unset_named = |n: &[u8]| unset.iter().any(|u| u.as_bytes() == n);
     let mut out = Vec::with_capacity(inherited.len() + user_vars.len() + secrets.len());
     let mut push = |name: &[u8], value: &[u8]| match entry(name, value) {
         Some(e) => out.push(e),
@@ -156,7 +159,7 @@ pub fn compose_env(
     };
     for (k, v) in inherited {
         let k = k.as_bytes();
-        if !secret_named(k) && !user_named(k) {
+        if !secret_named(k) && !user_named(k) && !unset_named(k) {
             push(k, v.as_bytes());
         }
     }
@@ -350,7 +353,7 @@ mod tests {
             ("NEW".to_string(), SecretString::from("line1\nline2 'q' $x")),
         ];
         assert_eq!(
-            show(&compose_env(&inherited, &user, &secrets)),
+            show(&compose_env(&inherited, &user, &secrets, &[])),
             vec![
                 "PATH=/bin",
                 "KEEP=a=b",
@@ -362,7 +365,7 @@ mod tests {
         );
         let secrets = vec![("HOME".to_string(), SecretString::from("/s"))];
         assert_eq!(
-            show(&compose_env(&inherited, &user, &secrets)),
+            show(&compose_env(&inherited, &user, &secrets, &[])),
             vec![
                 "PATH=/bin",
                 "TOKEN=inherited",
@@ -375,7 +378,7 @@ mod tests {
 
     #[test]
     fn env_edge_cases() {
-        assert!(compose_env(&[], &[], &[]).is_empty());
+        assert!(compose_env(&[], &[], &[], &[]).is_empty());
         let secrets = vec![
             ("A".to_string(), SecretString::from("1")),
             ("A".to_string(), SecretString::from("2")),
@@ -384,9 +387,20 @@ mod tests {
             (String::new(), SecretString::from("x")),
             ("E".to_string(), SecretString::from("")),
         ];
-        assert_eq!(show(&compose_env(&[], &[], &secrets)), vec!["A=2", "E="]);
-        let env = compose_env(&[(os("X"), os("1"))], &[], &[]);
+        assert_eq!(
+            show(&compose_env(&[], &[], &secrets, &[])),
+            vec!["A=2", "E="]
+        );
+        let env = compose_env(&[(os("X"), os("1"))], &[], &[], &[]);
         assert_eq!(env[0].as_slice(), b"X=1\0");
+    }
+
+    #[test]
+    fn a_spilled_secret_removes_the_stale_inherited_variable() {
+        let inherited = vec![(os("BIG"), os("stale")), (os("KEEP"), os("1"))];
+        let secrets = vec![("BIG_FILE".to_string(), SecretString::from("/run/x/BIG"))];
+        let env = compose_env(&inherited, &[], &secrets, &["BIG".to_string()]);
+        assert_eq!(show(&env), vec!["KEEP=1", "BIG_FILE=/run/x/BIG"]);
     }
 
     #[test]
