@@ -24,9 +24,9 @@ set +a
 export SANDBOX_INIT_STATIC="$PWD/target/static/sandbox-init"
 
 echo "== cargo test"
-cargo test --all-targets --no-fail-fast
+SANDBOX_INIT_REQUIRE_ALL=1 cargo test --all-targets --no-fail-fast
 
 if [[ -x scripts/smoke.sh ]]; then
   echo "== docker smoke tests"
-  scripts/smoke.sh
+  SANDBOX_INIT_REQUIRE_ALL=1 scripts/smoke.sh
 fi

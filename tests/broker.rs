@@ -1,7 +1,10 @@
 //! Integration tests of `sandbox-secrets`: a real daemon process per test in its own temp dirs,
 //! driven through the real CLI and the real sandbox sockets. A failure prints the command, its
 //! stdout and stderr, and the daemon's log.
+
 #![cfg(feature = "broker")]
+
+mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -926,11 +929,11 @@ fn modes_of_the_run_directory_and_sandbox_deletion() {
 #[test]
 fn admin_socket_refuses_other_uids() {
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root to run the CLI as another uid");
+        support::skip("needs root to run the CLI as another uid");
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        println!("skipped: setpriv not installed");
+        support::skip("setpriv not installed");
         return;
     }
     let mut d = Daemon::new();
@@ -985,7 +988,7 @@ fn unusable_state_directory_is_a_clear_error() {
     run(c, None).fails_with("cannot create state directory");
 
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root for the non-root daemon case");
+        support::skip("needs root for the non-root daemon case");
         return;
     }
     // A daemon running as nobody cannot write a root-owned state directory.
@@ -1011,7 +1014,7 @@ fn unusable_state_directory_is_a_clear_error() {
 #[test]
 fn delete_asks_on_a_terminal_unless_yes() {
     if Command::new("script").arg("--version").output().is_err() {
-        println!("skipped: script(1) not installed (needed for a pseudo-terminal)");
+        support::skip("script(1) not installed (needed for a pseudo-terminal)");
         return;
     }
     let mut d = Daemon::new();

@@ -3,6 +3,8 @@
 //! `sandbox_init::inject::{prepare, write_env}` through the library; every test in its own temp
 //! dir; values are distinctive and grepped for in every log line.
 
+mod support;
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -139,7 +141,7 @@ fn target(home: &Path) -> Target {
             home: home.to_owned(),
         }
     } else {
-        eprintln!("skipped: ownership by another user (not root); targeting ourselves");
+        support::skip("ownership by another user (not root); targeting ourselves");
         Target {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -698,7 +700,7 @@ fn env_lines_round_trip_through_bash_dash_and_busybox() {
     if Command::new("busybox").arg("true").output().is_ok() {
         shells.push(vec!["busybox", "sh", "-c"]);
     } else {
-        eprintln!("skipped: busybox sh (not installed)");
+        support::skip("busybox sh (not installed)");
     }
     let mut printer = String::from("eval \"$LINES\"\n");
     for (n, _) in &values {
@@ -798,11 +800,11 @@ fn run(cmd: &mut Command) -> std::process::Output {
 #[test]
 fn registry_triplet_lets_skopeo_and_docker_reach_the_private_image() {
     let Some([registry, user, password, image]) = registry_env() else {
-        eprintln!("skipped: no test registry (run scripts/registry.sh)");
+        support::skip("no test registry (run scripts/registry.sh)");
         return;
     };
     if Command::new("skopeo").arg("--version").output().is_err() {
-        eprintln!("skipped: skopeo not installed");
+        support::skip("skopeo not installed");
         return;
     }
     let cases = [
@@ -865,7 +867,7 @@ fn registry_triplet_lets_skopeo_and_docker_reach_the_private_image() {
                     .args(["pull", &image]));
                 assert!(out.status.success(), "docker pull with DOCKER_CONFIG");
             } else {
-                eprintln!("skipped: docker pull (docker not running)");
+                support::skip("docker pull (docker not running)");
             }
         }
     }

@@ -5,6 +5,8 @@
 //! profile.d snippet, the spill of values over the `execve` budget, and registry credentials
 //! against a real private registry.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -174,7 +176,7 @@ const TRICKY: &str =
 #[test]
 fn pid1_child_sees_exactly_the_authorized_secrets_and_nothing_leaks() {
     if let Some(why) = can_be_pid1() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let broker = Broker::start();
@@ -354,7 +356,7 @@ fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
 #[test]
 fn values_over_the_execve_budget_arrive_through_name_file() {
     if let Some(why) = can_be_pid1() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let broker = Broker::start();
@@ -408,7 +410,7 @@ fn values_over_the_execve_budget_arrive_through_name_file() {
 #[test]
 fn registry_triplet_through_the_real_init_lets_skopeo_and_docker_pull() {
     if let Some(why) = can_be_pid1() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let vars = [
@@ -431,7 +433,7 @@ fn registry_triplet_through_the_real_init_lets_skopeo_and_docker_pull() {
         .collect::<Option<Vec<_>>>()
         .map(|v| <[String; 4]>::try_from(v).unwrap())
     else {
-        eprintln!("skipped: no test registry (run scripts/registry.sh)");
+        support::skip("no test registry (run scripts/registry.sh)");
         return;
     };
     let broker = Broker::start();

@@ -3,6 +3,8 @@
 //! in its own temp dir. A failure prints the command, stdout and stderr. Timeouts are hang
 //! guards only.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -50,7 +52,7 @@ fn modes(test: &str) -> Vec<Mode> {
     match pid1_unavailable() {
         None => vec![Mode::Pid1, Mode::Subreaper],
         Some(why) => {
-            println!("skipped: {test} as PID 1: {why}");
+            support::skip(&format!("{test} as PID 1: {why}"));
             vec![Mode::Subreaper]
         }
     }
@@ -720,7 +722,7 @@ fn user_flag_sets_supplementary_groups_from_etc_group() {
         .args(["-c", "command -v useradd groupadd userdel groupdel"])
         .output();
     if !matches!(which, Ok(ref o) if o.status.success()) || !nix_is_root() {
-        println!("skipped: supplementary groups: needs root and useradd/groupadd");
+        support::skip("supplementary groups: needs root and useradd/groupadd");
         return;
     }
     let tag = std::process::id();
@@ -883,7 +885,7 @@ fn self_line(s: &str) -> Option<[u32; 3]> {
 #[test]
 fn interactive_shell_on_a_pty_gets_the_foreground_and_job_control() {
     if !script_available() {
-        println!("skipped: pty job control: util-linux script is not installed");
+        support::skip("pty job control: util-linux script is not installed");
         return;
     }
     for mode in modes("pty job control") {
@@ -928,13 +930,13 @@ fn interactive_shell_on_a_pty_gets_the_foreground_and_job_control() {
 #[test]
 fn docker_stop_of_interactive_bash_ends_it() {
     if !script_available() {
-        println!("skipped: docker stop of bash -i: util-linux script is not installed");
+        support::skip("docker stop of bash -i: util-linux script is not installed");
         return;
     }
     for mode in modes("SIGTERM to bash -i") {
         for shell in [&["bash", "--norc", "-i"][..], &["busybox", "sh", "-i"]] {
             if shell[0] == "busybox" && Command::new("busybox").output().is_err() {
-                println!("skipped: busybox sh -i: busybox is not installed");
+                support::skip("busybox sh -i: busybox is not installed");
                 continue;
             }
             let dir = tempdir();
@@ -1005,7 +1007,7 @@ grep 'Max core file size' /proc/self/limits | awk '{print "child-core-soft=" $5}
         "--clear-groups",
     ];
     if Command::new("setpriv").arg("--version").output().is_err() {
-        println!("skipped: non-dumpable: setpriv is not installed");
+        support::skip("non-dumpable: setpriv is not installed");
         return;
     }
     for mode in modes("non-dumpable") {
