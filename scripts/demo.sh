@@ -31,3 +31,12 @@ echo "$id $dir"
 echo "+ unshare -pf --mount-proc sandbox-init --socket $dir/secrets.sock -- sh -c '...'"
 unshare -pf --mount-proc "$INIT" --socket "$dir/secrets.sock" -- \
   sh -c 'echo "I am PID $$ under sandbox-init (PID 1); DEMO_TOKEN=$DEMO_TOKEN; OTHER_TOKEN=${OTHER_TOKEN:-<absent>}"'
+
+if docker info >/dev/null 2>&1; then
+  echo "+ docker run --rm -v $dir:/run/sandbox sandbox-init/minimal sh -c '...'"
+  scripts/images.sh minimal >/dev/null
+  docker run --rm -v "$dir:/run/sandbox" sandbox-init/minimal:latest \
+    sh -c 'echo "in a container, PID 1 is $(cat /proc/1/comm); DEMO_TOKEN=$DEMO_TOKEN"'
+else
+  echo "(no Docker engine answers: the container part of the demo is left out)"
+fi

@@ -32,5 +32,5 @@ fi
 
 [[ "${1:-}" == "--deps" ]] && exit 0
 
-cargo build --release --bins
+cargo build --quiet --release --bins
 scripts/build-static.sh

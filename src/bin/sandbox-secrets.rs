@@ -271,10 +271,11 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             println!(
-                "a sandbox of {} on {} gets {} secrets",
+                "a sandbox of {} on {} gets {} secret{}",
                 a.user,
                 a.repository,
-                a.secrets.len()
+                a.secrets.len(),
+                if a.secrets.len() == 1 { "" } else { "s" }
             );
             let rows: Vec<[String; 3]> = a
                 .secrets
