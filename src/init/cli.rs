@@ -127,18 +127,38 @@ fn value_str(parser: &mut lexopt::Parser, flag: &str) -> Result<String, UsageErr
         .map_err(|v| UsageError(format!("{flag}: {v:?} is not valid UTF-8")))
 }
 
+/// `SECS` as a decimal number of seconds (`5`, `0.25`), to the millisecond, more than 0 and at
+/// most 3600. Parsed by hand: float parsing and printing would add 15 KB to the static init.
 fn parse_timeout(s: &str) -> Result<Duration, UsageError> {
-    let secs: f64 = s.trim().parse().map_err(|_| {
+    let not_a_number = || {
         UsageError(format!(
             "--secrets-timeout: {s:?} is not a number of seconds"
         ))
-    })?;
-    if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
+    };
+    let t = s.trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) {
+        return Err(not_a_number());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| not_a_number())?
+    };
+    // Milliseconds from the first three fraction digits; finer digits are dropped.
+    let millis = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0, |m, b| m * 10 + u64::from(b - b'0'));
+    let total = whole.saturating_mul(1000).saturating_add(millis);
+    if total == 0 || total > 3_600_000 {
         return Err(UsageError(format!(
             "--secrets-timeout: {s:?} must be more than 0 and at most 3600 seconds"
         )));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::from_millis(total))
 }
 
 fn parse_policy(s: &str) -> Result<SecretsPolicy, UsageError> {
@@ -485,6 +505,25 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_decimal_seconds_to_the_millisecond() {
+        for (text, millis) in [
+            ("5", 5000),
+            ("0.25", 250),
+            (".5", 500),
+            ("5.", 5000),
+            (" 2.0015 ", 2001),
+            ("3600", 3_600_000),
+            ("0.001", 1),
+        ] {
+            assert_eq!(
+                parse_timeout(text).unwrap(),
+                Duration::from_millis(millis),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn usage_errors_name_the_problem() {
         for (args, needle) in [
             (&["-x"][..], "invalid option '-x'"),
@@ -499,9 +538,13 @@ mod tests {
             (&["--user", ""], "user part is empty"),
             (&["--secrets", "maybe"], "--secrets: \"maybe\""),
             (&["--secrets-timeout", "0"], "more than 0"),
-            (&["--secrets-timeout", "-1"], "more than 0"),
+            (&["--secrets-timeout", "-1"], "not a number"),
+            (&["--secrets-timeout", "3600.001"], "at most 3600"),
+            (&["--secrets-timeout", "0.0004"], "more than 0"),
+            (&["--secrets-timeout", "."], "not a number"),
+            (&["--secrets-timeout", "1e3"], "not a number"),
             (&["--secrets-timeout", "abc"], "not a number"),
-            (&["--secrets-timeout", "inf"], "more than 0"),
+            (&["--secrets-timeout", "inf"], "not a number"),
             (&["--log-format", "xml"], "--log-format: unknown log format"),
             (&["--socket", ""], "--socket: the path is empty"),
             (&["-g", "-c"], "contradict"),

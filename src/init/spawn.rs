@@ -129,11 +129,11 @@ pub enum SpawnError {
 /// Precedence secrets > user vars > inherited; a later duplicate secret wins. Each entry is
 /// `NAME=value\0` in a zeroizing buffer; an entry holding NUL is left out with a warning
 /// naming the variable.
-pub fn compose_env(
+pub fn compose_env<'a>(
     inherited: &[(OsString, OsString)],
-    user_vars: &[(&str, OsString)],
-    secrets: &[(String, SecretString)],
-    unset: &[String],
+    user_vars: &'a [(&str, OsString)],
+    secrets: &'a [(String, SecretString)],
+    unset: &'a [String],
 ) -> Vec<Zeroizing<Vec<u8>>> {
     fn entry(name: &[u8], value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if name.is_empty() || name.contains(&0) || name.contains(&b'=') || value.contains(&0) {
@@ -146,9 +146,19 @@ pub fn compose_env(
         e.push(0);
         Some(e)
     }
-    let secret_named = |n: &[u8]| secrets.iter().any(|(s, _)| s.as_bytes() == n);
-    let user_named = |n: &[u8]| user_vars.iter().any(|(u, _)| u.as_bytes() == n);
-    let unset_named = |n: &[u8]| unset.iter().any(|u| u.as_bytes() == n);
+    // Sorted name lists, so each membership test is a binary search: with hundreds of secrets
+    // the linear scans were the init's largest CPU cost before exec.
+    let sorted = |names: Vec<&'a [u8]>| {
+        let mut names = names;
+        names.sort_unstable();
+        names
+    };
+    let secret_names = sorted(secrets.iter().map(|(s, _)| s.as_bytes()).collect());
+    let user_names = sorted(user_vars.iter().map(|(u, _)| u.as_bytes()).collect());
+    let unset_names = sorted(unset.iter().map(|u| u.as_bytes()).collect());
+    let secret_named = |n: &[u8]| secret_names.binary_search(&n).is_ok();
+    let user_named = |n: &[u8]| user_names.binary_search(&n).is_ok();
+    let unset_named = |n: &[u8]| unset_names.binary_search(&n).is_ok();
     let mut out = Vec::with_capacity(inherited.len() + user_vars.len() + secrets.len());
     let mut push = |name: &[u8], value: &[u8]| match entry(name, value) {
         Some(e) => out.push(e),
@@ -168,8 +178,16 @@ pub fn compose_env(
             push(k.as_bytes(), v.as_bytes());
         }
     }
+    // A later duplicate wins: keep the last occurrence of each name, in input order.
+    let mut last: Vec<(&[u8], usize)> = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_bytes(), i))
+        .collect();
+    last.sort_unstable();
     for (i, (k, v)) in secrets.iter().enumerate() {
-        if !secrets[i + 1..].iter().any(|(later, _)| later == k) {
+        let at = last.partition_point(|(n, _)| *n <= k.as_bytes());
+        if at > 0 && last[at - 1].1 == i {
             push(k.as_bytes(), v.expose_secret().as_bytes());
         }
     }
