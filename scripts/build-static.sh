@@ -30,4 +30,7 @@ case "$desc" in
   *"statically linked"* | *"static-pie linked"*) ;;
   *) echo "build-static: $out/sandbox-init is not static: $desc" >&2; exit 1 ;;
 esac
-echo "$out/sandbox-init $(stat -c %s "$out/sandbox-init") $libc"
+size=$(stat -c %s "$out/sandbox-init")
+budget=$([[ $libc == musl ]] && echo 1000000 || echo 1800000)
+((size <= budget)) || echo "build-static: warning: $size bytes is over the $libc budget of $budget (BENCHMARKS.md)" >&2
+echo "$out/sandbox-init $size $libc"
