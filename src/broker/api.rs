@@ -165,6 +165,8 @@ pub enum ApiError {
     BadJson { path: String, detail: String },
     #[error("request body is larger than {MAX_ADMIN_BODY} bytes")]
     TooLarge,
+    #[error("GET /v1/secrets takes no request body")]
+    BodyNotAllowed,
     #[error("request body not received within {0:?}")]
     BodyTimeout(std::time::Duration),
     #[error("a user secret may list at most {MAX_REPOS_PER_SECRET} repositories, not {0}")]
@@ -194,6 +196,7 @@ impl ApiError {
             | ApiError::OneScope
             | ApiError::ReposOnRepoSecret
             | ApiError::TooManyRepos(_)
+            | ApiError::BodyNotAllowed
             | ApiError::BadJson { .. }
             | ApiError::Sandbox(SandboxError::BadId(_))
             | ApiError::Store(StoreError::ReposRequired { .. }) => StatusCode::BAD_REQUEST,
@@ -319,8 +322,9 @@ pub fn sandbox_request(
     id: &str,
     method: &Method,
     path: &str,
+    has_body: bool,
 ) -> Response<SecretBody> {
-    if let Err(e) = sandbox_target(method, path) {
+    if let Err(e) = sandbox_target(method, path, has_body) {
         return e.response();
     }
     match secrets_answer(daemon, id) {
@@ -523,8 +527,9 @@ pub fn admin_target<'a>(method: &Method, path: &'a str) -> Result<&'a str, ApiEr
     Ok(route)
 }
 
-/// Checks the method and path of a request on a sandbox socket. Pure.
-pub fn sandbox_target(method: &Method, path: &str) -> Result<(), ApiError> {
+/// Checks the method and path of a request on a sandbox socket, and that it carries no body (the
+/// API takes none; a body is refused, never read). Pure.
+pub fn sandbox_target(method: &Method, path: &str, has_body: bool) -> Result<(), ApiError> {
     let path = path.split('?').next().unwrap_or(path);
     if path != SECRETS_PATH {
         return Err(ApiError::NoRoute(shown(path)));
@@ -534,6 +539,9 @@ pub fn sandbox_target(method: &Method, path: &str) -> Result<(), ApiError> {
             method: method.clone(),
             path: path.to_owned(),
         });
+    }
+    if has_body {
+        return Err(ApiError::BodyNotAllowed);
     }
     Ok(())
 }

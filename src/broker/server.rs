@@ -392,7 +392,8 @@ async fn connection(
         async move {
             let response = match (&socket, admin_uid) {
                 (Socket::Sandbox(id), _) => {
-                    api::sandbox_request(&daemon, id, req.method(), req.uri().path())
+                    let has_body = !hyper::body::Body::is_end_stream(req.body());
+                    api::sandbox_request(&daemon, id, req.method(), req.uri().path(), has_body)
                 }
                 (Socket::Admin, Some(uid)) => api::admin_request(&daemon, uid, req).await,
                 (Socket::Admin, None) => unreachable!("admin connections carry a uid"),
