@@ -72,7 +72,7 @@ fn no_request_on_one_socket_reads_another_sandbox() {
         format!("/v1/secrets%2f..%2f{b_id}"),
         format!("/v1/secrets?sandbox={b_id}"),
         format!("/v1/secrets?id={b_id}&user=hubot&repo=iso/b"),
-        format!("/v1/secrets?repository=iso%2Fb"),
+        "/v1/secrets?repository=iso%2Fb".to_string(),
         format!("/v1/secrets#{b_id}"),
         format!("http://{b_id}/v1/secrets"),
         format!("http://localhost/v1/sandboxes/{b_id}/secrets"),
