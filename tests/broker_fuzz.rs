@@ -232,7 +232,7 @@ fn admin_object() -> impl Strategy<Value = serde_json::Value> {
         field(
             prop_oneof![
                 prop::collection::vec("[a-z0-9._-]{1,6}/[a-z0-9._-]{1,6}", 0..20)
-                    .prop_map(|v| Value::from(v)),
+                    .prop_map(Value::from),
                 json_value()
             ]
             .boxed(),
