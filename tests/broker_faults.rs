@@ -154,7 +154,7 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
     let cycles: usize = std::env::var("BROKER_KILL_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(10);
     let mut rng = Rng::from_env("kill -9");
     let mut d = Daemon::new();
     let dref = DaemonRef {
