@@ -504,13 +504,20 @@ fn a_flooded_sandbox_socket_does_not_starve_another_sandbox() {
     .ok();
     let (_, a) = d.sandbox("mona", "flood/a");
     let (_, b) = d.sandbox("mona", "flood/b");
-    let baseline = d.open_fds();
+    // Descriptors at rest: the lowest of a few readings (a CLI connection may still be closing).
+    let baseline = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            d.open_fds()
+        })
+        .min()
+        .unwrap();
 
     // The test itself needs more than 1024 descriptors.
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 
     // Flood A past its limit with connections that send half a request and then nothing.
-    let extra = 64;
+    let extra = 200;
     let mut flood = Vec::new();
     for _ in 0..SANDBOX_LIMIT + extra {
         if let Some(mut s) = connect_nonblocking(&a.join("secrets.sock")) {
@@ -520,13 +527,14 @@ fn a_flooded_sandbox_socket_does_not_starve_another_sandbox() {
         }
     }
     assert!(
-        flood.len() >= SANDBOX_LIMIT,
+        flood.len() >= SANDBOX_LIMIT + 32,
         "only {} flood connections",
         flood.len()
     );
-    // The daemon takes exactly up to its limit; the rest wait in the backlog.
+    // The daemon takes up to its limit; the rest wait in the backlog. (A few of slack: a
+    // connection can be closing while another is accepted.)
     let deadline = Instant::now() + Duration::from_secs(20);
-    while d.open_fds() < baseline + SANDBOX_LIMIT {
+    while d.open_fds() < baseline + SANDBOX_LIMIT - 8 {
         assert!(
             Instant::now() < deadline,
             "daemon holds {} descriptors, wanted {} + {SANDBOX_LIMIT}\n{}",
@@ -547,7 +555,7 @@ fn a_flooded_sandbox_socket_does_not_starve_another_sandbox() {
         "per-socket limit not kept: {held} connections held"
     );
     assert!(
-        open >= SANDBOX_LIMIT,
+        open >= SANDBOX_LIMIT - 8,
         "flood was dropped before B was checked ({open} open)"
     );
     assert!(!d.log_text().contains("accept failed"), "{}", d.log_text());

@@ -54,11 +54,16 @@ where
             break;
         }
     }
+    let accepted = ACCEPTED.load(Ordering::Relaxed);
     println!(
-        "fuzz {name}: {} executions in {batches} batches, {:.1}s ({} admin inputs accepted so far)",
+        "fuzz {name}: {} executions in {batches} batches, {:.1}s{}",
         execs.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
-        ACCEPTED.load(Ordering::Relaxed)
+        if accepted > 0 {
+            format!(" ({accepted} admin inputs accepted as commands)")
+        } else {
+            String::new()
+        }
     );
 }
 
