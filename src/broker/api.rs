@@ -28,6 +28,8 @@ use crate::protocol::{
 pub const ADMIN_PREFIX: &str = "/v1/admin/";
 /// Largest admin request body (a value at the limit, JSON-escaped, with room to spare).
 pub const MAX_ADMIN_BODY: usize = 8 * MAX_VALUE_BYTES;
+/// Buffer for one request on a sandbox socket (request line and headers; the API takes no body).
+pub const MAX_SANDBOX_REQUEST: usize = 16 * 1024;
 
 // ---------- admin request and answer types (the admin client uses the same ones) ----------
 
@@ -163,6 +165,12 @@ pub enum ApiError {
     BadJson { path: String, detail: String },
     #[error("request body is larger than {MAX_ADMIN_BODY} bytes")]
     TooLarge,
+    #[error("GET /v1/secrets takes no request body")]
+    BodyNotAllowed,
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("a user secret may list at most {MAX_REPOS_PER_SECRET} repositories, not {0}")]
+    TooManyRepos(usize),
     #[error("cannot read request body: {0}")]
     Body(hyper::Error),
     #[error("no route {0}")]
@@ -187,10 +195,13 @@ impl ApiError {
             | ApiError::Scope(_)
             | ApiError::OneScope
             | ApiError::ReposOnRepoSecret
+            | ApiError::TooManyRepos(_)
+            | ApiError::BodyNotAllowed
             | ApiError::BadJson { .. }
             | ApiError::Sandbox(SandboxError::BadId(_))
             | ApiError::Store(StoreError::ReposRequired { .. }) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Store(StoreError::Limit { .. }) => StatusCode::CONFLICT,
             ApiError::Store(StoreError::NotFound { .. } | StoreError::SandboxNotFound(_))
             | ApiError::NoRoute(_)
@@ -311,17 +322,10 @@ pub fn sandbox_request(
     id: &str,
     method: &Method,
     path: &str,
+    has_body: bool,
 ) -> Response<SecretBody> {
-    let path = path.split('?').next().unwrap_or(path);
-    if path != SECRETS_PATH {
-        return ApiError::NoRoute(path.to_owned()).response();
-    }
-    if method != Method::GET {
-        return ApiError::Method {
-            method: method.clone(),
-            path: path.to_owned(),
-        }
-        .response();
+    if let Err(e) = sandbox_target(method, path, has_body) {
+        return e.response();
     }
     match secrets_answer(daemon, id) {
         Ok(body) => shared_response(StatusCode::OK, body),
@@ -469,23 +473,32 @@ pub async fn admin_request(
 ) -> Response<SecretBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let Some(route) = path.strip_prefix(ADMIN_PREFIX) else {
-        return ApiError::NoRoute(path).response();
+    let route = match admin_target(&method, &path) {
+        Ok(route) => route,
+        Err(e) => return e.response(),
     };
-    if !ROUTES.contains(&route) {
-        return ApiError::NoRoute(path).response();
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return ApiError::TooLarge.response();
     }
-    if method != Method::POST {
-        return ApiError::Method { method, path }.response();
-    }
-    let result = match read_body(req.into_body()).await {
-        Ok(body) => admin_route(daemon, uid, route, &body),
-        Err(e) => Err(e),
+    let timeout = daemon.body_timeout();
+    let body = match tokio::time::timeout(timeout, read_body(req.into_body())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return e.response(),
+        Err(_) => return ApiError::BodyTimeout(timeout).response(),
     };
-    result.unwrap_or_else(|e| e.response())
+    parse_admin(route, &body)
+        .and_then(|command| run_admin(daemon, uid, command))
+        .unwrap_or_else(|e| e.response())
 }
 
-const ROUTES: &[&str] = &[
+/// The admin routes, after [`ADMIN_PREFIX`].
+pub const ROUTES: &[&str] = &[
     "secrets/set",
     "secrets/access",
     "secrets/delete",
@@ -495,6 +508,148 @@ const ROUTES: &[&str] = &[
     "sandboxes/list",
     "sandboxes/delete",
 ];
+
+/// Checks the method and path of an admin request; returns the route (a member of [`ROUTES`]).
+/// Pure.
+pub fn admin_target<'a>(method: &Method, path: &'a str) -> Result<&'a str, ApiError> {
+    let Some(route) = path
+        .strip_prefix(ADMIN_PREFIX)
+        .filter(|r| ROUTES.contains(r))
+    else {
+        return Err(ApiError::NoRoute(shown(path)));
+    };
+    if method != Method::POST {
+        return Err(ApiError::Method {
+            method: method.clone(),
+            path: path.to_owned(),
+        });
+    }
+    Ok(route)
+}
+
+/// Checks the method and path of a request on a sandbox socket, and that it carries no body (the
+/// API takes none; a body is refused, never read). Pure.
+pub fn sandbox_target(method: &Method, path: &str, has_body: bool) -> Result<(), ApiError> {
+    let path = path.split('?').next().unwrap_or(path);
+    if path != SECRETS_PATH {
+        return Err(ApiError::NoRoute(shown(path)));
+    }
+    if method != Method::GET {
+        return Err(ApiError::Method {
+            method: method.clone(),
+            path: path.to_owned(),
+        });
+    }
+    if has_body {
+        return Err(ApiError::BodyNotAllowed);
+    }
+    Ok(())
+}
+
+/// Longest path quoted back in an error.
+const MAX_SHOWN_PATH: usize = 256;
+
+/// A request path as an error shows it: cut at [`MAX_SHOWN_PATH`] bytes (on a char boundary).
+fn shown(path: &str) -> String {
+    if path.len() <= MAX_SHOWN_PATH {
+        return path.to_owned();
+    }
+    let mut end = MAX_SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &path[..end])
+}
+
+/// A validated admin request: every name, value, scope and id checked and normalized, nothing
+/// done yet. `Debug` never shows a value.
+pub enum AdminCommand {
+    Set {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+        value: SecretString,
+        repos: Option<Vec<String>>,
+    },
+    Access {
+        user: String,
+        name: String,
+        repos: Vec<String>,
+    },
+    Delete {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+    },
+    List {
+        kind: ScopeKind,
+        scope: String,
+    },
+    Plan {
+        user: String,
+        repo: String,
+    },
+    CreateSandbox {
+        user: String,
+        repo: String,
+    },
+    ListSandboxes,
+    DeleteSandbox {
+        id: String,
+    },
+}
+
+impl std::fmt::Debug for AdminCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminCommand::Set {
+                kind,
+                scope,
+                name,
+                repos,
+                ..
+            } => f
+                .debug_struct("Set")
+                .field("kind", kind)
+                .field("scope", scope)
+                .field("name", name)
+                .field("value", &"[redacted]")
+                .field("repos", repos)
+                .finish(),
+            AdminCommand::Access { user, name, repos } => f
+                .debug_struct("Access")
+                .field("user", user)
+                .field("name", name)
+                .field("repos", repos)
+                .finish(),
+            AdminCommand::Delete { kind, scope, name } => f
+                .debug_struct("Delete")
+                .field("kind", kind)
+                .field("scope", scope)
+                .field("name", name)
+                .finish(),
+            AdminCommand::List { kind, scope } => f
+                .debug_struct("List")
+                .field("kind", kind)
+                .field("scope", scope)
+                .finish(),
+            AdminCommand::Plan { user, repo } => f
+                .debug_struct("Plan")
+                .field("user", user)
+                .field("repo", repo)
+                .finish(),
+            AdminCommand::CreateSandbox { user, repo } => f
+                .debug_struct("CreateSandbox")
+                .field("user", user)
+                .field("repo", repo)
+                .finish(),
+            AdminCommand::ListSandboxes => f.write_str("ListSandboxes"),
+            AdminCommand::DeleteSandbox { id } => {
+                f.debug_struct("DeleteSandbox").field("id", id).finish()
+            }
+        }
+    }
+}
 
 fn parse<'a, T: Deserialize<'a>>(route: &str, body: &'a [u8]) -> Result<T, ApiError> {
     // serde's messages can quote input (a value); report only the position and the category.
@@ -510,6 +665,69 @@ fn parse<'a, T: Deserialize<'a>>(route: &str, body: &'a [u8]) -> Result<T, ApiEr
     })
 }
 
+/// Decodes and validates the body of admin `route` (one of [`ROUTES`]) without touching the
+/// store: the pure half of every admin request, and the fuzzing entry point. Any input gives
+/// either a command or an error naming what was wrong; it never panics and its errors never
+/// quote a value.
+pub fn parse_admin(route: &str, body: &[u8]) -> Result<AdminCommand, ApiError> {
+    match route {
+        "secrets/set" => {
+            let req: SetRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            let name = protocol::normalize_name(&req.name, req.allow_dangerous)?;
+            let value = protocol::check_value(req.value.expose_secret().as_bytes())?;
+            let repos = match (&kind, &req.repos) {
+                (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
+                (_, Some(r)) => Some(normalize_repos(r)?),
+                (_, None) => None,
+            };
+            Ok(AdminCommand::Set {
+                kind,
+                scope,
+                name,
+                value: SecretString::from(value.to_owned()),
+                repos,
+            })
+        }
+        "secrets/access" => {
+            let req: AccessRequest = parse(route, body)?;
+            let user = protocol::normalize_user(&req.user)?;
+            // Dangerous names may exist (set with the flag); access changes do not re-judge them.
+            let name = protocol::normalize_name(&req.name, true)?;
+            let repos = normalize_repos(&req.repos)?;
+            Ok(AdminCommand::Access { user, name, repos })
+        }
+        "secrets/delete" => {
+            let req: ScopeRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            let name = protocol::normalize_name(&req.name, true)?;
+            Ok(AdminCommand::Delete { kind, scope, name })
+        }
+        "secrets/list" => {
+            let req: ScopeRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            Ok(AdminCommand::List { kind, scope })
+        }
+        "plan" | "sandboxes/create" => {
+            let req: UserRepoRequest = parse(route, body)?;
+            let user = protocol::normalize_user(&req.user)?;
+            let repo = protocol::normalize_repo(&req.repo)?;
+            Ok(if route == "plan" {
+                AdminCommand::Plan { user, repo }
+            } else {
+                AdminCommand::CreateSandbox { user, repo }
+            })
+        }
+        "sandboxes/list" => Ok(AdminCommand::ListSandboxes),
+        "sandboxes/delete" => {
+            let req: IdRequest = parse(route, body)?;
+            let id = super::sandboxes::check_id(&req.id)?.to_owned();
+            Ok(AdminCommand::DeleteSandbox { id })
+        }
+        other => Err(ApiError::NoRoute(shown(&format!("{ADMIN_PREFIX}{other}")))),
+    }
+}
+
 /// Normalizes exactly one of a user and a repository.
 fn one_scope(
     user: &Option<String>,
@@ -522,12 +740,20 @@ fn one_scope(
     }
 }
 
-/// Normalizes a list of repositories, dropping duplicates, keeping order.
-pub fn normalize_repos(repos: &[String]) -> Result<Vec<String>, ScopeError> {
+/// Most repositories one user secret may list.
+pub const MAX_REPOS_PER_SECRET: usize = 1000;
+
+/// Normalizes a list of repositories, dropping duplicates, keeping order; at most
+/// [`MAX_REPOS_PER_SECRET`] entries (counted before duplicates are dropped).
+pub fn normalize_repos(repos: &[String]) -> Result<Vec<String>, ApiError> {
+    if repos.len() > MAX_REPOS_PER_SECRET {
+        return Err(ApiError::TooManyRepos(repos.len()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(repos.len());
     let mut out: Vec<String> = Vec::with_capacity(repos.len());
     for r in repos {
         let r = protocol::normalize_repo(r)?;
-        if !out.contains(&r) {
+        if seen.insert(r.clone()) {
             out.push(r);
         }
     }
@@ -549,25 +775,22 @@ fn sandbox_info(daemon: &Daemon, row: SandboxRow) -> SandboxInfo {
     }
 }
 
-fn admin_route(
+/// Carries out a validated admin command for `uid` and builds its answer.
+fn run_admin(
     daemon: &Arc<Daemon>,
     uid: u32,
-    route: &str,
-    body: &[u8],
+    command: AdminCommand,
 ) -> Result<Response<SecretBody>, ApiError> {
     let store = daemon.store();
-    match route {
-        "secrets/set" => {
-            let req: SetRequest = parse(route, body)?;
-            let (kind, scope) = one_scope(&req.user, &req.repo)?;
-            let name = protocol::normalize_name(&req.name, req.allow_dangerous)?;
-            let value = protocol::check_value(req.value.expose_secret().as_bytes())?;
-            let repos = match (&kind, &req.repos) {
-                (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
-                (_, Some(r)) => Some(normalize_repos(r)?),
-                (_, None) => None,
-            };
-            let created = store.set_secret(kind, &scope, &name, value, repos)?;
+    match command {
+        AdminCommand::Set {
+            kind,
+            scope,
+            name,
+            value,
+            repos,
+        } => {
+            let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;
             let result = if created { "created" } else { "updated" };
             audit::admin_change(
                 uid,
@@ -581,12 +804,7 @@ fn admin_route(
                 result: result.into(),
             }))
         }
-        "secrets/access" => {
-            let req: AccessRequest = parse(route, body)?;
-            let user = protocol::normalize_user(&req.user)?;
-            // Dangerous names may exist (set with the flag); access changes do not re-judge them.
-            let name = protocol::normalize_name(&req.name, true)?;
-            let repos = normalize_repos(&req.repos)?;
+        AdminCommand::Access { user, name, repos } => {
             let shown = repos.join(",");
             store.set_access(&user, &name, repos)?;
             audit::admin_change(
@@ -601,10 +819,7 @@ fn admin_route(
                 result: "access".into(),
             }))
         }
-        "secrets/delete" => {
-            let req: ScopeRequest = parse(route, body)?;
-            let (kind, scope) = one_scope(&req.user, &req.repo)?;
-            let name = protocol::normalize_name(&req.name, true)?;
+        AdminCommand::Delete { kind, scope, name } => {
             store.delete_secret(kind, &scope, &name)?;
             audit::admin_change(
                 uid,
@@ -618,17 +833,10 @@ fn admin_route(
                 result: "deleted".into(),
             }))
         }
-        "secrets/list" => {
-            let req: ScopeRequest = parse(route, body)?;
-            let (kind, scope) = one_scope(&req.user, &req.repo)?;
-            Ok(ok_json(&ListAnswer {
-                secrets: store.list(kind, &scope),
-            }))
-        }
-        "plan" => {
-            let req: UserRepoRequest = parse(route, body)?;
-            let user = protocol::normalize_user(&req.user)?;
-            let repo = protocol::normalize_repo(&req.repo)?;
+        AdminCommand::List { kind, scope } => Ok(ok_json(&ListAnswer {
+            secrets: store.list(kind, &scope),
+        })),
+        AdminCommand::Plan { user, repo } => {
             let secrets = store.plan(&user, &repo);
             Ok(ok_json(&PlanAnswer {
                 user,
@@ -636,10 +844,7 @@ fn admin_route(
                 secrets,
             }))
         }
-        "sandboxes/create" => {
-            let req: UserRepoRequest = parse(route, body)?;
-            let user = protocol::normalize_user(&req.user)?;
-            let repo = protocol::normalize_repo(&req.repo)?;
+        AdminCommand::CreateSandbox { user, repo } => {
             let row = daemon.create_sandbox(&user, &repo)?;
             audit::admin_change(
                 uid,
@@ -648,20 +853,18 @@ fn admin_route(
             );
             Ok(ok_json(&sandbox_info(daemon, row)))
         }
-        "sandboxes/list" => Ok(ok_json(&SandboxList {
+        AdminCommand::ListSandboxes => Ok(ok_json(&SandboxList {
             sandboxes: store
                 .sandboxes()
                 .into_iter()
                 .map(|r| sandbox_info(daemon, r))
                 .collect(),
         })),
-        "sandboxes/delete" => {
-            let req: IdRequest = parse(route, body)?;
-            let row = daemon.delete_sandbox(&req.id)?;
+        AdminCommand::DeleteSandbox { id } => {
+            let row = daemon.delete_sandbox(&id)?;
             audit::admin_change(uid, "sandbox-deleted", &row.id);
             Ok(ok_json(&sandbox_info(daemon, row)))
         }
-        other => Err(ApiError::NoRoute(format!("{ADMIN_PREFIX}{other}"))),
     }
 }
 

@@ -57,6 +57,13 @@ pub enum SandboxError {
     },
     #[error("run directory {path} has mode {mode:04o}: group or others may write it (use a directory of its own, mode 0755)")]
     RunDirWritable { path: PathBuf, mode: u32 },
+    #[error("refusing to use {path}: it is {what}, not a directory of this daemon's uid")]
+    NotOwnDirectory { path: PathBuf, what: String },
+    #[error("cannot open directory {path}: {source}")]
+    OpenDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot get random bytes for a sandbox id: {0}")]
     Random(getrandom::Error),
 }
@@ -97,6 +104,64 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), SandboxError> {
             source,
         })?;
     chmod(path, mode)
+}
+
+/// Creates the directory `path` (its parent must exist) with `mode`, never through a symlink:
+/// mkdir(2) does not follow a final symlink, the result is opened with `O_NOFOLLOW |
+/// O_DIRECTORY`, checked to be a directory owned by this process's uid, and its mode is set
+/// through that descriptor, so an entry swapped in between cannot redirect the chmod. An existing
+/// directory of ours is reused (restart); anything else at `path` is refused and left alone.
+pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(SandboxError::CreateDir {
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    let refuse = |what: String| SandboxError::NotOwnDirectory {
+        path: path.to_owned(),
+        what,
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            // Linux answers ENOTDIR rather than ELOOP for a symlink under O_DIRECTORY.
+            Some(libc::ELOOP | libc::ENOTDIR) => {
+                let symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
+                refuse(
+                    if symlink {
+                        "a symlink"
+                    } else {
+                        "another kind of file"
+                    }
+                    .into(),
+                )
+            }
+            _ => SandboxError::OpenDir {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    let meta = dir.metadata().map_err(|source| SandboxError::OpenDir {
+        path: path.to_owned(),
+        source,
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(refuse(format!("a directory of uid {}", meta.uid())));
+    }
+    dir.set_permissions(Permissions::from_mode(mode))
+        .map_err(|source| SandboxError::Chmod {
+            path: path.to_owned(),
+            mode,
+            source,
+        })
 }
 
 /// Binds a unix socket at `path` with `mode`. An existing socket that answers a connect is a
@@ -176,7 +241,7 @@ impl Layout {
             }
             _ => mkdir(&self.run_dir, RUN_DIR_MODE)?,
         }
-        mkdir(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)
+        mkdir_nofollow(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)
     }
 
     /// Binds the admin socket, mode 0600.
@@ -187,13 +252,20 @@ impl Layout {
     /// Creates (or re-creates) a sandbox's directory (0755) and binds its socket (0666).
     pub fn bind_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
         let dir = self.sandbox_dir(id)?;
-        mkdir(&dir, SANDBOX_DIR_MODE)?;
+        mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
         bind_socket(&dir.join(SOCKET_NAME), SANDBOX_SOCKET_MODE)
     }
 
-    /// Removes a sandbox's socket and directory (a missing one is not an error).
+    /// Removes a sandbox's socket and directory (a missing one is not an error). Anything but a
+    /// real directory under the sandbox's name (a symlink put there) is unlinked itself, never
+    /// followed.
     pub fn remove_sandbox(&self, id: &str) -> Result<(), SandboxError> {
         let dir = self.sandbox_dir(id)?;
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Ok(meta) if !meta.is_dir() => return remove_file_quietly(&dir),
+            _ => {}
+        }
         remove_file_quietly(&dir.join(SOCKET_NAME))?;
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
@@ -287,5 +359,72 @@ mod tests {
             Err(SandboxError::NotSocket(_))
         ));
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_sandbox_directory_is_never_made_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("run"));
+        layout.prepare().unwrap();
+        // Another directory an attacker wants the daemon to chmod and bind into.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o700)).unwrap();
+        let id = new_id().unwrap();
+        let at = layout.sandbox_dir(&id).unwrap();
+        std::os::unix::fs::symlink(&victim, &at).unwrap();
+        let e = layout.bind_sandbox(&id).unwrap_err();
+        assert!(
+            matches!(e, SandboxError::NotOwnDirectory { .. }) && e.to_string().contains("symlink"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        assert!(!victim.join(SOCKET_NAME).exists());
+        // Deleting the sandbox unlinks the symlink, never what it points to.
+        std::fs::write(victim.join(SOCKET_NAME), "keep").unwrap();
+        layout.remove_sandbox(&id).unwrap();
+        assert!(std::fs::symlink_metadata(&at).is_err());
+        assert_eq!(std::fs::read(victim.join(SOCKET_NAME)).unwrap(), b"keep");
+
+        // A plain file under the id is refused too; a real directory of ours is reused.
+        std::fs::write(&at, "x").unwrap();
+        let e = layout.bind_sandbox(&id).unwrap_err().to_string();
+        assert!(e.contains("another kind of file"), "{e}");
+        std::fs::remove_file(&at).unwrap();
+        std::fs::create_dir(&at).unwrap();
+        std::fs::set_permissions(&at, Permissions::from_mode(0o700)).unwrap();
+        let _l = layout.bind_sandbox(&id).unwrap();
+        assert_eq!(
+            std::fs::metadata(&at).unwrap().permissions().mode() & 0o7777,
+            SANDBOX_DIR_MODE
+        );
+
+        // `sandboxes/` itself swapped for a symlink is refused at start.
+        let run2 = dir.path().join("run2");
+        std::fs::create_dir(&run2).unwrap();
+        std::os::unix::fs::symlink(&victim, run2.join("sandboxes")).unwrap();
+        let e = Layout::new(&run2).prepare().unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_directory_of_another_owner_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        std::fs::create_dir(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let e = mkdir_nofollow(&path, 0o755).unwrap_err().to_string();
+        assert!(e.contains("a directory of uid 65534"), "{e}");
     }
 }

@@ -31,6 +31,8 @@ pub struct Config {
     pub admin_connections: usize,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Time an admin client has to send its request body, once the headers are in.
+    pub body_timeout: Duration,
     /// Time given to open connections to finish at shutdown.
     pub drain_timeout: Duration,
 }
@@ -43,6 +45,7 @@ impl Config {
             sandbox_connections: 1024,
             admin_connections: 16,
             header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -91,6 +94,10 @@ impl Daemon {
     }
     pub fn answers(&self) -> &api::AnswerCache {
         &self.answers
+    }
+    /// Time an admin client has to send its request body.
+    pub fn body_timeout(&self) -> Duration {
+        self.config.body_timeout
     }
 
     fn drain_guard(&self) -> Option<mpsc::Sender<()>> {
@@ -267,11 +274,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Keeps plaintext that passes through this process out of core dumps and away from same-uid
-/// debuggers: no core file, not dumpable (also closes /proc/<pid>/mem to non-root peers).
+/// debuggers: no core file, not dumpable (also closes /proc/<pid>/mem to non-root peers). Raises
+/// the soft descriptor limit to the hard one, so one sandbox filling its connection limit cannot
+/// run the whole daemon out of descriptors (a systemd service starts with a soft limit of 1024,
+/// the same as one sandbox socket's connection limit).
 fn harden() {
-    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
         tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit"),
     }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!(error = %e, "cannot mark the daemon not dumpable");
@@ -334,7 +353,12 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(daemon.config.header_timeout)
-        .max_buf_size(api::MAX_ADMIN_BODY + 64 * 1024);
+        // A sandbox request is a bare GET: a small buffer keeps a flood of connections each
+        // sending huge headers from costing the daemon its buffer size per connection.
+        .max_buf_size(match socket {
+            Socket::Admin => api::MAX_ADMIN_BODY + 64 * 1024,
+            Socket::Sandbox(_) => api::MAX_SANDBOX_REQUEST,
+        });
     let admin_uid = match socket {
         Socket::Admin => {
             let uid = match stream.peer_cred() {
@@ -368,7 +392,8 @@ async fn connection(
         async move {
             let response = match (&socket, admin_uid) {
                 (Socket::Sandbox(id), _) => {
-                    api::sandbox_request(&daemon, id, req.method(), req.uri().path())
+                    let has_body = !hyper::body::Body::is_end_stream(req.body());
+                    api::sandbox_request(&daemon, id, req.method(), req.uri().path(), has_body)
                 }
                 (Socket::Admin, Some(uid)) => api::admin_request(&daemon, uid, req).await,
                 (Socket::Admin, None) => unreachable!("admin connections carry a uid"),

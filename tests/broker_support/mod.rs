@@ -1,0 +1,397 @@
+//! Shared harness of the broker hardening tests (`broker_faults`, `broker_hostile`,
+//! `broker_isolation`): a real `sandbox-secrets serve` process in its own temp dirs, the real CLI,
+//! raw HTTP/1.1 over the unix sockets, and readings of the daemon's memory and descriptors.
+//! Failures print the command, its output and the daemon's log.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandbox-secrets");
+
+/// One finished command with everything needed to explain a failure.
+pub struct Run {
+    pub cmd: String,
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn explain(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            self.cmd,
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(
+            self.out.status.success(),
+            "expected success\n{}",
+            self.explain()
+        );
+        self
+    }
+    #[track_caller]
+    pub fn fails_with(self, needle: &str) -> Self {
+        assert!(
+            !self.out.status.success() && self.stderr().contains(needle),
+            "expected failure mentioning {needle:?}\n{}",
+            self.explain()
+        );
+        self
+    }
+}
+
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
+    let shown = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    if let Some(input) = stdin {
+        match child.stdin.take().unwrap().write_all(input) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap(),
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    Run { cmd: shown, out }
+}
+
+/// A daemon process with its own state and run directories; killed on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+    starts: usize,
+    /// Put before the daemon's command line (e.g. `prlimit --nofile=...`).
+    pub wrapper: Vec<String>,
+}
+
+impl Daemon {
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+    pub fn admin(&self) -> PathBuf {
+        self.run_dir().join("admin.sock")
+    }
+
+    /// A daemon not yet started; `state` defaults to `<tmp>/state`.
+    pub fn unstarted(state: Option<PathBuf>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Daemon {
+            state: state.unwrap_or_else(|| dir.path().join("state")),
+            log: dir.path().join("daemon-0.log"),
+            dir,
+            child: None,
+            starts: 0,
+            wrapper: Vec::new(),
+        }
+    }
+
+    pub fn new() -> Self {
+        let mut d = Self::unstarted(None);
+        d.start().unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// Starts the daemon and waits until it listens; `Err` holds its status and log otherwise.
+    pub fn start(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        self.log = self.dir.path().join(format!("daemon-{}.log", self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .env("SANDBOX_SECRETS_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!(
+                    "daemon exited with {status}\nlog:\n{}",
+                    self.log_text()
+                ));
+            }
+            if UnixStream::connect(self.admin()).is_ok() && self.log_text().contains("listening") {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("daemon did not come up\nlog:\n{}", self.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait (hang guard 30 s); returns the log of this run.
+    pub fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "daemon exit {status}\n{}",
+                    self.log_text()
+                );
+                return self.log_text();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon ignored SIGTERM\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the daemon process is alive.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--run-dir").arg(self.run_dir()).args(args);
+        run(cmd, stdin)
+    }
+
+    /// Creates a sandbox; returns (id, directory).
+    pub fn sandbox(&self, user: &str, repo: &str) -> (String, PathBuf) {
+        let out = self
+            .cli(&["sandbox", "create", "--user", user, "--repo", repo], None)
+            .ok();
+        let line = out.stdout();
+        let mut parts = line.trim().split(' ');
+        let (Some(id), Some(dir), None) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("sandbox create printed {line:?}\n{}", out.explain());
+        };
+        (id.to_owned(), PathBuf::from(dir))
+    }
+
+    /// The daemon's peak resident memory (VmHWM), in KiB.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// Descriptors the daemon holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends `raw` bytes (a whole request, maybe hostile) and reads the answer until the daemon
+/// closes or `wait` passes; returns (status, body). Status 0: no HTTP answer at all. The write
+/// happens on its own thread, so a daemon that answers before reading everything is seen.
+pub fn exchange(socket: &Path, raw: Vec<u8>, wait: Duration) -> std::io::Result<(u16, String)> {
+    let s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(wait))?;
+    s.set_write_timeout(Some(wait))?;
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&raw);
+    });
+    let mut raw_answer = Vec::new();
+    let mut r = &s;
+    let mut buf = [0u8; 65536];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw_answer.extend_from_slice(&buf[..n]),
+            Err(e) if raw_answer.is_empty() => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                let _ = writer.join();
+                return Err(e);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    Ok(parse_answer(&raw_answer))
+}
+
+/// Splits a raw HTTP/1.1 answer into (status, body); handles Content-Length bodies.
+pub fn parse_answer(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// A well-formed request with a body.
+pub fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// `POST /v1/admin/<route>` with a JSON body; (status, body). Err: no answer (daemon gone).
+pub fn admin_post(run_dir: &Path, route: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let (status, text) = exchange(
+        &run_dir.join("admin.sock"),
+        request("POST", &format!("/v1/admin/{route}"), body),
+        Duration::from_secs(30),
+    )?;
+    if status == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "no answer",
+        ));
+    }
+    Ok((status, text))
+}
+
+/// `GET /v1/secrets` through a sandbox directory; (status, body).
+pub fn fetch(dir: &Path) -> (u16, String) {
+    exchange(
+        &dir.join("secrets.sock"),
+        request("GET", "/v1/secrets", b""),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("fetch via {}: {e}", dir.display()))
+}
+
+/// The (name, value) pairs a sandbox is served; panics unless 200.
+pub fn served(dir: &Path) -> Vec<(String, String)> {
+    let (status, body) = fetch(dir);
+    assert_eq!(status, 200, "fetch via {}: {body}", dir.display());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `PRAGMA integrity_check` of the store; "ok" when sound.
+pub fn integrity(state: &Path) -> String {
+    let conn = rusqlite::Connection::open(state.join("secrets.db")).unwrap();
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.join("; ")
+}
+
+/// A small seeded generator (xorshift64*) so a failing run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `BROKER_TEST_SEED` when set, else from the OS; prints the seed.
+    pub fn from_env(what: &str) -> Self {
+        let seed = std::env::var("BROKER_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::getrandom(&mut b).unwrap();
+                u64::from_le_bytes(b) | 1
+            });
+        println!("{what}: seed {seed} (replay with BROKER_TEST_SEED={seed})");
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// True when running as root (mounts, other uids).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
