@@ -3,6 +3,8 @@
 //! temp dirs, cleans up its processes and mounts on failure, and is bounded by hang guards only.
 #![cfg(feature = "broker")]
 
+mod support;
+
 mod broker_support;
 
 use std::collections::BTreeMap;
@@ -339,14 +341,14 @@ fn fill(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     if !is_root() {
-        println!("skipped: needs root to mount a tmpfs");
+        support::skip("needs root to mount a tmpfs");
         return;
     }
     let base = tempfile::tempdir().unwrap();
     let mnt = match Tmpfs::mount(&base.path().join("state"), "4m") {
         Ok(m) => m,
         Err(e) => {
-            println!("skipped: cannot mount a tmpfs: {e}");
+            support::skip(&format!("cannot mount a tmpfs: {e}"));
             return;
         }
     };
@@ -482,7 +484,9 @@ fn a_flooded_sandbox_socket_does_not_starve_another_sandbox() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     if hard < 4096 {
-        println!("skipped: hard descriptor limit {hard} is too low for a flood of 1024");
+        support::skip(&format!(
+            "hard descriptor limit {hard} is too low for a flood of 1024"
+        ));
         return;
     }
     let mut d = Daemon::unstarted(None);

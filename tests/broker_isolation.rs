@@ -3,6 +3,8 @@
 //! restart, host users cannot reach sandbox sockets, and the modes SPEC gives hold throughout.
 #![cfg(feature = "broker")]
 
+mod support;
+
 mod broker_support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -217,11 +219,11 @@ fn a_symlink_in_place_of_a_socket_is_neither_followed_nor_removed() {
 #[test]
 fn host_users_cannot_reach_sandbox_sockets_or_the_admin_socket() {
     if !is_root() {
-        println!("skipped: needs root to act as another uid");
+        support::skip("needs root to act as another uid");
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        println!("skipped: setpriv not installed");
+        support::skip("setpriv not installed");
         return;
     }
     let mut d = Daemon::new();
