@@ -129,6 +129,18 @@ pub enum ScopeError {
     BadUser(String),
 }
 
+/// At most this many characters of a refused repository or user name are quoted back.
+const SHOWN_CHARS: usize = 100;
+
+/// The refused input as an error quotes it: cut to [`SHOWN_CHARS`] characters, so a hostile
+/// 300 KB "repository" does not come back in the error.
+fn shown(raw: &str) -> String {
+    match raw.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}...", &raw[..cut]),
+        None => raw.to_owned(),
+    }
+}
+
 fn repo_part_ok(part: &str) -> bool {
     !part.is_empty()
         && part.len() <= 100
@@ -147,7 +159,7 @@ pub fn normalize_repo(raw: &str) -> Result<String, ScopeError> {
         (Some(owner), Some(name), None) if repo_part_ok(owner) && repo_part_ok(name) => {
             Ok(raw.to_ascii_lowercase())
         }
-        _ => Err(ScopeError::BadRepository(raw.to_owned())),
+        _ => Err(ScopeError::BadRepository(shown(raw))),
     }
 }
 
@@ -160,7 +172,7 @@ pub fn normalize_user(raw: &str) -> Result<String, ScopeError> {
     if ok {
         Ok(raw.to_ascii_lowercase())
     } else {
-        Err(ScopeError::BadUser(raw.to_owned()))
+        Err(ScopeError::BadUser(shown(raw)))
     }
 }
 
@@ -391,6 +403,9 @@ mod tests {
         ] {
             assert!(normalize_repo(bad).is_err(), "{bad:?}");
         }
+        let long = format!("o/{}", "é".repeat(100_000));
+        let e = normalize_repo(&long).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("..."), "{e}");
         assert_eq!(normalize_user("Mona").unwrap(), "mona");
         for bad in ["", "-mona", "mo na", "mona/x", &"m".repeat(40)] {
             assert!(normalize_user(bad).is_err(), "{bad:?}");
