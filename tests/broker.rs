@@ -6,299 +6,21 @@
 
 mod support;
 
+mod broker_support;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sandbox-secrets");
-
-/// One finished command with everything needed to explain a failure.
-struct Run {
-    cmd: String,
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn explain(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            self.cmd,
-            self.out.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert!(
-            self.out.status.success(),
-            "expected success\n{}",
-            self.explain()
-        );
-        self
-    }
-    /// Expects failure with `needle` in stderr.
-    #[track_caller]
-    fn fails_with(self, needle: &str) -> Self {
-        assert!(
-            !self.out.status.success() && self.stderr().contains(needle),
-            "expected failure mentioning {needle:?}\n{}",
-            self.explain()
-        );
-        self
-    }
-}
-
-fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
-    let shown = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
-    if let Some(input) = stdin {
-        // The command may refuse its arguments before reading stdin.
-        match child.stdin.take().unwrap().write_all(input) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other.unwrap(),
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    Run { cmd: shown, out }
-}
-
-/// A daemon process with its own state and run directories.
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    log: PathBuf,
-    starts: usize,
-}
-
-impl Daemon {
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Traversable by other uids (the non-root tests), as /run would be.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut d = Daemon {
-            log: dir.path().join("daemon-0.log"),
-            dir,
-            child: None,
-            starts: 0,
-        };
-        d.start().unwrap_or_else(|e| panic!("{e}"));
-        d
-    }
-
-    /// Starts the daemon; `Err` holds its exit status and log when it stops instead.
-    fn start(&mut self) -> Result<(), String> {
-        self.starts += 1;
-        self.log = self.dir.path().join(format!("daemon-{}.log", self.starts));
-        let log = std::fs::File::create(&self.log).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .env("SANDBOX_SECRETS_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let admin = self.run_dir().join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Err(format!(
-                    "daemon exited with {status}\nlog:\n{}",
-                    self.log_text()
-                ));
-            }
-            // The listening line is written after every socket is bound.
-            if UnixStream::connect(&admin).is_ok() && self.log_text().contains("listening") {
-                self.child = Some(child);
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up\nlog:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait; returns the log of this run.
-    fn stop(&mut self) -> String {
-        let mut child = self.child.take().expect("daemon running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "daemon exit {status}\n{}",
-                    self.log_text()
-                );
-                return self.log_text();
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `sandbox-secrets --run-dir R ARGS`, value on stdin when given.
-    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--run-dir").arg(self.run_dir()).args(args);
-        run(cmd, stdin)
-    }
-
-    fn set_user(&self, name: &str, user: &str, repos: &str, value: &str) {
-        self.cli(
-            &["set", name, "--user", user, "--repos", repos],
-            Some(value.as_bytes()),
-        )
-        .ok();
-    }
-
-    fn set_repo(&self, name: &str, repo: &str, value: &str) {
-        self.cli(&["set", name, "--repo", repo], Some(value.as_bytes()))
-            .ok();
-    }
-
-    /// Creates a sandbox; returns (id, directory).
-    fn sandbox(&self, user: &str, repo: &str) -> (String, PathBuf) {
-        let out = self
-            .cli(&["sandbox", "create", "--user", user, "--repo", repo], None)
-            .ok();
-        let line = out.stdout();
-        let mut parts = line.trim().split(' ');
-        let (Some(id), Some(dir), None) = (parts.next(), parts.next(), parts.next()) else {
-            panic!("sandbox create printed {line:?}\n{}", out.explain());
-        };
-        (id.to_owned(), PathBuf::from(dir))
-    }
-
-    /// `list --json` of a scope, for before/after comparisons.
-    fn list_json(&self, scope: &str, owner: &str) -> String {
-        self.cli(&["list", scope, owner, "--json"], None)
-            .ok()
-            .stdout()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `GET path` over a unix socket with HTTP/1.1 by hand; returns (status, body).
-fn http(socket: &Path, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
-
-/// Fetches a sandbox's secrets through its directory; returns (status, body).
-fn fetch(dir: &Path) -> (u16, String) {
-    http(&dir.join("secrets.sock"), "GET", "/v1/secrets")
-        .unwrap_or_else(|e| panic!("fetch via {}: {e}", dir.display()))
-}
-
-/// Fetches and returns the served (name, value) pairs; panics unless 200.
-fn served(dir: &Path) -> Vec<(String, String)> {
-    let (status, body) = fetch(dir);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["secrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_owned(),
-                s["value"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
-#[track_caller]
-fn assert_no_values(what: &str, haystack: &[u8], values: &[&str]) {
-    for v in values {
-        assert!(
-            !haystack.windows(v.len()).any(|w| w == v.as_bytes()),
-            "{what} holds the value {v:?}"
-        );
-    }
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
+use broker_support::*;
 
 // ------------------------------------------------------------------------------------------
 
 #[test]
 fn set_update_list_delete_round_trip() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     let v1 = "round-trip-VALUE-one\nline two $'\"\\ `x`";
     let v2 = "round-trip-VALUE-two";
     d.set_user("api_token", "Mona", "octo/app", v1);
@@ -370,7 +92,7 @@ fn set_update_list_delete_round_trip() {
 
 #[test]
 fn access_matrix_and_plan() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_user("TOKEN", "mona", "octo/a", "mona-token-VALUE");
     d.set_user("ONLY_B", "mona", "octo/b", "mona-b-VALUE");
     d.set_user("HUBOT_T", "hubot", "octo/a,octo/b", "hubot-VALUE");
@@ -488,7 +210,7 @@ fn access_matrix_and_plan() {
 
 #[test]
 fn invalid_input_is_refused_by_rule_and_the_store_is_unchanged() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_user("KEEP", "mona", "octo/a", "keep-user-VALUE");
     d.set_repo("KEEP", "octo/a", "keep-repo-VALUE");
     let before = (
@@ -685,7 +407,7 @@ fn invalid_input_is_refused_by_rule_and_the_store_is_unchanged() {
 
 #[test]
 fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     let values = ["AT-REST-user-VALUE-4f1c", "AT-REST-repo-VALUE-93ab"];
     d.set_user("TOKEN", "mona", "octo/a", values[0]);
     d.set_repo("DB_PASS", "octo/a", values[1]);
@@ -697,7 +419,7 @@ fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
     // While running (WAL live) and after stopping: no file in the state dir holds a value.
     let scan = |d: &Daemon| {
         let mut seen = Vec::new();
-        for entry in std::fs::read_dir(d.state()).unwrap() {
+        for entry in std::fs::read_dir(&d.state).unwrap() {
             let path = entry.unwrap().path();
             seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
             assert_no_values(
@@ -713,14 +435,14 @@ fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
         live.iter().any(|f| f == "secrets.db-wal"),
         "WAL not in use: {live:?}"
     );
-    assert_eq!(mode(&d.state().join("key")), 0o600);
-    assert_eq!(std::fs::metadata(d.state().join("key")).unwrap().len(), 32);
+    assert_eq!(mode(&d.state.join("key")), 0o600);
+    assert_eq!(std::fs::metadata(d.state.join("key")).unwrap().len(), 32);
     d.stop();
     scan(&d);
 
     // Flip one bit of DB_PASS's ciphertext while the daemon is stopped.
     {
-        let db = rusqlite::Connection::open(d.state().join("secrets.db")).unwrap();
+        let db = rusqlite::Connection::open(d.state.join("secrets.db")).unwrap();
         let mut ct: Vec<u8> = db
             .query_row(
                 "SELECT ciphertext FROM secrets WHERE kind = 'repo' AND name = 'DB_PASS'",
@@ -753,7 +475,7 @@ fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
     // Swapping a valid ciphertext in from another secret is refused too: the AAD binds the
     // value to its scope and name.
     {
-        let db = rusqlite::Connection::open(d.state().join("secrets.db")).unwrap();
+        let db = rusqlite::Connection::open(d.state.join("secrets.db")).unwrap();
         db.execute(
             "UPDATE secrets SET (nonce, ciphertext) = (SELECT nonce, ciphertext FROM secrets
              WHERE kind = 'user' AND name = 'TOKEN') WHERE kind = 'repo' AND name = 'DB_PASS'",
@@ -771,10 +493,10 @@ fn nothing_at_rest_holds_a_plaintext_value_and_tampering_is_named() {
 
 #[test]
 fn key_file_rules() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_repo("X", "octo/a", "key-rules-VALUE");
     d.stop();
-    let key = d.state().join("key");
+    let key = d.state.join("key");
     let original = std::fs::read(&key).unwrap();
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -803,7 +525,7 @@ fn key_file_rules() {
 
 #[test]
 fn restart_keeps_secrets_and_sandboxes_through_the_same_directory() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_user("TOKEN", "mona", "octo/a", "restart-VALUE");
     let (id, dir) = d.sandbox("mona", "octo/a");
     let listed_before = d.cli(&["sandbox", "list", "--json"], None).ok().stdout();
@@ -877,9 +599,12 @@ fn restart_keeps_secrets_and_sandboxes_through_the_same_directory() {
     assert_eq!(served(&dir).len(), 1);
 
     // A stale socket file (daemon killed hard) is replaced on start.
-    let mut child = d.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(
+        d.alive(),
+        "daemon gone before the hard kill\n{}",
+        d.log_text()
+    );
+    d.kill9();
     assert!(d.run_dir().join("admin.sock").exists());
     d.start().unwrap();
     assert_eq!(served(&dir), pairs(&[("TOKEN", "restart-VALUE")]));
@@ -888,7 +613,7 @@ fn restart_keeps_secrets_and_sandboxes_through_the_same_directory() {
 
 #[test]
 fn modes_of_the_run_directory_and_sandbox_deletion() {
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     let (id, dir) = d.sandbox("mona", "octo/a");
     let run = d.run_dir();
     assert_eq!(mode(&run), 0o755);
@@ -928,38 +653,26 @@ fn modes_of_the_run_directory_and_sandbox_deletion() {
 
 #[test]
 fn admin_socket_refuses_other_uids() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip("needs root to run the CLI as another uid");
+    if let Some(why) = nobody_unavailable() {
+        support::skip(why);
         return;
     }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        support::skip("setpriv not installed");
-        return;
-    }
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_repo("X", "octo/a", "admin-uid-VALUE");
-    let as_nobody = |args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--run-dir",
-        ])
-        .arg(d.run_dir())
-        .args(args);
+    let cli_as_nobody = |args: &[&str]| {
+        let mut c = as_nobody(&[BIN, "--run-dir"]);
+        c.arg(d.run_dir()).args(args);
         run(c, None)
     };
     // The socket's 0600 mode stops the connect itself.
-    as_nobody(&["list", "--repo", "octo/a"]).fails_with("Permission denied");
+    cli_as_nobody(&["list", "--repo", "octo/a"]).fails_with("Permission denied");
     // With the mode opened up, SO_PEERCRED still refuses, with a 403 naming the rule.
     let admin = d.run_dir().join("admin.sock");
     std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = as_nobody(&["list", "--repo", "octo/a"])
+    let out = cli_as_nobody(&["list", "--repo", "octo/a"])
         .fails_with("uid 65534 may not use the admin socket");
     assert!(!out.stdout().contains('X'), "{}", out.explain());
-    as_nobody(&["sandbox", "create", "--user", "mona", "--repo", "octo/a"])
+    cli_as_nobody(&["sandbox", "create", "--user", "mona", "--repo", "octo/a"])
         .fails_with("uid 65534 may not use the admin socket");
     assert!(d
         .cli(&["sandbox", "list", "--json"], None)
@@ -987,7 +700,7 @@ fn unusable_state_directory_is_a_clear_error() {
         .arg(dir.path().join("run"));
     run(c, None).fails_with("cannot create state directory");
 
-    if !nix::unistd::geteuid().is_root() {
+    if !is_root() {
         support::skip("needs root for the non-root daemon case");
         return;
     }
@@ -996,18 +709,10 @@ fn unusable_state_directory_is_a_clear_error() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        BIN,
-        "serve",
-        "--state-dir",
-    ])
-    .arg(&state)
-    .arg("--run-dir")
-    .arg(dir.path().join("run-nobody"));
+    let mut c = as_nobody(&[BIN, "serve", "--state-dir"]);
+    c.arg(&state)
+        .arg("--run-dir")
+        .arg(dir.path().join("run-nobody"));
     run(c, None).fails_with("is not writable");
 }
 
@@ -1017,7 +722,7 @@ fn delete_asks_on_a_terminal_unless_yes() {
         support::skip("script(1) not installed (needed for a pseudo-terminal)");
         return;
     }
-    let mut d = Daemon::new();
+    let mut d = Daemon::traced();
     d.set_repo("GONE", "octo/a", "confirm-VALUE");
     let on_tty = |args: &str, answer: &[u8]| {
         let mut c = Command::new("script");

@@ -1,7 +1,9 @@
-//! Shared harness of the broker hardening tests (`broker_faults`, `broker_hostile`,
-//! `broker_isolation`): a real `sandbox-secrets serve` process in its own temp dirs, the real CLI,
-//! raw HTTP/1.1 over the unix sockets, and readings of the daemon's memory and descriptors.
-//! Failures print the command, its output and the daemon's log.
+//! Shared harness of the tests that drive the real broker (`broker`, `broker_faults`,
+//! `broker_fuzz`, `broker_hostile`, `broker_isolation`, `inject_e2e`): a real `sandbox-secrets
+//! serve` process in its own temp dirs, the real CLI, raw HTTP/1.1 over the unix sockets, and
+//! readings of the daemon's memory and descriptors. Failures print the command, its output and
+//! the daemon's log. It holds no test of its own and must not loosen what a test asserts.
+// Each test crate that includes this module uses only part of it.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -84,6 +86,11 @@ pub struct Daemon {
     starts: usize,
     /// Put before the daemon's command line (e.g. `prlimit --nofile=...`).
     pub wrapper: Vec<String>,
+    /// `SANDBOX_SECRETS_LOG` of the daemon; `traced()` raises it so a value grep sees every line.
+    pub log_level: &'static str,
+    /// When set, `cli` names the directories through `SANDBOX_SECRETS_RUN_DIR` and
+    /// `SANDBOX_SECRETS_STATE_DIR` (as a host's profile would) instead of `--run-dir`.
+    pub dirs_by_env: bool,
 }
 
 impl Daemon {
@@ -105,11 +112,22 @@ impl Daemon {
             child: None,
             starts: 0,
             wrapper: Vec::new(),
+            log_level: "debug",
+            dirs_by_env: false,
         }
     }
 
+    /// A started daemon logging at debug.
     pub fn new() -> Self {
         let mut d = Self::unstarted(None);
+        d.start().unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    /// A started daemon logging at trace, for tests that grep its log for values.
+    pub fn traced() -> Self {
+        let mut d = Self::unstarted(None);
+        d.log_level = "trace";
         d.start().unwrap_or_else(|e| panic!("{e}"));
         d
     }
@@ -137,9 +155,9 @@ impl Daemon {
             .arg(&self.state)
             .arg("--run-dir")
             .arg(self.run_dir())
-            .env("SANDBOX_SECRETS_LOG", "debug")
+            .env("SANDBOX_SECRETS_LOG", self.log_level)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -209,10 +227,40 @@ impl Daemon {
             .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
+    /// `sandbox-secrets --run-dir R ARGS` (or with the directories in the environment, see
+    /// `dirs_by_env`), value on stdin when given.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
         let mut cmd = Command::new(BIN);
-        cmd.arg("--run-dir").arg(self.run_dir()).args(args);
+        if self.dirs_by_env {
+            cmd.env("SANDBOX_SECRETS_RUN_DIR", self.run_dir())
+                .env("SANDBOX_SECRETS_STATE_DIR", &self.state);
+        } else {
+            cmd.arg("--run-dir").arg(self.run_dir());
+        }
+        cmd.args(args);
         run(cmd, stdin)
+    }
+
+    /// `set NAME --user U --repos R` with the value on stdin; panics unless it succeeds.
+    pub fn set_user(&self, name: &str, user: &str, repos: &str, value: &str) {
+        self.cli(
+            &["set", name, "--user", user, "--repos", repos],
+            Some(value.as_bytes()),
+        )
+        .ok();
+    }
+
+    /// `set NAME --repo R` with the value on stdin; panics unless it succeeds.
+    pub fn set_repo(&self, name: &str, repo: &str, value: &str) {
+        self.cli(&["set", name, "--repo", repo], Some(value.as_bytes()))
+            .ok();
+    }
+
+    /// `list --json` of a scope, for before/after comparisons.
+    pub fn list_json(&self, scope: &str, owner: &str) -> String {
+        self.cli(&["list", scope, owner, "--json"], None)
+            .ok()
+            .stdout()
     }
 
     /// Creates a sandbox; returns (id, directory).
@@ -322,14 +370,15 @@ pub fn admin_post(run_dir: &Path, route: &str, body: &[u8]) -> std::io::Result<(
     Ok((status, text))
 }
 
+/// `METHOD path` with an empty body over a unix socket; (status, body).
+pub fn http(socket: &Path, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    exchange(socket, request(method, path, b""), Duration::from_secs(30))
+}
+
 /// `GET /v1/secrets` through a sandbox directory; (status, body).
 pub fn fetch(dir: &Path) -> (u16, String) {
-    exchange(
-        &dir.join("secrets.sock"),
-        request("GET", "/v1/secrets", b""),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("fetch via {}: {e}", dir.display()))
+    http(&dir.join("secrets.sock"), "GET", "/v1/secrets")
+        .unwrap_or_else(|e| panic!("fetch via {}: {e}", dir.display()))
 }
 
 /// The (name, value) pairs a sandbox is served; panics unless 200.
@@ -348,6 +397,52 @@ pub fn served(dir: &Path) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Owned (name, value) pairs, to compare with `served`.
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Fails naming `what` when `haystack` holds any of `values`.
+#[track_caller]
+pub fn assert_no_values(what: &str, haystack: &[u8], values: &[&str]) {
+    for v in values {
+        assert!(
+            !haystack.windows(v.len()).any(|w| w == v.as_bytes()),
+            "{what} holds the value {v:?}"
+        );
+    }
+}
+
+/// Permission bits of a path, not following a final symlink.
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Why commands cannot run as `nobody` here (not root, or no `setpriv`); `None` when they can.
+pub fn nobody_unavailable() -> Option<&'static str> {
+    if !is_root() {
+        return Some("needs root to act as another uid");
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return Some("setpriv not installed");
+    }
+    None
+}
+
+/// `setpriv` running `args` as uid and gid 65534 with no supplementary groups.
+pub fn as_nobody(args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args);
+    c
 }
 
 /// `PRAGMA integrity_check` of the store; "ok" when sound.
