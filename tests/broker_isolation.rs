@@ -17,14 +17,6 @@ use broker_support::*;
 const A_VALUE: &str = "isolation-A-VALUE-7f3a";
 const B_VALUE: &str = "isolation-B-VALUE-91c2";
 
-fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
 /// Two sandboxes of different users and repositories, each with a secret only it may read.
 fn two_sandboxes(d: &Daemon) -> ((String, std::path::PathBuf), (String, std::path::PathBuf)) {
     d.cli(
@@ -218,28 +210,19 @@ fn a_symlink_in_place_of_a_socket_is_neither_followed_nor_removed() {
 
 #[test]
 fn host_users_cannot_reach_sandbox_sockets_or_the_admin_socket() {
-    if !is_root() {
-        support::skip("needs root to act as another uid");
-        return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        support::skip("setpriv not installed");
+    if let Some(why) = nobody_unavailable() {
+        support::skip(why);
         return;
     }
     let mut d = Daemon::new();
     let ((_, a), _) = two_sandboxes(&d);
     assert_modes(&d, &[&a]);
-    let as_nobody = |args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(args);
-        run(c, None)
-    };
+    let run_as_nobody = |args: &[&str]| run(as_nobody(args), None);
     // open(2) of a socket path answers ENXIO when the path is reachable: EACCES proves the
     // 0700 sandboxes/ directory stops the lookup itself.
     let sock = a.join("secrets.sock");
-    as_nobody(&["cat", sock.to_str().unwrap()]).fails_with("Permission denied");
-    as_nobody(&["ls", d.run_dir().join("sandboxes").to_str().unwrap()])
+    run_as_nobody(&["cat", sock.to_str().unwrap()]).fails_with("Permission denied");
+    run_as_nobody(&["ls", d.run_dir().join("sandboxes").to_str().unwrap()])
         .fails_with("Permission denied");
     // The same check as root sees the socket (ENXIO), so the test can fail.
     let r = run(
@@ -256,7 +239,7 @@ fn host_users_cannot_reach_sandbox_sockets_or_the_admin_socket() {
         r.explain()
     );
     let admin = d.admin();
-    as_nobody(&[
+    run_as_nobody(&[
         BIN,
         "--run-dir",
         d.run_dir().to_str().unwrap(),
@@ -266,7 +249,7 @@ fn host_users_cannot_reach_sandbox_sockets_or_the_admin_socket() {
     .fails_with("Permission denied");
     // With the admin socket's mode opened by mistake, SO_PEERCRED still refuses.
     std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o666)).unwrap();
-    as_nobody(&[
+    run_as_nobody(&[
         BIN,
         "--run-dir",
         d.run_dir().to_str().unwrap(),
