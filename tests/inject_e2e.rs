@@ -5,32 +5,20 @@
 //! profile.d snippet, the spill of values over the `execve` budget, and registry credentials
 //! against a real private registry.
 
+#![cfg(feature = "broker")]
+
 mod support;
 
+mod broker_support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use broker_support::{run, Daemon, Run};
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
-const SECRETS: &str = env!("CARGO_BIN_EXE_sandbox-secrets");
-
-fn show(cmd: &Command, out: &Output) -> String {
-    format!(
-        "command: {cmd:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{}", show(cmd, &out));
-    out
-}
 
 /// Root and `unshare` are needed for PID 1 in a namespace.
 fn can_be_pid1() -> Option<&'static str> {
@@ -43,101 +31,22 @@ fn can_be_pid1() -> Option<&'static str> {
     None
 }
 
-/// A running broker daemon in its own temp dirs; killed on drop.
-struct Broker {
-    dir: tempfile::TempDir,
-    child: Child,
+/// A running broker logging at trace, its CLI configured through the environment as a host's
+/// profile would; killed on drop.
+fn broker() -> Daemon {
+    let mut d = Daemon::traced();
+    d.dirs_by_env = true;
+    d
 }
 
-impl Broker {
-    fn start() -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let run = dir.path().join("run");
-        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
-        let child = Command::new(SECRETS)
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--run-dir")
-            .arg(&run)
-            .env("SANDBOX_SECRETS_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let broker = Broker { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !run.join("admin.sock").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not come up; log:\n{}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
-    }
-
-    fn admin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(SECRETS);
-        cmd.args(args)
-            .env("SANDBOX_SECRETS_RUN_DIR", self.run_dir())
-            .env("SANDBOX_SECRETS_STATE_DIR", self.dir.path().join("state"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(v) = stdin {
-            pipe.write_all(v.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", show(&cmd, &out));
-        out
-    }
-
-    fn set_user(&self, name: &str, user: &str, repos: &str, value: &str) {
-        self.admin(
-            &["set", name, "--user", user, "--repos", repos],
-            Some(value),
-        );
-    }
-
-    fn set_repo(&self, name: &str, repo: &str, value: &str) {
-        self.admin(&["set", name, "--repo", repo], Some(value));
-    }
-
-    /// `sandbox create`: the socket of the new sandbox.
-    fn sandbox(&self, user: &str, repo: &str) -> PathBuf {
-        let out = self.admin(&["sandbox", "create", "--user", user, "--repo", repo], None);
-        let line = String::from_utf8(out.stdout).unwrap();
-        let mut parts = line.split_whitespace();
-        let (_id, dir) = (parts.next().unwrap(), parts.next().unwrap());
-        PathBuf::from(dir).join("secrets.sock")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `sandbox create`: the socket of the new sandbox.
+fn sandbox_socket(broker: &Daemon, user: &str, repo: &str) -> PathBuf {
+    broker.sandbox(user, repo).1.join("secrets.sock")
 }
 
 /// Runs the init as PID 1 of a new PID namespace with `env` on top of a clean environment, and
 /// the usual 8 MiB stack limit (so `ARG_MAX` is the usual 2 MiB whatever the test runner has).
-fn init_as_pid1(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> (Command, Output) {
+fn init_as_pid1(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "ulimit -s 8192 && exec \"$@\"", "sh"])
         .args(["unshare", "-pf", "--mount-proc", "--kill-child", INIT])
@@ -149,8 +58,7 @@ fn init_as_pid1(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> (Command,
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (cmd, out)
+    run(cmd, None)
 }
 
 fn parse_environ(raw: &[u8]) -> BTreeMap<String, String> {
@@ -179,7 +87,7 @@ fn pid1_child_sees_exactly_the_authorized_secrets_and_nothing_leaks() {
         support::skip(why);
         return;
     }
-    let broker = Broker::start();
+    let broker = broker();
     broker.set_user("API_TOKEN", "mona", "octo/hello", TRICKY);
     broker.set_user("ELSEWHERE", "mona", "octo/other", "elsewhere-value-4d2e");
     broker.set_user(
@@ -196,19 +104,20 @@ fn pid1_child_sees_exactly_the_authorized_secrets_and_nothing_leaks() {
     broker.set_repo("SHARED", "octo/hello", "shared-repo-value-loses-8e4");
     broker.set_repo("OTHER_REPO", "octo/other", "other-repo-value-1f7");
     broker.set_user("HUBOT_TOKEN", "hubot", "octo/hello", "hubot-value-6c9");
-    let socket = broker.sandbox("mona", "octo/hello");
+    let socket = sandbox_socket(&broker, "mona", "octo/hello");
 
     let out_dir = tempfile::tempdir().unwrap();
     let script = format!(
         "cat /proc/self/environ > {d}/child.env && cat /proc/1/environ > {d}/pid1.env",
         d = out_dir.path().display()
     );
-    let (cmd, out) = init_as_pid1(
+    let r = init_as_pid1(
         &socket,
         &[("DB_URL", "inherited-db-url-0e2"), ("KEEP_ME", "kept")],
         &["--", "sh", "-c", &script],
     );
-    assert!(out.status.success(), "{}", show(&cmd, &out));
+    let out = &r.out;
+    assert!(out.status.success(), "{}", r.explain());
     let child = std::fs::read(out_dir.path().join("child.env")).unwrap();
     let env = parse_environ(&child);
     assert_eq!(env.get("API_TOKEN").map(String::as_str), Some(TRICKY));
@@ -252,11 +161,11 @@ fn pid1_child_sees_exactly_the_authorized_secrets_and_nothing_leaks() {
     }
     // Trace-level logs of the init hold names, never values; the override is warned about.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("DB_URL"), "{}", show(&cmd, &out));
+    assert!(stderr.contains("DB_URL"), "{}", r.explain());
     for v in secret_values.iter().chain(&["inherited-db-url-0e2"]) {
         assert!(!stderr.contains(v), "{v} in the init's log:\n{stderr}");
     }
-    let broker_log = broker.log();
+    let broker_log = broker.log_text();
     for v in secret_values {
         assert!(!broker_log.contains(v), "{v} in the broker's log");
     }
@@ -264,7 +173,7 @@ fn pid1_child_sees_exactly_the_authorized_secrets_and_nothing_leaks() {
 
 #[test]
 fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
-    let broker = Broker::start();
+    let broker = broker();
     let values = [
         ("TRICKY", TRICKY),
         ("QUOTES", "'''\"\"'\\'"),
@@ -273,16 +182,17 @@ fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
     for (n, v) in values {
         broker.set_user(n, "mona", "octo/hello", v);
     }
-    let socket = broker.sandbox("mona", "octo/hello");
+    let socket = sandbox_socket(&broker, "mona", "octo/hello");
     let mut cmd = Command::new(INIT);
     cmd.arg("env")
         .env_clear()
         .env("SANDBOX_SECRETS_SOCKET", &socket)
         .env("SANDBOX_INIT_LOG", "trace");
-    let out = run_ok(&mut cmd);
+    let r = run(cmd, None).ok();
+    let out = &r.out;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("end-e2e-7c1"), "{stderr}");
-    let lines = String::from_utf8(out.stdout).unwrap();
+    let lines = String::from_utf8(out.stdout.clone()).unwrap();
 
     // The snippet, pointed at this binary, sourced by each shell as a login shell would.
     let snippet = std::fs::read_to_string(
@@ -312,17 +222,19 @@ fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
             .arg(format!("eval \"$LINES\"\n{printer}"))
             .env_clear()
             .env("LINES", &lines);
-        let out = run_ok(&mut cmd);
-        assert_eq!(out.stdout, want, "{}", show(&cmd, &out));
+        let r = run(cmd, None).ok();
+        let out = &r.out;
+        assert_eq!(out.stdout, want, "{}", r.explain());
 
         let mut cmd = Command::new(shell[0]);
         cmd.args(&shell[1..])
             .arg(format!(". {}\n{printer}", snippet_path.display()))
             .env_clear()
             .env("SANDBOX_SECRETS_SOCKET", &socket);
-        let out = run_ok(&mut cmd);
-        assert_eq!(out.stdout, want, "{}", show(&cmd, &out));
-        assert!(out.stderr.is_empty(), "{}", show(&cmd, &out));
+        let r = run(cmd, None).ok();
+        let out = &r.out;
+        assert_eq!(out.stdout, want, "{}", r.explain());
+        assert!(out.stderr.is_empty(), "{}", r.explain());
 
         // No socket: quiet, nothing set.
         let mut cmd = Command::new(shell[0]);
@@ -333,9 +245,10 @@ fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
             ))
             .env_clear()
             .env("SANDBOX_SECRETS_SOCKET", dir.path().join("absent.sock"));
-        let out = run_ok(&mut cmd);
-        assert_eq!(out.stdout, b"[unset]\n", "{}", show(&cmd, &out));
-        assert!(out.stderr.is_empty(), "{}", show(&cmd, &out));
+        let r = run(cmd, None).ok();
+        let out = &r.out;
+        assert_eq!(out.stdout, b"[unset]\n", "{}", r.explain());
+        assert!(out.stderr.is_empty(), "{}", r.explain());
     }
     // No binary: quiet too.
     let missing = std::fs::read_to_string(
@@ -348,9 +261,10 @@ fn sandbox_init_env_and_the_profile_snippet_round_trip_through_shells() {
         .arg(format!("{missing}\necho \"[${{TRICKY-unset}}]\""))
         .env_clear()
         .env("SANDBOX_SECRETS_SOCKET", &socket);
-    let out = run_ok(&mut cmd);
-    assert_eq!(out.stdout, b"[unset]\n", "{}", show(&cmd, &out));
-    assert!(out.stderr.is_empty(), "{}", show(&cmd, &out));
+    let r = run(cmd, None).ok();
+    let out = &r.out;
+    assert_eq!(out.stdout, b"[unset]\n", "{}", r.explain());
+    assert!(out.stderr.is_empty(), "{}", r.explain());
 }
 
 #[test]
@@ -359,7 +273,7 @@ fn values_over_the_execve_budget_arrive_through_name_file() {
         support::skip(why);
         return;
     }
-    let broker = Broker::start();
+    let broker = broker();
     // 60 values of 40 KiB: 2.4 MiB, over ARG_MAX (2 MiB with an 8 MiB stack) and under the
     // broker's 48 KiB per value.
     let values: Vec<(String, String)> = (0..60)
@@ -373,19 +287,20 @@ fn values_over_the_execve_budget_arrive_through_name_file() {
     for (n, v) in &values {
         broker.set_user(n, "mona", "octo/hello", v);
     }
-    let socket = broker.sandbox("mona", "octo/hello");
+    let socket = sandbox_socket(&broker, "mona", "octo/hello");
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill");
     let script = format!(
         "cat /proc/self/environ > {}/child.env",
         dir.path().display()
     );
-    let (cmd, out) = init_as_pid1(
+    let r = init_as_pid1(
         &socket,
         &[("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap())],
         &["--", "sh", "-c", &script],
     );
-    assert!(out.status.success(), "{}", show(&cmd, &out));
+    let out = &r.out;
+    assert!(out.status.success(), "{}", r.explain());
     let env = parse_environ(&std::fs::read(dir.path().join("child.env")).unwrap());
     let mut spilled = 0;
     for (n, v) in &values {
@@ -401,7 +316,7 @@ fn values_over_the_execve_budget_arrive_through_name_file() {
             other => panic!("{n}: {other:?}"),
         }
     }
-    assert!(spilled > 0, "nothing was spilled:\n{}", show(&cmd, &out));
+    assert!(spilled > 0, "nothing was spilled:\n{}", r.explain());
     assert!(spilled < values.len(), "everything was spilled");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("-big-value-"), "a value in the log");
@@ -436,7 +351,7 @@ fn registry_triplet_through_the_real_init_lets_skopeo_and_docker_pull() {
         support::skip("no test registry (run scripts/registry.sh)");
         return;
     };
-    let broker = Broker::start();
+    let broker = broker();
     broker.set_user(
         "PRIV_CONTAINER_REGISTRY_SERVER",
         "mona",
@@ -464,20 +379,21 @@ fn registry_triplet_through_the_real_init_lets_skopeo_and_docker_pull() {
         "not-the-password-3b7",
     );
     for (repo, works) in [("octo/hello", true), ("octo/wrong", false)] {
-        let socket = broker.sandbox("mona", repo);
+        let socket = sandbox_socket(&broker, "mona", repo);
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("docker");
         let script = format!(
             "skopeo inspect --tls-verify=false --authfile \"$DOCKER_CONFIG/config.json\" \
              docker://{image} >/dev/null && docker pull -q {image} >/dev/null && echo reached"
         );
-        let (cmd, out) = init_as_pid1(
+        let r = init_as_pid1(
             &socket,
             &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
             &["--", "sh", "-c", &script],
         );
+        let out = &r.out;
         let reached = out.status.success() && out.stdout == b"reached\n";
-        assert_eq!(reached, works, "{repo}:\n{}", show(&cmd, &out));
+        assert_eq!(reached, works, "{repo}:\n{}", r.explain());
         let meta = std::fs::metadata(cfg.join("config.json")).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o600);
         let stderr = String::from_utf8_lossy(&out.stderr);
