@@ -239,24 +239,20 @@ fn host_users_cannot_reach_sandbox_sockets_or_the_admin_socket() {
         r.explain()
     );
     let admin = d.admin();
-    run_as_nobody(&[
-        BIN,
-        "--run-dir",
-        d.run_dir().to_str().unwrap(),
-        "sandbox",
-        "list",
-    ])
-    .fails_with("Permission denied");
+    let run_dir = d.run_dir();
+    let list_as_nobody = || {
+        run_as_nobody(&[
+            BIN,
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "sandbox",
+            "list",
+        ])
+    };
+    list_as_nobody().fails_with("Permission denied");
     // With the admin socket's mode opened by mistake, SO_PEERCRED still refuses.
     std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o666)).unwrap();
-    run_as_nobody(&[
-        BIN,
-        "--run-dir",
-        d.run_dir().to_str().unwrap(),
-        "sandbox",
-        "list",
-    ])
-    .fails_with("may not use the admin socket");
+    list_as_nobody().fails_with("may not use the admin socket");
     // The next start sets every mode back.
     d.stop();
     d.start().unwrap();
