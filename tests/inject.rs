@@ -5,6 +5,8 @@
 
 mod support;
 
+mod registry_support;
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,6 +20,8 @@ use base64::Engine as _;
 use sandbox_init::inject::{self, Options, Prepared, SecretsPolicy, Target};
 use secrecy::ExposeSecret;
 use serde_json::json;
+
+use registry_support::registry_env;
 
 // ---------------------------------------------------------------------------------------------
 // Peers
@@ -765,26 +769,6 @@ fn env_exports_a_file_for_an_oversized_value() {
 
 // ---------------------------------------------------------------------------------------------
 // Registry end to end (skopeo against a private registry)
-
-fn registry_env() -> Option<[String; 4]> {
-    let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
-    if let Ok(text) = std::fs::read_to_string("/run/sandbox-init-test/registry.env") {
-        for line in text.lines() {
-            let line = line.trim().trim_start_matches("export ");
-            if let Some((k, v)) = line.split_once('=') {
-                let v = v.trim_matches(|c| c == '"' || c == '\'');
-                vars.entry(k.to_string()).or_insert_with(|| v.to_string());
-            }
-        }
-    }
-    let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
-    Some([
-        get("SANDBOX_TEST_REGISTRY")?,
-        get("SANDBOX_TEST_REGISTRY_USER")?,
-        get("SANDBOX_TEST_REGISTRY_PASSWORD")?,
-        get("SANDBOX_TEST_REGISTRY_IMAGE")?,
-    ])
-}
 
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

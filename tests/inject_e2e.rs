@@ -11,12 +11,15 @@ mod support;
 
 mod broker_support;
 
+mod registry_support;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use broker_support::{run, Daemon, Run};
+use registry_support::registry_env;
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
 
@@ -328,26 +331,7 @@ fn registry_triplet_through_the_real_init_lets_skopeo_and_docker_pull() {
         support::skip(why);
         return;
     }
-    let vars = [
-        "SANDBOX_TEST_REGISTRY",
-        "SANDBOX_TEST_REGISTRY_USER",
-        "SANDBOX_TEST_REGISTRY_PASSWORD",
-        "SANDBOX_TEST_REGISTRY_IMAGE",
-    ];
-    let mut found: BTreeMap<String, String> = std::env::vars().collect();
-    if let Ok(text) = std::fs::read_to_string("/run/sandbox-init-test/registry.env") {
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                found.entry(k.to_string()).or_insert_with(|| v.to_string());
-            }
-        }
-    }
-    let Some([registry, user, password, image]) = vars
-        .iter()
-        .map(|k| found.get(*k).filter(|v| !v.is_empty()).cloned())
-        .collect::<Option<Vec<_>>>()
-        .map(|v| <[String; 4]>::try_from(v).unwrap())
-    else {
+    let Some([registry, user, password, image]) = registry_env() else {
         support::skip("no test registry (run scripts/registry.sh)");
         return;
     };
