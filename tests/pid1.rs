@@ -799,6 +799,27 @@ echo "gone=$gone"
     }
 }
 
+/// In every mode (`what` names the test in a skip line): starts `body` as script `name`, which
+/// writes `$D/ready` and then appends to `$D/got` what it receives; sends the init SIGTERM and
+/// expects exit `code` and exactly `got` in `$D/got`.
+fn sigterm_to(what: &str, name: &str, body: &str, code: i32, got: &str) {
+    for mode in modes(what) {
+        let dir = tempdir();
+        let s = write_script(dir.path(), name, body);
+        let run = start(dir.path(), mode, &["--", "sh", &s]);
+        await_file(&run, &dir.path().join("ready"), "ready");
+        run.signal("TERM");
+        let out = run.wait();
+        out.expect_code(code);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("got")).unwrap(),
+            got,
+            "{}",
+            out.desc
+        );
+    }
+}
+
 /// A server that handles SIGTERM gets SIGTERM only and exits with its own code.
 #[test]
 fn sigterm_handling_server_keeps_its_exit_code_and_gets_no_hup() {
@@ -808,21 +829,7 @@ trap 'echo TERM >> "$D/got"; exit 7' TERM
 echo ready > "$D/ready"
 while :; do sleep 1 & wait $!; done
 "#;
-    for mode in modes("SIGTERM server") {
-        let dir = tempdir();
-        let s = write_script(dir.path(), "server.sh", script);
-        let run = start(dir.path(), mode, &["--", "sh", &s]);
-        await_file(&run, &dir.path().join("ready"), "ready");
-        run.signal("TERM");
-        let out = run.wait();
-        out.expect_code(7);
-        assert_eq!(
-            fs::read_to_string(dir.path().join("got")).unwrap(),
-            "TERM\n",
-            "{}",
-            out.desc
-        );
-    }
+    sigterm_to("SIGTERM server", "server.sh", script, 7, "TERM\n");
 }
 
 /// A child that ignores SIGTERM (as interactive shells do) is hung up: SIGHUP to its group.
@@ -834,21 +841,7 @@ trap 'echo HUP >> "$D/got"; exit 9' HUP
 echo ready > "$D/ready"
 while :; do sleep 1 & wait $!; done
 "#;
-    for mode in modes("SIGTERM ignored") {
-        let dir = tempdir();
-        let s = write_script(dir.path(), "ignorer.sh", script);
-        let run = start(dir.path(), mode, &["--", "sh", &s]);
-        await_file(&run, &dir.path().join("ready"), "ready");
-        run.signal("TERM");
-        let out = run.wait();
-        out.expect_code(9);
-        assert_eq!(
-            fs::read_to_string(dir.path().join("got")).unwrap(),
-            "HUP\n",
-            "{}",
-            out.desc
-        );
-    }
+    sigterm_to("SIGTERM ignored", "ignorer.sh", script, 9, "HUP\n");
 }
 
 fn script_available() -> bool {
