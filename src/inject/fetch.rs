@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::protocol::{self, SecretsResponse};
+use crate::protocol;
 
 /// One secret as it arrived, name re-validated. The value is zeroized on drop.
 pub struct Secret {
@@ -94,13 +93,16 @@ pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError
 const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
-/// `{"error"}` message (escaped, shortened); a 200 body must be a [`SecretsResponse`] whose every
-/// name passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose
-/// values hold no NUL (an environment cannot carry one).
+/// `{"error"}` message (escaped, shortened); a 200 body must be exactly a secrets answer
+/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field) whose every name
+/// passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose values
+/// hold no NUL (an environment cannot carry one). No message quotes the body: the shape is
+/// checked by hand, because serde's own messages quote the offending string (`invalid type:
+/// string "..."`), which could be a value.
 pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
     // One JSON parser for every shape (a smaller init): the body becomes a `Value` first,
     // whose strings are zeroized when it is dropped.
-    let (value, syntax) = match serde_json::from_slice::<Value>(body) {
+    let (mut value, syntax) = match serde_json::from_slice::<Value>(body) {
         Ok(v) => (super::ScrubbedJson(v), None),
         Err(e) => (super::ScrubbedJson(Value::Null), Some(e)),
     };
@@ -112,32 +114,76 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
         };
         return Err(FetchError::Status { status, message });
     }
-    // serde_json's messages hold a line and column or a field name, never input text.
+    // serde_json's syntax messages hold a line and column, never input text.
     if let Some(e) = syntax {
         return Err(FetchError::Garbage(format!("not a secrets answer: {e}")));
     }
-    match SecretsResponse::deserialize(&value.0) {
-        Ok(response) => check(response),
-        Err(e) => Err(FetchError::Garbage(format!("not a secrets answer: {e}"))),
+    match decode(&mut value.0) {
+        Ok(pairs) => check(pairs),
+        Err(why) => Err(FetchError::Garbage(format!("not a secrets answer: {why}"))),
     }
+}
+
+/// The wire shape of a 200 answer, checked field by field; the names and values are moved out
+/// of `doc` (whose remaining strings the caller zeroizes). The error names the field, never its
+/// content.
+fn decode(doc: &mut Value) -> Result<Vec<(String, SecretString)>, String> {
+    let Value::Object(top) = doc else {
+        return Err("not a JSON object".into());
+    };
+    if top
+        .keys()
+        .any(|k| !matches!(k.as_str(), "sandbox" | "repository" | "secrets"))
+    {
+        return Err("a field other than sandbox, repository and secrets".into());
+    }
+    for field in ["sandbox", "repository"] {
+        match top.get(field) {
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(format!("`{field}` is not a string")),
+            None => return Err(format!("missing field `{field}`")),
+        }
+    }
+    let list = match top.get_mut("secrets") {
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("`secrets` is not an array".into()),
+        None => return Err("missing field `secrets`".into()),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter_mut().enumerate() {
+        let Value::Object(fields) = item else {
+            return Err(format!("`secrets[{i}]` is not an object"));
+        };
+        if fields.keys().any(|k| k != "name" && k != "value") {
+            return Err(format!(
+                "`secrets[{i}]` has a field other than name and value"
+            ));
+        }
+        let mut take = |field: &str| match fields.get_mut(field) {
+            Some(Value::String(s)) => Ok(std::mem::take(s)),
+            Some(_) => Err(format!("`secrets[{i}].{field}` is not a string")),
+            None => Err(format!("`secrets[{i}]` has no field `{field}`")),
+        };
+        let name = take("name")?;
+        let value = SecretString::from(take("value")?);
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// The checks on arrival: names valid (dangerous ones refused) and unique, values without NUL.
 /// Returns them sorted by name.
-fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
-    let mut out = Vec::with_capacity(response.secrets.len());
-    for wire in response.secrets {
-        let name = protocol::normalize_name(&wire.name, false)
+fn check(pairs: Vec<(String, SecretString)>) -> Result<Vec<Secret>, FetchError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for (raw, value) in pairs {
+        let name = protocol::normalize_name(&raw, false)
             .map_err(|e| FetchError::Garbage(e.to_string()))?;
-        if let Some(offset) = wire.value.expose_secret().bytes().position(|b| b == 0) {
+        if let Some(offset) = value.expose_secret().bytes().position(|b| b == 0) {
             return Err(FetchError::Garbage(format!(
                 "value of {name} contains a NUL byte at offset {offset}"
             )));
         }
-        out.push(Secret {
-            name,
-            value: wire.value,
-        });
+        out.push(Secret { name, value });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
@@ -201,6 +247,31 @@ mod tests {
             (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"LD_PRELOAD","value":"topsecret"}]}"#,
                 "dangerous",
+            ),
+            // serde would quote these strings in its message ("invalid type: string ...").
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":["A=topsecret"]}"#,
+                "`secrets[0]` is not an object",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":"topsecret"}"#,
+                "`secrets` is not an array",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":["topsecret"]}]}"#,
+                "`secrets[0].value` is not a string",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":"x","v":"topsecret"}]}"#,
+                "field other than name and value",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","topsecret":1,"secrets":[]}"#,
+                "field other than sandbox",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"value":"topsecret"}]}"#,
+                "has no field `name`",
             ),
             (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A-B","value":"topsecret"}]}"#,
