@@ -94,12 +94,26 @@ const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
 /// `{"error"}` message (escaped, shortened); a 200 body must be exactly a secrets answer
-/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field) whose every name
-/// passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose values
-/// hold no NUL (an environment cannot carry one). No message quotes the body: the shape is
+/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field, at most 200
+/// secrets) whose every name passes [`protocol::normalize_name`] (dangerous names refused),
+/// appears once, and whose values hold no NUL (an environment cannot carry one). No message quotes the body: the shape is
 /// checked by hand, because serde's own messages quote the offending string (`invalid type:
 /// string "..."`), which could be a value.
 pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
+    if status != hyper::StatusCode::OK && body.len() > MAX_ERROR_BODY {
+        return Err(FetchError::Status {
+            status,
+            message: format!("(error body of {} bytes, not read)", body.len()),
+        });
+    }
+    // A tree of JSON values costs far more memory than its text: count them first.
+    if status == hyper::StatusCode::OK && json_values_over(body, MAX_JSON_VALUES) {
+        return Err(FetchError::Garbage(format!(
+            "not a secrets answer: more than {MAX_JSON_VALUES} JSON values (a sandbox has at \
+             most {} secrets)",
+            2 * protocol::MAX_SECRETS_PER_SCOPE
+        )));
+    }
     // One JSON parser for every shape (a smaller init): the body becomes a `Value` first,
     // whose strings are zeroized when it is dropped.
     let (mut value, syntax) = match serde_json::from_slice::<Value>(body) {
@@ -122,6 +136,41 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
         Ok(pairs) => check(pairs),
         Err(why) => Err(FetchError::Garbage(format!("not a secrets answer: {why}"))),
     }
+}
+
+/// Most JSON values a 200 answer may hold: 5 for the envelope, 5 per secret, with room to spare.
+pub const MAX_JSON_VALUES: usize = 8 * 2 * protocol::MAX_SECRETS_PER_SCOPE + 64;
+/// Largest error body parsed for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Whether `body` holds more than `limit` JSON values, counted as one plus the commas and colons
+/// outside strings (every value but the first follows one of them): an upper bound, found in one
+/// pass without allocating. Bytes need not be valid JSON or UTF-8.
+pub fn json_values_over(body: &[u8], limit: usize) -> bool {
+    let mut count = 1usize;
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b':' => {
+                    count += 1;
+                    if count > limit {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 /// The wire shape of a 200 answer, checked field by field; the names and values are moved out
@@ -149,6 +198,14 @@ fn decode(doc: &mut Value) -> Result<Vec<(String, SecretString)>, String> {
         Some(_) => return Err("`secrets` is not an array".into()),
         None => return Err("missing field `secrets`".into()),
     };
+    // A sandbox gets at most the user's and the repository's secrets.
+    let most = 2 * protocol::MAX_SECRETS_PER_SCOPE;
+    if list.len() > most {
+        return Err(format!(
+            "{} secrets, more than the {most} a sandbox can have",
+            list.len()
+        ));
+    }
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter_mut().enumerate() {
         let Value::Object(fields) = item else {
@@ -172,6 +229,8 @@ fn decode(doc: &mut Value) -> Result<Vec<(String, SecretString)>, String> {
 }
 
 /// The checks on arrival: names valid (dangerous ones refused) and unique, values without NUL.
+/// Value sizes are not capped here (a platform's own broker may allow larger ones; they are
+/// spilled to files): the answer size cap bounds them.
 /// Returns them sorted by name.
 fn check(pairs: Vec<(String, SecretString)>) -> Result<Vec<Secret>, FetchError> {
     let mut out = Vec::with_capacity(pairs.len());
@@ -196,13 +255,17 @@ fn check(pairs: Vec<(String, SecretString)>) -> Result<Vec<Secret>, FetchError> 
 }
 
 fn shorten(message: &str) -> String {
-    let escaped: String = message.escape_debug().collect();
-    if escaped.chars().count() <= MAX_ERROR_MESSAGE {
-        escaped
-    } else {
-        let cut: String = escaped.chars().take(MAX_ERROR_MESSAGE).collect();
-        format!("{cut}...")
+    // Escape only what is shown: a long message is never copied whole.
+    let mut escaped: String = message
+        .chars()
+        .flat_map(char::escape_debug)
+        .take(MAX_ERROR_MESSAGE + 1)
+        .collect();
+    if escaped.chars().count() > MAX_ERROR_MESSAGE {
+        escaped = escaped.chars().take(MAX_ERROR_MESSAGE).collect();
+        escaped.push_str("...");
     }
+    escaped
 }
 
 #[cfg(test)]
@@ -274,6 +337,13 @@ mod tests {
                 "has no field `name`",
             ),
             (
+                &format!(
+                    r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
+                    vec![r#"{"name":"A","value":"x"}"#; 201].join(",")
+                ),
+                "201 secrets, more than the 200",
+            ),
+            (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A-B","value":"topsecret"}]}"#,
                 "letters, digits",
             ),
@@ -324,6 +394,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.len() < 400 && e.ends_with("..."), "{e}");
+    }
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only() {
+        assert!(!json_values_over(b"", 1));
+        assert!(!json_values_over(b"[1,2]", 2));
+        assert!(json_values_over(b"[1,2,3]", 2));
+        assert!(!json_values_over(br#"{"a":"x,y:z"}"#, 2));
+        assert!(json_values_over(br#"{"a":"x","b":1}"#, 3));
+        // An escaped quote does not end the string; an escaped backslash does not escape it.
+        assert!(!json_values_over(br#"["\",,,,"]"#, 1));
+        assert!(json_values_over(br#"["\\",1,2]"#, 2));
+        assert!(!json_values_over(b"\xff,\"", 2));
+        let answer = format!(
+            r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
+            vec![r#"{"name":"A","value":"x,:"}"#; 2 * protocol::MAX_SECRETS_PER_SCOPE].join(",")
+        );
+        assert!(!json_values_over(answer.as_bytes(), MAX_JSON_VALUES));
     }
 
     #[test]
