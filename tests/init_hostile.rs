@@ -189,7 +189,10 @@ fn refused(what: &str, reply: Reply, why: &str) -> u64 {
         rss <= MEMORY_BOUND_KIB,
         "peak RSS {rss} KiB over {MEMORY_BOUND_KIB} KiB\n{explain}"
     );
-    eprintln!("hostile: {what}: refused, peak RSS {rss} KiB");
+    eprintln!(
+        "hostile: {what}: refused, peak RSS {rss} KiB: {}",
+        stderr.trim_end().lines().last().unwrap_or_default()
+    );
     rss
 }
 

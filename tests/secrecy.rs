@@ -792,6 +792,9 @@ fn non_root_init_is_not_dumpable_and_its_memory_holds_no_value() {
         (NOBODY, 0),
         "the init is dumpable"
     );
+    // Control: its child, an ordinary process of the same uid, owns its proc files.
+    let script = *running.pids.first().expect("the init's child");
+    assert_eq!(uid_and_proc_owner(script), (NOBODY, NOBODY));
     assert_eq!(core_limit(init), "0", "the init's core limit");
     proc_files(&mut ev, "the non-root init", init);
     for (label, bytes) in memory(init) {
