@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use sandbox_init::init::{self, cli, sys};
 use sandbox_init::{inject, logging};
 
+/// Every freed heap block is zeroed first: no copy of a secret outlives its buffer in the init's
+/// memory while it supervises the child (see `sys::ZeroizingAlloc`).
+#[global_allocator]
+static ALLOC: sys::ZeroizingAlloc = sys::ZeroizingAlloc;
+
 fn main() -> ExitCode {
     // First of all: no signal may be lost (or kill PID 1) before the supervisor waits for it.
     let masks = match sys::block_forwardable() {

@@ -270,8 +270,107 @@ impl ExecSpec {
     }
 }
 
+/// The init's global allocator: the system allocator, except that every block is zeroed before
+/// it goes back (on `dealloc`, and for the old block of a `realloc` that moves). Buffers the init
+/// does not own, such as hyper's read buffer holding the raw broker answer or serde_json's
+/// scratch string, would otherwise leave copies of values in freed heap memory for as long as
+/// the init supervises its child. Installed by `src/bin/sandbox-init.rs` only (not the daemon,
+/// not the tests).
+pub struct ZeroizingAlloc;
+
+/// Overwrites `len` bytes at `ptr` with zeros in a way the optimiser keeps (volatile writes), even
+/// though the block is freed right after.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn wipe(ptr: *mut u8, len: usize) {
+    use zeroize::Zeroize;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees `ptr..ptr+len` is one live allocation we may write.
+    unsafe { std::slice::from_raw_parts_mut(ptr, len) }.zeroize();
+}
+
+// SAFETY: every method forwards to `System` with the same layout contract; the only additions
+// are writes inside blocks the caller still owns (before they are freed or shrunk) and, for a
+// growing realloc, an alloc + copy of `layout.size()` bytes (both blocks valid for that many)
+// + dealloc, which is what `GlobalAlloc::realloc`'s default does.
+unsafe impl std::alloc::GlobalAlloc for ZeroizingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout contract.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout contract.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` is a live block of `layout.size()` bytes until the dealloc below.
+        unsafe {
+            wipe(ptr, layout.size());
+            std::alloc::System.dealloc(ptr, layout);
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size <= layout.size() {
+            // SAFETY: the tail `new_size..size` is inside the live block; the shrink itself is
+            // forwarded with the caller's contract.
+            unsafe {
+                wipe(ptr.add(new_size), layout.size() - new_size);
+                return std::alloc::System.realloc(ptr, layout, new_size);
+            }
+        }
+        // SAFETY: `new_size` with the old alignment is a valid layout per realloc's contract
+        // (non-zero, no overflow when rounded); both blocks are valid for `layout.size()` bytes
+        // and do not overlap; the old block is wiped before it is freed.
+        unsafe {
+            let grown = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+            let new = std::alloc::System.alloc(grown);
+            if !new.is_null() {
+                ptr::copy_nonoverlapping(ptr, new, layout.size());
+                wipe(ptr, layout.size());
+                std::alloc::System.dealloc(ptr, layout);
+            }
+            new
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn zeroizing_alloc_keeps_contents_through_realloc() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let a = ZeroizingAlloc;
+        let layout = Layout::from_size_align(16, 8).unwrap();
+        // SAFETY: each pointer is used within the size it was (re)allocated with, and freed once
+        // with its current layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            for i in 0..16 {
+                *p.add(i) = i as u8 + 1;
+            }
+            let p = a.realloc(p, layout, 4096);
+            assert!(!p.is_null());
+            assert_eq!(
+                std::slice::from_raw_parts(p, 16),
+                &(1..=16).collect::<Vec<u8>>()[..]
+            );
+            let big = Layout::from_size_align(4096, 8).unwrap();
+            let p = a.realloc(p, big, 8);
+            assert_eq!(std::slice::from_raw_parts(p, 8), &[1, 2, 3, 4, 5, 6, 7, 8]);
+            a.dealloc(p, Layout::from_size_align(8, 8).unwrap());
+            let z = a.alloc_zeroed(big);
+            assert!(std::slice::from_raw_parts(z, 4096).iter().all(|&b| b == 0));
+            a.dealloc(z, big);
+        }
+    }
+
     use super::*;
 
     #[test]

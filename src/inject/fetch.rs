@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::protocol::{self, SecretsResponse};
+use crate::protocol;
 
 /// One secret as it arrived, name re-validated. The value is zeroized on drop.
 pub struct Secret {
@@ -94,13 +93,30 @@ pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError
 const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
-/// `{"error"}` message (escaped, shortened); a 200 body must be a [`SecretsResponse`] whose every
-/// name passes [`protocol::normalize_name`] (dangerous names refused), appears once, and whose
-/// values hold no NUL (an environment cannot carry one).
+/// `{"error"}` message (escaped, shortened); a 200 body must be exactly a secrets answer
+/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field, at most 200
+/// secrets) whose every name passes [`protocol::normalize_name`] (dangerous names refused),
+/// appears once, and whose values hold no NUL (an environment cannot carry one). No message quotes the body: the shape is
+/// checked by hand, because serde's own messages quote the offending string (`invalid type:
+/// string "..."`), which could be a value.
 pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
+    if status != hyper::StatusCode::OK && body.len() > MAX_ERROR_BODY {
+        return Err(FetchError::Status {
+            status,
+            message: format!("(error body of {} bytes, not read)", body.len()),
+        });
+    }
+    // A tree of JSON values costs far more memory than its text: count them first.
+    if status == hyper::StatusCode::OK && json_values_over(body, MAX_JSON_VALUES) {
+        return Err(FetchError::Garbage(format!(
+            "not a secrets answer: more than {MAX_JSON_VALUES} JSON values (a sandbox has at \
+             most {} secrets)",
+            2 * protocol::MAX_SECRETS_PER_SCOPE
+        )));
+    }
     // One JSON parser for every shape (a smaller init): the body becomes a `Value` first,
     // whose strings are zeroized when it is dropped.
-    let (value, syntax) = match serde_json::from_slice::<Value>(body) {
+    let (mut value, syntax) = match serde_json::from_slice::<Value>(body) {
         Ok(v) => (super::ScrubbedJson(v), None),
         Err(e) => (super::ScrubbedJson(Value::Null), Some(e)),
     };
@@ -112,32 +128,121 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
         };
         return Err(FetchError::Status { status, message });
     }
-    // serde_json's messages hold a line and column or a field name, never input text.
+    // serde_json's syntax messages hold a line and column, never input text.
     if let Some(e) = syntax {
         return Err(FetchError::Garbage(format!("not a secrets answer: {e}")));
     }
-    match SecretsResponse::deserialize(&value.0) {
-        Ok(response) => check(response),
-        Err(e) => Err(FetchError::Garbage(format!("not a secrets answer: {e}"))),
+    match decode(&mut value.0) {
+        Ok(pairs) => check(pairs),
+        Err(why) => Err(FetchError::Garbage(format!("not a secrets answer: {why}"))),
     }
 }
 
+/// Most JSON values a 200 answer may hold: 5 for the envelope, 5 per secret, with room to spare.
+pub const MAX_JSON_VALUES: usize = 8 * 2 * protocol::MAX_SECRETS_PER_SCOPE + 64;
+/// Largest error body parsed for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Whether `body` holds more than `limit` JSON values, counted as one plus the commas and colons
+/// outside strings (every value but the first follows one of them): an upper bound, found in one
+/// pass without allocating. Bytes need not be valid JSON or UTF-8.
+pub fn json_values_over(body: &[u8], limit: usize) -> bool {
+    let mut count = 1usize;
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b':' => {
+                    count += 1;
+                    if count > limit {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+/// The wire shape of a 200 answer, checked field by field; the names and values are moved out
+/// of `doc` (whose remaining strings the caller zeroizes). The error names the field, never its
+/// content.
+fn decode(doc: &mut Value) -> Result<Vec<(String, SecretString)>, String> {
+    let Value::Object(top) = doc else {
+        return Err("not a JSON object".into());
+    };
+    if top
+        .keys()
+        .any(|k| !matches!(k.as_str(), "sandbox" | "repository" | "secrets"))
+    {
+        return Err("a field other than sandbox, repository and secrets".into());
+    }
+    for field in ["sandbox", "repository"] {
+        match top.get(field) {
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(format!("`{field}` is not a string")),
+            None => return Err(format!("missing field `{field}`")),
+        }
+    }
+    let list = match top.get_mut("secrets") {
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("`secrets` is not an array".into()),
+        None => return Err("missing field `secrets`".into()),
+    };
+    // A sandbox gets at most the user's and the repository's secrets.
+    let most = 2 * protocol::MAX_SECRETS_PER_SCOPE;
+    if list.len() > most {
+        return Err(format!(
+            "{} secrets, more than the {most} a sandbox can have",
+            list.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter_mut().enumerate() {
+        let Value::Object(fields) = item else {
+            return Err(format!("`secrets[{i}]` is not an object"));
+        };
+        if fields.keys().any(|k| k != "name" && k != "value") {
+            return Err(format!(
+                "`secrets[{i}]` has a field other than name and value"
+            ));
+        }
+        let mut take = |field: &str| match fields.get_mut(field) {
+            Some(Value::String(s)) => Ok(std::mem::take(s)),
+            Some(_) => Err(format!("`secrets[{i}].{field}` is not a string")),
+            None => Err(format!("`secrets[{i}]` has no field `{field}`")),
+        };
+        let name = take("name")?;
+        let value = SecretString::from(take("value")?);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
 /// The checks on arrival: names valid (dangerous ones refused) and unique, values without NUL.
+/// Value sizes are not capped here (a platform's own broker may allow larger ones; they are
+/// spilled to files): the answer size cap bounds them.
 /// Returns them sorted by name.
-fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
-    let mut out = Vec::with_capacity(response.secrets.len());
-    for wire in response.secrets {
-        let name = protocol::normalize_name(&wire.name, false)
+fn check(pairs: Vec<(String, SecretString)>) -> Result<Vec<Secret>, FetchError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for (raw, value) in pairs {
+        let name = protocol::normalize_name(&raw, false)
             .map_err(|e| FetchError::Garbage(e.to_string()))?;
-        if let Some(offset) = wire.value.expose_secret().bytes().position(|b| b == 0) {
+        if let Some(offset) = value.expose_secret().bytes().position(|b| b == 0) {
             return Err(FetchError::Garbage(format!(
                 "value of {name} contains a NUL byte at offset {offset}"
             )));
         }
-        out.push(Secret {
-            name,
-            value: wire.value,
-        });
+        out.push(Secret { name, value });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
@@ -150,13 +255,17 @@ fn check(response: SecretsResponse) -> Result<Vec<Secret>, FetchError> {
 }
 
 fn shorten(message: &str) -> String {
-    let escaped: String = message.escape_debug().collect();
-    if escaped.chars().count() <= MAX_ERROR_MESSAGE {
-        escaped
-    } else {
-        let cut: String = escaped.chars().take(MAX_ERROR_MESSAGE).collect();
-        format!("{cut}...")
+    // Escape only what is shown: a long message is never copied whole.
+    let mut escaped: String = message
+        .chars()
+        .flat_map(char::escape_debug)
+        .take(MAX_ERROR_MESSAGE + 1)
+        .collect();
+    if escaped.chars().count() > MAX_ERROR_MESSAGE {
+        escaped = escaped.chars().take(MAX_ERROR_MESSAGE).collect();
+        escaped.push_str("...");
     }
+    escaped
 }
 
 #[cfg(test)]
@@ -201,6 +310,38 @@ mod tests {
             (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"LD_PRELOAD","value":"topsecret"}]}"#,
                 "dangerous",
+            ),
+            // serde would quote these strings in its message ("invalid type: string ...").
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":["A=topsecret"]}"#,
+                "`secrets[0]` is not an object",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":"topsecret"}"#,
+                "`secrets` is not an array",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":["topsecret"]}]}"#,
+                "`secrets[0].value` is not a string",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":"x","v":"topsecret"}]}"#,
+                "field other than name and value",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","topsecret":1,"secrets":[]}"#,
+                "field other than sandbox",
+            ),
+            (
+                r#"{"sandbox":"s","repository":"o/r","secrets":[{"value":"topsecret"}]}"#,
+                "has no field `name`",
+            ),
+            (
+                &format!(
+                    r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
+                    vec![r#"{"name":"A","value":"x"}"#; 201].join(",")
+                ),
+                "201 secrets, more than the 200",
             ),
             (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A-B","value":"topsecret"}]}"#,
@@ -253,6 +394,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.len() < 400 && e.ends_with("..."), "{e}");
+    }
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only() {
+        assert!(!json_values_over(b"", 1));
+        assert!(!json_values_over(b"[1,2]", 2));
+        assert!(json_values_over(b"[1,2,3]", 2));
+        assert!(!json_values_over(br#"{"a":"x,y:z"}"#, 2));
+        assert!(json_values_over(br#"{"a":"x","b":1}"#, 3));
+        // An escaped quote does not end the string; an escaped backslash does not escape it.
+        assert!(!json_values_over(br#"["\",,,,"]"#, 1));
+        assert!(json_values_over(br#"["\\",1,2]"#, 2));
+        assert!(!json_values_over(b"\xff,\"", 2));
+        let answer = format!(
+            r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
+            vec![r#"{"name":"A","value":"x,:"}"#; 2 * protocol::MAX_SECRETS_PER_SCOPE].join(",")
+        );
+        assert!(!json_values_over(answer.as_bytes(), MAX_JSON_VALUES));
     }
 
     #[test]
