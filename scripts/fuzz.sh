@@ -37,11 +37,13 @@ broker_targets() {
   run_target broker_fuzz fuzz_daemon_wire
 }
 
-# Init-side targets (response parsing, config.json merging, `sandbox-init env` quoting) are
-# added here by their owners: one `run_target <test file> <test name>` line each, same protocol
-# (honour BROKER_FUZZ_SECONDS / PROPTEST_CASES, print one "fuzz <name>: N executions" line).
+# Init-side targets (answer parsing, config.json merging, `sandbox-init env` quoting, registry
+# and name rules): tests/fuzz_init.rs, run by scripts/fuzz-init.sh with the same budget.
 init_targets() {
-  :
+  local out
+  out=$(scripts/fuzz-init.sh "$SECONDS_PER_TARGET") || { echo "$out"; exit 1; }
+  echo "$out"
+  while IFS= read -r line; do results+=("$line"); done <<<"$out"
 }
 
 broker_targets

@@ -19,6 +19,10 @@ pub const DEFAULT_SANDBOX_SOCKET: &str = "/run/sandbox/secrets.sock";
 pub const MAX_VALUE_BYTES: usize = 48 * 1024;
 /// Most secrets one user, or one repository, may hold.
 pub const MAX_SECRETS_PER_SCOPE: usize = 100;
+/// Most secrets one `GET /v1/secrets` answer may hold. Our broker serves at most 200 (100 of the
+/// user, 100 of the repository); a platform's own broker may serve more, up to this bound, past
+/// which the init refuses the answer as garbage.
+pub const MAX_SECRETS_PER_ANSWER: usize = 1000;
 /// Longest secret name accepted.
 pub const MAX_NAME_LEN: usize = 255;
 /// The largest `GET /v1/secrets` answer a client reads: 200 secrets at the value limit, plus

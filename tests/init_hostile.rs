@@ -263,7 +263,7 @@ fn many_entries_and_deep_nesting_are_refused() {
     refused(
         "100k secrets",
         Reply::Bytes(answer(&format!("[{}]", entries.join(",")))),
-        "more than 1664 JSON values",
+        "more than 8064 JSON values",
     );
     let fields: Vec<String> = (0..100_000)
         .map(|i| format!(r#""f{i}":"{MARK}""#))
@@ -274,13 +274,13 @@ fn many_entries_and_deep_nesting_are_refused() {
             "200 OK",
             format!("{{{}}}", fields.join(",")).as_bytes(),
         )),
-        "more than 1664 JSON values",
+        "more than 8064 JSON values",
     );
     let strings: Vec<String> = (0..100_000).map(|_| format!("\"{MARK}\"")).collect();
     refused(
         "100k strings in secrets",
         Reply::Bytes(answer(&format!("[{}]", strings.join(",")))),
-        "more than 1664 JSON values",
+        "more than 8064 JSON values",
     );
     refused(
         "100k nested arrays",
@@ -300,12 +300,12 @@ fn many_entries_and_deep_nesting_are_refused() {
         Reply::Bytes(http("200 OK", r#"{"a":"#.repeat(1000).as_bytes())),
         "recursion limit exceeded",
     );
-    // 201 secrets: one more than a sandbox can have (100 user + 100 repository).
-    let entries: Vec<String> = (0..201).map(|i| secret(&format!("N{i}"), MARK)).collect();
+    // 1001 secrets: one more than an answer may hold (protocol::MAX_SECRETS_PER_ANSWER).
+    let entries: Vec<String> = (0..1001).map(|i| secret(&format!("N{i}"), MARK)).collect();
     refused(
-        "201 secrets",
+        "1001 secrets",
         Reply::Bytes(answer(&format!("[{}]", entries.join(",")))),
-        "201 secrets",
+        "1001 secrets, more than the 1000",
     );
 }
 

@@ -94,8 +94,8 @@ const MAX_ERROR_MESSAGE: usize = 300;
 
 /// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
 /// `{"error"}` message (escaped, shortened); a 200 body must be exactly a secrets answer
-/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field, at most 200
-/// secrets) whose every name passes [`protocol::normalize_name`] (dangerous names refused),
+/// (`{"sandbox","repository","secrets":[{"name","value"}]}`, no other field, at most
+/// [`protocol::MAX_SECRETS_PER_ANSWER`] secrets) whose every name passes [`protocol::normalize_name`] (dangerous names refused),
 /// appears once, and whose values hold no NUL (an environment cannot carry one). No message quotes the body: the shape is
 /// checked by hand, because serde's own messages quote the offending string (`invalid type:
 /// string "..."`), which could be a value.
@@ -109,9 +109,9 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
     // A tree of JSON values costs far more memory than its text: count them first.
     if status == hyper::StatusCode::OK && json_values_over(body, MAX_JSON_VALUES) {
         return Err(FetchError::Garbage(format!(
-            "not a secrets answer: more than {MAX_JSON_VALUES} JSON values (a sandbox has at \
+            "not a secrets answer: more than {MAX_JSON_VALUES} JSON values (an answer holds at \
              most {} secrets)",
-            2 * protocol::MAX_SECRETS_PER_SCOPE
+            protocol::MAX_SECRETS_PER_ANSWER
         )));
     }
     // One JSON parser for every shape (a smaller init): the body becomes a `Value` first,
@@ -139,7 +139,7 @@ pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret
 }
 
 /// Most JSON values a 200 answer may hold: 5 for the envelope, 5 per secret, with room to spare.
-pub const MAX_JSON_VALUES: usize = 8 * 2 * protocol::MAX_SECRETS_PER_SCOPE + 64;
+pub const MAX_JSON_VALUES: usize = 8 * protocol::MAX_SECRETS_PER_ANSWER + 64;
 /// Largest error body parsed for its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -198,11 +198,10 @@ fn decode(doc: &mut Value) -> Result<Vec<(String, SecretString)>, String> {
         Some(_) => return Err("`secrets` is not an array".into()),
         None => return Err("missing field `secrets`".into()),
     };
-    // A sandbox gets at most the user's and the repository's secrets.
-    let most = 2 * protocol::MAX_SECRETS_PER_SCOPE;
+    let most = protocol::MAX_SECRETS_PER_ANSWER;
     if list.len() > most {
         return Err(format!(
-            "{} secrets, more than the {most} a sandbox can have",
+            "{} secrets, more than the {most} an answer may hold",
             list.len()
         ));
     }
@@ -339,9 +338,9 @@ mod tests {
             (
                 &format!(
                     r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                    vec![r#"{"name":"A","value":"x"}"#; 201].join(",")
+                    vec![r#"{"name":"A","value":"x"}"#; 1001].join(",")
                 ),
-                "201 secrets, more than the 200",
+                "1001 secrets, more than the 1000",
             ),
             (
                 r#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A-B","value":"topsecret"}]}"#,
@@ -409,7 +408,7 @@ mod tests {
         assert!(!json_values_over(b"\xff,\"", 2));
         let answer = format!(
             r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-            vec![r#"{"name":"A","value":"x,:"}"#; 2 * protocol::MAX_SECRETS_PER_SCOPE].join(",")
+            vec![r#"{"name":"A","value":"x,:"}"#; protocol::MAX_SECRETS_PER_ANSWER].join(",")
         );
         assert!(!json_values_over(answer.as_bytes(), MAX_JSON_VALUES));
     }
