@@ -192,7 +192,7 @@ pub fn entries(secrets: &[(&str, &SecretString)]) -> (Vec<Entry>, Vec<String>) {
         let auth = basic_auth(user, secrets[t.password].1.expose_secret());
         if let Some(prev) = out.iter_mut().find(|e| e.server == server) {
             warnings.push(format!(
-                "{} and {} both give credentials for {server}: {} wins",
+                "{} and {} give credentials for the same registry server: {} wins",
                 prev.id, t.id, t.id
             ));
             prev.id = t.id;
@@ -237,11 +237,10 @@ pub fn merge(config: &mut Map<String, Value>, entries: &[Entry], path: &Path) ->
             let host = hostname(&e.server);
             if let Some((key, helper)) = helpers.iter().find(|(k, _)| hostname(k) == host) {
                 warnings.push(format!(
-                    "{} sets credHelpers[{key:?}] = {helper}: it shadows the credentials of {} \
-                     for {}",
+                    "{} sets credHelpers[{key:?}] = {helper}: it shadows the registry \
+                     credentials of {}",
                     path.display(),
                     e.id,
-                    e.server
                 ));
             }
         }
@@ -671,7 +670,7 @@ mod tests {
         assert_eq!(entries[0].auth.as_str(), basic_auth("two", "p").as_str());
         assert_eq!(
             warnings,
-            vec!["A and B both give credentials for ghcr.io: B wins"]
+            vec!["A and B give credentials for the same registry server: B wins"]
         );
     }
 

@@ -409,11 +409,12 @@ fn registry_credentials(
             for w in written.warnings {
                 warn(format_args!("{w}"));
             }
-            let servers: Vec<&str> = entries.iter().map(|e| e.server.as_str()).collect();
+            // The triplets' IDs, not their servers: a server is a secret's value too.
+            let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
             info(format_args!(
                 "registry credentials written to {} for {}",
                 written.path.display(),
-                servers.join(" ")
+                ids.join(" ")
             ));
             Ok(())
         }
