@@ -15,6 +15,10 @@ use super::user::{self, UserSpec};
 
 /// Environment variable naming the target user when `--user` is absent.
 pub const ENV_USER: &str = "SANDBOX_INIT_USER";
+/// tini's variable for `-g`: any non-empty value signals the child's process group.
+pub const ENV_TINI_GROUP: &str = "TINI_KILL_PROCESS_GROUP";
+/// tini's variable for its verbosity (1 = warnings, the default; 2 = info; 3 = debug).
+pub const ENV_TINI_VERBOSITY: &str = "TINI_VERBOSITY";
 /// Environment variable naming the broker socket when `--socket` is absent.
 pub const ENV_SOCKET: &str = "SANDBOX_SECRETS_SOCKET";
 /// Default `--secrets-timeout`.
@@ -88,6 +92,8 @@ Supervision (tini and dumb-init compatible):
   -p SIG              signal the init receives when its parent dies (PR_SET_PDEATHSIG)
   -r, --rewrite S:R   forward signal S as R; R=0 drops S (repeatable; numbers or names)
   -w                  warn when reaping zombies that are not the child
+                      (tini's TINI_KILL_PROCESS_GROUP and TINI_VERBOSITY are honoured
+                      when no flag says otherwise)
   -v, --verbose       more log output (repeatable)
 
 User and privileges:
@@ -301,6 +307,26 @@ where
         return Err(UsageError(
             "-g (signal the process group) and -c (signal the child only) contradict".into(),
         ));
+    }
+    // tini's environment, for images that configured tini that way; flags win.
+    let set = |name: &str| env(name).is_some_and(|v| !v.is_empty());
+    if !group && !single_child && set(ENV_TINI_GROUP) {
+        group = true;
+    }
+    if verbosity == 0 {
+        if let Some(v) = env(ENV_TINI_VERBOSITY).filter(|v| !v.is_empty()) {
+            // tini's default verbosity is 1 (warnings, our default too); each step above adds one
+            // level, as each -v does.
+            verbosity = v
+                .to_str()
+                .and_then(|v| v.trim().parse::<u8>().ok())
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{ENV_TINI_VERBOSITY}: {v:?} is not a number (0-255)"
+                    ))
+                })?
+                .saturating_sub(1);
+        }
     }
     let user = match user_flag {
         Some(u) => Some(u),
@@ -590,5 +616,30 @@ mod tests {
         let bad = |k: &str| (k == ENV_USER).then(|| OsString::from("a:"));
         let e = parse(["x"], &bad).unwrap_err();
         assert!(e.0.starts_with("SANDBOX_INIT_USER: invalid user"), "{e}");
+    }
+
+    #[test]
+    fn tini_environment_variables_apply_unless_a_flag_says_otherwise() {
+        let tini = |k: &str| match k {
+            ENV_TINI_GROUP => Some(OsString::from("1")),
+            ENV_TINI_VERBOSITY => Some(OsString::from("3")),
+            _ => None,
+        };
+        let parsed = |args: &[&str]| match parse(args.iter().copied(), &tini) {
+            Ok(Invocation::Run(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        let o = parsed(&["x"]);
+        assert!(o.group);
+        assert_eq!(o.verbosity, 2);
+        let o = parsed(&["-c", "-v", "x"]);
+        assert!(!o.group, "-c wins over TINI_KILL_PROCESS_GROUP");
+        assert_eq!(o.verbosity, 1, "-v wins over TINI_VERBOSITY");
+        let bad = |k: &str| (k == ENV_TINI_VERBOSITY).then(|| OsString::from("loud"));
+        let e = parse(["x"], &bad).unwrap_err();
+        assert!(
+            e.0.starts_with("TINI_VERBOSITY: \"loud\" is not a number"),
+            "{e}"
+        );
     }
 }
