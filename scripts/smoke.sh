@@ -26,6 +26,7 @@ containers=()
 cleanup() {
   ((${#containers[@]})) && docker rm -f "${containers[@]}" >/dev/null 2>&1
   [[ -n ${broker:-} ]] && kill "$broker" 2>/dev/null && wait "$broker" 2>/dev/null
+  [[ -n ${own_registry:-} ]] && scripts/registry.sh stop >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,14 +45,19 @@ start_broker() {
 start_broker
 
 VALUE='smoke-value-7d1f $HOME "quoted" '\''single'\'''
-printf '%s' "$VALUE" | "$SECRETS" set SMOKE_TOKEN --user mona --repos octo/hello
-printf '%s' "other-repo-only-5c2e" | "$SECRETS" set OTHER_TOKEN --user mona --repos octo/other
-# shellcheck disable=SC1091
-[[ -f /run/sandbox-init-test/registry.env ]] && . /run/sandbox-init-test/registry.env
+printf '%s' "$VALUE" | "$SECRETS" set SMOKE_TOKEN --user mona --repos octo/hello >/dev/null
+printf '%s' "other-repo-only-5c2e" | "$SECRETS" set OTHER_TOKEN --user mona --repos octo/other >/dev/null
+# The private registry (scripts/test.sh starts it; run alone, smoke starts and stops it).
+REGISTRY_ENV=${SANDBOX_TEST_DIR:-/run/sandbox-init-test}/registry.env
+if [[ ! -f $REGISTRY_ENV ]]; then
+  scripts/registry.sh start >/dev/null && own_registry=1
+fi
+# shellcheck disable=SC1090
+[[ -f $REGISTRY_ENV ]] && . "$REGISTRY_ENV"
 if [[ -n ${SANDBOX_TEST_REGISTRY:-} ]]; then
-  printf '%s' "$SANDBOX_TEST_REGISTRY" | "$SECRETS" set CI_CONTAINER_REGISTRY_SERVER --repo octo/hello
-  printf '%s' "$SANDBOX_TEST_REGISTRY_USER" | "$SECRETS" set CI_CONTAINER_REGISTRY_USER --repo octo/hello
-  printf '%s' "$SANDBOX_TEST_REGISTRY_PASSWORD" | "$SECRETS" set CI_CONTAINER_REGISTRY_PASSWORD --repo octo/hello
+  printf '%s' "$SANDBOX_TEST_REGISTRY" | "$SECRETS" set CI_CONTAINER_REGISTRY_SERVER --repo octo/hello >/dev/null
+  printf '%s' "$SANDBOX_TEST_REGISTRY_USER" | "$SECRETS" set CI_CONTAINER_REGISTRY_USER --repo octo/hello >/dev/null
+  printf '%s' "$SANDBOX_TEST_REGISTRY_PASSWORD" | "$SECRETS" set CI_CONTAINER_REGISTRY_PASSWORD --repo octo/hello >/dev/null
 fi
 read -r _ dir < <("$SECRETS" sandbox create --user mona --repo octo/hello)
 
@@ -96,6 +102,9 @@ run_suite() { # image user shell
   c=$(docker run -d -v "$dir:/run/sandbox" "$img" sleep 60); containers+=("$c")
   out=$(docker exec "$c" "$sh" -lc 'printf %s "$SMOKE_TOKEN"')
   expect "$1: docker exec login shell sees the secret through profile.d" "$VALUE" "$out"
+  out=$(docker exec -u "$user" "$c" "$sh" -lc 'id -un; printf %s "$SMOKE_TOKEN"')
+  expect "$1: docker exec -u $user login shell sees it too" "$user
+$VALUE" "$out"
   docker rm -f "$c" >/dev/null
 
   # --user: the command runs as the image's user, config.json is its own.
