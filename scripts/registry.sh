@@ -27,6 +27,14 @@ start() {
     echo "registry: already running on $ADDR"; return 0
   fi
   stop
+  # Debian's package may have started its own service on :5000 (with a config we do not use).
+  if ss -Hltn 'sport = :5000' 2>/dev/null | grep -q .; then
+    service docker-registry stop >/dev/null 2>&1 || true
+    pkill -f 'docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
+    sleep 0.5
+    ss -Hltnp 'sport = :5000' 2>/dev/null | grep -q . &&
+      { echo "registry: port 5000 is taken: $(ss -Hltnp 'sport = :5000')" >&2; exit 1; }
+  fi
   command -v docker-registry >/dev/null || { echo "registry: docker-registry not installed (scripts/setup.sh --deps)" >&2; exit 1; }
   mkdir -p "$REG/data"; chmod 0700 "$DIR" "$REG"
   local password
