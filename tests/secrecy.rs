@@ -7,6 +7,9 @@
 //! spill files) are the only hits and have the modes and owners SPEC gives them.
 #![cfg(feature = "broker")]
 
+mod broker_support;
+mod support;
+
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -38,25 +41,6 @@ fn show(cmd: &Command, out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Runs `cmd` with `stdin` (bytes, possibly refused before read) and returns its output.
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(input) = stdin {
-        match child.stdin.take().unwrap().write_all(input) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other.unwrap(),
-        }
-    }
-    child.wait_with_output().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +306,7 @@ impl Daemon {
             .args(args)
             .env_clear()
             .env("SANDBOX_SECRETS_LOG", "trace");
-        let out = run(&mut cmd, stdin);
+        let out = broker_support::output(&mut cmd, stdin);
         ev.output(&cmd, &out);
         out
     }
@@ -515,6 +499,35 @@ fn finish(mut running: Running, go: &Path, what: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Starts `cmd` (which ends in the init and its child script) with only what the init needs in
+/// its environment, at trace level, and returns it with its process handle.
+fn start_traced(
+    mut cmd: Command,
+    sandbox: &Path,
+    docker: &Path,
+    spill: &Path,
+    home: Option<&Path>,
+) -> (Command, Running) {
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("SANDBOX_SECRETS_SOCKET", sandbox.join("secrets.sock"))
+        .env("SANDBOX_INIT_LOG", "trace")
+        .env("DOCKER_CONFIG", docker)
+        .env("SANDBOX_INIT_SECRETS_DIR", spill)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(home) = home {
+        cmd.env("HOME", home);
+    }
+    let child = cmd.spawn().unwrap();
+    let running = Running {
+        pids: Vec::new(),
+        child,
+    };
+    (cmd, running)
+}
+
 /// The child script: saves its environment, says it is ready, waits for `go`.
 fn child_script(out: &Path) -> String {
     format!(
@@ -653,7 +666,7 @@ fn check_files(ev: &mut Evidence, roots: &[&Path], owner: u32) -> (usize, usize)
 #[test]
 fn pid1_init_and_daemon_hold_no_value_in_proc_files_or_init_memory() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let mut ev = Evidence::default();
@@ -668,21 +681,8 @@ fn pid1_init_and_daemon_hold_no_value_in_proc_files_or_init_memory() {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "ulimit -s 512 && exec \"$@\"", "sh"])
         .args(["unshare", "-pf", "--mount-proc", "--kill-child", INIT])
-        .args(["--user", "nobody", "--", "sh", "-c", &child_script(&out)])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("SANDBOX_SECRETS_SOCKET", sandbox.join("secrets.sock"))
-        .env("SANDBOX_INIT_LOG", "trace")
-        .env("DOCKER_CONFIG", &docker)
-        .env("SANDBOX_INIT_SECRETS_DIR", &spill)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let mut running = Running {
-        pids: Vec::new(),
-        child,
-    };
+        .args(["--user", "nobody", "--", "sh", "-c", &child_script(&out)]);
+    let (cmd, mut running) = start_traced(cmd, &sandbox, &docker, &spill, None);
     wait_for(&out.join("ready"), &mut running, "the PID-1 run");
     let unshare = running.child.id() as i32;
     let init = *children(unshare).first().expect("the init under unshare");
@@ -753,7 +753,7 @@ fn pid1_init_and_daemon_hold_no_value_in_proc_files_or_init_memory() {
 #[test]
 fn non_root_init_is_not_dumpable_and_its_memory_holds_no_value() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let mut ev = Evidence::default();
@@ -775,22 +775,8 @@ fn non_root_init_is_not_dumpable_and_its_memory_holds_no_value() {
         "-c",
     ])
     .arg("ulimit -s 512 && exec \"$@\"")
-    .args(["sh", INIT, "--", "sh", "-c", &child_script(&out)])
-    .env_clear()
-    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-    .env("HOME", &own)
-    .env("SANDBOX_SECRETS_SOCKET", sandbox.join("secrets.sock"))
-    .env("SANDBOX_INIT_LOG", "trace")
-    .env("DOCKER_CONFIG", &docker)
-    .env("SANDBOX_INIT_SECRETS_DIR", &spill)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let mut running = Running {
-        pids: Vec::new(),
-        child,
-    };
+    .args(["sh", INIT, "--", "sh", "-c", &child_script(&out)]);
+    let (cmd, mut running) = start_traced(cmd, &sandbox, &docker, &spill, Some(&own));
     wait_for(&out.join("ready"), &mut running, "the non-root run");
     let init = running.child.id() as i32;
     assert_eq!(comm(init), "sandbox-init");
@@ -890,7 +876,7 @@ fn init_run(ev: &mut Evidence, env: &[(&str, &Path)], args: &[&str], stack_kib: 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = run(&mut cmd, None);
+    let out = broker_support::output(&mut cmd, None);
     ev.output(&cmd, &out);
     out
 }
@@ -915,7 +901,7 @@ fn assert_init_failed(out: &Output, why: &str) {
 #[test]
 fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+        support::skip(why);
         return;
     }
     let mut ev = Evidence::default();
@@ -1115,7 +1101,7 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     let mut sh = Command::new("bash");
     sh.args(["-c", &printer, "bash"])
         .arg(env_dir.join("env-out"));
-    let back = run(&mut sh, None);
+    let back = broker_support::output(&mut sh, None);
     let want: Vec<u8> = seeds()
         .iter()
         .flat_map(|(_, _, v)| v.bytes().chain([0]))

@@ -1,5 +1,5 @@
 //! Shared harness of the tests that drive the real broker (`broker`, `broker_faults`,
-//! `broker_fuzz`, `broker_hostile`, `broker_isolation`, `inject_e2e`): a real `sandbox-secrets
+//! `broker_fuzz`, `broker_hostile`, `broker_isolation`, `inject_e2e`, `secrecy`): a real `sandbox-secrets
 //! serve` process in its own temp dirs, the real CLI, raw HTTP/1.1 over the unix sockets, and
 //! readings of the daemon's memory and descriptors. Failures print the command, its output and
 //! the daemon's log. It holds no test of its own and must not loosen what a test asserts.
@@ -59,6 +59,13 @@ impl Run {
 
 pub fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
     let shown = format!("{cmd:?}");
+    let out = output(&mut cmd, stdin);
+    Run { cmd: shown, out }
+}
+
+/// Runs `cmd` with `stdin` (bytes the command may refuse before reading) and returns its
+/// output; `cmd` stays usable for a report.
+pub fn output(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -66,15 +73,14 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Run {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if let Some(input) = stdin {
         match child.stdin.take().unwrap().write_all(input) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             other => other.unwrap(),
         }
     }
-    let out = child.wait_with_output().unwrap();
-    Run { cmd: shown, out }
+    child.wait_with_output().unwrap()
 }
 
 /// A daemon process with its own state and run directories; killed on drop.
