@@ -396,6 +396,15 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
             "error quotes the value\n{}",
             r.explain()
         );
+        // The same refusal over the admin API is 507 Insufficient Storage, not a generic 500.
+        let body = serde_json::json!({"name": format!("RAW{i}"), "repo": "disk/full", "value": v});
+        let (status, answer) = admin_post(&d.run_dir(), "secrets/set", body.to_string().as_bytes())
+            .expect("admin answer during a full disk");
+        assert_eq!(status, 507, "{answer}");
+        assert!(
+            answer.contains("disk is full") && !answer.contains("during-full"),
+            "{answer}"
+        );
     }
     assert!(
         refused > 0,
