@@ -891,3 +891,113 @@ fn a_spill_directory_that_cannot_be_made_stops_the_init_unless_optional() {
     );
     assert_no_value(&(msg + &logs), &["-unspillable-distinct"]);
 }
+
+/// Runs `prepare` on a thread; a hang (the defect: open() of a FIFO blocks PID 1) fails the test
+/// after a generous guard instead of hanging the suite.
+fn prepare_guarded(
+    socket: &Path,
+    t: &Target,
+    inherited: Vec<(OsString, OsString)>,
+) -> (Result<(), String>, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (socket, t) = (socket.to_owned(), t.clone());
+    std::thread::spawn(move || {
+        let (got, logs) =
+            logged(|| inject::prepare(&opts(&socket, SecretsPolicy::Auto), &t, &inherited));
+        let _ = tx.send((got.map(drop).map_err(|e| err_text(&e)), logs));
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("prepare hung (guard: 30 s)")
+}
+
+#[test]
+fn a_fifo_at_config_json_is_kept_aside_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker = dir.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    nix::unistd::mkfifo(
+        &docker.join("config.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let server = serve_owned(&triplet("R", "reg.example", "u", "fifo-case-pw"));
+    let t = target(dir.path());
+    let (got, logs) = prepare_guarded(&server.socket, &t, Vec::new());
+    got.unwrap();
+    assert!(logs.contains("not a regular file"), "{logs}");
+    let meta = std::fs::symlink_metadata(docker.join("config.json")).unwrap();
+    assert!(meta.is_file());
+    let config = read_json(&docker.join("config.json"));
+    assert_eq!(
+        config["auths"]["reg.example"]["auth"],
+        b64("u:fifo-case-pw")
+    );
+}
+
+#[test]
+fn a_symlinked_docker_dir_or_parent_of_the_user_is_not_followed() {
+    if !is_root() {
+        support::skip("needs root to plant links owned by another user");
+        return;
+    }
+    use std::os::unix::fs::{lchown, symlink};
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let server = serve_owned(&triplet("R", "reg.example", "u", "link-case-pw"));
+    let t = target(&home);
+
+    // ~/.docker itself a link the user planted.
+    symlink(&victim, home.join(".docker")).unwrap();
+    lchown(home.join(".docker"), Some(65534), Some(65534)).unwrap();
+    let (_, logs) = prepare_guarded(&server.socket, &t, Vec::new());
+    // A parent of $DOCKER_CONFIG a link the user planted.
+    symlink(&victim, home.join(".config")).unwrap();
+    lchown(home.join(".config"), Some(65534), Some(65534)).unwrap();
+    let cfg = home.join(".config/docker");
+    let (_, logs2) = prepare_guarded(
+        &server.socket,
+        &t,
+        env(&[("DOCKER_CONFIG", cfg.to_str().unwrap())]),
+    );
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o755, "{logs}\n{logs2}");
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "{logs}\n{logs2}");
+    let left: Vec<_> = std::fs::read_dir(&victim).unwrap().collect();
+    assert!(left.is_empty(), "wrote through the link: {left:?}");
+    assert_no_value(&logs, &["link-case-pw"]);
+}
+
+#[test]
+fn parents_created_for_docker_config_belong_to_the_target() {
+    if !is_root() {
+        support::skip("needs root to create directories for another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("h/.config/docker");
+    let server = serve_owned(&triplet("R", "ghcr.io", "u", "parents-case-pw"));
+    let t = target(&dir.path().join("h"));
+    let (got, logs) = prepare_guarded(
+        &server.socket,
+        &t,
+        env(&[("DOCKER_CONFIG", cfg.to_str().unwrap())]),
+    );
+    got.unwrap();
+    for p in [dir.path().join("h"), dir.path().join("h/.config")] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (65534, 65534),
+            "{}: {logs}",
+            p.display()
+        );
+        assert_eq!(m.mode() & 0o7777, 0o755, "{}", p.display());
+    }
+    let m = std::fs::metadata(&cfg).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (65534, 0o700));
+}

@@ -278,6 +278,14 @@ impl ExecSpec {
 /// not the tests).
 pub struct ZeroizingAlloc;
 
+/// Takes ownership of a descriptor nix just returned from a successful `open`/`openat`.
+pub fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass only a descriptor freshly returned by a successful open call, which
+    // nothing else owns or closes; the OwnedFd becomes its only owner.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 /// Overwrites `len` bytes at `ptr` with zeros in a way the optimiser keeps (volatile writes), even
 /// though the block is freed right after.
 ///

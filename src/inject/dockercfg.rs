@@ -6,7 +6,11 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -333,22 +337,25 @@ pub fn write_config(
         path: dir.to_owned(),
         source,
     };
-    match fs::symlink_metadata(dir) {
-        Ok(meta) if explicit && meta.is_dir() && meta.uid() != uid => {
-            if meta.mode() & 0o077 != 0 {
-                warnings.push(format!(
-                    "DOCKER_CONFIG {} belongs to uid {} with mode {:o}; config.json in it is 0600 \
-                     for uid {uid}",
-                    dir.display(),
-                    meta.uid(),
-                    meta.mode() & 0o7777
-                ));
-            }
+    // Opened once, never through a symlink at its last component; directories created on the
+    // way belong to the target. Every step below goes through this descriptor.
+    let d = spill::open_dir(dir, true, Some((uid, gid))).map_err(dir_err)?;
+    let meta = d.stat().map_err(dir_err)?;
+    if explicit && meta.st_uid != uid {
+        if meta.st_mode & 0o077 != 0 {
+            warnings.push(format!(
+                "DOCKER_CONFIG {} belongs to uid {} with mode {:o}; config.json in it is 0600 \
+                 for uid {uid}",
+                dir.display(),
+                meta.st_uid,
+                meta.st_mode & 0o7777
+            ));
         }
-        _ => spill::ensure_private_dir(dir, uid, gid).map_err(dir_err)?,
+    } else {
+        d.make_private(uid, gid).map_err(dir_err)?;
     }
     let path = dir.join("config.json");
-    let mut config = match read_existing(&path) {
+    let mut config = match read_existing(&d) {
         Ok(Some(c)) => c,
         Ok(None) => Config(Map::new()),
         Err(Corrupt::Io(source)) => {
@@ -358,7 +365,7 @@ pub fn write_config(
             })
         }
         Err(Corrupt::Bad(why)) => {
-            let aside = keep_aside(&path).map_err(|source| ConfigError::KeepAside {
+            let aside = keep_aside(&d, uid).map_err(|source| ConfigError::KeepAside {
                 path: path.clone(),
                 source,
             })?;
@@ -375,7 +382,7 @@ pub fn write_config(
         path: path.clone(),
         source,
     })?;
-    spill::write_atomic(dir, "config.json", &bytes, 0o600, uid, gid).map_err(|source| {
+    spill::write_atomic(&d, CONFIG, &bytes, 0o600, uid, gid).map_err(|source| {
         ConfigError::Write {
             path: path.clone(),
             source,
@@ -384,25 +391,38 @@ pub fn write_config(
     Ok(Written { path, warnings })
 }
 
+const CONFIG: &str = "config.json";
+
 enum Corrupt {
     Io(io::Error),
     Bad(String),
 }
 
-fn read_existing(path: &Path) -> Result<Option<Config>, Corrupt> {
-    let mut file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(Corrupt::Bad("a symlink".into()))
-        }
-        Err(e) => return Err(Corrupt::Io(e)),
+/// Opens `name` in `d` without following a symlink and without blocking (a FIFO planted there
+/// must not hang PID 1); only a regular file with no other hard link is read.
+fn open_regular(d: &spill::Dir, name: &str) -> Result<Option<(fs::File, u64)>, Corrupt> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(Some(d.raw()), name, flags, Mode::empty()) {
+        Ok(fd) => crate::init::sys::own_fd(fd),
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(Corrupt::Bad("a symlink".into())),
+        Err(e) => return Err(Corrupt::Io(e.into())),
     };
-    let len = file.metadata().map_err(Corrupt::Io)?.len() as usize;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| Corrupt::Io(e.into()))?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+        return Err(Corrupt::Bad("not a regular file".into()));
+    }
+    if st.st_nlink > 1 {
+        return Err(Corrupt::Bad("it has other hard links".into()));
+    }
+    Ok(Some((fs::File::from(fd), st.st_size as u64)))
+}
+
+fn read_existing(d: &spill::Dir) -> Result<Option<Config>, Corrupt> {
+    let Some((mut file, len)) = open_regular(d, CONFIG)? else {
+        return Ok(None);
+    };
+    let len = len as usize;
     let mut raw = Zeroizing::new(Vec::with_capacity(len + 1));
     // Never grow past the preallocation: a file that grows while read is read in part only.
     (&mut file)
@@ -426,26 +446,37 @@ fn read_existing(path: &Path) -> Result<Option<Config>, Corrupt> {
     Ok(Some(config))
 }
 
-fn keep_aside(path: &Path) -> io::Result<PathBuf> {
+/// Renames `config.json` to a free `config.json.corrupt-<ts>[-n]` within `d` and, when it is a
+/// regular file of `uid`'s, makes it 0600 through its own descriptor.
+fn keep_aside(d: &spill::Dir, uid: u32) -> io::Result<PathBuf> {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let base = format!("{}.corrupt-{ts}", path.display());
+    let base = format!("{CONFIG}.corrupt-{ts}");
     for n in 0..100 {
         let aside = if n == 0 {
-            PathBuf::from(&base)
+            base.clone()
         } else {
-            PathBuf::from(format!("{base}-{n}"))
+            format!("{base}-{n}")
         };
-        if fs::symlink_metadata(&aside).is_err() {
-            fs::rename(path, &aside)?;
-            // Keep it as private as the file it replaces is going to be.
-            if fs::symlink_metadata(&aside).is_ok_and(|m| m.is_file()) {
-                let _ = fs::set_permissions(&aside, fs::Permissions::from_mode(0o600));
-            }
-            return Ok(aside);
+        match nix::sys::stat::fstatat(Some(d.raw()), aside.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => {}
+            Ok(_) => continue,
+            Err(e) => return Err(e.into()),
         }
+        nix::fcntl::renameat(Some(d.raw()), CONFIG, Some(d.raw()), aside.as_str())?;
+        // Keep it as private as the file it replaces is going to be.
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        if let Ok(fd) = nix::fcntl::openat(Some(d.raw()), aside.as_str(), flags, Mode::empty()) {
+            let fd = crate::init::sys::own_fd(fd);
+            if nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| {
+                st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() && st.st_uid == uid
+            }) {
+                let _ = nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o600));
+            }
+        }
+        return Ok(d.path().join(aside));
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,

@@ -18,7 +18,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -278,10 +278,11 @@ pub fn prepare(
     );
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut prepared = Prepared::default();
-    let mut dir_ready = Ok(());
-    if placement.spilled.iter().any(|&s| s) {
-        dir_ready = spill::ensure_private_dir(&placement.dir, target.uid, target.gid);
-    }
+    let dir_ready = placement
+        .spilled
+        .iter()
+        .any(|&s| s)
+        .then(|| spill::ensure_private_dir(&placement.dir, target.uid, target.gid));
     let spilled_names: Vec<String> = secrets
         .iter()
         .zip(&placement.spilled)
@@ -294,10 +295,15 @@ pub fn prepare(
             continue;
         }
         let written = match &dir_ready {
-            Ok(()) => write_spill(&placement.dir, &secret, target.uid, target.gid),
-            Err(e) => Err(Error::SpillDir {
+            Some(Ok(d)) => write_spill(d, &secret, target.uid, target.gid),
+            Some(Err(e)) => Err(Error::SpillDir {
                 path: placement.dir.clone(),
                 source: std::io::Error::new(e.kind(), e.to_string()),
+            }),
+            // Unreachable: a spilled secret means the directory was prepared above.
+            None => Err(Error::SpillDir {
+                path: placement.dir.clone(),
+                source: std::io::Error::other("not prepared"),
             }),
         };
         let path = match (written, on_failure(opts.policy)) {
@@ -359,7 +365,7 @@ pub fn prepare(
     Ok(prepared)
 }
 
-fn write_spill(dir: &Path, secret: &Secret, uid: u32, gid: u32) -> Result<PathBuf, Error> {
+fn write_spill(dir: &spill::Dir, secret: &Secret, uid: u32, gid: u32) -> Result<PathBuf, Error> {
     spill::write_atomic(
         dir,
         &secret.name,
@@ -370,7 +376,7 @@ fn write_spill(dir: &Path, secret: &Secret, uid: u32, gid: u32) -> Result<PathBu
     )
     .map_err(|source| Error::Spill {
         name: secret.name.clone(),
-        path: dir.join(&secret.name),
+        path: dir.path().join(&secret.name),
         source,
     })
 }
@@ -464,12 +470,14 @@ pub fn write_env(
                 nix::unistd::getegid().as_raw(),
             ),
         };
-        spill::ensure_private_dir(&placement.dir, uid, gid).map_err(|source| Error::SpillDir {
-            path: placement.dir.clone(),
-            source,
+        let d = spill::ensure_private_dir(&placement.dir, uid, gid).map_err(|source| {
+            Error::SpillDir {
+                path: placement.dir.clone(),
+                source,
+            }
         })?;
         for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
-            let path = write_spill(&placement.dir, secret, uid, gid)?;
+            let path = write_spill(&d, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);
             if is_secret(&names, &file_var) {
                 warn(format_args!(

@@ -1,13 +1,18 @@
 //! Files that hold secret bytes: the spill directory for values too large for `execve`, and the
 //! atomic create-new-then-rename writer that docker's `config.json` uses too. Nothing here logs
 //! or formats a value; every file is created with its final restrictive mode before a byte is
-//! written.
+//! written. Every step inside a directory goes through one descriptor of it opened without
+//! following a symlink: a path swapped after the check never redirects a root write.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::ffi::OsStr;
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
 /// Where oversized values go, one file per secret name.
@@ -15,134 +20,245 @@ pub const DEFAULT_SPILL_DIR: &str = "/run/sandbox-init/secrets";
 /// Overrides [`DEFAULT_SPILL_DIR`] (tests, read-only `/run`).
 pub const SPILL_DIR_ENV: &str = "SANDBOX_INIT_SECRETS_DIR";
 
-/// Makes `dir` a real directory (not a symlink) with mode 0700 owned by `uid:gid`, creating its
-/// parents (root-owned, 0755) as needed.
-pub fn ensure_private_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    if let Some(parent) = dir.parent() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)?;
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// A directory opened once: its last component was not a symlink, and every later step
+/// (fstat, fchmod, fchown, openat, renameat, unlinkat) goes through this descriptor.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// The path it was opened by (for messages and the paths handed to the child).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+
+    /// The raw descriptor, for `*at` calls.
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
-    let meta = fs::symlink_metadata(dir)?;
-    if !meta.file_type().is_dir() {
+
+    /// Its owner, type and mode, read through the descriptor.
+    pub fn stat(&self) -> io::Result<FileStat> {
+        nix::sys::stat::fstat(self.raw()).map_err(io::Error::from)
+    }
+
+    /// Sets mode 0700 and owner `uid:gid` through the descriptor.
+    pub fn make_private(&self, uid: u32, gid: u32) -> io::Result<()> {
+        nix::sys::stat::fchmod(self.raw(), Mode::from_bits_truncate(0o700))?;
+        let st = self.stat()?;
+        if st.st_uid != uid || st.st_gid != gid {
+            fchown(self.raw(), uid, gid)?;
+        }
+        Ok(())
+    }
+}
+
+fn own(fd: RawFd) -> OwnedFd {
+    crate::init::sys::own_fd(fd)
+}
+
+fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
+    nix::unistd::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(io::Error::from)
+}
+
+/// Opens `dir` (absolute) component by component from `/`, each with `O_NOFOLLOW`. A missing
+/// component is created (mkdirat relative to its parent's descriptor; 0755 for parents, 0700
+/// for `dir` itself) when `create` is set, and chowned to `owner` through its new descriptor
+/// when given (else it stays the init's). A symlink is followed only in the middle of the path
+/// and only when root made it in a directory only root can change (`/var/run`, a root-owned
+/// home link); `dir` itself is never a symlink.
+pub fn open_dir(dir: &Path, create: bool, owner: Option<(u32, u32)>) -> io::Result<Dir> {
+    if !dir.is_absolute() {
         return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "exists and is not a directory",
+            io::ErrorKind::InvalidInput,
+            "not an absolute path",
         ));
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    chown(dir, uid, gid, &meta)
+    let names: Vec<&OsStr> = dir
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(Ok(n)),
+            Component::ParentDir => Some(Err(())),
+            _ => None,
+        })
+        .collect::<Result<_, ()>>()
+        .map_err(|()| io::Error::new(io::ErrorKind::InvalidInput, "path contains .."))?;
+    let mut cur = own(nix::fcntl::open(
+        "/",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        cur = step(&cur, name, last, create, owner)?;
+    }
+    Ok(Dir {
+        fd: cur,
+        path: dir.to_owned(),
+    })
+}
+
+fn step(
+    parent: &OwnedFd,
+    name: &OsStr,
+    last: bool,
+    create: bool,
+    owner: Option<(u32, u32)>,
+) -> io::Result<OwnedFd> {
+    let at = Some(parent.as_raw_fd());
+    match nix::fcntl::openat(at, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => return Ok(own(fd)),
+        Err(Errno::ENOENT) if create => {}
+        Err(Errno::ELOOP | Errno::ENOTDIR) if !last && trusted_symlink(parent, name)? => {
+            let follow = DIR_FLAGS.difference(OFlag::O_NOFOLLOW);
+            return Ok(own(nix::fcntl::openat(at, name, follow, Mode::empty())?));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mode = Mode::from_bits_truncate(if last { 0o700 } else { 0o755 });
+    let created = match nix::sys::stat::mkdirat(at, name, mode) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let fd = own(nix::fcntl::openat(at, name, DIR_FLAGS, Mode::empty())?);
+    if created {
+        // The umask may have taken bits off; set exactly, then hand it to its owner.
+        nix::sys::stat::fchmod(fd.as_raw_fd(), mode)?;
+        if let Some((uid, gid)) = owner {
+            fchown(fd.as_raw_fd(), uid, gid)?;
+        }
+    }
+    Ok(fd)
+}
+
+/// A symlink root made in a directory only root can change: following it cannot be a user's
+/// redirection.
+fn trusted_symlink(parent: &OwnedFd, name: &OsStr) -> io::Result<bool> {
+    let link =
+        nix::sys::stat::fstatat(Some(parent.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    let dir = nix::sys::stat::fstat(parent.as_raw_fd())?;
+    let sticky_or_closed = dir.st_mode & 0o1000 != 0 || dir.st_mode & 0o022 == 0;
+    Ok(is_type(&link, SFlag::S_IFLNK) && link.st_uid == 0 && dir.st_uid == 0 && sticky_or_closed)
+}
+
+fn is_type(st: &FileStat, t: SFlag) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == t.bits()
+}
+
+/// Makes `dir` a real directory (not a symlink) with mode 0700 owned by `uid:gid`, creating its
+/// parents (the init's, 0755) as needed, and returns it open.
+pub fn ensure_private_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
+    let d = open_dir(dir, true, None)?;
+    d.make_private(uid, gid)?;
+    Ok(d)
 }
 
 /// Removes files in the spill directory left by an earlier start for secrets that are not
 /// spilled now (revoked, or now small enough for the environment): a revoked value must not
-/// outlive its grant in a file. Only names that are secret names are touched. A missing
-/// directory is fine.
+/// outlive its grant in a file. Only names that are secret names are touched, and only regular
+/// files, unlinked through the directory's descriptor. A missing directory is fine.
 pub fn remove_stale(dir: &Path, keep: &[&str]) -> io::Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
+    let d = match open_dir(dir, false, None) {
+        Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    // Listing by path only proposes names; each is checked and removed relative to `d`.
     let mut removed = Vec::new();
-    for entry in entries {
+    for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
         if keep.contains(&name.as_str())
             || crate::protocol::normalize_name(&name, true).as_deref() != Ok(name.as_str())
-            || !entry.file_type()?.is_file()
         {
             continue;
         }
-        fs::remove_file(entry.path())?;
+        match nix::sys::stat::fstatat(Some(d.raw()), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_type(&st, SFlag::S_IFREG) => {}
+            Ok(_) | Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        nix::unistd::unlinkat(
+            Some(d.raw()),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
         removed.push(name);
     }
     removed.sort();
     Ok(removed)
 }
 
-fn chown(path: &Path, uid: u32, gid: u32, meta: &fs::Metadata) -> io::Result<()> {
-    if meta.uid() == uid && meta.gid() == gid {
-        return Ok(());
-    }
-    nix::unistd::fchownat(
-        None,
-        path,
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Writes `bytes` to `dir/name` atomically: a temporary file in `dir` created new with `mode`,
-/// owned by `uid:gid`, written fully and synced, then renamed over `dir/name`. On failure the
+/// Writes `bytes` to `dir/name` atomically: a temporary file in `dir` created new with `mode`
+/// (openat `O_CREAT|O_EXCL|O_NOFOLLOW`), owned by `uid:gid`, written fully and synced, then
+/// renamed over `name` with renameat, all relative to `dir`'s descriptor. On failure the
 /// temporary file is removed; `dir/name` is untouched.
 pub fn write_atomic(
-    dir: &Path,
+    dir: &Dir,
     name: &str,
     bytes: &[u8],
     mode: u32,
     uid: u32,
     gid: u32,
 ) -> io::Result<PathBuf> {
-    let target = dir.join(name);
     let (tmp, mut file) = create_temp(dir, name, mode)?;
     let written = (|| {
         file.write_all(bytes)?;
-        nix::unistd::fchown(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-        )
-        .map_err(io::Error::from)?;
+        fchown(file.as_raw_fd(), uid, gid)?;
         file.sync_all()?;
-        fs::rename(&tmp, &target)
+        nix::fcntl::renameat(Some(dir.raw()), tmp.as_str(), Some(dir.raw()), name)
+            .map_err(io::Error::from)
     })();
     drop(file);
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
+        let _ = nix::unistd::unlinkat(
+            Some(dir.raw()),
+            tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
         return Err(e);
     }
     // The directory is not synced: the data was synced before the rename, so after a crash the
     // name holds the old file or the new one, both whole; the init writes it again at its next
     // start, and a directory fsync costs a third of a millisecond on every start.
-    Ok(target)
+    Ok(dir.path().join(name))
 }
 
-fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::File)> {
+fn create_temp(dir: &Dir, name: &str, mode: u32) -> io::Result<(String, fs::File)> {
     let mut attempt = 0u32;
     loop {
-        // Unique enough with create_new behind it: pid, clock, attempt.
+        // Unique enough with O_EXCL behind it: pid, clock, attempt.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let tmp = dir.join(format!(
-            ".{name}.{}.{nanos:x}.{attempt}.tmp",
-            std::process::id()
-        ));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
-            Ok(f) => {
+        let tmp = format!(".{name}.{}.{nanos:x}.{attempt}.tmp", std::process::id());
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match nix::fcntl::openat(
+            Some(dir.raw()),
+            tmp.as_str(),
+            flags,
+            Mode::from_bits_truncate(mode),
+        ) {
+            Ok(fd) => {
+                let f = fs::File::from(own(fd));
                 // The umask may have taken bits off; never adds any. Set exactly.
-                f.set_permissions(fs::Permissions::from_mode(mode))?;
+                nix::sys::stat::fchmod(f.as_raw_fd(), Mode::from_bits_truncate(mode))?;
                 return Ok((tmp, f));
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-            Err(e) => return Err(e),
+            Err(Errno::EEXIST) if attempt < 8 => attempt += 1,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -150,6 +266,7 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, fs::Fi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn me() -> (u32, u32) {
         (
@@ -162,10 +279,11 @@ mod tests {
     fn atomic_write_replaces_with_exact_mode_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let (uid, gid) = me();
-        let p = write_atomic(dir.path(), "A", b"one", 0o400, uid, gid).unwrap();
+        let d = open_dir(dir.path(), false, None).unwrap();
+        let p = write_atomic(&d, "A", b"one", 0o400, uid, gid).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o400);
-        let p = write_atomic(dir.path(), "A", b"two", 0o400, uid, gid).unwrap();
+        let p = write_atomic(&d, "A", b"two", 0o400, uid, gid).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
