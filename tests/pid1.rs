@@ -1155,3 +1155,56 @@ fn json_log_lines_on_stderr() {
         out.desc
     );
 }
+
+#[test]
+fn drop_caps_as_non_root_skips_the_bounding_set_with_a_warning() {
+    if !nix_is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        support::skip("needs root and setpriv to start the init as uid 65534");
+        return;
+    }
+    // The binary must be reachable by uid 65534 along its whole path.
+    if Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "test",
+            "-x",
+            INIT,
+        ])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        support::skip("the test binary is not executable by uid 65534");
+        return;
+    }
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "60",
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ])
+    .arg(INIT)
+    .args([
+        "--drop-caps",
+        "--",
+        "sh",
+        "-c",
+        "grep CapInh /proc/self/status",
+    ])
+    .env_remove("SANDBOX_INIT_SOCKET");
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let ctx = format!("{cmd:?}\nstdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert!(stdout.contains("CapInh:\t0000000000000000"), "{ctx}");
+    assert!(
+        stderr.contains("lacks CAP_SETPCAP") && stderr.contains("bounding set is left as is"),
+        "{ctx}"
+    );
+}

@@ -28,8 +28,9 @@ pub struct Creds {
 pub struct Plan {
     pub creds: Option<Creds>,
     pub no_new_privs: bool,
-    /// Capabilities to remove from the bounding set (the running kernel's, known to `caps`);
-    /// `Some` means `--drop-caps`: ambient and inheritable are cleared too.
+    /// Capabilities to remove from the bounding set (the running kernel's, known to `caps`;
+    /// none when the init lacks CAP_SETPCAP, with a warning); `Some` means `--drop-caps`:
+    /// ambient and inheritable are cleared too.
     pub drop_caps: Option<Vec<Capability>>,
 }
 
@@ -50,6 +51,16 @@ impl Plan {
             }
         });
         let drop_caps = drop_caps.then(|| {
+            // PR_CAPBSET_DROP needs CAP_SETPCAP: without it (an init started as non-root) the
+            // bounding set cannot shrink, but ambient and inheritable can still be cleared.
+            if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+                tracing::warn!(
+                    "--drop-caps: the init lacks CAP_SETPCAP in its effective set, so the \
+                     capability bounding set is left as is; ambient and inheritable \
+                     capabilities are still cleared"
+                );
+                return Vec::new();
+            }
             let mut all: Vec<Capability> =
                 caps::runtime::thread_all_supported().into_iter().collect();
             all.sort_by_key(|c| c.index());
@@ -148,6 +159,10 @@ mod tests {
         let p = Plan::new(None, false, true);
         assert!(p.creds.is_none());
         let caps = p.drop_caps.unwrap();
+        if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap() {
+            assert!(caps.is_empty(), "{caps:?}");
+            return;
+        }
         assert!(caps.contains(&Capability::CAP_SYS_ADMIN));
         assert!(caps.windows(2).all(|w| w[0].index() < w[1].index()));
     }
