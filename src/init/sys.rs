@@ -300,10 +300,39 @@ unsafe fn wipe(ptr: *mut u8, len: usize) {
     unsafe { std::slice::from_raw_parts_mut(ptr, len) }.zeroize();
 }
 
+/// `realloc` over `inner` that never hands a block back to `inner` unwiped: growing or
+/// shrinking alike, a new block is allocated, the kept bytes copied, and the whole old block
+/// wiped before it is freed. (Forwarding a shrink to `inner.realloc` is not enough: musl may
+/// move the block and free the old one with its first `new_size` bytes intact.)
+///
+/// # Safety
+/// `GlobalAlloc::realloc`'s contract: `ptr` is a live block of `inner` with `layout`, and
+/// `new_size` rounded to `layout.align()` does not overflow `isize`.
+unsafe fn zeroizing_realloc<A: std::alloc::GlobalAlloc>(
+    inner: &A,
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+    new_size: usize,
+) -> *mut u8 {
+    // SAFETY: `new_size` with the old alignment is a valid layout per realloc's contract; both
+    // blocks are valid for `min(old, new)` bytes and do not overlap; the old block is wiped over
+    // its whole size before it is freed with its own layout.
+    unsafe {
+        let new_layout = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+        let new = inner.alloc(new_layout);
+        if !new.is_null() {
+            ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+            wipe(ptr, layout.size());
+            inner.dealloc(ptr, layout);
+        }
+        new
+    }
+}
+
 // SAFETY: every method forwards to `System` with the same layout contract; the only additions
-// are writes inside blocks the caller still owns (before they are freed or shrunk) and, for a
-// growing realloc, an alloc + copy of `layout.size()` bytes (both blocks valid for that many)
-// + dealloc, which is what `GlobalAlloc::realloc`'s default does.
+// are writes inside blocks the caller still owns (before they are freed) and, for realloc, an
+// alloc + copy of the kept bytes + wipe + dealloc (`zeroizing_realloc`), which is what
+// `GlobalAlloc::realloc`'s default does plus the wipe.
 unsafe impl std::alloc::GlobalAlloc for ZeroizingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout contract.
@@ -324,27 +353,8 @@ unsafe impl std::alloc::GlobalAlloc for ZeroizingAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        if new_size <= layout.size() {
-            // SAFETY: the tail `new_size..size` is inside the live block; the shrink itself is
-            // forwarded with the caller's contract.
-            unsafe {
-                wipe(ptr.add(new_size), layout.size() - new_size);
-                return std::alloc::System.realloc(ptr, layout, new_size);
-            }
-        }
-        // SAFETY: `new_size` with the old alignment is a valid layout per realloc's contract
-        // (non-zero, no overflow when rounded); both blocks are valid for `layout.size()` bytes
-        // and do not overlap; the old block is wiped before it is freed.
-        unsafe {
-            let grown = std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
-            let new = std::alloc::System.alloc(grown);
-            if !new.is_null() {
-                ptr::copy_nonoverlapping(ptr, new, layout.size());
-                wipe(ptr, layout.size());
-                std::alloc::System.dealloc(ptr, layout);
-            }
-            new
-        }
+        // SAFETY: forwarded with the caller's realloc contract.
+        unsafe { zeroizing_realloc(&std::alloc::System, ptr, layout, new_size) }
     }
 }
 
@@ -376,6 +386,73 @@ mod tests {
             let z = a.alloc_zeroed(big);
             assert!(std::slice::from_raw_parts(z, 4096).iter().all(|&b| b == 0));
             a.dealloc(z, big);
+        }
+    }
+
+    /// Records whether every block it frees was all zeros, and refuses `realloc`: the zeroizing
+    /// realloc must never hand an unwiped block back to the allocator under it.
+    struct Spy {
+        freed_dirty: std::sync::atomic::AtomicBool,
+    }
+
+    // SAFETY: forwards to `System`; reads only inside the block being freed.
+    unsafe impl std::alloc::GlobalAlloc for Spy {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's contract.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` is live for `layout.size()` bytes until the dealloc below.
+            unsafe {
+                if std::slice::from_raw_parts(ptr, layout.size())
+                    .iter()
+                    .any(|&b| b != 0)
+                {
+                    self.freed_dirty
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::alloc::System.dealloc(ptr, layout);
+            }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, n: usize) -> *mut u8 {
+            // Marks the defect: the old block's head would be freed by the inner realloc unwiped.
+            self.freed_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // SAFETY: forwarded with the caller's contract.
+            unsafe { std::alloc::System.realloc(ptr, layout, n) }
+        }
+    }
+
+    #[test]
+    fn a_shrinking_realloc_wipes_the_whole_old_block() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let spy = Spy {
+            freed_dirty: std::sync::atomic::AtomicBool::new(false),
+        };
+        let big = Layout::from_size_align(4096, 8).unwrap();
+        let small = Layout::from_size_align(16, 8).unwrap();
+        // SAFETY: each pointer is used within its current size and freed once with its layout.
+        unsafe {
+            let p = spy.alloc(big);
+            assert!(!p.is_null());
+            for i in 0..4096 {
+                *p.add(i) = (i % 251) as u8 + 1;
+            }
+            let q = zeroizing_realloc(&spy, p, big, 16);
+            assert!(!q.is_null());
+            let want: Vec<u8> = (0..16).map(|i| i as u8 + 1).collect();
+            assert_eq!(std::slice::from_raw_parts(q, 16), &want[..]);
+            assert!(
+                !spy.freed_dirty.load(std::sync::atomic::Ordering::SeqCst),
+                "the old block went back to the allocator with data in it"
+            );
+            // And through the real allocator.
+            let r = ZeroizingAlloc.alloc(big);
+            ptr::write_bytes(r, 7, 4096);
+            let r = ZeroizingAlloc.realloc(r, big, 16);
+            assert_eq!(std::slice::from_raw_parts(r, 16), &[7u8; 16]);
+            ZeroizingAlloc.dealloc(r, small);
+            std::alloc::System.dealloc(q, small);
         }
     }
 
