@@ -63,6 +63,12 @@ pub enum SandboxError {
     },
     #[error("run directory {path} has mode {mode:04o}: group or others may write it (use a directory of its own, mode 0755)")]
     RunDirWritable { path: PathBuf, mode: u32 },
+    #[error("run directory {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root, or that user could replace the admin socket")]
+    RunDirOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error("refusing to use {path}: it is {what}, not a directory of this daemon's uid")]
     NotOwnDirectory { path: PathBuf, what: String },
     #[error("cannot open directory {path}: {source}")]
@@ -72,6 +78,12 @@ pub enum SandboxError {
     },
     #[error("cannot get random bytes for a sandbox id: {0}")]
     Random(getrandom::Error),
+}
+
+/// Whether a directory owned by `owner` may hold this daemon's sockets or state, for a daemon
+/// running as `euid`: only its own or root's.
+pub fn owner_trusted(owner: u32, euid: u32) -> bool {
+    owner == 0 || owner == euid
 }
 
 /// A fresh random sandbox id.
@@ -237,12 +249,20 @@ impl Layout {
     }
 
     /// Creates the run directory (0755) if missing, and `sandboxes/` (0700, mode enforced). An
-    /// existing run directory keeps its mode (it may be shared, like `/tmp`), but one that others
-    /// may write is refused: they could replace the admin socket.
+    /// existing run directory keeps its mode, but one that others may write, or that is owned by
+    /// a uid other than this daemon's or root, is refused: they could replace the admin socket.
     pub fn prepare(&self) -> Result<(), SandboxError> {
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(&self.run_dir) {
             Ok(meta) if meta.is_dir() => {
+                let euid = nix::unistd::geteuid().as_raw();
+                if !owner_trusted(meta.uid(), euid) {
+                    return Err(SandboxError::RunDirOwner {
+                        path: self.run_dir.clone(),
+                        owner: meta.uid(),
+                        euid,
+                    });
+                }
                 let mode = meta.mode() & 0o7777;
                 if mode & 0o022 != 0 {
                     return Err(SandboxError::RunDirWritable {
@@ -492,6 +512,36 @@ mod tests {
         assert!(e.contains("cannot move the socket"), "{e}");
         assert_eq!(std::fs::read(at.join("keep")).unwrap(), b"x");
         assert!(!layout.staging_socket(&id).unwrap().exists());
+    }
+
+    #[test]
+    fn only_the_daemons_uid_or_root_may_own_its_directories() {
+        for euid in [0u32, 1000, 65534] {
+            for owner in [0u32, 1, 999, 1000, 1001, 65534, u32::MAX] {
+                assert_eq!(owner_trusted(owner, euid), owner == 0 || owner == euid);
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_directory_of_another_uid_is_refused_and_left_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+        let e = Layout::new(&run).prepare().unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534") && e.contains(&run.display().to_string()),
+            "{e}"
+        );
+        assert!(!run.join("sandboxes").exists());
+        std::os::unix::fs::chown(&run, Some(0), Some(0)).unwrap();
+        Layout::new(&run).prepare().unwrap();
     }
 
     #[test]
