@@ -751,3 +751,73 @@ fn delete_asks_on_a_terminal_unless_yes() {
     assert!(!d.list_json("--repo", "octo/a").contains("GONE"));
     d.stop();
 }
+
+#[test]
+fn directories_of_another_uid_are_refused_and_the_client_sends_only_to_root_or_itself() {
+    if let Some(why) = nobody_unavailable() {
+        support::skip(why);
+        return;
+    }
+    let nobody_dir = |path: &std::path::Path| {
+        std::fs::create_dir(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    };
+    // A root daemon refuses a run directory or a state directory another uid owns: that uid
+    // could replace the admin socket, or the store and its key.
+    let dir = tempfile::tempdir().unwrap();
+    let other_run = dir.path().join("other-run");
+    nobody_dir(&other_run);
+    // `timeout` is a hang guard: a daemon that accepted the directory would serve forever.
+    let mut c = Command::new("timeout");
+    c.args(["60", BIN, "serve", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg("--run-dir")
+        .arg(&other_run);
+    run(c, None).fails_with(&format!(
+        "run directory {} is owned by uid 65534",
+        other_run.display()
+    ));
+    assert!(!other_run.join("admin.sock").exists());
+    let other_state = dir.path().join("other-state");
+    nobody_dir(&other_state);
+    // `timeout` is a hang guard: a daemon that accepted the directory would serve forever.
+    let mut c = Command::new("timeout");
+    c.args(["60", BIN, "serve", "--state-dir"])
+        .arg(&other_state)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"));
+    run(c, None).fails_with(&format!(
+        "state directory {} is owned by uid 65534",
+        other_state.display()
+    ));
+    assert!(!other_state.join("key").exists());
+
+    // A daemon run by another user (here nobody) at the run directory root's client uses: the
+    // client checks who serves the socket and sends nothing, not even a value.
+    let mut d = Daemon::unstarted(None);
+    nobody_dir(&d.run_dir());
+    nobody_dir(&d.state);
+    d.wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
+    .map(String::from)
+    .to_vec();
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let value = "impostor-VALUE-51c2";
+    let out = d
+        .cli(&["set", "STOLEN", "--repo", "o/r"], Some(value.as_bytes()))
+        .fails_with("served by uid 65534, not root or this user (uid 0); nothing was sent");
+    assert_no_values("refused client", out.explain().as_bytes(), &[value]);
+    // Its own user may use it; it never received the value.
+    let mut c = as_nobody(&[BIN, "--run-dir"]);
+    c.arg(d.run_dir()).args(["list", "--repo", "o/r", "--json"]);
+    let list = run(c, None).ok().stdout();
+    assert!(!list.contains("STOLEN"), "{list}");
+    let log = d.stop();
+    assert!(!log.contains("admin change"), "{log}");
+    assert_no_values("daemon log", log.as_bytes(), &[value]);
+}

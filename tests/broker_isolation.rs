@@ -184,27 +184,34 @@ fn symlinks_in_the_run_directory_are_not_followed_at_restart() {
 }
 
 #[test]
-fn a_symlink_in_place_of_a_socket_is_neither_followed_nor_removed() {
-    // Root inside a container can write its bind-mounted sandbox directory.
+fn a_symlink_in_place_of_a_socket_is_replaced_never_followed() {
+    // Root inside a container can write its bind-mounted sandbox directory: it plants a symlink
+    // named secrets.sock, to a host file (here mode 0600) or to another sandbox's socket.
+    use std::os::unix::fs::FileTypeExt;
     let mut d = Daemon::new();
-    let ((a_id, a), (_, b)) = two_sandboxes(&d);
+    let ((_, a), (_, b)) = two_sandboxes(&d);
     d.stop();
-    let link = a.join("secrets.sock");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(b.join("secrets.sock"), &link).unwrap();
+    let victim = d.dir.path().join("shadow");
+    std::fs::write(&victim, "root:x").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let a_link = a.join("secrets.sock");
+    let b_link = b.join("secrets.sock");
+    let _ = std::fs::remove_file(&a_link);
+    std::os::unix::fs::symlink(&victim, &a_link).unwrap();
+    let _ = std::fs::remove_file(&b_link);
+    std::os::unix::fs::symlink(&a_link, &b_link).unwrap();
     d.start().unwrap();
-    let log = d.log_text();
-    assert!(
-        log.contains(a_id.as_str()) && log.contains("not a socket"),
-        "{log}"
-    );
-    // B's socket is B's and was not removed or rebound by A.
+    // The host file was neither chmodded nor written.
+    assert_eq!(mode(&victim), 0o600);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root:x");
+    // Each symlink was replaced by the sandbox's own real socket, mode 0666.
+    for link in [&a_link, &b_link] {
+        let meta = std::fs::symlink_metadata(link).unwrap();
+        assert!(meta.file_type().is_socket(), "{}: {meta:?}", link.display());
+    }
+    assert_eq!(served(&a), vec![("ONLY_A".into(), A_VALUE.into())]);
     assert_eq!(served(&b), vec![("ONLY_B".into(), B_VALUE.into())]);
-    assert!(std::fs::symlink_metadata(&link)
-        .unwrap()
-        .file_type()
-        .is_symlink());
-    assert_modes(&d, &[&b]);
+    assert_modes(&d, &[&a, &b]);
     d.stop();
 }
 

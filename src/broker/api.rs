@@ -346,12 +346,21 @@ pub const MAX_CACHED_ANSWER: usize = 1024 * 1024;
 /// Most answers kept; the cache is emptied when it would grow past this.
 pub const MAX_CACHED_ANSWERS: usize = 4096;
 
-/// Built `GET /v1/secrets` answers per sandbox, each valid for one store generation, so a
-/// sandbox's answer is opened and encoded once per change rather than once per request. Entries
-/// are zeroized when replaced, invalidated or dropped.
+/// Built `GET /v1/secrets` answers per sandbox, all of one store generation, so a sandbox's
+/// answer is opened and encoded once per change rather than once per request. Every change to
+/// the store empties the whole cache ([`AnswerCache::sync`]); an entry built at any other
+/// generation is refused. Entries are zeroized when dropped (a response still being written
+/// keeps its own reference until it is done).
 #[derive(Default)]
 pub struct AnswerCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, Arc<CachedAnswer>>>,
+    inner: std::sync::RwLock<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// The store generation every entry was built at; 0 until the first [`AnswerCache::sync`].
+    generation: u64,
+    map: std::collections::HashMap<String, Arc<CachedAnswer>>,
 }
 
 struct CachedAnswer {
@@ -364,35 +373,55 @@ struct CachedAnswer {
 
 impl AnswerCache {
     fn get(&self, id: &str, generation: u64) -> Option<Arc<CachedAnswer>> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(id)
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .map
+            .get(id)
             .filter(|c| c.generation == generation)
             .map(Arc::clone)
     }
 
-    fn put(&self, id: &str, entry: CachedAnswer) {
+    /// Keeps an answer, unless it was built at a generation other than the one last synced (the
+    /// store changed since: a secret, an access list or the sandbox itself may be gone).
+    fn put(&self, id: &str, entry: CachedAnswer) -> bool {
         if entry.body.len() > MAX_CACHED_ANSWER {
-            return;
+            return false;
         }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(id)
-            .is_some_and(|c| c.generation >= entry.generation)
-        {
-            return;
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if entry.generation != inner.generation {
+            return false;
         }
-        if map.len() >= MAX_CACHED_ANSWERS && !map.contains_key(id) {
-            map.clear();
+        if inner.map.len() >= MAX_CACHED_ANSWERS && !inner.map.contains_key(id) {
+            inner.map.clear();
         }
-        map.insert(id.to_owned(), Arc::new(entry));
+        inner.map.insert(id.to_owned(), Arc::new(entry));
+        true
     }
 
-    /// Forgets a sandbox's answer.
-    pub fn remove(&self, id: &str) {
-        self.map
-            .write()
+    /// Called after every (attempted) change to the store with its generation: if it moved, every
+    /// entry is dropped (and so zeroized) and only answers of the new generation are kept from
+    /// now on. A change bumps the generation before it starts, so an answer built before it is
+    /// either refused here or removed by this call.
+    pub fn sync(&self, generation: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.generation != generation {
+            inner.map.clear();
+            inner.generation = generation;
+        }
+    }
+
+    /// How many answers are kept.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+            .map
+            .len()
+    }
+
+    /// True when no answer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -497,9 +526,12 @@ pub async fn admin_request(
         Ok(Err(e)) => return e.response(),
         Err(_) => return ApiError::BodyTimeout(timeout).response(),
     };
-    parse_admin(route, &body)
+    let answer = parse_admin(route, &body)
         .and_then(|command| run_admin(daemon, uid, command))
-        .unwrap_or_else(|e| e.response())
+        .unwrap_or_else(|e| e.response());
+    // Any change (or failed attempt) moved the generation: drop every cached answer now.
+    daemon.answers().sync(daemon.store().generation());
+    answer
 }
 
 /// The admin routes, after [`ADMIN_PREFIX`].
@@ -876,6 +908,91 @@ fn run_admin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(generation: u64, text: &str) -> CachedAnswer {
+        CachedAnswer {
+            generation,
+            body: Arc::new(Zeroizing::new(text.as_bytes().to_vec())),
+            repository: "o/r".into(),
+            count: 1,
+            names: "N".into(),
+        }
+    }
+
+    #[test]
+    fn a_change_empties_the_answer_cache_and_old_answers_are_refused() {
+        let cache = AnswerCache::default();
+        cache.sync(5);
+        assert!(cache.put("a", answer(5, "A")));
+        assert!(cache.put("b", answer(5, "B")));
+        assert!(!cache.put("c", answer(4, "C")), "an older generation");
+        assert!(
+            !cache.put("c", answer(6, "C")),
+            "a generation not synced yet"
+        );
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("a", 5).is_some());
+        // A change to anything (here: any generation move) drops every sandbox's answer.
+        cache.sync(6);
+        assert!(cache.is_empty());
+        assert!(cache.get("b", 5).is_none());
+        assert!(!cache.put("a", answer(5, "A")));
+        assert!(cache.is_empty());
+        assert!(cache.put("a", answer(6, "A")));
+        // A sync at the same generation (a read-only admin command) keeps what is there.
+        cache.sync(6);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_built_before_its_sandbox_was_deleted_is_never_kept() {
+        use crate::broker::store::{SandboxRow, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = crate::broker::sandboxes::new_id().unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: id.clone(),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 0,
+            })
+            .unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "N", "cache-VALUE-1", None)
+            .unwrap();
+        let cache = AnswerCache::default();
+        cache.sync(store.generation());
+        // Two readers fetch; then the sandbox is deleted, and one put lands before the
+        // daemon syncs the cache and one after.
+        let early = store.fetch(&id).unwrap().generation;
+        let late = store.fetch(&id).unwrap().generation;
+        store.remove_sandbox(&id).unwrap();
+        assert!(cache.put(&id, answer(early, "cache-VALUE-1")));
+        cache.sync(store.generation());
+        assert!(
+            cache.is_empty(),
+            "the delete dropped the answer put before it was synced"
+        );
+        assert!(!cache.put(&id, answer(late, "cache-VALUE-1")));
+        assert!(cache.is_empty());
+        assert!(cache.get(&id, store.generation()).is_none());
+        // Deleting a secret, likewise, drops every other sandbox's answer.
+        let other = crate::broker::sandboxes::new_id().unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: other.clone(),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 0,
+            })
+            .unwrap();
+        cache.sync(store.generation());
+        assert!(cache.put(&other, answer(store.fetch(&other).unwrap().generation, "v")));
+        store.delete_secret(ScopeKind::Repo, "o/r", "N").unwrap();
+        cache.sync(store.generation());
+        assert!(cache.is_empty());
+    }
 
     #[test]
     fn json_errors_never_quote_the_input() {

@@ -1,9 +1,12 @@
 //! The admin client: sends one JSON request to the daemon's admin socket and decodes the answer.
-//! Used by the `sandbox-secrets` subcommands; it prints nothing and logs no request body.
+//! Used by the `sandbox-secrets` subcommands; it prints nothing and logs no request body, and it
+//! sends nothing to a socket served by any uid but root or the caller's own.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -35,6 +38,107 @@ pub enum AdminError {
     BadAnswer { route: String, detail: String },
     #[error("cannot encode the request for {route}")]
     Encode { route: String },
+    #[error("cannot read the credentials of the daemon at {socket}: {source}")]
+    PeerCred {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing to talk to {socket}: it is served by uid {server}, not root or this user (uid {own}); nothing was sent")]
+    Impostor {
+        socket: PathBuf,
+        server: u32,
+        own: u32,
+    },
+}
+
+/// Whether a daemon running as `server` may be sent requests (which may carry values) by a client
+/// running as `own`: only root or the client's own uid.
+pub fn trusted_server(server: u32, own: u32) -> bool {
+    server == 0 || server == own
+}
+
+/// Connects to the admin socket, checks who serves it (SO_PEERCRED) before a byte is sent, then
+/// sends one request and reads the answer (at most [`MAX_ANSWER`] bytes, zeroized on drop).
+async fn admin_request(
+    socket: &Path,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<protocol::Answer, AdminError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| AdminError::Connect {
+            source: protocol::ClientError::Connect {
+                socket: socket.to_owned(),
+                source,
+            },
+        })?;
+    let server = stream
+        .peer_cred()
+        .map_err(|source| AdminError::PeerCred {
+            socket: socket.to_owned(),
+            source,
+        })?
+        .uid();
+    let own = nix::unistd::geteuid().as_raw();
+    if !trusted_server(server, own) {
+        return Err(AdminError::Impostor {
+            socket: socket.to_owned(),
+            server,
+            own,
+        });
+    }
+    let http = |source| {
+        AdminError::Exchange(protocol::ClientError::Http {
+            socket: socket.to_owned(),
+            source,
+        })
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(hyper::Method::POST)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|source| {
+            AdminError::Exchange(protocol::ClientError::Request {
+                path: path.to_owned(),
+                source,
+            })
+        })?;
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let mut incoming = response.into_body();
+    let mut out = Zeroizing::new(Vec::new());
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(http)?;
+        if let Ok(chunk) = frame.into_data() {
+            if out.len() + chunk.len() > MAX_ANSWER {
+                conn.abort();
+                return Err(AdminError::Exchange(protocol::ClientError::TooLarge {
+                    socket: socket.to_owned(),
+                    limit: MAX_ANSWER,
+                }));
+            }
+            if out.capacity() < out.len() + chunk.len() {
+                // Grow by hand so no unzeroized copy of earlier bytes is left behind.
+                let mut grown = Zeroizing::new(Vec::with_capacity(
+                    (out.len() + chunk.len())
+                        .max(out.capacity() * 2)
+                        .min(MAX_ANSWER),
+                ));
+                grown.extend_from_slice(&out);
+                out = grown;
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+    conn.abort();
+    Ok(protocol::Answer { status, body: out })
 }
 
 /// A client of one daemon's admin socket.
@@ -68,17 +172,7 @@ impl AdminClient {
         })?);
         let path = format!("{ADMIN_PREFIX}{route}");
         let answer = self.runtime.block_on(async {
-            tokio::time::timeout(
-                TIMEOUT,
-                protocol::unix_request(
-                    &self.socket,
-                    hyper::Method::POST,
-                    &path,
-                    Some(body.to_vec()),
-                    MAX_ANSWER,
-                ),
-            )
-            .await
+            tokio::time::timeout(TIMEOUT, admin_request(&self.socket, &path, body.to_vec())).await
         });
         let answer = match answer {
             Err(_) => {
@@ -86,11 +180,7 @@ impl AdminClient {
                     route: route.to_owned(),
                 })
             }
-            Ok(Err(e @ protocol::ClientError::Connect { .. })) => {
-                return Err(AdminError::Connect { source: e })
-            }
-            Ok(Err(e)) => return Err(AdminError::Exchange(e)),
-            Ok(Ok(a)) => a,
+            Ok(result) => result?,
         };
         if !answer.status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&answer.body)
@@ -105,5 +195,25 @@ impl AdminClient {
             route: route.to_owned(),
             detail: format!("line {} column {}", e.line(), e.column()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_callers_own_uid_is_trusted_to_serve_admin() {
+        for own in [0u32, 1, 1000, 65534] {
+            for server in [0u32, 1, 999, 1000, 1001, 65534, u32::MAX] {
+                assert_eq!(
+                    trusted_server(server, own),
+                    server == 0 || server == own,
+                    "server {server}, client {own}"
+                );
+            }
+        }
+        assert!(!trusted_server(65534, 0));
+        assert!(!trusted_server(1001, 1000));
     }
 }

@@ -50,6 +50,12 @@ pub enum SandboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot move the socket {from} to {to}: {source}")]
+    Place {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot remove {path}: {source}")]
     Remove {
         path: PathBuf,
@@ -57,6 +63,12 @@ pub enum SandboxError {
     },
     #[error("run directory {path} has mode {mode:04o}: group or others may write it (use a directory of its own, mode 0755)")]
     RunDirWritable { path: PathBuf, mode: u32 },
+    #[error("run directory {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root, or that user could replace the admin socket")]
+    RunDirOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error("refusing to use {path}: it is {what}, not a directory of this daemon's uid")]
     NotOwnDirectory { path: PathBuf, what: String },
     #[error("cannot open directory {path}: {source}")]
@@ -66,6 +78,12 @@ pub enum SandboxError {
     },
     #[error("cannot get random bytes for a sandbox id: {0}")]
     Random(getrandom::Error),
+}
+
+/// Whether a directory owned by `owner` may hold this daemon's sockets or state, for a daemon
+/// running as `euid`: only its own or root's.
+pub fn owner_trusted(owner: u32, euid: u32) -> bool {
+    owner == 0 || owner == euid
 }
 
 /// A fresh random sandbox id.
@@ -181,6 +199,12 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, SandboxError>
         Ok(_) => return Err(SandboxError::NotSocket(path.to_owned())),
         Err(_) => {}
     }
+    bind_in_own_dir(path, mode)
+}
+
+/// Binds a unix socket at `path` and sets its mode by path: only for a path whose directory no
+/// one but this daemon can write, or the chmod could be redirected through a swapped-in symlink.
+fn bind_in_own_dir(path: &Path, mode: u32) -> Result<UnixListener, SandboxError> {
     let listener = UnixListener::bind(path).map_err(|source| SandboxError::Bind {
         path: path.to_owned(),
         source,
@@ -225,12 +249,20 @@ impl Layout {
     }
 
     /// Creates the run directory (0755) if missing, and `sandboxes/` (0700, mode enforced). An
-    /// existing run directory keeps its mode (it may be shared, like `/tmp`), but one that others
-    /// may write is refused: they could replace the admin socket.
+    /// existing run directory keeps its mode, but one that others may write, or that is owned by
+    /// a uid other than this daemon's or root, is refused: they could replace the admin socket.
     pub fn prepare(&self) -> Result<(), SandboxError> {
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(&self.run_dir) {
             Ok(meta) if meta.is_dir() => {
+                let euid = nix::unistd::geteuid().as_raw();
+                if !owner_trusted(meta.uid(), euid) {
+                    return Err(SandboxError::RunDirOwner {
+                        path: self.run_dir.clone(),
+                        owner: meta.uid(),
+                        euid,
+                    });
+                }
                 let mode = meta.mode() & 0o7777;
                 if mode & 0o022 != 0 {
                     return Err(SandboxError::RunDirWritable {
@@ -249,11 +281,37 @@ impl Layout {
         bind_socket(&self.admin_socket(), ADMIN_SOCKET_MODE)
     }
 
+    /// Where a sandbox's socket is bound and chmodded before it is moved into the sandbox's
+    /// directory: directly in `sandboxes/` (0700, never mounted), under a name no id can take.
+    fn staging_socket(&self, id: &str) -> Result<PathBuf, SandboxError> {
+        Ok(self
+            .sandboxes_dir()
+            .join(format!(".{}.sock", check_id(id)?)))
+    }
+
     /// Creates (or re-creates) a sandbox's directory (0755) and binds its socket (0666).
+    ///
+    /// Root in the container can write the sandbox's directory, so nothing in it is touched by
+    /// path: the socket is bound and chmodded in `sandboxes/`, then renamed to `secrets.sock`.
+    /// rename(2) replaces whatever the container put under that name (a symlink is replaced
+    /// itself, never followed; a directory makes it fail). Only one daemon runs per run
+    /// directory (the admin socket says so), so an old socket there is always stale.
     pub fn bind_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
         let dir = self.sandbox_dir(id)?;
         mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
-        bind_socket(&dir.join(SOCKET_NAME), SANDBOX_SOCKET_MODE)
+        let staging = self.staging_socket(id)?;
+        remove_file_quietly(&staging)?;
+        let listener = bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE)?;
+        let to = dir.join(SOCKET_NAME);
+        if let Err(source) = std::fs::rename(&staging, &to) {
+            let _ = std::fs::remove_file(&staging);
+            return Err(SandboxError::Place {
+                from: staging,
+                to,
+                source,
+            });
+        }
+        Ok(listener)
     }
 
     /// Removes a sandbox's socket and directory (a missing one is not an error). Anything but a
@@ -266,6 +324,7 @@ impl Layout {
             Ok(meta) if !meta.is_dir() => return remove_file_quietly(&dir),
             _ => {}
         }
+        remove_file_quietly(&self.staging_socket(id)?)?;
         remove_file_quietly(&dir.join(SOCKET_NAME))?;
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
@@ -412,6 +471,77 @@ mod tests {
             std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
             0o700
         );
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_socket_is_replaced_never_followed() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("run"));
+        layout.prepare().unwrap();
+        let id = new_id().unwrap();
+        let sandbox = layout.sandbox_dir(&id).unwrap();
+        std::fs::create_dir(&sandbox).unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "root:x").unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o600)).unwrap();
+        let at = layout.sandbox_socket(&id).unwrap();
+        std::os::unix::fs::symlink(&victim, &at).unwrap();
+        let _l = layout.bind_sandbox(&id).unwrap();
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:x");
+        let meta = std::fs::symlink_metadata(&at).unwrap();
+        assert!(meta.file_type().is_socket(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o7777, SANDBOX_SOCKET_MODE);
+        assert!(UnixStream::connect(&at).is_ok());
+        // Nothing is left behind in `sandboxes/` but the sandbox's directory.
+        let names: Vec<_> = std::fs::read_dir(layout.sandboxes_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(&id)]);
+        // A directory planted as the socket makes the bind fail, and is left alone.
+        drop(_l);
+        std::fs::remove_file(&at).unwrap();
+        std::fs::create_dir(&at).unwrap();
+        std::fs::write(at.join("keep"), "x").unwrap();
+        let e = layout.bind_sandbox(&id).unwrap_err().to_string();
+        assert!(e.contains("cannot move the socket"), "{e}");
+        assert_eq!(std::fs::read(at.join("keep")).unwrap(), b"x");
+        assert!(!layout.staging_socket(&id).unwrap().exists());
+    }
+
+    #[test]
+    fn only_the_daemons_uid_or_root_may_own_its_directories() {
+        for euid in [0u32, 1000, 65534] {
+            for owner in [0u32, 1, 999, 1000, 1001, 65534, u32::MAX] {
+                assert_eq!(owner_trusted(owner, euid), owner == 0 || owner == euid);
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_directory_of_another_uid_is_refused_and_left_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+        let e = Layout::new(&run).prepare().unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534") && e.contains(&run.display().to_string()),
+            "{e}"
+        );
+        assert!(!run.join("sandboxes").exists());
+        std::os::unix::fs::chown(&run, Some(0), Some(0)).unwrap();
+        Layout::new(&run).prepare().unwrap();
     }
 
     #[test]

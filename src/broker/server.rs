@@ -180,7 +180,7 @@ impl Daemon {
         sandboxes::check_id(id)?;
         let row = self.store.remove_sandbox(id)?;
         self.stop_listener(id);
-        self.answers.remove(id);
+        self.answers.sync(self.store.generation());
         self.layout.remove_sandbox(id)?;
         Ok(row)
     }
@@ -211,6 +211,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         answers: api::AnswerCache::default(),
         drain: Mutex::new(Some(drain_tx.clone())),
     });
+    daemon.answers.sync(daemon.store.generation());
 
     let mut started = 0usize;
     for sandbox in daemon.store.sandboxes() {

@@ -4,7 +4,7 @@
 //! plaintext beyond one request and never logs or formats a value.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -62,6 +62,12 @@ pub enum StoreError {
     StateDir {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("state directory {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root")]
+    StateDirOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
     },
     #[error("state directory {path} is not writable: {source}")]
     NotWritable { path: PathBuf, source: nix::Error },
@@ -207,6 +213,20 @@ impl Store {
                 path: state_dir.to_owned(),
                 source,
             })?;
+        let owner = std::fs::metadata(state_dir)
+            .map_err(|source| StoreError::StateDir {
+                path: state_dir.to_owned(),
+                source,
+            })?
+            .uid();
+        let euid = nix::unistd::geteuid().as_raw();
+        if !super::sandboxes::owner_trusted(owner, euid) {
+            return Err(StoreError::StateDirOwner {
+                path: state_dir.to_owned(),
+                owner,
+                euid,
+            });
+        }
         nix::unistd::access(state_dir, nix::unistd::AccessFlags::W_OK).map_err(|source| {
             StoreError::NotWritable {
                 path: state_dir.to_owned(),
