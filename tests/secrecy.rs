@@ -300,8 +300,10 @@ impl Daemon {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Output {
-        let mut cmd = Command::new(SECRETS);
-        cmd.arg("--run-dir")
+        // As the daemon's own user: the CLI talks only to a daemon of root or its own uid.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", SECRETS])
+            .arg("--run-dir")
             .arg(run_dir)
             .args(args)
             .env_clear()
@@ -968,6 +970,8 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     // An update from a file (the input file lives outside the scanned directories).
     let input = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(input.path(), &seeds()[0].2).unwrap();
+    // The CLI runs as nobody (the daemon's user): the value file is its to read.
+    nix::unistd::chown(input.path(), Some(NOBODY.into()), None).unwrap();
     daemon.ok(
         &mut ev,
         &[
@@ -1054,6 +1058,13 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
             http("500 Internal Server Error", b"<html>{body}</html>"),
         ],
     );
+    // The CLI runs as nobody: it must reach the fake peer's socket (served by root, whom the
+    // CLI trusts) to send it the value.
+    std::fs::set_permissions(
+        fake.join("admin.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     for _ in 0..3 {
         let out = daemon.cli_in(
             &mut ev,
