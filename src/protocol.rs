@@ -264,6 +264,19 @@ pub async fn unix_request(
             socket: socket.to_owned(),
             source,
         })?;
+    request_on(stream, socket, method, path, body, limit).await
+}
+
+/// [`unix_request`] on a stream the caller has already connected (and checked, e.g. its peer's
+/// credentials); `socket` only names it in errors.
+pub async fn request_on(
+    stream: tokio::net::UnixStream,
+    socket: &Path,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Answer, ClientError> {
     let http = |source| ClientError::Http {
         socket: socket.to_owned(),
         source,

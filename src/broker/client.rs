@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -87,58 +85,16 @@ async fn admin_request(
             own,
         });
     }
-    let http = |source| {
-        AdminError::Exchange(protocol::ClientError::Http {
-            socket: socket.to_owned(),
-            source,
-        })
-    };
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-    let conn = tokio::spawn(conn);
-    let request = hyper::Request::builder()
-        .method(hyper::Method::POST)
-        .uri(path)
-        .header(hyper::header::HOST, "localhost")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|source| {
-            AdminError::Exchange(protocol::ClientError::Request {
-                path: path.to_owned(),
-                source,
-            })
-        })?;
-    let response = sender.send_request(request).await.map_err(http)?;
-    let status = response.status();
-    let mut incoming = response.into_body();
-    let mut out = Zeroizing::new(Vec::new());
-    while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(http)?;
-        if let Ok(chunk) = frame.into_data() {
-            if out.len() + chunk.len() > MAX_ANSWER {
-                conn.abort();
-                return Err(AdminError::Exchange(protocol::ClientError::TooLarge {
-                    socket: socket.to_owned(),
-                    limit: MAX_ANSWER,
-                }));
-            }
-            if out.capacity() < out.len() + chunk.len() {
-                // Grow by hand so no unzeroized copy of earlier bytes is left behind.
-                let mut grown = Zeroizing::new(Vec::with_capacity(
-                    (out.len() + chunk.len())
-                        .max(out.capacity() * 2)
-                        .min(MAX_ANSWER),
-                ));
-                grown.extend_from_slice(&out);
-                out = grown;
-            }
-            out.extend_from_slice(&chunk);
-        }
-    }
-    conn.abort();
-    Ok(protocol::Answer { status, body: out })
+    protocol::request_on(
+        stream,
+        socket,
+        hyper::Method::POST,
+        path,
+        Some(body),
+        MAX_ANSWER,
+    )
+    .await
+    .map_err(AdminError::Exchange)
 }
 
 /// A client of one daemon's admin socket.
