@@ -136,17 +136,21 @@ pub fn parse_user_spec(spec: &str) -> Result<UserSpec, UserError> {
     Ok(UserSpec { user, group })
 }
 
-/// Parses one passwd line; `None` for blank lines, comments, NIS `+`/`-` lines and malformed
-/// lines (wrong field count, non-numeric ids), which are skipped like libc's files backend does.
-pub fn parse_passwd_line(line: &str) -> Option<PasswdEntry> {
+/// The `:`-separated fields of one `/etc/passwd` or `/etc/group` line, when it has exactly `count`
+/// of them and a name; `None` for blank lines, comments, NIS `+`/`-` lines and malformed ones.
+fn db_fields(line: &str, count: usize) -> Option<Vec<&str>> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
         return None;
     }
     let fields: Vec<&str> = line.split(':').collect();
-    if fields.len() != 7 || fields[0].is_empty() {
-        return None;
-    }
+    (fields.len() == count && !fields[0].is_empty()).then_some(fields)
+}
+
+/// Parses one passwd line; `None` for blank lines, comments, NIS `+`/`-` lines and malformed
+/// lines (wrong field count, non-numeric ids), which are skipped like libc's files backend does.
+pub fn parse_passwd_line(line: &str) -> Option<PasswdEntry> {
+    let fields = db_fields(line, 7)?;
     Some(PasswdEntry {
         name: fields[0].to_string(),
         uid: parse_id(fields[2])?,
@@ -158,14 +162,7 @@ pub fn parse_passwd_line(line: &str) -> Option<PasswdEntry> {
 
 /// Parses one group line; `None` when it is blank, a comment, a NIS line or malformed.
 pub fn parse_group_line(line: &str) -> Option<GroupEntry> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
-        return None;
-    }
-    let fields: Vec<&str> = line.split(':').collect();
-    if fields.len() != 4 || fields[0].is_empty() {
-        return None;
-    }
+    let fields = db_fields(line, 4)?;
     Some(GroupEntry {
         name: fields[0].to_string(),
         gid: parse_id(fields[2])?,
