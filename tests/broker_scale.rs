@@ -206,3 +206,47 @@ fn fetch_quietly(dir: &std::path::Path) -> bool {
         Ok((200, _))
     )
 }
+
+#[test]
+fn past_the_global_connection_cap_a_connection_gets_503_and_others_stay_served() {
+    use std::io::Write;
+    let mut d = Daemon::unstarted(None);
+    d.wrapper = vec!["env".into(), "SANDBOX_SECRETS_MAX_CONNECTIONS=40".into()];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    d.set_repo("CAP", "cap/r", "cap-VALUE-1");
+    let (_, a) = d.sandbox("mona", "cap/r");
+    let (_, b) = d.sandbox("mona", "cap/r");
+    // 32 half-sent requests fill A's own cap; 8 more on B fill the daemon's 40.
+    let mut held = Vec::new();
+    for (dir, n) in [(&a, 32), (&b, 8)] {
+        for _ in 0..n {
+            let mut s = std::os::unix::net::UnixStream::connect(dir.join("secrets.sock")).unwrap();
+            s.write_all(b"GET /v1/secrets HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            held.push(s);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = loop {
+        let (status, body) = fetch(&b);
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 503 past the cap: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(busy.contains("too many connections"), "{busy}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(&b).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B not served once the connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(served(&a), pairs(&[("CAP", "cap-VALUE-1")]));
+}

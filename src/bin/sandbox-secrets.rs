@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use sandbox_init::broker::cli;
 use sandbox_init::broker::client::AdminClient;
+use sandbox_init::broker::daemon::Config;
 use sandbox_init::broker::http as chain;
 use sandbox_init::logging::{self, LogFormat};
 
@@ -57,6 +58,9 @@ enum Command {
             default_value = "/var/lib/sandbox-secrets"
         )]
         state_dir: PathBuf,
+        /// Connections served at once over all sockets; one more gets a 503 and is closed.
+        #[arg(long, env = "SANDBOX_SECRETS_MAX_CONNECTIONS", default_value_t = 4096)]
+        max_connections: usize,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -160,7 +164,14 @@ fn run(cli: Cli) -> Result<()> {
         repo: s.repo,
     };
     match cli.command {
-        Command::Serve { state_dir } => cli::serve(state_dir, cli.run_dir.clone()),
+        Command::Serve {
+            state_dir,
+            max_connections,
+        } => {
+            let mut config = Config::new(state_dir, cli.run_dir.clone());
+            config.global_connections = max_connections.max(1);
+            cli::serve(config)
+        }
         Command::Set {
             name,
             scope: s,

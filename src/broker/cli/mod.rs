@@ -6,7 +6,7 @@
 pub mod table;
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use secrecy::SecretString;
@@ -212,7 +212,7 @@ pub fn sandbox_delete(admin: &AdminClient, id: String) -> Result<()> {
 }
 
 /// `sandbox-secrets serve`: the daemon on a multi-threaded runtime until SIGTERM or SIGINT.
-pub fn serve(state_dir: PathBuf, run_dir: PathBuf) -> Result<()> {
+pub fn serve(config: Config) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -226,7 +226,7 @@ pub fn serve(state_dir: PathBuf, run_dir: PathBuf) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
             }
         };
-        server::run(Config::new(state_dir, run_dir), shutdown)
+        server::run(config, shutdown)
             .await
             .context("sandbox-secrets serve")
     })
