@@ -358,6 +358,7 @@ where
             no_new_privs,
             drop_caps,
             command,
+            notes: Vec::new(),
         },
         secrets: inject::Options {
             socket: socket_from(socket, env),
@@ -727,11 +728,14 @@ fn parse_dumb_init(
             1,
         );
     }
+    let mut notes = Vec::new();
     if env("DUMB_INIT_DEBUG").is_some_and(|v| v == "1") {
         debug = true;
+        notes.push("Running in debug mode.");
     }
     if env("DUMB_INIT_SETSID").is_some_and(|v| v == "0") {
         setsid = false;
+        notes.push("Not running in setsid mode.");
     }
     if setsid {
         // Defaults first: the last rule for a signal wins, so the user's -r override them.
@@ -754,6 +758,7 @@ fn parse_dumb_init(
         job_control: true,
         rewrites,
         command,
+        notes,
         ..init::Options::default()
     };
     peer_run(o, env)

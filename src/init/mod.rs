@@ -69,6 +69,9 @@ pub struct Options {
     pub drop_caps: bool,
     /// The command and its arguments; empty means the target user's login shell.
     pub command: Vec<OsString>,
+    /// Debug lines the peer prints about its own parsing (dumb-init's "Running in debug
+    /// mode."), said by [`setup`] in the peer's voice.
+    pub notes: Vec<&'static str>,
 }
 
 /// Why the init stopped before its child started (exit status 1). Each variant names the step.
@@ -177,6 +180,9 @@ pub struct ExtraEnv {
 /// Everything before the binary's extra step that can fail (exit 1): the parent-death signal,
 /// the subreaper (or tini's warning), and the target user.
 pub fn setup(opts: &Options) -> Result<Identity, SetupError> {
+    for note in &opts.notes {
+        opts.voice.dumb_debug(format_args!("{note}"));
+    }
     if let Some(sig) = opts.pdeathsig {
         sys::set_pdeathsig(sig).map_err(|source| SetupError::Pdeathsig { sig, source })?;
     }
@@ -300,7 +306,7 @@ pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: boo
             voice.tini(Level::Debug, format_args!("Received SIGCHLD"));
             if let Some(ended) = reap::reap_all(child, opts.warn_zombies, voice) {
                 let code = reap::exit_code(ended, &opts.remaps);
-                if opts.term_group_on_exit {
+                if opts.term_group_on_exit || matches!(voice, Voice::DumbInit { .. }) {
                     end_group(child, opts);
                 }
                 voice.dumb_debug(format_args!("Child exited with status {code}. Goodbye."));
@@ -324,13 +330,16 @@ pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: boo
 
 /// The command has exited: SIGTERM (after `-r`) to what is left of its process group, so
 /// `sh -c 'sleep 100 & exit 0'` leaves no `sleep` (dumb-init's behaviour; `-g` as sandbox-init).
+/// dumb-init with `-c` says it too but sends nothing (the child is gone, its pid may be reused).
 fn end_group(child: i32, opts: &Options) {
     let Some(sig) = translate(libc::SIGTERM, opts) else {
         return;
     };
-    match sys::kill(-child, sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => tracing::warn!("send {} to the child's process group: {e}", SigName(sig)),
+    if opts.term_group_on_exit {
+        match sys::kill(-child, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("send {} to the child's process group: {e}", SigName(sig)),
+        }
     }
     opts.voice
         .dumb_debug(format_args!("Forwarded signal {sig} to children."));
