@@ -560,6 +560,70 @@ fn when_the_command_exits_its_group_gets_sigterm_in_dumb_init_mode_and_with_g() 
     }
 }
 
+/// The command traps SIGUSR1 and starts a grandchild (same process group) that traps it too;
+/// SIGUSR1 goes to the init; returns who wrote that they got it ("child", "grandchild").
+fn who_gets_usr1(who: Who, program: PathBuf, args: &[&str], mode: Mode) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+( trap 'echo grandchild >> "$D/got"; exit 0' USR1; echo > "$D/g-ready"; while :; do sleep 0.05; done ) &
+GP=$!
+trap 'echo child >> "$D/got"; sleep 0.3; kill $GP 2>/dev/null; exit 0' USR1
+echo > "$D/c-ready"
+while :; do sleep 0.05; done
+"#;
+    let mut argv: Vec<&str> = args.to_vec();
+    argv.extend(["sh", "-c", script]);
+    let run = Run {
+        who,
+        program,
+        args: &argv,
+        env: &[],
+        dir: dir.path(),
+        mode,
+    };
+    let (mut child, _, err) = run.spawn();
+    let init = init_pid(&child, mode);
+    for f in ["c-ready", "g-ready"] {
+        await_some(f, || dir.path().join(f).exists().then_some(()));
+    }
+    kill(init, "USR1");
+    let code = wait(&mut child, &run.argv());
+    let stderr = fs::read_to_string(err).unwrap_or_default();
+    assert_eq!(code, 0, "{:?}\n{stderr}", run.argv());
+    let mut got: Vec<String> = fs::read_to_string(dir.path().join("got"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn signals_reach_the_command_or_its_group_as_each_peer_sends_them() {
+    let compare = peers_present("signal targets");
+    let (child, both) = (vec!["child"], vec!["child", "grandchild"]);
+    for mode in modes("signal targets") {
+        for (name, args, want) in [
+            ("dumb-init", &[][..], &both),
+            ("dumb-init", &["-c"], &child),
+            ("tini", &["-s", "--"], &child),
+            ("tini", &["-s", "-g", "--"], &both),
+        ] {
+            let ours = who_gets_usr1(Who::Ours, name.into(), args, mode);
+            assert_eq!(&ours, want, "{mode:?} {name} {args:?}");
+            if compare {
+                let real = who_gets_usr1(Who::Real, name.into(), args, mode);
+                assert_eq!(real, ours, "{mode:?} {name} {args:?}: real and ours differ");
+            }
+        }
+        let ours = who_gets_usr1(Who::Ours, INIT.into(), &["-g", "--"], mode);
+        assert_eq!(ours, both, "{mode:?} sandbox-init -g");
+        let ours = who_gets_usr1(Who::Ours, INIT.into(), &["--"], mode);
+        assert_eq!(ours, child, "{mode:?} sandbox-init");
+    }
+}
+
 /// Starts `program args sleep 1000`, sends SIGTSTP to the init, and reports
 /// `(init stopped, command stopped)` once the command has stopped; then SIGCONT to the init and
 /// checks both run again; then SIGTERM ends it.
