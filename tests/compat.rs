@@ -695,6 +695,70 @@ fn job_control_stop_suspends_the_pair_and_sigcont_resumes_it() {
     }
 }
 
+/// On a pty made by `script`: is the command a session leader, does it have a controlling
+/// terminal, is its group the terminal's foreground group.
+fn terminal_of_the_command(who: Who, args: &str, mode: Mode) -> String {
+    let probe = r#"sh -c 'set -- $(cut -d" " -f5-8 /proc/$$/stat); [ "$2" = "$$" ] && echo leader; [ "$3" != 0 ] && echo has-tty; [ "$4" = "$1" ] && echo foreground; echo end'"#;
+    let unshare = if mode == Mode::Pid1 {
+        "unshare -pf --mount-proc "
+    } else {
+        ""
+    };
+    let line = format!("exec {unshare}dumb-init {args} {probe}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(dir.path())
+        .env("PATH", path_for(who))
+        .env("SHELL", "/bin/sh")
+        .env("SANDBOX_SECRETS_SOCKET", dir.path().join("no-broker.sock"))
+        .env_remove("DUMB_INIT_SETSID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let code = wait(&mut child, std::slice::from_ref(&line));
+    assert_eq!(code, 0, "{line}: {out}");
+    out.replace('\r', "")
+}
+
+#[test]
+fn on_a_terminal_the_command_gets_its_session_and_foreground_as_under_dumb_init() {
+    let compare = peers_present("terminal");
+    for mode in modes("terminal") {
+        for (args, want) in [
+            // As PID 1 under unshare the init is no session leader: the terminal stays with
+            // the outer session, for the real dumb-init too.
+            (
+                "",
+                if mode == Mode::Plain {
+                    "leader\nhas-tty\nforeground\nend\n"
+                } else {
+                    "leader\nend\n"
+                },
+            ),
+            ("-c", "has-tty\nforeground\nend\n"),
+        ] {
+            let ours = terminal_of_the_command(Who::Ours, args, mode);
+            assert_eq!(ours, want, "{mode:?} dumb-init {args}");
+            if compare {
+                let real = terminal_of_the_command(Who::Real, args, mode);
+                assert_eq!(
+                    real, ours,
+                    "{mode:?} dumb-init {args}: real and ours differ"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_init_leaves_its_directory_and_the_command_keeps_it() {
     let compare = peers_present("chdir");
