@@ -82,7 +82,8 @@ fn peers_present(test: &str) -> bool {
 fn links() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sandbox-init-compat-{}", std::process::id()));
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compat-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         for name in ["tini", "tini-static", "dumb-init"] {
             let link = dir.join(name);
