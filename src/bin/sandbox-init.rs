@@ -1,10 +1,18 @@
-//! The `sandbox-init` binary: block signals, harden, parse, run, map the error to an exit code
-//! once. Exit 2 for usage, 1 for a setup failure before the child started, else the child's.
+//! The `sandbox-init` binary (also `tini`, `tini-static` and `dumb-init` by argv[0]): block
+//! signals, harden, parse, then orchestrate the two rooms: `inject::prepare` (the secrets step)
+//! for the user `init::setup` resolved, then `init::run` with its variables. One exit-code
+//! policy: 2 for usage (a peer's own codes in its modes), 1 for a setup failure before the
+//! child started, else the child's. Errors are printed once with their causes by
+//! `inject::chain` (no `anyhow` here: the static init stays under its size budget).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use sandbox_init::init::{self, cli, sys};
-use sandbox_init::{inject, logging};
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use sandbox_init::cli::{self, Invocation};
+use sandbox_init::{init, inject, logging, sys};
 
 /// Every freed heap block is zeroed first: no copy of a secret outlives its buffer in the init's
 /// memory while it supervises the child (see `sys::ZeroizingAlloc`).
@@ -13,7 +21,7 @@ static ALLOC: sys::ZeroizingAlloc = sys::ZeroizingAlloc;
 
 fn main() -> ExitCode {
     // First of all: no signal may be lost (or kill PID 1) before the supervisor waits for it.
-    let masks = match sys::block_forwardable() {
+    let masks = match init::block_signals() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("sandbox-init: block signals: {e}");
@@ -22,9 +30,10 @@ fn main() -> ExitCode {
     };
     let core = match init::harden() {
         Ok(c) => c,
-        Err(e) => return fail(anyhow::Error::from(e)),
+        Err(e) => return fail("", &e),
     };
-    let invocation = match cli::parse(std::env::args_os().skip(1), &|k| std::env::var_os(k)) {
+    let invocation = match cli::parse_argv(std::env::args_os().collect(), &|k| std::env::var_os(k))
+    {
         Ok(i) => i,
         Err(e) => {
             eprintln!("sandbox-init: {e}\nTry 'sandbox-init --help' for more information.");
@@ -32,35 +41,73 @@ fn main() -> ExitCode {
         }
     };
     match invocation {
-        cli::Invocation::Help => {
+        Invocation::Help => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
-        cli::Invocation::Version => {
+        Invocation::Version => {
             println!("sandbox-init {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        cli::Invocation::Env(opts) => {
+        Invocation::Print { text, stderr, code } => {
+            if stderr {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            ExitCode::from(code)
+        }
+        Invocation::Env(opts) => {
             // A plain command, not an init: Ctrl-C must work.
             let _ = sys::set_mask(&masks.original);
             logging::install(init::log_level(opts.verbosity), opts.log_format);
             match inject::print_env(&opts.secrets) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(anyhow::Error::from(e).context("secrets")),
+                Err(e) => fail("secrets: ", &e),
             }
         }
-        cli::Invocation::Run(opts) => {
+        Invocation::Run(opts) => {
             logging::install(init::log_level(opts.verbosity), opts.log_format);
-            match init::run(opts, masks, core) {
+            match run(opts, masks, core) {
                 Ok(code) => ExitCode::from(code),
-                Err(e) => fail(anyhow::Error::from(e)),
+                Err(Failed::Setup(e)) => fail("", &e),
+                Err(Failed::Secrets(e)) => fail("secrets: ", &e),
             }
         }
     }
 }
 
+/// The init: resolve the user, fetch and place the secrets for that user, then start and
+/// supervise the command with them.
+fn run(opts: cli::Options, masks: sys::Masks, core: init::CoreLimit) -> Result<u8, Failed> {
+    let who = init::setup(&opts.init).map_err(Failed::Setup)?;
+    let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let target = inject::Target {
+        uid: who.uid,
+        gid: who.gid,
+        home: who.home.clone(),
+    };
+    let prepared = inject::prepare(&opts.secrets, &target, &inherited).map_err(Failed::Secrets)?;
+    let extra = init::ExtraEnv {
+        add: prepared
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), Zeroizing::new(v.expose_secret().to_owned())))
+            .collect(),
+        remove: prepared.unset.clone(),
+    };
+    drop(prepared);
+    init::run(&opts.init, who, &inherited, extra, masks, core).map_err(Failed::Setup)
+}
+
+/// Why the init stopped before its child started.
+enum Failed {
+    Setup(init::SetupError),
+    Secrets(inject::Error),
+}
+
 /// Prints a setup failure once, with its chain of causes, and exits 1.
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("sandbox-init: {e:#}");
+fn fail(step: &str, e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("sandbox-init: {step}{}", inject::chain(e));
     ExitCode::from(1)
 }

@@ -1,23 +1,25 @@
-//! PID 1: command line, signal handling, spawning the child, reaping, privilege drop. Nothing here
-//! speaks HTTP or knows what a secret is beyond handing `inject`'s variables to the child; all
-//! `unsafe` lives in [`sys`].
+//! PID 1: signal handling, spawning the child, reaping, privilege drop, and the voices of the
+//! peers it stands in for (tini, dumb-init). Nothing here speaks HTTP or knows where the extra
+//! variables it hands the child come from; the only `unsafe` is the call of `sys::fork`.
 //!
-//! Order of events (see `src/bin/sandbox-init.rs` for the first two):
-//! 1. block every forwardable signal ([`sys::block_forwardable`]), before anything else;
+//! Order of events (driven by `src/bin/sandbox-init.rs`):
+//! 1. block every forwardable signal ([`block_signals`]), before anything else;
 //! 2. [`harden`]: non-dumpable, core limit 0 (no core dump or ptrace-style read of the init's
-//!    memory, which briefly holds the secrets);
-//! 3. parse ([`cli`]), install logging;
-//! 4. [`run`]: subreaper/pdeathsig, resolve `--user` ([`user`]), the secrets step
-//!    (`inject::prepare`), build the child's environment and argv, fork ([`spawn`]), drop
-//!    privileges in the child ([`privdrop`]), then [`supervise`] until the child ends.
+//!    memory, which briefly holds the variables it hands the child);
+//! 3. parse (`crate::cli`), install logging;
+//! 4. [`setup`]: pdeathsig, subreaper (or tini's warning), resolve `--user` ([`user`]);
+//! 5. the binary's extra step (which writes files for the resolved [`Identity`]);
+//! 6. [`run`]: build the child's environment and argv, fork ([`spawn`]), drop privileges in
+//!    the child ([`privdrop`]), `chdir("/")` in the init, then [`supervise`] until the child
+//!    ends.
 
-pub mod cli;
 pub mod privdrop;
 pub mod reap;
 pub mod signals;
 pub mod spawn;
-pub mod sys;
+pub mod stage;
 pub mod user;
+pub mod voice;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -25,9 +27,52 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd;
+use zeroize::Zeroizing;
 
-use crate::inject;
-use signals::SigName;
+use crate::sys;
+use signals::{Rewrite, SigName};
+use user::{Account, UserSpec};
+use voice::{Level, Voice};
+
+/// What the init does, parsed and validated by `crate::cli` (each peer's defaults already
+/// applied there).
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Whose messages and exec-failure codes the init uses.
+    pub voice: Voice,
+    /// Become a child subreaper when not PID 1 (always as sandbox-init and dumb-init; tini's
+    /// `-s` or `TINI_SUBREAPER`, else tini's warning).
+    pub subreaper: bool,
+    /// Start the command in a new session (dumb-init's default) rather than a new process
+    /// group of the init's session.
+    pub setsid: bool,
+    /// Forward signals to the child's process group instead of the child (`-g`; dumb-init's
+    /// default).
+    pub group: bool,
+    /// When the command exits, send SIGTERM (after `-r`) to the rest of its process group
+    /// (`-g` as sandbox-init; dumb-init in setsid mode).
+    pub term_group_on_exit: bool,
+    /// On SIGTSTP/SIGTTIN/SIGTTOU, forward, then stop the init itself until SIGCONT
+    /// (`--job-control`; dumb-init always).
+    pub job_control: bool,
+    /// tini `-e CODE`: exit codes turned into 0.
+    pub remaps: Vec<u8>,
+    /// tini `-p SIG`: `PR_SET_PDEATHSIG` on the init.
+    pub pdeathsig: Option<i32>,
+    /// tini `-w`: warn when reaping a zombie that is not the child.
+    pub warn_zombies: bool,
+    /// dumb-init `-r s:r` rules, in order (the last rule for a signal wins).
+    pub rewrites: Vec<Rewrite>,
+    /// `--user` (or `SANDBOX_INIT_USER`).
+    pub user: Option<UserSpec>,
+    pub no_new_privs: bool,
+    pub drop_caps: bool,
+    /// The command and its arguments; empty means the target user's login shell.
+    pub command: Vec<OsString>,
+    /// Debug lines the peer prints about its own parsing (dumb-init's "Running in debug
+    /// mode."), said by [`setup`] in the peer's voice.
+    pub notes: Vec<&'static str>,
+}
 
 /// Why the init stopped before its child started (exit status 1). Each variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +97,21 @@ pub enum SetupError {
     },
     #[error("resolve the user")]
     User(#[source] user::UserError),
-    #[error("secrets")]
-    Secrets(#[source] inject::Error),
     #[error("start the child")]
     Spawn(#[source] spawn::SpawnError),
+}
+
+/// Step one of `main`: blocks every forwardable signal (all but the synchronous ones and
+/// KILL/STOP, realtime ones included) and resets SIGCHLD to its default action.
+pub fn block_signals() -> Result<sys::Masks, Errno> {
+    let mut blocked = sys::SigSet::empty();
+    for sig in 1..=signals::max_signal() {
+        if signals::is_forwardable(sig) {
+            // libc refuses the few numbers it reserves for itself; those stay unblocked.
+            blocked.add(sig);
+        }
+    }
+    sys::block(blocked)
 }
 
 /// The init's original core limit, restored in the child.
@@ -102,14 +158,43 @@ fn read_db(path: &'static str) -> Result<String, SetupError> {
     user::read_db(Path::new(path)).map_err(|source| SetupError::ReadDb { path, source })
 }
 
-/// Runs the init after parsing: everything up to the fork can fail (exit 1); after the fork
-/// the init never fails and returns the child's exit code.
-pub fn run(opts: cli::Options, masks: sys::Masks, core: CoreLimit) -> Result<u8, SetupError> {
+/// Who the child runs as, resolved before the fork (and before the binary's extra step, which
+/// writes files for this user).
+#[derive(Debug)]
+pub struct Identity {
+    account: Option<Account>,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    shell: PathBuf,
+}
+
+/// Variables the binary adds to the child's environment on top of the init's own (replacing
+/// any of the same name; values zeroized on drop), and inherited names it removes.
+#[derive(Debug, Default)]
+pub struct ExtraEnv {
+    pub add: Vec<(String, Zeroizing<String>)>,
+    pub remove: Vec<String>,
+}
+
+/// Everything before the binary's extra step that can fail (exit 1): the parent-death signal,
+/// the subreaper (or tini's warning), and the target user.
+pub fn setup(opts: &Options) -> Result<Identity, SetupError> {
+    for note in &opts.notes {
+        opts.voice.dumb_debug(format_args!("{note}"));
+    }
     if let Some(sig) = opts.pdeathsig {
         sys::set_pdeathsig(sig).map_err(|source| SetupError::Pdeathsig { sig, source })?;
     }
     if std::process::id() != 1 {
-        nix::sys::prctl::set_child_subreaper(true).map_err(SetupError::Subreaper)?;
+        if opts.subreaper {
+            nix::sys::prctl::set_child_subreaper(true).map_err(SetupError::Subreaper)?;
+            opts.voice
+                .tini(Level::Trace, format_args!("Registered as child subreaper"));
+        } else {
+            opts.voice
+                .tini(Level::Warn, format_args!("{}", voice::TINI_REAPER_WARNING));
+        }
     }
 
     // The target user: `--user`, or the init's own ids.
@@ -143,13 +228,27 @@ pub fn run(opts: cli::Options, masks: sys::Masks, core: CoreLimit) -> Result<u8,
         (None, Some(e)) if !e.shell.is_empty() => PathBuf::from(&e.shell),
         _ => PathBuf::from(user::DEFAULT_SHELL),
     };
+    Ok(Identity {
+        account,
+        uid,
+        gid,
+        home,
+        shell,
+    })
+}
 
-    let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let target = inject::Target { uid, gid, home };
-    let prepared =
-        inject::prepare(&opts.secrets, &target, &inherited).map_err(SetupError::Secrets)?;
-
-    let user_vars: Vec<(&str, OsString)> = match &account {
+/// Starts the child as `who` with `inherited` (the init's own environment) plus `extra`, then
+/// supervises it. Everything up to the fork can fail (exit 1); after the fork the init never
+/// fails and returns the child's exit code.
+pub fn run(
+    opts: &Options,
+    who: Identity,
+    inherited: &[(OsString, OsString)],
+    extra: ExtraEnv,
+    masks: sys::Masks,
+    core: CoreLimit,
+) -> Result<u8, SetupError> {
+    let user_vars: Vec<(&str, OsString)> = match &who.account {
         Some(a) => vec![
             ("HOME", a.home.clone().into_os_string()),
             ("USER", a.login_name().into()),
@@ -158,24 +257,36 @@ pub fn run(opts: cli::Options, masks: sys::Masks, core: CoreLimit) -> Result<u8,
         ],
         None => Vec::new(),
     };
-    let env = spawn::compose_env(&inherited, &user_vars, &prepared.vars, &prepared.unset);
+    let env = spawn::compose_env(inherited, &user_vars, &extra.add, &extra.remove);
     // The composed environment now holds the only copy the init needs; wipe the rest.
-    drop(prepared);
-    let mut spec = spawn::exec_spec(&opts.command, &shell, env).map_err(SetupError::Spawn)?;
-    let plan = privdrop::Plan::new(account.as_ref(), opts.no_new_privs, opts.drop_caps);
+    drop(extra);
+    let mut spec = spawn::exec_spec(&opts.command, &who.shell, env).map_err(SetupError::Spawn)?;
+    let plan = privdrop::Plan::new(who.account.as_ref(), opts.no_new_privs, opts.drop_caps);
     let setup = spawn::ChildSetup {
-        take_terminal: spawn::owns_terminal(),
+        take_terminal: !opts.setsid && spawn::owns_terminal(),
+        setsid: opts.setsid,
         core_limit: Some(core),
+        voice: opts.voice,
     };
+    // dumb-init's hand-off: a session leader that gives up its terminal gets one SIGHUP and
+    // one SIGCONT from the kernel for it; those are not the user's and are not forwarded.
+    let handoff = opts.setsid && spawn::release_terminal(opts.voice);
     let child = spawn::spawn(&mut spec, &plan, &masks, setup).map_err(SetupError::Spawn)?;
     drop(spec);
-    Ok(supervise(child, &opts, &masks.blocked))
+    Ok(supervise(child, opts, &masks.blocked, handoff))
 }
 
 /// The supervision loop: waits for signals (all blocked, so nothing is lost between waits),
 /// reaps on SIGCHLD, forwards everything else. Returns the exit code once the child has been
-/// reaped. Errors are logged and the loop goes on.
-pub fn supervise(child: i32, opts: &cli::Options, blocked: &sys::SigSet) -> u8 {
+/// reaped. Errors are logged and the loop goes on. `handoff`: ignore the first SIGHUP and
+/// SIGCONT (dumb-init's terminal hand-off, see [`run`]).
+pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: bool) -> u8 {
+    let voice = opts.voice;
+    let mut ignore_once = if handoff {
+        vec![libc::SIGHUP, libc::SIGCONT]
+    } else {
+        Vec::new()
+    };
     loop {
         let got = match sys::sigwaitinfo(blocked) {
             Ok(got) => got,
@@ -185,24 +296,85 @@ pub fn supervise(child: i32, opts: &cli::Options, blocked: &sys::SigSet) -> u8 {
                 continue;
             }
         };
+        voice.dumb_debug(format_args!("Received signal {}.", got.sig));
+        if let Some(at) = ignore_once.iter().position(|&s| s == got.sig) {
+            ignore_once.swap_remove(at);
+            voice.dumb_debug(format_args!("Ignoring tty hand-off signal {}.", got.sig));
+            continue;
+        }
         if got.sig == libc::SIGCHLD {
-            if let Some(ended) = reap::reap_all(child, opts.warn_zombies) {
+            voice.tini(Level::Debug, format_args!("Received SIGCHLD"));
+            if let Some(ended) = reap::reap_all(child, opts.warn_zombies, voice) {
                 let code = reap::exit_code(ended, &opts.remaps);
+                if opts.term_group_on_exit || matches!(voice, Voice::DumbInit { .. }) {
+                    end_group(child, opts);
+                }
+                voice.dumb_debug(format_args!("Child exited with status {code}. Goodbye."));
+                voice.tini(Level::Trace, format_args!("Exiting: child has exited"));
                 tracing::info!(code, "exiting: child {ended}");
                 return code;
             }
             continue;
         }
         forward(got, child, opts);
+        if opts.job_control && signals::is_job_control_stop(got.sig) {
+            voice.dumb_debug(format_args!("Suspending self due to TTY signal."));
+            tracing::debug!(
+                "{} received: the init stops until SIGCONT",
+                SigName(got.sig)
+            );
+            let _ = sys::kill(std::process::id() as i32, libc::SIGSTOP);
+        }
     }
 }
 
+/// The command has exited: SIGTERM (after `-r`) to what is left of its process group, so
+/// `sh -c 'sleep 100 & exit 0'` leaves no `sleep` (dumb-init's behaviour; `-g` as sandbox-init).
+/// dumb-init with `-c` says it too but sends nothing (the child is gone, its pid may be reused).
+fn end_group(child: i32, opts: &Options) {
+    let Some(sig) = translate(libc::SIGTERM, opts) else {
+        return;
+    };
+    if opts.term_group_on_exit {
+        match sys::kill(-child, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("send {} to the child's process group: {e}", SigName(sig)),
+        }
+    }
+    opts.voice
+        .dumb_debug(format_args!("Forwarded signal {sig} to children."));
+    tracing::debug!(
+        "the command exited: {} sent to its process group",
+        SigName(sig)
+    );
+}
+
+/// `-r` applied to `sig`, said in dumb-init's words; `None` when the rule drops it.
+fn translate(sig: i32, opts: &Options) -> Option<i32> {
+    let to = signals::rewrite(sig, &opts.rewrites);
+    if to != Some(sig) {
+        let shown = to.unwrap_or(0);
+        opts.voice
+            .dumb_debug(format_args!("Translating signal {sig} to {shown}."));
+    }
+    if to.is_none() {
+        opts.voice.dumb_debug(format_args!(
+            "Not forwarding signal 0 to children (ignored)."
+        ));
+    }
+    to
+}
+
 /// Forwards one received signal per `-r`, `-g` and the interactive-shell rule in [`signals`].
-fn forward(got: sys::Received, child: i32, opts: &cli::Options) {
-    let Some(sig) = signals::rewrite(got.sig, &opts.rewrites) else {
+fn forward(got: sys::Received, child: i32, opts: &Options) {
+    let Some(sig) = translate(got.sig, opts) else {
         tracing::debug!(from = got.pid, "{} dropped by --rewrite", SigName(got.sig));
         return;
     };
+    opts.voice.tini(
+        Level::Debug,
+        format_args!("Passing signal: '{}'", SigName(sig)),
+    );
     let ignores_term = sig == libc::SIGTERM && child_ignores(child, libc::SIGTERM);
     for d in signals::deliveries(sig, opts.group, ignores_term) {
         let (pid, to) = match d.target {
@@ -221,6 +393,8 @@ fn forward(got: sys::Received, child: i32, opts: &cli::Options) {
             Err(e) => tracing::warn!("send {} to {pid}: {e}", SigName(d.sig)),
         }
     }
+    opts.voice
+        .dumb_debug(format_args!("Forwarded signal {sig} to children."));
 }
 
 /// Whether the child currently ignores `sig`, from `/proc/<child>/status` (false when unreadable).

@@ -7,9 +7,9 @@ use caps::{CapSet, Capability};
 use nix::errno::Errno;
 use nix::unistd::{self, Gid, Uid};
 
-use super::spawn::{Failure, Stage};
-use super::sys;
+use super::stage::{Failure, Stage};
 use super::user::Account;
+use crate::sys;
 
 /// Upper bound of supplementary groups the verification reads back (on the stack).
 const MAX_GROUPS_CHECKED: usize = 256;

@@ -2,7 +2,8 @@
 //! the child's wait status into the init's exit code. Never exits and never signals anyone.
 
 use super::signals::SigName;
-use super::sys;
+use super::voice::{Level, Voice};
+use crate::sys;
 use nix::errno::Errno;
 
 /// How a process ended, decoded from a raw `waitpid` status. Own type rather than nix's
@@ -57,20 +58,54 @@ pub fn exit_code(ended: Ended, remaps: &[u8]) -> u8 {
 
 /// Reaps every zombie that is ready, without blocking, until the kernel says there is none left
 /// (0) or no child at all (ECHILD). Returns how the child `child` ended if it was among them.
-/// Others are logged (at warn with `-w`, else debug). Errors are logged, never returned: the
-/// init must keep running.
-pub fn reap_all(child: i32, warn_others: bool) -> Option<Ended> {
+/// Others are logged (at warn with `-w`, else debug), in the peer's words when the init stands
+/// in for one. Errors are logged, never returned: the init must keep running.
+pub fn reap_all(child: i32, warn_others: bool, voice: Voice) -> Option<Ended> {
     let mut child_end = None;
     loop {
         match sys::wait_any_nohang() {
-            Ok(None) | Err(Errno::ECHILD) => return child_end,
+            Ok(None) => {
+                voice.tini(Level::Trace, format_args!("No child to reap"));
+                return child_end;
+            }
+            Err(Errno::ECHILD) => {
+                voice.tini(Level::Trace, format_args!("No child to wait"));
+                return child_end;
+            }
             Ok(Some((pid, raw))) => {
                 let Some(ended) = Ended::from_raw(raw) else {
                     continue;
                 };
+                voice.tini(Level::Debug, format_args!("Reaped child with pid: '{pid}'"));
+                match ended {
+                    Ended::Exited(c) => voice.dumb_debug(format_args!(
+                        "A child with PID {pid} exited with exit status {c}."
+                    )),
+                    Ended::Signaled { sig, .. } => voice.dumb_debug(format_args!(
+                        "A child with PID {pid} was terminated by signal {sig}."
+                    )),
+                }
                 if pid == child {
+                    match ended {
+                        Ended::Exited(c) => voice.tini(
+                            Level::Info,
+                            format_args!("Main child exited normally (with status '{c}')"),
+                        ),
+                        Ended::Signaled { sig, .. } => voice.tini(
+                            Level::Info,
+                            format_args!(
+                                "Main child exited with signal (with signal '{}')",
+                                SigName(sig)
+                            ),
+                        ),
+                    }
                     tracing::info!(pid, "child {ended}");
                     child_end = Some(ended);
+                } else if warn_others && !voice.is_ours() {
+                    voice.tini(
+                        Level::Warn,
+                        format_args!("Reaped zombie process with pid={pid}"),
+                    );
                 } else if warn_others {
                     tracing::warn!(pid, "reaped zombie that is not the child ({ended})");
                 } else {

@@ -142,6 +142,11 @@ pub fn is_forwardable(sig: i32) -> bool {
         && !SYNCHRONOUS.contains(&sig)
 }
 
+/// The terminal's stop signals: with job control the init stops itself after forwarding one.
+pub fn is_job_control_stop(sig: i32) -> bool {
+    matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}
+
 /// A dumb-init `-r s:r` rule: `to == 0` drops the signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewrite {

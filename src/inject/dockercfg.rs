@@ -403,7 +403,7 @@ enum Corrupt {
 fn open_regular(d: &spill::Dir, name: &str) -> Result<Option<(fs::File, u64)>, Corrupt> {
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let fd = match nix::fcntl::openat(Some(d.raw()), name, flags, Mode::empty()) {
-        Ok(fd) => crate::init::sys::own_fd(fd),
+        Ok(fd) => crate::sys::own_fd(fd),
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP) => return Err(Corrupt::Bad("a symlink".into())),
         Err(e) => return Err(Corrupt::Io(e.into())),
@@ -469,7 +469,7 @@ fn keep_aside(d: &spill::Dir, uid: u32) -> io::Result<PathBuf> {
         // Keep it as private as the file it replaces is going to be.
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         if let Ok(fd) = nix::fcntl::openat(Some(d.raw()), aside.as_str(), flags, Mode::empty()) {
-            let fd = crate::init::sys::own_fd(fd);
+            let fd = crate::sys::own_fd(fd);
             if nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| {
                 st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits() && st.st_uid == uid
             }) {

@@ -61,7 +61,7 @@ impl Dir {
 }
 
 fn own(fd: RawFd) -> OwnedFd {
-    crate::init::sys::own_fd(fd)
+    crate::sys::own_fd(fd)
 }
 
 fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {

@@ -1,6 +1,8 @@
 //! Every `unsafe` block of the crate, each with its `// SAFETY:` justification: thin wrappers over
 //! libc (and nix's unsafe `fork`) where nix has no safe, allocation-free or realtime-signal-aware
-//! API. No decisions are made here; nothing here allocates after `fork`.
+//! API, shared by `init` and `inject` from the floor below both. No decisions are made here;
+//! nothing here allocates after `fork`. The one `unsafe` call outside this file is
+//! `init::spawn`'s call of [`fork`], an `unsafe fn` whose caller states the condition it keeps.
 
 use std::ffi::{c_char, CString};
 use std::mem::MaybeUninit;
@@ -8,8 +10,6 @@ use std::ptr;
 
 use nix::errno::Errno;
 use zeroize::Zeroizing;
-
-use super::signals;
 
 /// A `sigset_t` that can hold realtime signals (nix's `SigSet` cannot).
 #[derive(Clone, Copy)]
@@ -40,7 +40,7 @@ impl SigSet {
 
 impl std::fmt::Debug for SigSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sigs: Vec<i32> = (1..=signals::max_signal())
+        let sigs: Vec<i32> = (1..=libc::SIGRTMAX())
             .filter(|&s| self.contains(s))
             .collect();
         f.debug_tuple("SigSet").field(&sigs).finish()
@@ -54,17 +54,10 @@ pub struct Masks {
     pub blocked: SigSet,
 }
 
-/// Step one of `main`: blocks every forwardable signal (all but the synchronous ones and
-/// KILL/STOP, realtime ones included), and sets SIGCHLD to its default action so an inherited
-/// `SIG_IGN` cannot make the kernel auto-reap the child before the init reads its status.
-pub fn block_forwardable() -> Result<Masks, Errno> {
-    let mut blocked = SigSet::empty();
-    for sig in 1..=signals::max_signal() {
-        if signals::is_forwardable(sig) {
-            // libc refuses the few numbers it reserves for itself; those stay unblocked.
-            blocked.add(sig);
-        }
-    }
+/// Blocks `blocked` (the init's forwardable set, built by `init::signals`), and sets SIGCHLD to
+/// its default action so an inherited `SIG_IGN` cannot make the kernel auto-reap the child
+/// before the init reads its status.
+pub fn block(blocked: SigSet) -> Result<Masks, Errno> {
     let mut original = SigSet::empty();
     // SAFETY: both pointers are valid initialised sigsets living across the call.
     let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &blocked.0, &mut original.0) };
@@ -146,11 +139,14 @@ pub enum Forked {
     Parent { child: i32 },
 }
 
-/// Forks. The caller's child branch must only call async-signal-safe, allocation-free code
-/// until it execs or `_exit`s ([`super::spawn`] keeps that promise).
-pub fn fork() -> Result<Forked, Errno> {
-    // SAFETY: the init is single-threaded when it forks (the secrets step's runtime is dropped
-    // before), and the child branch only runs async-signal-safe code (see the doc above).
+/// Forks.
+///
+/// # Safety
+/// The process must be single-threaded, and the caller's child branch must only call
+/// async-signal-safe, allocation-free code until it execs or `_exit`s (`init::spawn` keeps
+/// that promise).
+pub unsafe fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the caller keeps the conditions above (single thread, async-signal-safe child).
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
@@ -176,6 +172,19 @@ pub fn stdin_is_tty() -> bool {
 pub fn tcsetpgrp_stdin(pgid: i32) -> Result<(), Errno> {
     // SAFETY: tcsetpgrp takes a descriptor number and a pid, no memory.
     Errno::result(unsafe { libc::tcsetpgrp(libc::STDIN_FILENO, pgid) }).map(drop)
+}
+
+/// `ioctl(0, TIOCNOTTY)`: the caller gives up its controlling terminal (fd 0).
+pub fn release_stdin_tty() -> Result<(), Errno> {
+    // SAFETY: TIOCNOTTY takes no argument and touches no memory of ours.
+    Errno::result(unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCNOTTY) }).map(drop)
+}
+
+/// `ioctl(0, TIOCSCTTY, 0)`: a session leader takes the terminal on fd 0 as its controlling
+/// terminal (without stealing it from another session). Async-signal-safe.
+pub fn take_stdin_tty() -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal), no memory.
+    Errno::result(unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) }).map(drop)
 }
 
 /// `PR_SET_PDEATHSIG` with a raw number (nix's wrapper cannot take realtime signals).
