@@ -70,6 +70,8 @@ pub struct Prepared {
 pub enum Error {
     #[error("secrets socket {} does not exist (--secrets required)", socket.display())]
     NoSocket { socket: PathBuf },
+    #[error("broker not serving {}: start `sandbox-secrets serve`, or pass --secrets optional", dir.display())]
+    NotServing { dir: PathBuf },
     #[error("cannot fetch secrets from {}", socket.display())]
     Fetch { socket: PathBuf, source: FetchError },
     #[error("cannot write registry credentials")]
@@ -115,7 +117,7 @@ pub fn on_failure(policy: SecretsPolicy) -> Decision {
 /// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
 /// With no socket this is one `stat`: no runtime is built.
 fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
-    if !fetch::socket_present(&opts.socket) {
+    if !fetch::socket_present(&opts.socket) && !awaited(opts)? {
         return match on_missing_socket(opts.policy) {
             Decision::Stop => Err(Error::NoSocket {
                 socket: opts.socket.clone(),
@@ -159,6 +161,37 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
             }
         }
     }
+}
+
+/// No socket: when the daemon's marker says a broker serves the socket's directory (stopping or
+/// restarting), waits up to the timeout for the socket (`true` once it is there) and then fails
+/// closed, unless `--secrets optional`. Without the marker: `false` at once (one more `lstat`).
+fn awaited(opts: &Options) -> Result<bool, Error> {
+    let dir = match opts.socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !fetch::marker_present(dir) {
+        return Ok(false);
+    }
+    if opts.policy == SecretsPolicy::Optional {
+        warn(format_args!(
+            "broker not serving {}; starting without secrets (--secrets optional)",
+            dir.display()
+        ));
+        return Ok(false);
+    }
+    info(format_args!(
+        "broker expected at {} (marker present); waiting up to {}ms for its socket",
+        opts.socket.display(),
+        opts.timeout.as_millis()
+    ));
+    if fetch::wait_for_socket(&opts.socket, opts.timeout) {
+        return Ok(true);
+    }
+    Err(Error::NotServing {
+        dir: dir.to_owned(),
+    })
 }
 
 /// A parsed JSON document whose strings (values, `auth` entries) are zeroized when dropped.
