@@ -193,3 +193,213 @@ fn a_broker_down_longer_than_the_timeout_fails_closed_and_nothing_starts_or_is_w
         r.explain()
     );
 }
+
+/// `sandbox-init exec` run directly (not PID 1), on a clean environment plus `env`.
+fn exec_command(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(INIT);
+    cmd.arg("exec")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", socket);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn exec_replaces_itself_with_the_command_which_sees_the_secrets() {
+    let (broker, dir) = broker_with_sandbox();
+    let socket = dir.join("secrets.sock");
+    let out = tempfile::tempdir().unwrap();
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    // No fork: the command has the pid `exec` was started with.
+    let mut cmd = exec_command(
+        &socket,
+        &[("DOCKER_CONFIG", &docker_s), ("SANDBOX_INIT_LOG", "trace")],
+        &["--", "sh", "-c", "echo \"$$ $TOKEN\""],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let r = Run {
+        cmd: format!("{cmd:?}"),
+        out: child.wait_with_output().unwrap(),
+    }
+    .ok();
+    assert_eq!(
+        r.stdout().trim(),
+        format!("{pid} {VALUE}"),
+        "{}",
+        r.explain()
+    );
+    let cfg = std::fs::read_to_string(docker.join("config.json")).unwrap();
+    assert!(cfg.contains("reg.example"), "{cfg}");
+    for v in [VALUE, PASSWORD] {
+        assert!(!contains(&r.out.stderr, v), "{v} in exec's trace log");
+    }
+    assert!(
+        !broker.log_text().contains(VALUE),
+        "value in the broker's log"
+    );
+
+    // Exit codes as for PID 1's child: 127 not found, 126 not executable.
+    let r = run(exec_command(&socket, &[], &["no-such-command-x"]), None);
+    assert_eq!(r.out.status.code(), Some(127), "{}", r.explain());
+    assert!(
+        r.stderr().contains("exec no-such-command-x"),
+        "{}",
+        r.explain()
+    );
+    let plain = out.path().join("plain");
+    std::fs::write(&plain, "x").unwrap();
+    let r = run(exec_command(&socket, &[], &[plain.to_str().unwrap()]), None);
+    assert_eq!(r.out.status.code(), Some(126), "{}", r.explain());
+
+    // A failed fetch fails closed: the command never runs.
+    let r = run(
+        exec_command(
+            &out.path().join("gone/secrets.sock"),
+            &[],
+            &[
+                "--secrets",
+                "required",
+                "--",
+                "touch",
+                plain.to_str().unwrap(),
+            ],
+        ),
+        None,
+    );
+    assert_eq!(r.out.status.code(), Some(1), "{}", r.explain());
+}
+
+#[test]
+fn exec_drops_privileges_only_as_root_and_never_when_already_the_target() {
+    if let Some(why) = support::daemon::nobody_unavailable() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    // The sandbox directory is reachable for nobody, as it is inside a container.
+    std::fs::set_permissions(
+        broker.run_dir().join("sandboxes"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let socket = dir.join("secrets.sock");
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    let script = "echo \"$(id -u):$(id -g):$(id -G) $TOKEN\"";
+
+    // Root with SANDBOX_INIT_USER: drops to it as PID 1 would, credentials owned by it.
+    let r = run(
+        exec_command(
+            &socket,
+            &[
+                ("SANDBOX_INIT_USER", "nobody"),
+                ("DOCKER_CONFIG", &docker_s),
+            ],
+            &["--", "sh", "-c", script],
+        ),
+        None,
+    )
+    .ok();
+    let nobody_gid = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("nobody:x:65534:"))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        r.stdout().starts_with(&format!("65534:{nobody_gid}:")) && r.stdout().contains(VALUE),
+        "{}",
+        r.explain()
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(docker.join("config.json")).unwrap().uid(),
+        65534
+    );
+    std::fs::remove_dir_all(&docker).unwrap();
+
+    // Already the target user (`docker exec -u nobody` in an image with SANDBOX_INIT_USER=nobody),
+    // or another user without root: no identity change, nothing said, the secrets arrive.
+    for target in ["nobody", "root"] {
+        let mut cmd = support::daemon::as_nobody(&[INIT, "exec", "--", "sh", "-c", script]);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("SANDBOX_INIT_USER", target)
+            .env("DOCKER_CONFIG", &docker_s);
+        let r = run(cmd, None).ok();
+        assert_eq!(
+            r.stdout().trim(),
+            format!("65534:65534:65534 {VALUE}"),
+            "{}",
+            r.explain()
+        );
+        assert_eq!(r.stderr(), "", "{}", r.explain());
+        assert_eq!(
+            std::fs::metadata(docker.join("config.json")).unwrap().uid(),
+            65534
+        );
+    }
+}
+
+#[test]
+fn env_unsets_what_is_no_longer_authorised_and_speaks_dotenv_and_json() {
+    let (broker, dir) = broker_with_sandbox();
+    broker.set_user("MULTI", "mona", "octo/hello", "a \"b\"\nc\\d $X");
+    let socket = dir.join("secrets.sock");
+    // One shell: eval, delete, eval again: the deleted name is gone.
+    let script = format!(
+        "eval \"$({init} env)\" && echo \"1 [$TOKEN] [$SANDBOX_SECRETS_NAMES]\" && \
+         {cli} delete TOKEN --user mona >/dev/null && eval \"$({init} env)\" && \
+         echo \"2 [${{TOKEN-unset}}] [$SANDBOX_SECRETS_NAMES]\"",
+        init = INIT,
+        cli = support::daemon::BIN,
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script])
+        .env("SANDBOX_SECRETS_SOCKET", &socket)
+        .env("SANDBOX_SECRETS_RUN_DIR", broker.run_dir())
+        .env_remove("SANDBOX_SECRETS_NAMES")
+        .env_remove("TOKEN");
+    let r = run(cmd, None).ok();
+    let all = "MULTI REG_CONTAINER_REGISTRY_PASSWORD REG_CONTAINER_REGISTRY_SERVER \
+               REG_CONTAINER_REGISTRY_USER";
+    let names_before = format!("{all} TOKEN");
+    assert_eq!(
+        r.stdout(),
+        format!("1 [{VALUE}] [{names_before}]\n2 [unset] [{all}]\n"),
+        "{}",
+        r.explain()
+    );
+
+    let formats = |format: &str| {
+        let mut cmd = Command::new(INIT);
+        cmd.args(["env", "--format", format])
+            .env("SANDBOX_SECRETS_SOCKET", &socket);
+        run(cmd, None).ok().stdout()
+    };
+    let json: serde_json::Value = serde_json::from_str(&formats("json")).unwrap();
+    assert_eq!(json["MULTI"], "a \"b\"\nc\\d $X");
+    assert_eq!(json["REG_CONTAINER_REGISTRY_PASSWORD"], PASSWORD);
+    assert!(json.get("TOKEN").is_none());
+    let dotenv = formats("dotenv");
+    assert!(
+        dotenv.contains("MULTI=\"a \\\"b\\\"\\nc\\\\d $X\"\n"),
+        "{dotenv}"
+    );
+    assert!(!dotenv.contains("export") && !dotenv.contains("SANDBOX_SECRETS_NAMES"));
+}
