@@ -403,3 +403,34 @@ fn env_unsets_what_is_no_longer_authorised_and_speaks_dotenv_and_json() {
     );
     assert!(!dotenv.contains("export") && !dotenv.contains("SANDBOX_SECRETS_NAMES"));
 }
+
+#[test]
+fn a_start_that_fails_after_the_fetch_leaves_no_new_credentials_on_disk() {
+    let (broker, dir) = broker_with_sandbox();
+    // Three values of 48 KiB do not fit a 128 KiB exec budget: they must go to files, and the
+    // spill directory cannot be made (under a regular file).
+    for n in ["BIG_A", "BIG_B", "BIG_C"] {
+        broker.set_user(n, "mona", "octo/hello", &"v".repeat(48 * 1024));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let docker = out.path().join("docker");
+    let blocker = out.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let seen = out.path().join("seen");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -s 256 && exec \"$@\"", "sh", INIT])
+        .args(["--", "touch", seen.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", dir.join("secrets.sock"))
+        .env("DOCKER_CONFIG", &docker)
+        .env("SANDBOX_INIT_SECRETS_DIR", blocker.join("spill"));
+    let r = run(cmd, None);
+    assert_eq!(r.out.status.code(), Some(1), "{}", r.explain());
+    assert!(r.stderr().contains("oversized secrets"), "{}", r.explain());
+    assert!(!seen.exists(), "the command started");
+    assert!(
+        !docker.exists(),
+        "registry credentials were written by a start that failed"
+    );
+}

@@ -293,8 +293,6 @@ pub fn prepare(
         return Ok(Prepared::default());
     };
 
-    registry_credentials(opts, target, inherited, &secrets)?;
-
     for s in &secrets {
         if lookup(inherited, &s.name).is_some() {
             warn(format_args!(
@@ -322,6 +320,9 @@ pub fn prepare(
         .filter(|(_, &s)| s)
         .map(|(s, _)| s.name.clone())
         .collect();
+    // Registry credentials are written last (below): a spill that fails stops the start with no
+    // new credentials on disk. Their triplets are taken now, before the values move.
+    let (entries, entry_warnings) = registry_entries(&secrets);
     for (secret, spilled) in secrets.into_iter().zip(placement.spilled.iter().copied()) {
         if !spilled {
             prepared.vars.push((secret.name, secret.value));
@@ -394,6 +395,7 @@ pub fn prepare(
             placement.dir.display()
         )),
     }
+    registry_credentials(opts, target, inherited, entries, entry_warnings)?;
     prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
 }
@@ -414,19 +416,24 @@ fn write_spill(dir: &spill::Dir, secret: &Secret, uid: u32, gid: u32) -> Result<
     })
 }
 
+/// The registry triplets among the secrets (and warnings about incomplete ones).
+fn registry_entries(secrets: &[Secret]) -> (Vec<dockercfg::Entry>, Vec<String>) {
+    let pairs: Vec<(&str, &SecretString)> = secrets
+        .iter()
+        .map(|s| (s.name.as_str(), &s.value))
+        .collect();
+    dockercfg::entries(&pairs)
+}
+
 /// Writes `config.json` when the secrets hold a complete triplet; failures stop the init unless
 /// `--secrets optional`.
 fn registry_credentials(
     opts: &Options,
     target: &Target,
     inherited: &[(OsString, OsString)],
-    secrets: &[Secret],
+    entries: Vec<dockercfg::Entry>,
+    warnings: Vec<String>,
 ) -> Result<(), Error> {
-    let pairs: Vec<(&str, &SecretString)> = secrets
-        .iter()
-        .map(|s| (s.name.as_str(), &s.value))
-        .collect();
-    let (entries, warnings) = dockercfg::entries(&pairs);
     for w in warnings {
         warn(format_args!("{w}"));
     }
