@@ -434,3 +434,90 @@ fn a_start_that_fails_after_the_fetch_leaves_no_new_credentials_on_disk() {
         "registry credentials were written by a start that failed"
     );
 }
+
+/// One `GET /v1/secrets` with `extra` headers, read to the end: (status, head, body, time).
+fn get(socket: &Path, extra: &str) -> (u16, String, String, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /v1/secrets HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned(), started.elapsed())
+}
+
+fn etag_of(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
+}
+
+#[test]
+fn a_watch_waits_for_a_change_of_its_own_answer_and_nothing_else() {
+    let (broker, dir) = broker_with_sandbox();
+    let (_, other) = broker.sandbox("hubot", "octo/elsewhere");
+    let socket = dir.join("secrets.sock");
+    let (status, head, body, _) = get(&socket, "");
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains(VALUE));
+    let tag = etag_of(&head);
+    // The same answer again has the same tag; an old tag gets the answer at once.
+    assert_eq!(etag_of(&get(&socket, "").1), tag);
+    let (status, _, body, took) = get(&socket, "If-None-Match: \"0000000000000001\"\r\n");
+    assert!(status == 200 && body.contains(VALUE) && took < Duration::from_secs(1));
+
+    // Holding the current answer: 304 at the deadline, with the tag, no body.
+    let (status, head, body, took) = get(
+        &socket,
+        &format!("If-None-Match: {tag}\r\nPrefer: wait=1\r\n"),
+    );
+    assert_eq!((status, body.as_str()), (304, ""), "{head}");
+    assert_eq!(etag_of(&head), tag);
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+
+    // A change to another sandbox's secrets wakes nobody here; a change to ours answers at once.
+    let other_tag = etag_of(&get(&other.join("secrets.sock"), "").1);
+    let watch = |socket: std::path::PathBuf, tag: String, wait: u32| {
+        std::thread::spawn(move || {
+            get(
+                &socket,
+                &format!("If-None-Match: {tag}\r\nPrefer: wait={wait}\r\n"),
+            )
+        })
+    };
+    let mine = watch(socket.clone(), tag.clone(), 20);
+    let theirs = watch(other.join("secrets.sock"), other_tag, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.set_user("HUBOT_ONLY", "hubot", "octo/elsewhere-not", "hubot-x-value");
+    broker.set_user("MONA_ELSEWHERE", "mona", "octo/other", "not-for-hello");
+    let set_done = Instant::now();
+    broker.set_user("TOKEN", "mona", "octo/hello", "rotated-token-value-5e1");
+    let answered_after_set = set_done.elapsed();
+    let (status, head, body, _) = mine.join().unwrap();
+    let latency = set_done.elapsed();
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains("rotated-token-value-5e1") && !body.contains(VALUE));
+    assert_ne!(etag_of(&head), tag);
+    assert!(
+        latency < answered_after_set + Duration::from_millis(200),
+        "change reached the watch {latency:?} after the set began ({answered_after_set:?} for the set)"
+    );
+    let (status, _, _, took) = theirs.join().unwrap();
+    assert_eq!(status, 304, "another sandbox's watch was woken");
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    // No value in the broker's log through the watch path.
+    for v in [VALUE, "rotated-token-value-5e1", PASSWORD] {
+        assert!(!broker.log_text().contains(v), "{v} in the broker's log");
+    }
+}
