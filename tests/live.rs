@@ -521,3 +521,90 @@ fn a_watch_waits_for_a_change_of_its_own_answer_and_nothing_else() {
         assert!(!broker.log_text().contains(v), "{v} in the broker's log");
     }
 }
+
+#[test]
+fn set_delete_and_access_say_which_sandboxes_see_the_change() {
+    let (broker, dir) = broker_with_sandbox();
+    let (second_id, _) = broker.sandbox("mona", "octo/hello");
+    let (_, _other) = broker.sandbox("hubot", "octo/hello");
+    let first_id = dir.file_name().unwrap().to_str().unwrap().to_owned();
+    let socket = dir.join("secrets.sock");
+    let tag = etag_of(&get(&socket, "").1);
+    let watch = std::thread::spawn(move || {
+        get(
+            &socket,
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=20\r\n"),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = broker
+        .cli(
+            &["set", "TOKEN", "--user", "mona", "--repos", "octo/hello"],
+            Some(b"rotated-affected-1"),
+        )
+        .ok();
+    assert_eq!(
+        r.stdout(),
+        "updated user secret TOKEN of mona: 2 sandboxes see the change (1 watching)\n"
+    );
+    assert_eq!(watch.join().unwrap().0, 200);
+    let r = broker
+        .cli(
+            &[
+                "set",
+                "ELSEWHERE",
+                "--user",
+                "mona",
+                "--repos",
+                "octo/other",
+                "--json",
+            ],
+            Some(b"elsewhere-affected-2"),
+        )
+        .ok();
+    let json: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(json["sandboxes"], serde_json::json!([]), "{}", r.stdout());
+    let r = broker
+        .cli(
+            &["delete", "TOKEN", "--user", "mona", "--yes", "--json"],
+            None,
+        )
+        .ok();
+    let json: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    let mut want = vec![first_id.clone(), second_id.clone()];
+    want.sort();
+    assert_eq!(json["sandboxes"], serde_json::json!(want), "{}", r.stdout());
+    assert_eq!(json["watching"], serde_json::json!([]));
+    // A repository secret reaches every sandbox of the repository, whoever its user.
+    let r = broker
+        .cli(
+            &["set", "REPO_X", "--repo", "octo/hello"],
+            Some(b"repo-x-3"),
+        )
+        .ok();
+    assert!(
+        r.stdout()
+            .ends_with(": 3 sandboxes see the change (0 watching)\n"),
+        "{}",
+        r.stdout()
+    );
+    let r = broker
+        .cli(
+            &[
+                "access",
+                "ELSEWHERE",
+                "--user",
+                "mona",
+                "--repos",
+                "octo/hello",
+            ],
+            None,
+        )
+        .ok();
+    assert!(
+        r.stdout()
+            .ends_with(": 2 sandboxes see the change (0 watching)\n"),
+        "{}",
+        r.stdout()
+    );
+}

@@ -77,6 +77,9 @@ enum Command {
         /// Allow a name that changes how programs start (LD_PRELOAD, PATH, ...).
         #[arg(long)]
         allow_dangerous: bool,
+        /// Print the answer as JSON (with the ids of the sandboxes that see the change).
+        #[arg(long)]
+        json: bool,
     },
     /// Change which repositories may read a user secret, without sending its value again.
     Access {
@@ -86,6 +89,9 @@ enum Command {
         /// The new list (owner/name, comma-separated; "" for none). Replaces the old one.
         #[arg(long)]
         repos: String,
+        /// Print the answer as JSON (with the ids of the sandboxes that see the change).
+        #[arg(long)]
+        json: bool,
     },
     /// List the secrets of a user or a repository: names, scope, repositories, last update.
     List {
@@ -101,6 +107,9 @@ enum Command {
         scope: Scope,
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Print the answer as JSON (with the ids of the sandboxes that see the change).
+        #[arg(long)]
+        json: bool,
     },
     /// Manage sandboxes.
     Sandbox {
@@ -178,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             repos,
             from_file,
             allow_dangerous,
+            json,
         } => cli::set(
             &admin()?,
             name,
@@ -185,14 +195,21 @@ fn run(cli: Cli) -> Result<()> {
             repos.as_deref(),
             from_file.as_deref(),
             allow_dangerous,
+            json,
         ),
-        Command::Access { name, user, repos } => cli::access(&admin()?, name, user, &repos),
+        Command::Access {
+            name,
+            user,
+            repos,
+            json,
+        } => cli::access(&admin()?, name, user, &repos, json),
         Command::List { scope: s, json } => cli::list(&admin()?, scope(s), json),
         Command::Delete {
             name,
             scope: s,
             yes,
-        } => cli::delete(&admin()?, name, scope(s), yes),
+            json,
+        } => cli::delete(&admin()?, name, scope(s), yes, json),
         Command::Plan { user, repo, json } => cli::plan(&admin()?, user, repo, json),
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo } => cli::sandbox_create(&admin()?, user, repo),

@@ -203,6 +203,25 @@ pub struct ChangeAnswer {
     pub owner: String,
     /// `created`, `updated`, `access` or `deleted`.
     pub result: String,
+    /// Live sandboxes whose answer changed with this (sorted ids).
+    #[serde(default)]
+    pub sandboxes: Vec<String>,
+    /// Of those, the ones with a watch open that was woken (their init sees it now).
+    #[serde(default)]
+    pub watching: Vec<String>,
+}
+
+impl ChangeAnswer {
+    /// ": 3 sandboxes see the change (2 watching)", for the CLI's line.
+    pub fn affected(&self) -> String {
+        let n = self.sandboxes.len();
+        let who = match n {
+            0 => return ": no sandbox sees the change".into(),
+            1 => "1 sandbox sees".to_owned(),
+            n => format!("{n} sandboxes see"),
+        };
+        format!(": {who} the change ({} watching)", self.watching.len())
+    }
 }
 
 /// Answer of list.

@@ -14,6 +14,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Notify};
 use zeroize::Zeroizing;
 
+use super::acl::Level;
 use super::audit;
 use super::sandboxes::{self, Layout, SandboxError};
 use super::store::{SandboxRow, Store, StoreError};
@@ -430,6 +431,34 @@ impl Daemon {
         woken
     }
 
+    /// Where secret `name` comes from (user or repository level, or not served) for every live
+    /// sandbox `pick` selects, by its row: compare before and after a change
+    /// ([`changed_between`]). From the plans only: nothing is opened.
+    pub fn live_sources(
+        &self,
+        pick: impl Fn(&SandboxRow) -> bool,
+        name: &str,
+    ) -> Vec<(String, Option<Level>)> {
+        let live: Vec<Box<str>> = self.live().slots.keys().cloned().collect();
+        let mut out: Vec<(String, Option<Level>)> = self
+            .store
+            .sandboxes()
+            .into_iter()
+            .filter(|row| live.iter().any(|id| **id == *row.id) && pick(row))
+            .map(|row| {
+                let from = self
+                    .store
+                    .plan(&row.user, &row.repo)
+                    .into_iter()
+                    .find(|e| e.name == name)
+                    .map(|e| e.from);
+                (row.id, from)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The `GET /v1/secrets` answer of sandbox `id`: from the cache when built at the current
     /// generation, else opened, encoded by [`protocol::encode_answer`] and cached. Audited.
     pub fn answer(&self, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
@@ -486,6 +515,25 @@ impl Daemon {
         );
         Ok(body)
     }
+}
+
+/// The sandboxes a change of secret (`level`) sees, from two [`Daemon::live_sources`] readings:
+/// those where the name's source moved (created, deleted, granted, revoked, shadowed), and, when
+/// the value itself changed (`value_changed`: set), those served it from `level` now. Pure.
+pub fn changed_between(
+    before: &[(String, Option<Level>)],
+    after: &[(String, Option<Level>)],
+    level: Level,
+    value_changed: bool,
+) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(id, now)| {
+            let was = before.iter().find(|(b, _)| b == id).and_then(|(_, w)| *w);
+            was != *now || (value_changed && *now == Some(level))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// One watched sandbox: the digest of the answer its watchers hold, and their wake-up.
@@ -716,6 +764,36 @@ mod tests {
         store.delete_secret(ScopeKind::Repo, "o/r", "N").unwrap();
         cache.sync(store.generation());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_change_is_seen_where_the_source_moved_or_the_served_value_changed() {
+        use Level::{Repository as R, User as U};
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let at = |v: &[(&str, Option<Level>)]| {
+            v.iter()
+                .map(|(id, l)| (id.to_string(), *l))
+                .collect::<Vec<_>>()
+        };
+        let before = at(&[("a", None), ("b", Some(U)), ("c", Some(R)), ("d", Some(U))]);
+        // A user secret set: a new grant (a), a new value (b, d), shadowing the repository's (c).
+        let after = at(&[
+            ("a", Some(U)),
+            ("b", Some(U)),
+            ("c", Some(U)),
+            ("d", Some(U)),
+        ]);
+        assert_eq!(
+            changed_between(&before, &after, U, true),
+            ids(&["a", "b", "c", "d"])
+        );
+        // The same sources after an access change that kept them: nobody sees it.
+        assert!(changed_between(&before, &before, U, false).is_empty());
+        // A repository secret set where a user secret shadows it: only c (served from it).
+        assert_eq!(changed_between(&before, &before, R, true), ids(&["c"]));
+        // A user secret deleted: b and d lose it, the rest keep what they had.
+        let after = at(&[("a", None), ("b", None), ("c", Some(R)), ("d", Some(R))]);
+        assert_eq!(changed_between(&before, &after, U, false), ids(&["b", "d"]));
     }
 
     #[test]

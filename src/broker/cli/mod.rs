@@ -35,6 +35,7 @@ pub fn set(
     repos: Option<&str>,
     from_file: Option<&Path>,
     allow_dangerous: bool,
+    json: bool,
 ) -> Result<()> {
     let value = read_value(&name, from_file)?;
     let text = protocol::check_value(&value)
@@ -49,24 +50,44 @@ pub fn set(
         allow_dangerous,
     };
     let a = admin.call(&request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
     println!(
-        "{} {} secret {} of {}",
+        "{} {} secret {} of {}{}",
         a.result,
         a.scope.noun(),
         a.name,
-        a.owner
+        a.owner,
+        a.affected()
     );
     Ok(())
 }
 
 /// `sandbox-secrets access`.
-pub fn access(admin: &AdminClient, name: String, user: String, repos: &str) -> Result<()> {
+pub fn access(
+    admin: &AdminClient,
+    name: String,
+    user: String,
+    repos: &str,
+    json: bool,
+) -> Result<()> {
     let a = admin.call(&AccessRequest {
         name,
         user,
         repos: split_repos(repos),
     })?;
-    println!("access changed for user secret {} of {}", a.name, a.owner);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
+    println!(
+        "access changed for user secret {} of {}{}",
+        a.name,
+        a.owner,
+        a.affected()
+    );
     Ok(())
 }
 
@@ -110,7 +131,13 @@ pub fn list(admin: &AdminClient, scope: Scope, json: bool) -> Result<()> {
 }
 
 /// `sandbox-secrets delete`: asks first on a terminal unless `yes`.
-pub fn delete(admin: &AdminClient, name: String, scope: Scope, yes: bool) -> Result<()> {
+pub fn delete(
+    admin: &AdminClient,
+    name: String,
+    scope: Scope,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
     let (word, owner) = match (&scope.user, &scope.repo) {
         (Some(u), _) => ("user", u.as_str()),
         (_, Some(r)) => ("repository", r.as_str()),
@@ -130,11 +157,16 @@ pub fn delete(admin: &AdminClient, name: String, scope: Scope, yes: bool) -> Res
         user: scope.user,
         repo: scope.repo,
     })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
     println!(
-        "deleted {} secret {} of {}",
+        "deleted {} secret {} of {}{}",
         a.scope.noun(),
         a.name,
-        a.owner
+        a.owner,
+        a.affected()
     );
     Ok(())
 }

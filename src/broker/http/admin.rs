@@ -14,12 +14,13 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{ok_json, shown, ApiError, SecretBody, MAX_ADMIN_BODY, MAX_REPOS_PER_SECRET};
+use crate::broker::acl::Level;
 use crate::broker::admin::{
     AccessRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
     ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route, SandboxInfo, SandboxList, SetRequest,
 };
 use crate::broker::audit;
-use crate::broker::daemon::Daemon;
+use crate::broker::daemon::{self, Daemon};
 use crate::broker::sandboxes;
 use crate::broker::store::{SandboxRow, ScopeKind};
 use crate::protocol;
@@ -80,6 +81,41 @@ pub async fn answer(
     daemon.answers().sync(daemon.store().generation());
     daemon.wake_watchers();
     answer
+}
+
+/// Which sandboxes a change of a secret of (kind, scope) can touch: the user's or the
+/// repository's.
+fn picker(kind: ScopeKind, scope: &str) -> impl Fn(&SandboxRow) -> bool {
+    let scope = scope.to_owned();
+    move |row: &SandboxRow| match kind {
+        ScopeKind::User => row.user == scope,
+        ScopeKind::Repo => row.repo == scope,
+    }
+}
+
+/// After a change: the live sandboxes among `pick`'s whose answer moved since `before`, and those
+/// of them with a watch open, woken now.
+fn affected(
+    daemon: &Daemon,
+    before: &[(String, Option<Level>)],
+    pick: &impl Fn(&SandboxRow) -> bool,
+    name: &str,
+    kind: ScopeKind,
+    value_changed: bool,
+) -> (Vec<String>, Vec<String>) {
+    daemon.answers().sync(daemon.store().generation());
+    let level = match kind {
+        ScopeKind::User => Level::User,
+        ScopeKind::Repo => Level::Repository,
+    };
+    let after = daemon.live_sources(pick, name);
+    let sandboxes = daemon::changed_between(before, &after, level, value_changed);
+    let watching = daemon
+        .wake_watchers()
+        .into_iter()
+        .filter(|id| sandboxes.contains(id))
+        .collect();
+    (sandboxes, watching)
 }
 
 /// Checks the method and path of an admin request; returns its route. Pure.
@@ -322,7 +358,10 @@ fn run_admin(
             value,
             repos,
         } => {
+            let pick = picker(kind, &scope);
+            let before = daemon.live_sources(&pick, &name);
             let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;
+            let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, true);
             let result = if created { "created" } else { "updated" };
             audit::admin_change(
                 uid,
@@ -334,11 +373,17 @@ fn run_admin(
                 scope: kind,
                 owner: scope,
                 result: result.into(),
+                sandboxes,
+                watching,
             }))
         }
         AdminCommand::Access { user, name, repos } => {
             let shown = repos.join(",");
+            let pick = picker(ScopeKind::User, &user);
+            let before = daemon.live_sources(&pick, &name);
             store.set_access(&user, &name, repos)?;
+            let (sandboxes, watching) =
+                affected(daemon, &before, &pick, &name, ScopeKind::User, false);
             audit::admin_change(
                 uid,
                 "access",
@@ -349,10 +394,15 @@ fn run_admin(
                 scope: ScopeKind::User,
                 owner: user,
                 result: "access".into(),
+                sandboxes,
+                watching,
             }))
         }
         AdminCommand::Delete { kind, scope, name } => {
+            let pick = picker(kind, &scope);
+            let before = daemon.live_sources(&pick, &name);
             store.delete_secret(kind, &scope, &name)?;
+            let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, false);
             audit::admin_change(
                 uid,
                 "deleted",
@@ -363,6 +413,8 @@ fn run_admin(
                 scope: kind,
                 owner: scope,
                 result: "deleted".into(),
+                sandboxes,
+                watching,
             }))
         }
         AdminCommand::List { kind, scope } => Ok(ok_json(&ListAnswer {
