@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let masks = match sys::block_forwardable() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("sandbox-init: block signals: {e}");
+            logging::to_stderr(format_args!("sandbox-init: block signals: {e}\n"));
             return ExitCode::from(1);
         }
     };
@@ -27,19 +27,18 @@ fn main() -> ExitCode {
     let invocation = match cli::parse(std::env::args_os().skip(1), &|k| std::env::var_os(k)) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("sandbox-init: {e}\nTry 'sandbox-init --help' for more information.");
+            logging::to_stderr(format_args!(
+                "sandbox-init: {e}\nTry 'sandbox-init --help' for more information.\n"
+            ));
             return ExitCode::from(2);
         }
     };
     match invocation {
-        cli::Invocation::Help => {
-            print!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        cli::Invocation::Version => {
-            println!("sandbox-init {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        cli::Invocation::Help => written(logging::to_stdout(format_args!("{}", cli::USAGE))),
+        cli::Invocation::Version => written(logging::to_stdout(format_args!(
+            "sandbox-init {}\n",
+            env!("CARGO_PKG_VERSION")
+        ))),
         cli::Invocation::Env(opts) => {
             // A plain command, not an init: Ctrl-C must work.
             let _ = sys::set_mask(&masks.original);
@@ -61,6 +60,14 @@ fn main() -> ExitCode {
 
 /// Prints a setup failure once, with its chain of causes, and exits 1.
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("sandbox-init: {e:#}");
+    logging::to_stderr(format_args!("sandbox-init: {e:#}\n"));
     ExitCode::from(1)
+}
+
+/// `--help` and `--version`: 0 when the text was written, else 1 (the text is lost).
+fn written(out: std::io::Result<()>) -> ExitCode {
+    match out {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(anyhow::Error::from(e).context("cannot write to stdout")),
+    }
 }

@@ -20,6 +20,21 @@ use sandbox_init::broker::server::{self, Config};
 use sandbox_init::broker::store::ScopeKind;
 use sandbox_init::logging::{self, LogFormat};
 
+// std's print macros panic when their stream is closed or full (exit 134 under `panic=abort`).
+// These shadow them in this file: stderr failures are ignored, a stdout failure is remembered
+// and makes the command exit 1 (`main`).
+macro_rules! println {
+    () => {{ let _ = logging::to_stdout(format_args!("\n")); }};
+    ($($t:tt)*) => {{ let _ = logging::to_stdout(format_args!("{}\n", format_args!($($t)*))); }};
+}
+macro_rules! eprintln {
+    () => { logging::to_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { logging::to_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { logging::to_stderr(format_args!($($t)*)) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "sandbox-secrets",
@@ -140,8 +155,23 @@ enum SandboxCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own `parse` exits 0 when `--help` cannot be written; the text is lost, so it is 1.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.print().is_err() && e.exit_code() == 0 {
+                1
+            } else {
+                e.exit_code()
+            };
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
     match run(cli) {
+        Ok(()) if logging::stdout_failed() => {
+            eprintln!("sandbox-secrets: error: cannot write to stdout");
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let hint = if format!("{e:#}").contains("is dangerous") {
