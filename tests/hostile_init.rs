@@ -1,0 +1,443 @@
+//! Issue 10, the init's side: a hostile repository or image against the real binaries. Secret
+//! names that run code in other users' sandboxes are refused at `set` by the real daemon and on
+//! arrival by the real init (and the attacks are shown to work when forced); `DOCKER_CONFIG`
+//! never makes the init (root) read or hand over what the target user could not; oversized
+//! values are spilled only to memory-backed storage; and no closed or full stderr or stdout makes
+//! either binary panic.
+#![cfg(feature = "broker")]
+
+mod support;
+
+mod broker_support;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use broker_support::{is_root, Daemon};
+
+const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
+const SECRETS: &str = env!("CARGO_BIN_EXE_sandbox-secrets");
+
+/// Runs `cmd` to completion (hang guard 60 s) and returns its output; the command line is kept
+/// for the failure report.
+fn finish(mut cmd: Command) -> (String, Output) {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} hangs");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (shown, child.wait_with_output().unwrap())
+}
+
+fn explain(shown: &str, out: &Output) -> String {
+    format!(
+        "command: {shown}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn dev_full() -> Stdio {
+    Stdio::from(File::options().write(true).open("/dev/full").unwrap())
+}
+
+/// A fake broker: answers every `GET` on a fresh socket with `body` (200) until dropped.
+struct Peer {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Peer {
+    fn serving(secrets: &[(&str, &str)]) -> Peer {
+        let list: Vec<serde_json::Value> = secrets
+            .iter()
+            .map(|(n, v)| serde_json::json!({"name": n, "value": v}))
+            .collect();
+        let body =
+            serde_json::json!({"sandbox": "s", "repository": "o/r", "secrets": list}).to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("secrets.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Peer { dir, socket }
+    }
+}
+
+/// The init against `socket` with a clean environment plus `env`, running `args`.
+fn init_cmd(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(INIT);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("SANDBOX_SECRETS_SOCKET", socket)
+        .env("SANDBOX_INIT_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 6: dangerous names
+
+/// Each attack of issue 10 item 6: the secrets a repository would set, and a command a victim
+/// runs in its sandbox that the attack turns into running `touch $PWNED`.
+type Attack = (&'static str, Vec<(&'static str, String)>, String);
+
+fn attacks(pwned: &Path) -> Vec<Attack> {
+    let p = pwned.display();
+    vec![
+        (
+            "SHELLOPTS+PS4 in bash",
+            vec![
+                ("SHELLOPTS", "xtrace".to_owned()),
+                ("PS4", format!("$(touch {p})")),
+            ],
+            "bash -c true".to_owned(),
+        ),
+        (
+            "PYTHONWARNINGS+BROWSER in python3",
+            vec![
+                ("PYTHONWARNINGS", "ignore::antigravity.Foo::0".to_owned()),
+                ("BROWSER", format!("sh -c 'touch {p}' #%s")),
+            ],
+            "python3 -c pass".to_owned(),
+        ),
+        (
+            "GIT_CONFIG_* core.fsmonitor with git status",
+            vec![
+                ("GIT_CONFIG_COUNT", "1".to_owned()),
+                ("GIT_CONFIG_KEY_0", "core.fsmonitor".to_owned()),
+                ("GIT_CONFIG_VALUE_0", format!("touch {p}; false")),
+            ],
+            format!(
+                "git init -q {0}.repo && cd {0}.repo && git status >/dev/null 2>&1; true",
+                p
+            ),
+        ),
+        (
+            "HTTPS_PROXY",
+            vec![("https_proxy", "http://127.0.0.1:9".to_owned())],
+            "true".to_owned(),
+        ),
+    ]
+}
+
+/// The attacks are real: forced into a victim's environment (bash as a non-root user: bash does
+/// not take PS4 from the environment as root), each runs the attacker's command, and the proxy
+/// variable sends curl's traffic to the attacker's listener.
+#[test]
+fn each_dangerous_name_attack_works_when_forced() {
+    for tool in ["bash", "python3", "git", "setpriv", "curl"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return support::skip(&format!("{tool} is not installed"));
+        }
+    }
+    if !is_root() {
+        return support::skip("needs root to run bash as another user");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    for (i, (what, vars, victim)) in attacks(&dir.path().join("pwned")).into_iter().enumerate() {
+        if what == "HTTPS_PROXY" {
+            continue;
+        }
+        let pwned = dir.path().join("pwned");
+        let _ = std::fs::remove_file(&pwned);
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", &victim])
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (shown, out) = finish(cmd);
+        assert!(
+            pwned.exists(),
+            "attack {i} ({what}) did not run its command\n{}",
+            explain(&shown, &out)
+        );
+    }
+    // HTTPS_PROXY: curl asks the attacker's listener to CONNECT to the real host.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "5", "https://victim.example/"])
+        .env("https_proxy", format!("http://127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _ = finish(cmd);
+    let first = seen.join().unwrap();
+    assert!(first.starts_with("CONNECT victim.example:443"), "{first:?}");
+}
+
+/// Every attack's names are refused at `set` by the real daemon through the real CLI, naming
+/// the family and its reason, and nothing is stored; the CLI hints at `--allow-dangerous`.
+#[test]
+fn each_dangerous_name_attack_is_refused_at_set() {
+    let d = Daemon::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (what, vars, _) in attacks(&dir.path().join("pwned")) {
+        for (name, value) in &vars {
+            for scope in [
+                &["--repo", "octo/victim"][..],
+                &["--user", "mona", "--repos", "octo/victim"][..],
+            ] {
+                let mut args = vec!["set", name];
+                args.extend_from_slice(scope);
+                let r = d
+                    .cli(&args, Some(value.as_bytes()))
+                    .fails_with("is dangerous");
+                let err = r.stderr();
+                let rule = sandbox_init::protocol::dangerous(&name.to_ascii_uppercase())
+                    .unwrap_or_else(|| panic!("{what}: {name} is not in the table"));
+                assert!(
+                    err.contains(&rule.pattern.to_string())
+                        && err.contains(rule.reason)
+                        && err.contains("--allow-dangerous"),
+                    "{what}: {}",
+                    r.explain()
+                );
+                if !rule.reason.contains(value.as_str()) {
+                    assert!(!err.contains(value.as_str()), "{}", r.explain());
+                }
+            }
+        }
+    }
+    // Nothing of it was stored.
+    for scope in [["--repo", "octo/victim"], ["--user", "mona"]] {
+        let listed = d
+            .cli(&["list", scope[0], scope[1], "--json"], None)
+            .ok()
+            .stdout();
+        let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        let names = v.to_string();
+        for bad in ["SHELLOPTS", "PS4", "PYTHONWARNINGS", "GIT_CONFIG", "PROXY"] {
+            assert!(!names.contains(bad), "{listed}");
+        }
+    }
+}
+
+/// A broker (a platform's own, or one that stored the names before the policy grew) that serves
+/// an attack's names anyway: the real init refuses the answer before starting anything, names
+/// the secret and the family, echoes no value, and the victim's command never runs.
+#[test]
+fn each_dangerous_name_attack_is_refused_by_the_init_on_arrival() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwned = dir.path().join("pwned");
+    let started = dir.path().join("started");
+    for (what, vars, victim) in attacks(&pwned) {
+        let mut secrets: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        secrets.push(("INNOCENT", "innocent-value"));
+        let peer = Peer::serving(&secrets);
+        let script = format!("touch {}; {victim}", started.display());
+        let (shown, out) = finish(init_cmd(&peer.socket, &[], &["--", "sh", "-c", &script]));
+        let text = explain(&shown, &out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}\n{text}");
+        assert!(!started.exists() && !pwned.exists(), "{what}\n{text}");
+        assert!(
+            err.contains("garbage") && err.contains("is dangerous"),
+            "{what}\n{text}"
+        );
+        let named = vars.iter().any(|(n, _)| {
+            let up = n.to_ascii_uppercase();
+            err.contains(&format!("{up:?}"))
+                && err.contains(
+                    &sandbox_init::protocol::dangerous(&up)
+                        .unwrap()
+                        .pattern
+                        .to_string(),
+                )
+        });
+        assert!(named, "{what}: no refused name in the error\n{text}");
+        // Short values ("1", in a temp path too) and ones that occur in the rules' reasons
+        // ("core.fsmonitor") prove nothing.
+        let distinct = vars
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .filter(|v| {
+                v.len() >= 8
+                    && !sandbox_init::protocol::DANGEROUS
+                        .iter()
+                        .any(|d| d.reason.contains(v))
+            })
+            .chain(["innocent-value"]);
+        for v in distinct {
+            assert!(!err.contains(v), "{what}: value {v:?} echoed\n{text}");
+        }
+        drop(peer.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 10: an unwritable stderr or stdout
+
+/// `2>/dev/full` never turns an exit code into a panic (134 under `panic=abort`), in either
+/// binary, on usage errors, setup failures, a command's own code with every log line failing,
+/// and the daemon keeps serving with its log lines failing; `--help`/`--version` into
+/// `>/dev/full` exit 1 (the text is lost) rather than 0 or a panic, and so does an admin
+/// command whose output is lost.
+#[test]
+fn a_full_stderr_or_stdout_keeps_every_exit_code() {
+    let run =
+        |bin: &str, args: &[&str], env: &[(&str, &str)], full_out: bool| -> (String, Output) {
+            let mut cmd = Command::new(bin);
+            cmd.args(args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stderr(dev_full())
+                .stdout(if full_out { dev_full() } else { Stdio::piped() });
+            finish(cmd)
+        };
+    let missing = "/nonexistent/secrets.sock";
+    // (binary, arguments, environment, stdout full too, expected exit code)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, bool, i32);
+    let cases: Vec<Case> = vec![
+        (INIT, vec!["--bogus"], vec![], false, 2),
+        (INIT, vec!["--help"], vec![], true, 1),
+        (INIT, vec!["--version"], vec![], true, 1),
+        (
+            INIT,
+            vec!["--secrets", "required", "--", "true"],
+            vec![
+                ("SANDBOX_SECRETS_SOCKET", missing),
+                ("SANDBOX_INIT_LOG", "trace"),
+            ],
+            false,
+            1,
+        ),
+        (
+            INIT,
+            vec!["--", "sh", "-c", "exit 7"],
+            vec![
+                ("SANDBOX_SECRETS_SOCKET", missing),
+                ("SANDBOX_INIT_LOG", "trace"),
+            ],
+            false,
+            7,
+        ),
+        (SECRETS, vec!["--bogus"], vec![], false, 2),
+        (SECRETS, vec!["--help"], vec![], true, 1),
+        (SECRETS, vec!["--version"], vec![], true, 1),
+        (
+            SECRETS,
+            vec!["list", "--user", "mona", "--run-dir", "/nonexistent"],
+            vec![],
+            false,
+            1,
+        ),
+    ];
+    for (bin, args, env, full_out, want) in cases {
+        let (shown, out) = run(bin, &args, &env, full_out);
+        assert_eq!(out.status.code(), Some(want), "{}", explain(&shown, &out));
+    }
+
+    // The daemon, its stderr full and logging at trace: it starts, stores and serves.
+    let state = tempfile::tempdir().unwrap();
+    let run_dir = state.path().join("run");
+    let mut daemon = Command::new(SECRETS);
+    daemon
+        .args(["serve", "--state-dir"])
+        .arg(state.path().join("state"))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .env("SANDBOX_SECRETS_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(dev_full())
+        .stderr(dev_full());
+    let mut daemon = daemon.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(run_dir.join("admin.sock")).is_err() {
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon died with a full stderr"
+        );
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut cmd = Command::new(SECRETS);
+        cmd.arg("--run-dir").arg(&run_dir).args(args);
+        broker_support::run(cmd, stdin)
+    };
+    let full = |args: &[&str], stdin: &str| {
+        let value = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(value.path(), stdin).unwrap();
+        let mut cmd = Command::new(SECRETS);
+        cmd.arg("--run-dir")
+            .arg(&run_dir)
+            .args(args)
+            .stdin(File::open(value.path()).unwrap())
+            .stdout(dev_full())
+            .stderr(dev_full());
+        finish(cmd)
+    };
+    cli(
+        &["set", "API_TOKEN", "--user", "mona", "--repos", "o/r"],
+        Some(b"full-stderr-value"),
+    )
+    .ok();
+    // A refused set with both streams full: still exit 1.
+    let (shown, out) = full(&["set", "PATH", "--repo", "o/r"], "x");
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&shown, &out));
+    // Output lost into a full stdout: exit 1, not 0.
+    let (shown, out) = full(&["list", "--user", "mona"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&shown, &out));
+    let out = cli(
+        &["sandbox", "create", "--user", "mona", "--repo", "o/r"],
+        None,
+    )
+    .ok();
+    let sandbox_dir = out.stdout().split(' ').nth(1).unwrap().trim().to_owned();
+    let served = broker_support::served(Path::new(&sandbox_dir));
+    assert_eq!(
+        served,
+        vec![("API_TOKEN".to_owned(), "full-stderr-value".to_owned())]
+    );
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon died");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
