@@ -441,3 +441,194 @@ fn a_full_stderr_or_stdout_keeps_every_exit_code() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: spill files only on memory-backed storage
+
+/// A value over `MAX_ARG_STRLEN` (128 KiB): it must go to a file.
+fn big_value() -> String {
+    "spillVal-Zq81-".repeat(200 * 1024 / 14)
+}
+
+/// Every regular file under `root` (not following symlinks).
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn assert_nothing_holds(root: &Path, value: &str, what: &str) {
+    for f in files_under(root) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(64).any(|w| w == &value.as_bytes()[..64]),
+            "{what}: {} holds the value",
+            f.display()
+        );
+    }
+}
+
+/// The real init in a private mount namespace after `setup` (shell commands, run as root): a
+/// fake broker serves `BIG` (spilled) and `SMALL`; the child records where `BIG_FILE` points,
+/// that file's filesystem type and contents in `out`.
+fn spill_run(setup: &str, env: &[(&str, &str)], out: &Path) -> (String, Output) {
+    let peer = Peer::serving(&[("BIG", &big_value()), ("SMALL", "small")]);
+    let o = out.display();
+    let child = format!(
+        "echo \"$BIG_FILE\" > {o}/path; stat -f -c %T \"$(dirname \"$BIG_FILE\")\" > {o}/fstype; \
+         cat \"$BIG_FILE\" > {o}/big"
+    );
+    // The init's environment, behind the namespace wrapper.
+    let cmd = init_cmd(&peer.socket, env, &[]);
+    let script = format!("set -e; {setup}; exec \"$@\"");
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            INIT,
+        ])
+        .args(["--", "sh", "-c", &child])
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let r = finish(wrapped);
+    drop(peer);
+    r
+}
+
+fn can_unshare_mounts() -> bool {
+    is_root()
+        && Command::new("unshare")
+            .args(["-m", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// `/run/sandbox-init` on the container's disk (a disk directory bound there, a stale spill file
+/// of an older version in it): the value goes to a tmpfs under `/dev/shm` instead, the stale
+/// file is removed, and nothing on the disk holds the value. With `/dev/shm` on disk too the
+/// init refuses before starting anything, naming the fix; a tmpfs at `/run/sandbox-init` is used
+/// as before; a `SANDBOX_INIT_SECRETS_DIR` on disk is refused naming the variable.
+#[test]
+fn spill_files_only_land_on_memory_backed_storage() {
+    if !can_unshare_mounts() {
+        return support::skip("needs root and mount namespaces (unshare -m)");
+    }
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let fs_of = |p: &Path| {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    if fs_of(disk.path()) == "tmpfs" {
+        return support::skip("the target directory is on a tmpfs: no disk to try");
+    }
+    let big = big_value();
+    let d = disk.path().display();
+    // A private /run (so nothing is made on the host's), the disk bound at /run/sandbox-init.
+    let disk_run = format!(
+        "mount -t tmpfs tmpfs /run; mkdir -p /run/sandbox-init {d}/run/secrets {d}/shm; \
+         mount --bind {d}/run /run/sandbox-init; mount -t tmpfs tmpfs /dev/shm"
+    );
+    std::fs::create_dir_all(disk.path().join("run/secrets")).unwrap();
+    std::fs::write(disk.path().join("run/secrets/OLD"), &big[..4096]).unwrap();
+
+    // 1. Disk at /run/sandbox-init, tmpfs at /dev/shm: the fallback.
+    let out = tempfile::tempdir().unwrap();
+    let (shown, o) = spill_run(&disk_run, &[], out.path());
+    let text = explain(&shown, &o);
+    assert!(o.status.success(), "{text}");
+    let read = |out: &tempfile::TempDir, f: &str| {
+        std::fs::read_to_string(out.path().join(f)).unwrap_or_default()
+    };
+    assert_eq!(
+        read(&out, "path").trim(),
+        "/dev/shm/sandbox-init/secrets/BIG",
+        "{text}"
+    );
+    assert_eq!(read(&out, "fstype").trim(), "tmpfs", "{text}");
+    assert!(
+        read(&out, "big") == big,
+        "BIG_FILE does not hold the value\n{text}"
+    );
+    assert!(
+        !disk.path().join("run/secrets/OLD").exists(),
+        "the stale spill file on disk was kept\n{text}"
+    );
+    assert_nothing_holds(disk.path(), &big, "fallback");
+
+    // 2. Disk at both: refused before the child, naming the fix; nothing written.
+    let out = tempfile::tempdir().unwrap();
+    let both_disk = format!("{disk_run}; mount --bind {d}/shm /dev/shm");
+    let (shown, o) = spill_run(&both_disk, &[], out.path());
+    let text = explain(&shown, &o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        !out.path().join("path").exists(),
+        "the child started\n{text}"
+    );
+    assert!(
+        err.contains("oversized secrets")
+            && err.contains("not on memory-backed storage")
+            && err.contains("--tmpfs /run/sandbox-init"),
+        "{text}"
+    );
+    assert_nothing_holds(disk.path(), &big, "both on disk");
+
+    // 3. A tmpfs at /run/sandbox-init: used as before.
+    let out = tempfile::tempdir().unwrap();
+    let tmpfs_run = "mount -t tmpfs tmpfs /run; mkdir -p /run/sandbox-init; \
+                     mount -t tmpfs tmpfs /run/sandbox-init";
+    let (shown, o) = spill_run(tmpfs_run, &[], out.path());
+    let text = explain(&shown, &o);
+    assert!(o.status.success(), "{text}");
+    assert_eq!(
+        read(&out, "path").trim(),
+        "/run/sandbox-init/secrets/BIG",
+        "{text}"
+    );
+    assert_eq!(read(&out, "fstype").trim(), "tmpfs", "{text}");
+
+    // 4. SANDBOX_INIT_SECRETS_DIR on disk: refused naming the variable, no fallback.
+    let out = tempfile::tempdir().unwrap();
+    let explicit = disk.path().join("explicit");
+    let (shown, o) = spill_run(
+        "true",
+        &[("SANDBOX_INIT_SECRETS_DIR", explicit.to_str().unwrap())],
+        out.path(),
+    );
+    let text = explain(&shown, &o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        err.contains("SANDBOX_INIT_SECRETS_DIR") && err.contains("not on memory-backed"),
+        "{text}"
+    );
+    assert!(!explicit.exists(), "{text}");
+    assert_nothing_holds(disk.path(), &big, "explicit on disk");
+}

@@ -387,7 +387,7 @@ fn faulty_peers_fail_closed_unless_optional() {
 fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     let big: String = "0123456789abcdef".repeat(200 * 1024 / 16) + "-end-distinct";
     let server = serve(&[("BIG", &big), ("SMALL", "small-distinct")]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("run/sandbox-init/secrets");
     // Left from an earlier start: a revoked secret's file, and the directory too open.
     std::fs::create_dir_all(&spill).unwrap();
@@ -441,7 +441,7 @@ fn many_values_over_the_total_budget_spill_the_largest_first() {
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let server = serve(&pairs);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("spill");
     let inherited = env(&[("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap())]);
     let got = inject::prepare(
@@ -749,7 +749,7 @@ fn env_prints_nothing_without_a_socket_and_nothing_on_failure() {
 fn env_exports_a_file_for_an_oversized_value() {
     let big = "z".repeat(140 * 1024) + "-env-big-distinct";
     let server = serve(&[("BIG", &big), ("SMALL", "s")]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("secrets");
     let text = env_output(
         &server.socket,
