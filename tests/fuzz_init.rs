@@ -480,7 +480,7 @@ fn fuzz_config_file() {
                 std::fs::write(&path, bytes).unwrap();
             }
             let list: Vec<Entry> = entries.iter().map(|(s, a)| entry("ID", s, a)).collect();
-            let written = dockercfg::write_config(&cfg, true, &list, uid, gid)
+            let written = dockercfg::write_config(&cfg, &list, uid, gid)
                 .map_err(|e| TestCaseError::fail(format!("write_config: {e}")))?;
             prop_assert_eq!(&written.path, &path);
             let out = std::fs::read(&path).unwrap();
@@ -748,7 +748,7 @@ fn regression_config_json_numbers_survive_a_merge_exactly() {
     std::fs::write(dir.path().join("config.json"), &text).unwrap();
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    dockercfg::write_config(dir.path(), true, &[entry("A", "ghcr.io", "YTpi")], uid, gid).unwrap();
+    dockercfg::write_config(dir.path(), &[entry("A", "ghcr.io", "YTpi")], uid, gid).unwrap();
     let out: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     // The digits are kept as written; only an exponent gains its explicit sign (`1e+300`).

@@ -632,3 +632,299 @@ fn spill_files_only_land_on_memory_backed_storage() {
     assert!(!explicit.exists(), "{text}");
     assert_nothing_holds(disk.path(), &big, "explicit on disk");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: DOCKER_CONFIG as a confused deputy
+
+/// base64("root:root-secret-7Qx"): root's own registry login, which must never reach `dev`.
+const ROOT_AUTH: &str = "cm9vdDpyb290LXNlY3JldC03UXg=";
+/// base64("other:other-secret-3Kp"): another user's registry login.
+const OTHER_AUTH: &str = "b3RoZXI6b3RoZXItc2VjcmV0LTNLcA==";
+const DEV: u32 = 1000;
+const OTHER: u32 = 1001;
+
+/// A world for the init as root with `--user dev`: a private copy of `/etc` (with `dev` and
+/// `other` in passwd, root's 0600 `/etc/docker/config.json`) and a `/home` with `dev`'s home
+/// and `other`'s 0700 `.docker`, bound over the real ones in a mount namespace.
+struct World {
+    root: tempfile::TempDir,
+    /// What the host's `/etc/docker` held, plus root's `config.json`.
+    etc_docker: Vec<String>,
+}
+
+impl World {
+    fn new() -> World {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let r = root.path();
+        let status = Command::new("cp")
+            .args(["-a", "/etc"])
+            .arg(r.join("etc"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut passwd = std::fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("etc/passwd"))
+            .unwrap();
+        writeln!(passwd, "dev:x:{DEV}:{DEV}::/home/dev:/bin/sh").unwrap();
+        writeln!(passwd, "other:x:{OTHER}:{OTHER}::/home/other:/bin/sh").unwrap();
+        let put = |path: &str, text: &str, mode: u32, owner: u32| {
+            let p = r.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            set_mode(&p, mode);
+            std::os::unix::fs::chown(&p, Some(owner), Some(owner)).unwrap();
+        };
+        put(
+            "etc/docker/config.json",
+            &format!(r#"{{"auths":{{"root.example":{{"auth":"{ROOT_AUTH}"}}}}}}"#),
+            0o600,
+            0,
+        );
+        set_mode(&r.join("etc/docker"), 0o755);
+        put(
+            "home/other/.docker/config.json",
+            &format!(r#"{{"auths":{{"other.example":{{"auth":"{OTHER_AUTH}"}}}}}}"#),
+            0o600,
+            OTHER,
+        );
+        for (d, mode, owner) in [
+            ("home", 0o755, 0),
+            ("home/other", 0o755, OTHER),
+            ("home/other/.docker", 0o700, OTHER),
+        ] {
+            set_mode(&r.join(d), mode);
+            std::os::unix::fs::chown(r.join(d), Some(owner), Some(owner)).unwrap();
+        }
+        std::fs::create_dir(r.join("home/dev")).unwrap();
+        std::os::unix::fs::chown(r.join("home/dev"), Some(DEV), Some(DEV)).unwrap();
+        set_mode(r, 0o755);
+        let mut w = World {
+            root,
+            etc_docker: Vec::new(),
+        };
+        w.etc_docker = w.listing("etc/docker");
+        w
+    }
+
+    fn listing(&self, p: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.path().join(p)
+    }
+
+    /// Runs the real init (root, `--user dev`) in the world with `DOCKER_CONFIG` (when given),
+    /// served a registry triplet; its child marks `/home/dev/started`.
+    fn run(&self, docker_config: Option<&str>, extra: &[&str]) -> (String, Output) {
+        let peer = Peer::serving(&[
+            ("R_CONTAINER_REGISTRY_SERVER", "reg.example"),
+            ("R_CONTAINER_REGISTRY_USER", "u"),
+            ("R_CONTAINER_REGISTRY_PASSWORD", "dev-pw-distinct-5Wq"),
+        ]);
+        let r = self.root.path().display();
+        let script =
+            format!("set -e; mount --bind {r}/etc /etc; mount --bind {r}/home /home; exec \"$@\"");
+        let _ = std::fs::remove_file(self.path("home/dev/started"));
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            INIT,
+        ])
+        .args(["--user", "dev"])
+        .args(extra)
+        .args(["--", "sh", "-c", "touch /home/dev/started"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("SANDBOX_SECRETS_SOCKET", &peer.socket)
+        .env("SANDBOX_INIT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(d) = docker_config {
+            cmd.env("DOCKER_CONFIG", d);
+        }
+        let r = finish(cmd);
+        drop(peer);
+        r
+    }
+
+    /// Every file and directory of the world `dev` owns, relative to the world.
+    fn owned_by_dev(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                if std::os::unix::fs::MetadataExt::uid(&m) == DEV {
+                    out.push(
+                        e.path()
+                            .strip_prefix(self.root.path())
+                            .unwrap()
+                            .display()
+                            .to_string(),
+                    );
+                }
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Fails unless root's and other's files are exactly as made, and nothing of theirs is
+    /// readable in anything `dev` owns.
+    fn assert_untouched(&self, text: &str) {
+        let meta = |p: &str| std::fs::symlink_metadata(self.path(p)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        for (p, auth, owner) in [
+            ("etc/docker/config.json", ROOT_AUTH, 0),
+            ("home/other/.docker/config.json", OTHER_AUTH, OTHER),
+        ] {
+            let m = meta(p);
+            assert_eq!((m.uid(), m.mode() & 0o7777), (owner, 0o600), "{p}\n{text}");
+            let body = std::fs::read_to_string(self.path(p)).unwrap();
+            assert!(
+                body.contains(auth) && !body.contains("reg.example"),
+                "{p}\n{text}"
+            );
+        }
+        let m = meta("etc/docker");
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "{text}");
+        let m = meta("home/other/.docker");
+        assert_eq!((m.uid(), m.mode() & 0o7777), (OTHER, 0o700), "{text}");
+        assert_eq!(self.listing("etc/docker"), self.etc_docker, "{text}");
+        assert_eq!(
+            self.listing("home/other/.docker"),
+            ["config.json"],
+            "{text}"
+        );
+        assert!(!self.path("etc/config.json").exists(), "{text}");
+        for f in self.owned_by_dev() {
+            let p = self.path(&f);
+            if p.is_file() {
+                let body = std::fs::read_to_string(&p).unwrap_or_default();
+                assert!(
+                    !body.contains(ROOT_AUTH) && !body.contains(OTHER_AUTH),
+                    "{f} of dev holds another user's credentials\n{text}"
+                );
+            }
+        }
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// Issue 10 item 8: the init (root) with `--user dev` and `DOCKER_CONFIG` at root's
+/// `/etc/docker` (root's 0600 `config.json`), at another user's `.docker`, or at `/etc`: each
+/// fails closed before the child starts, naming the directory and why, and leaves root's and
+/// other's files as they were, with nothing handed to `dev`. `--secrets optional` starts the
+/// child but still writes nothing there. `dev`'s own home works, parents created as `dev`; a
+/// `~/.docker` root left in dev's home is not taken over.
+#[test]
+fn docker_config_never_reads_or_hands_over_what_the_target_could_not() {
+    if !can_unshare_mounts() {
+        return support::skip("needs root and mount namespaces (unshare -m)");
+    }
+    let w = World::new();
+    let started = w.path("home/dev/started");
+    let cases = [
+        ("/etc/docker", "docker config directory /etc/docker belongs to uid 0, not to the target uid 1000"),
+        ("/home/other/.docker", "cannot prepare docker config directory /home/other/.docker as uid 1000: Permission denied"),
+        ("/etc", "docker config directory /etc belongs to uid 0, not to the target uid 1000"),
+        ("/etc/new/docker", "cannot prepare docker config directory /etc/new/docker as uid 1000: Permission denied"),
+    ];
+    for (dir, why) in cases {
+        let (shown, out) = w.run(Some(dir), &[]);
+        let text = explain(&shown, &out);
+        assert_eq!(out.status.code(), Some(1), "{dir}\n{text}");
+        assert!(!started.exists(), "{dir}: the child started\n{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot write registry credentials") && err.contains(why),
+            "{dir}: expected {why:?}\n{text}"
+        );
+        assert!(!err.contains("dev-pw-distinct"), "{text}");
+        w.assert_untouched(&text);
+        assert!(!w.path("etc/new").exists(), "{text}");
+        assert_eq!(w.owned_by_dev(), ["home/dev"], "{dir}\n{text}");
+    }
+    // other's .docker open to everyone: still another user's directory.
+    set_mode(&w.path("home/other/.docker"), 0o755);
+    let (shown, out) = w.run(Some("/home/other/.docker"), &[]);
+    let text = explain(&shown, &out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 1001, not to the target"),
+        "{text}"
+    );
+    set_mode(&w.path("home/other/.docker"), 0o700);
+    w.assert_untouched(&text);
+
+    // --secrets optional: a warning, the child starts, nothing written there.
+    let (shown, out) = w.run(Some("/etc/docker"), &["--secrets", "optional"]);
+    let text = explain(&shown, &out);
+    assert!(out.status.success() && started.exists(), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 0"),
+        "{text}"
+    );
+    w.assert_untouched(&text);
+
+    // dev's own: ~/.docker, and DOCKER_CONFIG under its home with parents to make.
+    for (dc, file) in [
+        (None, "home/dev/.docker/config.json"),
+        (
+            Some("/home/dev/.config/docker"),
+            "home/dev/.config/docker/config.json",
+        ),
+    ] {
+        let (shown, out) = w.run(dc, &[]);
+        let text = explain(&shown, &out);
+        assert!(out.status.success() && started.exists(), "{text}");
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(w.path(file)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (DEV, 0o600), "{text}");
+        let body = std::fs::read_to_string(w.path(file)).unwrap();
+        assert!(body.contains("reg.example"), "{body}");
+        w.assert_untouched(&text);
+    }
+
+    // A ~/.docker root made in dev's home (an image built as root): not taken over.
+    let root_docker = w.path("home/dev/.docker");
+    std::fs::remove_dir_all(&root_docker).unwrap();
+    std::fs::create_dir(&root_docker).unwrap();
+    set_mode(&root_docker, 0o755);
+    let (shown, out) = w.run(None, &[]);
+    let text = explain(&shown, &out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/home/dev/.docker belongs to uid 0, not to the target uid 1000"),
+        "{text}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&root_docker).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "{text}");
+    assert_eq!(
+        std::fs::read_dir(&root_docker).unwrap().count(),
+        0,
+        "{text}"
+    );
+}

@@ -154,6 +154,20 @@ fn target(home: &Path) -> Target {
     }
 }
 
+/// A temp dir the target can traverse: the init works on docker config files as the target.
+fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Gives `paths` to the target: the init writes credentials only where the target owns.
+fn give(t: &Target, paths: &[&Path]) {
+    for p in paths {
+        std::os::unix::fs::lchown(p, Some(t.uid), Some(t.gid)).unwrap();
+    }
+}
+
 fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
     pairs
         .iter()
@@ -508,7 +522,7 @@ fn read_json(p: &Path) -> serde_json::Value {
 
 #[test]
 fn a_triplet_merges_into_config_json_keeping_other_auths() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let home = dir.path().join("home");
     let docker = home.join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
@@ -529,6 +543,7 @@ fn a_triplet_merges_into_config_json_keeping_other_auths() {
     secrets.push(("PLAIN".into(), "plain-distinct"));
     let server = serve_owned(&secrets);
     let t = target(&home);
+    give(&t, &[&docker]);
     let (got, logs) =
         logged(|| inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &[]));
     let got = got.unwrap();
@@ -572,11 +587,13 @@ fn a_triplet_merges_into_config_json_keeping_other_auths() {
 
 #[test]
 fn docker_config_env_is_honoured_and_a_missing_dir_is_created_private() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let cfg = dir.path().join("cfg/docker");
     let secrets = triplet("R", "ghcr.io", "u", "ghcr-pw-distinct");
     let server = serve_owned(&secrets);
     let t = target(&dir.path().join("no-such-home"));
+    std::fs::create_dir(dir.path().join("cfg")).unwrap();
+    give(&t, &[&dir.path().join("cfg")]);
     let inherited = env(&[("DOCKER_CONFIG", cfg.to_str().unwrap())]);
     inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &inherited).unwrap();
     let config = read_json(&cfg.join("config.json"));
@@ -592,13 +609,14 @@ fn docker_config_env_is_honoured_and_a_missing_dir_is_created_private() {
 
 #[test]
 fn a_corrupt_config_is_kept_aside_and_shadowing_helpers_warned() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let docker = dir.path().join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
     let corrupt = b"{\"auths\": {\"x\": {\"auth\": \"truncated-distinct";
     std::fs::write(docker.join("config.json"), corrupt).unwrap();
     let server = serve_owned(&triplet("R", "reg.example", "u", "corrupt-case-pw"));
     let t = target(dir.path());
+    give(&t, &[&docker]);
     let (got, logs) =
         logged(|| inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &[]));
     got.unwrap();
@@ -912,7 +930,7 @@ fn prepare_guarded(
 
 #[test]
 fn a_fifo_at_config_json_is_kept_aside_without_blocking() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let docker = dir.path().join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
     nix::unistd::mkfifo(
@@ -922,6 +940,7 @@ fn a_fifo_at_config_json_is_kept_aside_without_blocking() {
     .unwrap();
     let server = serve_owned(&triplet("R", "reg.example", "u", "fifo-case-pw"));
     let t = target(dir.path());
+    give(&t, &[&docker, &docker.join("config.json")]);
     let (got, logs) = prepare_guarded(&server.socket, &t, Vec::new());
     got.unwrap();
     assert!(logs.contains("not a regular file"), "{logs}");
@@ -941,7 +960,7 @@ fn a_symlinked_docker_dir_or_parent_of_the_user_is_not_followed() {
         return;
     }
     use std::os::unix::fs::{lchown, symlink};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let victim = dir.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -982,6 +1001,8 @@ fn parents_created_for_docker_config_belong_to_the_target() {
     let cfg = dir.path().join("h/.config/docker");
     let server = serve_owned(&triplet("R", "ghcr.io", "u", "parents-case-pw"));
     let t = target(&dir.path().join("h"));
+    // Created as the target: only where it may create (its own directory here).
+    give(&t, &[dir.path()]);
     let (got, logs) = prepare_guarded(
         &server.socket,
         &t,

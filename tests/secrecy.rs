@@ -677,7 +677,8 @@ fn pid1_init_and_daemon_hold_no_value_in_proc_files_or_init_memory() {
     let work = tempfile::tempdir_in("/dev/shm").unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = nobody_dir(work.path(), "out");
-    let docker = work.path().join("docker");
+    // The init writes config.json as the target: into a directory nobody owns.
+    let docker = nobody_dir(work.path(), "docker");
     let spill = work.path().join("spill");
 
     let mut cmd = Command::new("sh");

@@ -440,7 +440,7 @@ fn registry_credentials(
         ));
         return Ok(());
     }
-    match dockercfg::write_config(&dir, explicit, &entries, target.uid, target.gid) {
+    match dockercfg::write_config(&dir, &entries, target.uid, target.gid) {
         Ok(written) => {
             for w in written.warnings {
                 warn(format_args!("{w}"));
