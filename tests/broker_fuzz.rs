@@ -380,8 +380,13 @@ fn fuzz_name_rules() {
         "[A-Za-z0-9_]{0,20}",
         "(github_|GITHUB_|sandbox_|Sandbox_|ld_|LD_|git_|Python|perl|_java_)[A-Za-z0-9_]{0,8}",
         "[A-Za-z0-9_]{0,8}_(proxy|Proxy|PROXY)",
-        prop::sample::select(DANGEROUS.iter().map(|d| d.example).collect::<Vec<_>>())
-            .prop_map(|n| n.to_ascii_lowercase()),
+        prop::sample::select(
+            DANGEROUS
+                .iter()
+                .map(|d| d.pattern.example())
+                .collect::<Vec<_>>()
+        )
+        .prop_map(|n| n.to_ascii_lowercase()),
         any::<String>(),
         (250usize..260).prop_map(|n| "A".repeat(n)),
     ];

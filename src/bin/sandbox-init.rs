@@ -68,6 +68,9 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn written(out: std::io::Result<()>) -> ExitCode {
     match out {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(anyhow::Error::from(e).context("cannot write to stdout")),
+        Err(e) => {
+            logging::to_stderr(format_args!("sandbox-init: cannot write to stdout: {e}\n"));
+            ExitCode::from(1)
+        }
     }
 }
