@@ -312,6 +312,37 @@ fn each_dangerous_name_attack_is_refused_by_the_init_on_arrival() {
     }
 }
 
+/// README's table of dangerous names is the table the code enforces: the same families, each
+/// with its reason, nothing more.
+#[test]
+fn readme_lists_every_dangerous_family_with_its_reason() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Dangerous secret names")
+        .nth(1)
+        .expect("README has a Dangerous secret names section");
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| names |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().replace('`', ""))
+                .collect();
+            (cells[0].clone(), cells[1].clone())
+        })
+        .collect();
+    let code: Vec<(String, String)> = sandbox_init::protocol::DANGEROUS
+        .iter()
+        .map(|d| (d.pattern.to_string(), d.reason.to_owned()))
+        .collect();
+    assert_eq!(rows, code);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 10: an unwritable stderr or stdout
 
