@@ -664,6 +664,49 @@ fn spill_files_only_land_on_memory_backed_storage() {
     assert_nothing_holds(disk.path(), &big, "explicit on disk");
 }
 
+/// `SANDBOX_INIT_SECRETS_DIR` at a directory holding root's files (`/dev/shm` itself, say), or
+/// at another user's: the init (root, `--user nobody`) does not chmod and chown it to the
+/// target; it stops before the child, naming the owner, and the directory stays as it was.
+#[test]
+fn a_spill_directory_of_someone_else_is_not_taken_over() {
+    if !is_root() {
+        return support::skip("needs root to act for another user");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let peer = Peer::serving(&[("BIG", &big_value())]);
+    for (owner, file) in [(0, Some("roots-file")), (OTHER, None)] {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        set_mode(dir.path(), 0o755);
+        std::os::unix::fs::chown(dir.path(), Some(owner), Some(owner)).unwrap();
+        if let Some(f) = file {
+            std::fs::write(dir.path().join(f), b"root's").unwrap();
+        }
+        let (shown, out) = finish(init_cmd(
+            &peer.socket,
+            &[("SANDBOX_INIT_SECRETS_DIR", dir.path().to_str().unwrap())],
+            &["--user", "nobody", "--", "sh", "-c", "echo child-started"],
+        ));
+        let text = explain(&shown, &out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("child-started"),
+            "{text}"
+        );
+        let want = format!("belongs to uid {owner}, not to the target uid 65534");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&want),
+            "{text}"
+        );
+        let m = std::fs::metadata(dir.path()).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (owner, 0o755), "{text}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), usize::from(file.is_some()), "{left:?}\n{text}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 8: DOCKER_CONFIG as a confused deputy
 

@@ -408,6 +408,7 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     std::fs::set_permissions(&spill, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(spill.join("REVOKED"), b"revoked-distinct").unwrap();
     let t = target(dir.path());
+    give(&t, &[&spill]); // an earlier start made it the target's
     let inherited = env(&[
         ("BIG", "stale-inherited"),
         ("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap()),

@@ -92,10 +92,13 @@ pub fn choose_dir(explicit: Option<&Path>) -> io::Result<PathBuf> {
     }
 }
 
-/// [`ensure_private_dir`], refused unless the directory opened is on tmpfs or ramfs (a disk
-/// mounted there after [`choose_dir`] looked does not count).
+/// [`ensure_private_dir`] for the spill directory, refused unless the directory opened is on
+/// tmpfs or ramfs (a disk mounted there after [`choose_dir`] looked does not count), and
+/// unless it is the target's already or an empty one of root's (as the init makes it): the init
+/// never chmods and chowns to the target a directory holding someone else's files
+/// (`SANDBOX_INIT_SECRETS_DIR=/dev/shm`, say).
 pub fn open_spill_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
-    let d = ensure_private_dir(dir, uid, gid)?;
+    let d = open_dir(dir, true, None)?;
     let st = nix::sys::statfs::fstatfs(&d.fd)?;
     if !memory_backed(fs_type(&st)) {
         return Err(on_disk(
@@ -104,7 +107,27 @@ pub fn open_spill_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
             "mount a tmpfs there (docker run --tmpfs /run/sandbox-init)",
         ));
     }
+    let owner = d.stat()?.st_uid;
+    if owner != uid && !(owner == 0 && is_empty(&d)?) {
+        return Err(io::Error::other(format!(
+            "it belongs to uid {owner}, not to the target uid {uid}, and is not empty: the init \
+             does not take over another user's directory; point {SPILL_DIR_ENV} at a new one"
+        )));
+    }
+    d.make_private(uid, gid)?;
     Ok(d)
+}
+
+/// Whether the open directory `d` has no entry, read through its descriptor where `/proc` is
+/// mounted.
+fn is_empty(d: &Dir) -> io::Result<bool> {
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", d.raw()));
+    let path = if by_fd.exists() {
+        by_fd.as_path()
+    } else {
+        d.path()
+    };
+    Ok(fs::read_dir(path)?.next().is_none())
 }
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
