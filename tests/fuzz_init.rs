@@ -127,8 +127,10 @@ fn arb_server() -> impl Strategy<Value = String> {
 fn arb_name() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => "[A-Za-z_][A-Za-z0-9_]{0,12}",
-        1 => prop::sample::select(protocol::DANGEROUS.iter().map(|d| d.pattern.example()).collect::<Vec<_>>())
-            .prop_map(|n| n.to_ascii_lowercase()),
+        1 => prop::sample::select(
+            protocol::DANGEROUS.iter().map(|d| d.pattern.example()).collect::<Vec<_>>()
+        )
+        .prop_map(|n| n.to_ascii_lowercase()),
         1 => "(git_|Python|NODE_|bash|ssl_|[A-Z]{0,4}_proxy)[A-Z0-9_]{0,6}",
         1 => "(GITHUB_|SANDBOX_|github_|Sandbox_)[A-Z0-9_]{0,6}",
         1 => "[0-9][A-Z0-9_]{0,6}",

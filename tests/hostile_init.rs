@@ -918,11 +918,13 @@ fn docker_config_never_reads_or_hands_over_what_the_target_could_not() {
     }
     let w = World::new();
     let started = w.path("home/dev/started");
+    let not_dev = "belongs to uid 0, not to the target uid 1000";
+    let denied = "as uid 1000: Permission denied";
     let cases = [
-        ("/etc/docker", "docker config directory /etc/docker belongs to uid 0, not to the target uid 1000"),
-        ("/home/other/.docker", "cannot prepare docker config directory /home/other/.docker as uid 1000: Permission denied"),
-        ("/etc", "docker config directory /etc belongs to uid 0, not to the target uid 1000"),
-        ("/etc/new/docker", "cannot prepare docker config directory /etc/new/docker as uid 1000: Permission denied"),
+        ("/etc/docker", not_dev),
+        ("/home/other/.docker", denied),
+        ("/etc", not_dev),
+        ("/etc/new/docker", denied),
     ];
     for (dir, why) in cases {
         let (shown, out) = w.run(Some(dir), &[]);
@@ -930,8 +932,9 @@ fn docker_config_never_reads_or_hands_over_what_the_target_could_not() {
         assert_eq!(out.status.code(), Some(1), "{dir}\n{text}");
         assert!(!started.exists(), "{dir}: the child started\n{text}");
         let err = String::from_utf8_lossy(&out.stderr);
+        let why = format!("docker config directory {dir} {why}");
         assert!(
-            err.contains("cannot write registry credentials") && err.contains(why),
+            err.contains("cannot write registry credentials") && err.contains(&why),
             "{dir}: expected {why:?}\n{text}"
         );
         assert!(!err.contains("dev-pw-distinct"), "{text}");

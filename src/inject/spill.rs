@@ -1,8 +1,9 @@
 //! Files that hold secret bytes: the spill directory for values too large for `execve` (only
 //! ever on memory-backed storage: tmpfs or ramfs), and the atomic create-new-then-rename writer
 //! that docker's `config.json` uses too. Nothing here logs or formats a value; every file is
-//! created with its final restrictive mode before a byte is written. Every step inside a directory goes through one descriptor of it opened without
-//! following a symlink: a path swapped after the check never redirects a root write.
+//! created with its final restrictive mode before a byte is written. Every step inside a
+//! directory goes through one descriptor of it opened without following a symlink: a path
+//! swapped after the check never redirects a root write.
 
 use std::ffi::OsStr;
 use std::fs;
