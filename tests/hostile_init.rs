@@ -364,6 +364,8 @@ fn a_full_stderr_or_stdout_keeps_every_exit_code() {
             finish(cmd)
         };
     let missing = "/nonexistent/secrets.sock";
+    let peer = Peer::serving(&[("API_TOKEN", "env-full-value")]);
+    let served = peer.socket.to_str().unwrap();
     // (binary, arguments, environment, stdout full too, expected exit code)
     type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, bool, i32);
     let cases: Vec<Case> = vec![
@@ -389,6 +391,24 @@ fn a_full_stderr_or_stdout_keeps_every_exit_code() {
             ],
             false,
             7,
+        ),
+        // `sandbox-init env` whose export lines are lost, and one whose stderr is full.
+        (
+            INIT,
+            vec!["env"],
+            vec![("SANDBOX_SECRETS_SOCKET", served)],
+            true,
+            1,
+        ),
+        (
+            INIT,
+            vec!["env"],
+            vec![
+                ("SANDBOX_SECRETS_SOCKET", served),
+                ("SANDBOX_INIT_LOG", "trace"),
+            ],
+            false,
+            0,
         ),
         (SECRETS, vec!["--bogus"], vec![], false, 2),
         (SECRETS, vec!["--help"], vec![], true, 1),
