@@ -439,11 +439,19 @@ fn a_full_stderr_or_stdout_keeps_every_exit_code() {
         .stdin(Stdio::null())
         .stdout(dev_full())
         .stderr(dev_full());
-    let mut daemon = daemon.spawn().unwrap();
+    // Killed on drop: a failed assertion must not leave the daemon behind.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut daemon = KillOnDrop(daemon.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(run_dir.join("admin.sock")).is_err() {
         assert!(
-            daemon.try_wait().unwrap().is_none(),
+            daemon.0.try_wait().unwrap().is_none(),
             "the daemon died with a full stderr"
         );
         assert!(Instant::now() < deadline, "the daemon did not come up");
@@ -488,9 +496,7 @@ fn a_full_stderr_or_stdout_keeps_every_exit_code() {
         served,
         vec![("API_TOKEN".to_owned(), "full-stderr-value".to_owned())]
     );
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon died");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon died");
 }
 
 // ---------------------------------------------------------------------------------------------
