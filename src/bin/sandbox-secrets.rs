@@ -14,6 +14,14 @@ use sandbox_init::broker::daemon::Config;
 use sandbox_init::broker::http as chain;
 use sandbox_init::logging::{self, LogFormat};
 
+// std's eprintln! panics when stderr is closed or full (exit 134 under `panic=abort`); this one
+// ignores the failure. The commands' own output goes through the same kind of macros in
+// `broker::cli`, where a stdout failure makes the command exit 1 (`main`).
+macro_rules! eprintln {
+    () => { logging::to_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { logging::to_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "sandbox-secrets",
@@ -137,8 +145,23 @@ enum SandboxCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own `parse` exits 0 when `--help` cannot be written; the text is lost, so it is 1.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.print().is_err() && e.exit_code() == 0 {
+                1
+            } else {
+                e.exit_code()
+            };
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
     match run(cli) {
+        Ok(()) if logging::stdout_failed() => {
+            eprintln!("sandbox-secrets: error: cannot write to stdout");
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Each cause once, whether an error names it in its message or returns it as its

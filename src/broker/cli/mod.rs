@@ -3,6 +3,24 @@
 //! and times through [`table`]). The binary's edge, so errors are `anyhow` with context. Values
 //! come from stdin or a file, never argv, and are never printed.
 
+// std's print macros panic when their stream is closed or full (exit 134 under `panic=abort`).
+// These shadow them in this module: stderr failures are ignored, a stdout failure is remembered
+// by `logging::to_stdout` and makes the command exit 1 (the binary's `main`).
+macro_rules! println {
+    () => {{ let _ = crate::logging::to_stdout(format_args!("\n")); }};
+    ($($t:tt)*) => {{ let _ = crate::logging::to_stdout(format_args!("{}\n", format_args!($($t)*))); }};
+}
+macro_rules! print {
+    ($($t:tt)*) => {{ let _ = crate::logging::to_stdout(format_args!($($t)*)); }};
+}
+macro_rules! eprintln {
+    () => { crate::logging::to_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { crate::logging::to_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { crate::logging::to_stderr(format_args!($($t)*)) };
+}
+
 pub mod table;
 
 use std::io::{IsTerminal, Read, Write};
