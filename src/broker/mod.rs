@@ -4,8 +4,8 @@
 //! - [`server`]: `run(config, shutdown)`, the serve loops, peer checks, drain.
 //! - [`api`]: the sandbox and admin routes, their JSON types, error statuses.
 //! - [`acl`]: `plan(repo, user secrets, repository secrets)`, pure.
-//! - [`store`]: SQLite in WAL mode plus an in-memory copy of the sealed rows.
-//! - [`crypto`]: the key file and XChaCha20-Poly1305 sealing.
+//! - [`store`]: rules, sealing, manifest, migrations, key rotation, group commit over a
+//!   `Backend` (`store/sqlite.rs`); `store/seal.rs` holds the key files and XChaCha20-Poly1305.
 //! - [`sandboxes`]: run-directory layout, modes, sandbox ids.
 //! - [`audit`]: one log line per read or change, names only.
 //! - [`client`]: the admin client the CLI uses.
@@ -14,7 +14,6 @@ pub mod acl;
 pub mod api;
 pub mod audit;
 pub mod client;
-pub mod crypto;
 pub mod sandboxes;
 pub mod server;
 pub mod store;
