@@ -64,6 +64,9 @@ enum Command {
             default_value = "/var/lib/sandbox-secrets"
         )]
         state_dir: PathBuf,
+        /// Serve a store older than the last one this host wrote (a restored backup), once.
+        #[arg(long, env = "SANDBOX_SECRETS_ACCEPT_ROLLBACK")]
+        accept_rollback: bool,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -160,7 +163,10 @@ fn run(cli: Cli) -> Result<()> {
     logging::install(level, cli.log_format);
     let admin = || AdminClient::new(&cli.run_dir).context("cannot start the admin client");
     match cli.command {
-        Command::Serve { state_dir } => serve(state_dir, cli.run_dir.clone()),
+        Command::Serve {
+            state_dir,
+            accept_rollback,
+        } => serve(state_dir, cli.run_dir.clone(), accept_rollback),
         Command::Set {
             name,
             scope,
@@ -331,7 +337,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn serve(state_dir: PathBuf, run_dir: PathBuf) -> Result<()> {
+fn serve(state_dir: PathBuf, run_dir: PathBuf, accept_rollback: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -345,7 +351,9 @@ fn serve(state_dir: PathBuf, run_dir: PathBuf) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
             }
         };
-        server::run(Config::new(state_dir, run_dir), shutdown)
+        let mut config = Config::new(state_dir, run_dir);
+        config.accept_rollback = accept_rollback;
+        server::run(config, shutdown)
             .await
             .context("sandbox-secrets serve")
     })

@@ -35,6 +35,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Time given to open connections to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Serve a store older than the generation beside its key (`serve --accept-rollback`).
+    pub accept_rollback: bool,
 }
 
 impl Config {
@@ -47,6 +49,7 @@ impl Config {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            accept_rollback: false,
         }
     }
 }
@@ -189,7 +192,12 @@ impl Daemon {
 /// Runs the daemon until `shutdown` completes, then drains connections and removes its sockets.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     harden();
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open_with(
+        &config.state_dir,
+        super::store::OpenOptions {
+            accept_rollback: config.accept_rollback,
+        },
+    )?;
     for what in store.unreadable() {
         tracing::error!(secret = %what, "sealed value does not open (tampered?); sandboxes that read it will get an error");
     }

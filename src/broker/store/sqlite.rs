@@ -425,8 +425,12 @@ impl Backend for Sqlite {
         let copy =
             rusqlite::backup::Backup::new(&self.conn, &mut target).map_err(sql("start backup"))?;
         // All pages in one step: the copy is one consistent snapshot.
-        copy.run_to_completion(-1, std::time::Duration::ZERO, None)
-            .map_err(sql("copy backup"))?;
+        loop {
+            match copy.step(-1).map_err(sql("copy backup"))? {
+                rusqlite::backup::StepResult::Done => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
         drop(copy);
         target
             .execute_batch("PRAGMA journal_mode = DELETE;")
