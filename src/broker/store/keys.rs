@@ -81,9 +81,15 @@ fn generation_aad(key_id: &str) -> Vec<u8> {
     aad_v2("generation-file", &[key_id.as_bytes()])
 }
 
-/// Writes the store's generation beside the key, sealed, by rename. Not synced: after a power
-/// loss the file can be older than the database (no false alarm), never newer.
+/// Bytes of the generation file: one record padded to a fixed size, rewritten in place.
+const GENERATION_LEN: usize = 512;
+
+/// Writes the store's generation beside the key, sealed. The file is created once (0600, by
+/// rename) and then rewritten in place: one small write at offset 0, no new inode per commit.
+/// Not synced: after a power loss the file can be older than the database (no false alarm),
+/// never newer.
 pub fn write_generation(dir: &Path, key: &Sealer, generation: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
     let sealed = key
         .seal(
             generation.to_string().as_bytes(),
@@ -92,12 +98,26 @@ pub fn write_generation(dir: &Path, key: &Sealer, generation: u64) -> Result<(),
         )
         .map_err(|e| e.to_string())?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = serde_json::to_vec(&GenerationFile {
+    let mut body = serde_json::to_vec(&GenerationFile {
         key_id: key.id().to_string(),
         nonce: b64.encode(&sealed.nonce),
         ciphertext: b64.encode(&sealed.ciphertext),
     })
     .map_err(|e| e.to_string())?;
+    body.resize(GENERATION_LEN, b' ');
+    let path = dir.join(GENERATION_FILE);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) if f.metadata().is_ok_and(|m| m.len() == GENERATION_LEN as u64) => {
+            return f
+                .write_all_at(&body, 0)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()));
+        }
+        _ => {}
+    }
     let tmp = dir.join(format!("{GENERATION_FILE}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -109,12 +129,7 @@ pub fn write_generation(dir: &Path, key: &Sealer, generation: u64) -> Result<(),
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     f.write_all(&body)
         .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(GENERATION_FILE)).map_err(|e| {
-        format!(
-            "cannot replace {}: {e}",
-            dir.join(GENERATION_FILE).display()
-        )
-    })
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
 }
 
 /// What the generation file says.

@@ -403,11 +403,19 @@ impl Backend for Sqlite {
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        // Errors name what the commit was for (its first change): "write secret", "add sandbox".
+        let step = match changes.first() {
+            Some(Change::PutSecret(_)) => "write secret",
+            Some(Change::DeleteSecret { .. }) => "delete secret",
+            Some(Change::PutSandbox(_)) => "add sandbox",
+            Some(Change::DeleteSandbox(_)) => "remove sandbox",
+            Some(Change::PutMeta(_)) | None => "write manifest",
+        };
+        let tx = self.conn.transaction().map_err(sql(step))?;
         for change in changes {
-            write(&tx, change).map_err(sql("write"))?;
+            write(&tx, change).map_err(sql(step))?;
         }
-        tx.commit().map_err(sql("commit"))
+        tx.commit().map_err(sql(step))
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
