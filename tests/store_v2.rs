@@ -578,12 +578,22 @@ fn rows_refused_at_start_never_stop_the_daemon() {
         &format!(
             "UPDATE secrets SET ciphertext = x'00' WHERE kind = 'repo' AND scope = 'octo/a';
              UPDATE sandboxes SET repo = 'octo/b' WHERE id = '{}';
-             UPDATE secrets SET nonce = 'garbage' WHERE kind = 'user' AND name = 'NPM';",
+             UPDATE secrets SET nonce = 'garbage' WHERE kind = 'user' AND name = 'NPM';
+             DELETE FROM secrets WHERE kind = 'user' AND name = 'DEPLOY';",
             w.mona_a.0
         ),
     );
     w.d.start().unwrap();
     assert!(eventually(Duration::from_secs(5), || w.d.alive()));
+    let log = w.d.log_text();
+    for needle in [
+        "repository secret DB of octo/a: its seal does not verify",
+        &format!("sandbox {}: its seal does not verify", w.mona_a.0),
+        "user secret NPM of mona: malformed",
+        "row missing from the database (deleted outside the daemon?) row=user secret DEPLOY of hubot",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in:\n{log}");
+    }
     let (status, _) = fetch(&w.hubot_a.1);
     assert_eq!(status, 500);
     let other = w.d.sandbox("hubot", "octo/b");

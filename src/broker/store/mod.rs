@@ -381,6 +381,18 @@ fn secret_identity(kind: ScopeKind, scope: &str, name: &str) -> String {
 fn sandbox_identity(id: &str) -> String {
     format!("b\0{id}")
 }
+/// A manifest identity as a person would name the row.
+fn shown_identity(identity: &str) -> String {
+    let parts: Vec<&str> = identity.split('\0').collect();
+    match parts.as_slice() {
+        ["s", kind, scope, name] => match ScopeKind::parse(kind) {
+            Some(k) => what(k, scope, name),
+            None => identity.replace('\0', " "),
+        },
+        ["b", id] => format!("sandbox {id}"),
+        _ => identity.replace('\0', " "),
+    }
+}
 fn bucket_of(identity: &str) -> usize {
     // FNV-1a: spreads rows over buckets; the buckets are sealed, so this needs no secrecy.
     let mut h: u32 = 0x811c_9dc5;
@@ -798,11 +810,14 @@ impl Store {
         };
         let mut cache = Cache::default();
         let mut seen = Vec::new();
+        let mut refused_sandboxes = Vec::new();
+        let mut malformed = std::collections::HashSet::new();
         for rec in snap.secrets {
             let rec = match rec {
                 Ok(r) => r,
                 Err(m) => {
                     refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                    malformed.insert(m.row);
                     continue;
                 }
             };
@@ -861,6 +876,7 @@ impl Store {
                 Ok(r) => r,
                 Err(m) => {
                     refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                    malformed.insert(m.row);
                     continue;
                 }
             };
@@ -891,6 +907,7 @@ impl Store {
             });
             if let Err(why) = verdict {
                 refused.push(format!("sandbox {}: {why}", rec.id));
+                refused_sandboxes.push(identity);
                 continue;
             }
             seen.push((identity, rec.version));
@@ -910,6 +927,27 @@ impl Store {
                 manifest.set(identity, Some(v), g);
             }
             manifest.generation = g;
+        }
+        if !rebuild {
+            // Rows the manifest expects but the database lacks: deleted outside the daemon.
+            let present: std::collections::HashSet<String> = cache
+                .secrets
+                .keys()
+                .map(|(k, sc, n)| secret_identity(*k, sc, n))
+                .chain(refused_sandboxes.iter().cloned())
+                .chain(cache.sandboxes.keys().map(|id| sandbox_identity(id)))
+                .collect();
+            for (b, bucket) in manifest.buckets.iter().enumerate() {
+                if bad_buckets[b] {
+                    continue;
+                }
+                for identity in bucket
+                    .keys()
+                    .filter(|i| !present.contains(*i) && !malformed.contains(&shown_identity(i)))
+                {
+                    tracing::warn!(row = %shown_identity(identity), "row missing from the database (deleted outside the daemon?)");
+                }
+            }
         }
         for r in &refused {
             tracing::error!(row = %r, "row refused: it is not served; every other row is");
