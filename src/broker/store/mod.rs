@@ -1830,4 +1830,153 @@ mod tests {
         assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
         assert!(again.sandbox(&sb.id).is_none());
     }
+
+    fn filled(dir: &Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        store
+            .set_secret(
+                ScopeKind::User,
+                "mona",
+                "T",
+                "t-val",
+                Some(vec!["o/r".into()]),
+            )
+            .unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "R", "r-val", None)
+            .unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: "b".repeat(32),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 1,
+            })
+            .unwrap();
+        store
+    }
+
+    fn write_key(path: &Path, bytes: &[u8]) {
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+
+    fn values(store: &Store) -> Vec<(String, Vec<u8>)> {
+        store
+            .fetch(&"b".repeat(32))
+            .unwrap()
+            .secrets
+            .into_iter()
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect()
+    }
+
+    /// Rotation re-seals every row under a new key id; the old key is kept retired; every crash
+    /// point settles to one consistent key set at the next open.
+    #[test]
+    fn rotation_re_seals_everything_and_every_crash_point_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s");
+        let store = filled(&state);
+        let want = values(&store);
+        let before = store.key_status();
+        assert_eq!(before.rows.get(&before.active), Some(&3));
+        let old_key = std::fs::read(state.join(KEY_FILE)).unwrap();
+        let old_copy = dir.path().join("before-rotation.db");
+        store.backup(&old_copy).unwrap();
+        let old_db = std::fs::read(&old_copy).unwrap();
+        let new_id = store.rotate_key().unwrap();
+        assert_ne!(new_id, before.active);
+        let after = store.key_status();
+        assert_eq!(after.active, new_id);
+        assert_eq!(after.rows.len(), 1, "{after:?}");
+        assert_eq!(after.rows.get(&new_id), Some(&3));
+        assert_eq!(values(&store), want);
+        assert!(state
+            .join(format!("key.retired-{}", before.active))
+            .exists());
+        assert!(!state.join(NEXT_KEY_FILE).exists());
+        let new_key = std::fs::read(state.join(KEY_FILE)).unwrap();
+        drop(store);
+        let again = Store::open(&state).unwrap();
+        assert_eq!(values(&again), want);
+        assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
+        drop(again);
+
+        // Committed, files not yet renamed: `key` old, `key.next` new.
+        write_key(&state.join(NEXT_KEY_FILE), &new_key);
+        write_key(&state.join(KEY_FILE), &old_key);
+        std::fs::remove_file(state.join(format!("key.retired-{}", before.active))).unwrap();
+        let settled = Store::open(&state).unwrap();
+        assert_eq!(settled.key_status().active, new_id);
+        assert_eq!(values(&settled), want);
+        assert_eq!(std::fs::read(state.join(KEY_FILE)).unwrap(), new_key);
+        assert!(!state.join(NEXT_KEY_FILE).exists());
+        drop(settled);
+
+        // Committed, `key` already moved away (no `key`, only `key.next`).
+        std::fs::rename(state.join(KEY_FILE), state.join(NEXT_KEY_FILE)).unwrap();
+        let settled = Store::open(&state).unwrap();
+        assert_eq!(values(&settled), want);
+        drop(settled);
+
+        // Not committed: the database still under the old key, a `key.next` left behind.
+        let dir2 = tempfile::tempdir().unwrap();
+        let state2 = dir2.path().join("s");
+        std::fs::create_dir(&state2).unwrap();
+        std::fs::set_permissions(&state2, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        write_key(&state2.join(KEY_FILE), &old_key);
+        write_key(&state2.join(NEXT_KEY_FILE), &new_key);
+        std::fs::write(state2.join(DB_FILE), &old_db).unwrap();
+        // No generation file was copied: this host has never seen the store.
+        let undone = Store::open_with(
+            &state2,
+            OpenOptions {
+                accept_rollback: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(undone.key_status().active, before.active);
+        assert!(!state2.join(NEXT_KEY_FILE).exists());
+    }
+
+    /// A backup is a consistent copy that opens (with the key files) as a store.
+    #[test]
+    fn a_backup_opens_as_the_store_it_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s");
+        let store = filled(&state);
+        let want = values(&store);
+        let copy = dir.path().join("copy.db");
+        let generation = store.backup(&copy).unwrap();
+        assert!(generation > 1);
+        assert!(
+            store.backup(&copy).is_err(),
+            "an existing file is never overwritten"
+        );
+        let restored = dir.path().join("r");
+        std::fs::create_dir(&restored).unwrap();
+        std::fs::set_permissions(
+            &restored,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::copy(&copy, restored.join(DB_FILE)).unwrap();
+        std::fs::copy(state.join(KEY_FILE), restored.join(KEY_FILE)).unwrap();
+        // A host that never saw this store has no generation for it: the operator confirms.
+        let e = Store::open(&restored).unwrap_err().to_string();
+        assert!(e.contains("--accept-rollback"), "{e}");
+        let opened = Store::open_with(
+            &restored,
+            OpenOptions {
+                accept_rollback: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(values(&opened), want);
+        assert_eq!(opened.stored_generation(), generation);
+    }
 }
