@@ -722,3 +722,189 @@ fn concurrent_creates_share_commits() {
     );
     d.stop();
 }
+
+// ------------------------------------------------------------------------------------------
+// Key rotation and backups
+
+/// `key status --json` of a running daemon.
+fn key_status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.cli(&["key", "status", "--json"], None).ok().stdout()).unwrap()
+}
+
+#[test]
+fn key_rotate_re_seals_everything_and_status_shows_the_ids() {
+    let mut w = world();
+    let before = key_status(&w.d);
+    let old = before["active"].as_str().unwrap().to_owned();
+    assert_eq!(before["rows"][&old], 8, "{before}");
+    let out = w.d.cli(&["key", "rotate"], None).ok().stdout();
+    assert!(out.contains(&old), "{out}");
+    let after = key_status(&w.d);
+    let new = after["active"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        after["rows"],
+        serde_json::json!({ new.clone(): 8 }),
+        "{after}"
+    );
+    assert!(w.d.state.join(format!("key.retired-{old}")).exists());
+    let table = w.d.cli(&["key", "status"], None).ok().stdout();
+    assert!(
+        table.contains(&format!("{new}  active")) || table.contains(&new),
+        "{table}"
+    );
+    w.others_served(&[]);
+    // The rows really are sealed under the new key: the old key alone no longer opens them.
+    let log = w.d.stop();
+    assert_no_values("daemon log", log.as_bytes(), &VALUES);
+    let ids: Vec<String> = {
+        let db = rusqlite::Connection::open(w.d.state.join("secrets.db")).unwrap();
+        let mut st = db
+            .prepare("SELECT key_id FROM secrets UNION ALL SELECT key_id FROM sandboxes")
+            .unwrap();
+        let ids = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        ids
+    };
+    assert!(ids.iter().all(|i| *i == new), "{ids:?}");
+    std::fs::remove_file(w.d.state.join(format!("key.retired-{old}"))).unwrap();
+    w.d.start().unwrap();
+    w.others_served(&[]);
+    w.d.stop();
+}
+
+#[test]
+fn kill_9_at_any_point_of_a_rotation_loses_nothing() {
+    let mut d = Daemon::new();
+    let mut want: Vec<(PathBuf, Vec<(String, String)>)> = Vec::new();
+    for r in 0..10 {
+        let repo = format!("octo/k{r}");
+        let mut values = Vec::new();
+        for n in 0..30 {
+            let name = format!("K{n:02}");
+            let value = format!("rot-{r}-{n}-VALUE");
+            let body = serde_json::json!({"name": name, "repo": repo, "value": value});
+            let (status, text) =
+                admin_post(&d.run_dir(), "secrets/set", body.to_string().as_bytes()).unwrap();
+            assert_eq!(status, 200, "{text}");
+            values.push((name, value));
+        }
+        let (_, dir) = d.sandbox("mona", &repo);
+        want.push((dir, values));
+    }
+    // One rotation undisturbed, to know how long one takes; the kills land across twice that.
+    let started = std::time::Instant::now();
+    let (status, text) = admin_post(&d.run_dir(), "key/rotate", b"{}").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let took = started.elapsed();
+    let mut rng = Rng::from_env("kill_9_rotation");
+    let (mut rotated, mut committed) = (0, 0);
+    let mut key = key_status(&d)["active"].as_str().unwrap().to_owned();
+    for cycle in 0..10 {
+        let pid = d.pid();
+        let wait = Duration::from_micros(rng.below(2 * took.as_micros() as u64 + 1));
+        let run_dir = d.run_dir();
+        let rotation = std::thread::spawn(move || admin_post(&run_dir, "key/rotate", b"{}").ok());
+        std::thread::sleep(wait);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        if let Some((200, _)) = rotation.join().unwrap() {
+            rotated += 1;
+        }
+        d.kill9();
+        d.start()
+            .unwrap_or_else(|e| panic!("cycle {cycle} (killed after {wait:?}): {e}"));
+        let log = d.log_text();
+        assert!(!log.contains("row refused"), "cycle {cycle}:\n{log}");
+        let status = key_status(&d);
+        let active = status["active"].as_str().unwrap();
+        if active != key {
+            committed += 1;
+            key = active.to_owned();
+        }
+        assert_eq!(
+            status["rows"],
+            serde_json::json!({ active: 310 }),
+            "cycle {cycle}: every row under one key"
+        );
+        assert!(!d.state.join("key.next").exists(), "cycle {cycle}");
+        for (dir, values) in &want {
+            let got = served(dir);
+            assert_eq!(got.len(), values.len());
+            assert_eq!(&got, values, "cycle {cycle}");
+        }
+    }
+    eprintln!(
+        "kill -9 during rotation ({took:?} each): 10 kills, {committed} rotations committed, \
+         {rotated} of them acknowledged before the kill"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_and_is_detected_as_older() {
+    let mut w = world();
+    let file = w.d.dir.path().join("backup.db");
+    // Taken while sandboxes are being fetched.
+    let dir = w.mona_b.1.clone();
+    let reader = std::thread::spawn(move || {
+        for _ in 0..200 {
+            assert_eq!(fetch(&dir).0, 200);
+        }
+    });
+    let out =
+        w.d.cli(&["backup", file.to_str().unwrap()], None)
+            .ok()
+            .stdout();
+    reader.join().unwrap();
+    assert!(out.contains("backup of generation"), "{out}");
+    assert_eq!(mode(&file), 0o600);
+    w.d.cli(&["backup", file.to_str().unwrap()], None)
+        .fails_with("File exists");
+    // Later changes, then the restore of docs/operations.md: stop, copy back, start.
+    w.d.cli(
+        &["access", "TOKEN", "--user", "mona", "--repos", "octo/a"],
+        None,
+    )
+    .ok();
+    w.d.stop();
+    for f in ["secrets.db-wal", "secrets.db-shm"] {
+        let _ = std::fs::remove_file(w.d.state.join(f));
+    }
+    std::fs::copy(&file, w.d.state.join("secrets.db")).unwrap();
+    let e = refuses_to_start(&mut w.d, "is older than the last one this host wrote");
+    assert!(e.contains("generation"), "{e}");
+    // The operator confirms with the flag itself.
+    let log = w.d.dir.path().join("accept.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--accept-rollback", "--state-dir"])
+        .arg(&w.d.state)
+        .arg("--run-dir")
+        .arg(w.d.run_dir())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening")
+    }));
+    // The backup's state: TOKEN still granted to octo/b.
+    w.others_served(&[]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serving a store older"), "{text}");
+    w.d.start().unwrap();
+    w.others_served(&[]);
+    w.d.stop();
+}

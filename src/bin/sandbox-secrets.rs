@@ -12,12 +12,12 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use sandbox_init::broker::api::{
-    AccessRequest, ChangeAnswer, IdRequest, ListAnswer, PlanAnswer, SandboxInfo, SandboxList,
-    ScopeRequest, SetRequest, UserRepoRequest,
+    AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, IdRequest, KeyRotateAnswer,
+    ListAnswer, PlanAnswer, SandboxInfo, SandboxList, ScopeRequest, SetRequest, UserRepoRequest,
 };
 use sandbox_init::broker::client::AdminClient;
 use sandbox_init::broker::server::{self, Config};
-use sandbox_init::broker::store::ScopeKind;
+use sandbox_init::broker::store::{KeyStatus, ScopeKind};
 use sandbox_init::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -113,12 +113,32 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// Show or rotate the store's key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Write a consistent copy of the store to FILE (which must not exist) while the daemon
+    /// serves. Keep it with the key files: it opens only with them.
+    Backup { file: PathBuf },
     /// Show which names a sandbox of (user, repo) would get, and from which level.
     Plan {
         #[arg(long)]
         user: String,
         #[arg(long)]
         repo: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new key, re-seal every row under it in one transaction, retire the old key file
+    /// (kept as key.retired-<id>).
+    Rotate,
+    /// Show the active key id, every key id this host holds, and the rows each seals.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -301,6 +321,57 @@ fn run(cli: Cli) -> Result<()> {
             if !rows.is_empty() {
                 print_table(["NAME", "FROM", "NOTE"], &rows);
             }
+            Ok(())
+        }
+        Command::Key { command } => match command {
+            KeyCommand::Rotate => {
+                let a: KeyRotateAnswer = admin()?.call("key/rotate", &serde_json::json!({}))?;
+                println!(
+                    "rotated key {} -> {}; the old key is kept as key.retired-{}",
+                    a.previous, a.key_id, a.previous
+                );
+                Ok(())
+            }
+            KeyCommand::Status { json } => {
+                let a: KeyStatus = admin()?.call("key/status", &serde_json::json!({}))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&a)?);
+                    return Ok(());
+                }
+                let rows: Vec<[String; 3]> = a
+                    .held
+                    .iter()
+                    .map(|id| {
+                        [
+                            id.clone(),
+                            if *id == a.active { "active" } else { "retired" }.to_owned(),
+                            a.rows.get(id).copied().unwrap_or(0).to_string(),
+                        ]
+                    })
+                    .chain(
+                        a.rows
+                            .iter()
+                            .filter(|(id, _)| !a.held.contains(id))
+                            .map(|(id, n)| [id.clone(), "not held".into(), n.to_string()]),
+                    )
+                    .collect();
+                print_table(["KEY ID", "STATE", "ROWS"], &rows);
+                Ok(())
+            }
+        },
+        Command::Backup { file } => {
+            let path = std::path::absolute(&file)
+                .with_context(|| format!("backup path {}", file.display()))?;
+            let a: BackupAnswer = admin()?.call(
+                "store/backup",
+                &BackupRequest {
+                    path: path.display().to_string(),
+                },
+            )?;
+            println!(
+                "backup of generation {} written to {}",
+                a.generation, a.path
+            );
             Ok(())
         }
         Command::Sandbox { command } => match command {

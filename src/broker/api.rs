@@ -102,6 +102,27 @@ pub struct IdRequest {
     pub id: String,
 }
 
+/// `POST /v1/admin/store/backup`: where to write the copy (an absolute path that must not exist).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub path: String,
+}
+
+/// Answer of `store/backup`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupAnswer {
+    pub path: String,
+    /// The store generation the copy holds.
+    pub generation: u64,
+}
+
+/// Answer of `key/rotate`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyRotateAnswer {
+    pub previous: String,
+    pub key_id: String,
+}
+
 /// Answer of set, access and delete.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ChangeAnswer {
@@ -171,6 +192,8 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("a user secret may list at most {MAX_REPOS_PER_SECRET} repositories, not {0}")]
     TooManyRepos(usize),
+    #[error("backup path {0:?} must be an absolute path")]
+    BackupPath(String),
     #[error("cannot read request body: {0}")]
     Body(hyper::Error),
     #[error("no route {0}")]
@@ -196,6 +219,7 @@ impl ApiError {
             | ApiError::OneScope
             | ApiError::ReposOnRepoSecret
             | ApiError::TooManyRepos(_)
+            | ApiError::BackupPath(_)
             | ApiError::BodyNotAllowed
             | ApiError::BadJson { .. }
             | ApiError::Sandbox(SandboxError::BadId(_))
@@ -544,6 +568,9 @@ pub const ROUTES: &[&str] = &[
     "sandboxes/create",
     "sandboxes/list",
     "sandboxes/delete",
+    "key/status",
+    "key/rotate",
+    "store/backup",
 ];
 
 /// Checks the method and path of an admin request; returns the route (a member of [`ROUTES`]).
@@ -634,6 +661,11 @@ pub enum AdminCommand {
     DeleteSandbox {
         id: String,
     },
+    KeyStatus,
+    KeyRotate,
+    Backup {
+        path: std::path::PathBuf,
+    },
 }
 
 impl std::fmt::Debug for AdminCommand {
@@ -684,6 +716,9 @@ impl std::fmt::Debug for AdminCommand {
             AdminCommand::DeleteSandbox { id } => {
                 f.debug_struct("DeleteSandbox").field("id", id).finish()
             }
+            AdminCommand::KeyStatus => f.write_str("KeyStatus"),
+            AdminCommand::KeyRotate => f.write_str("KeyRotate"),
+            AdminCommand::Backup { path } => f.debug_struct("Backup").field("path", path).finish(),
         }
     }
 }
@@ -756,6 +791,16 @@ pub fn parse_admin(route: &str, body: &[u8]) -> Result<AdminCommand, ApiError> {
             })
         }
         "sandboxes/list" => Ok(AdminCommand::ListSandboxes),
+        "key/status" => Ok(AdminCommand::KeyStatus),
+        "key/rotate" => Ok(AdminCommand::KeyRotate),
+        "store/backup" => {
+            let req: BackupRequest = parse(route, body)?;
+            let path = std::path::PathBuf::from(&req.path);
+            if !path.is_absolute() {
+                return Err(ApiError::BackupPath(req.path));
+            }
+            Ok(AdminCommand::Backup { path })
+        }
         "sandboxes/delete" => {
             let req: IdRequest = parse(route, body)?;
             let id = super::sandboxes::check_id(&req.id)?.to_owned();
@@ -901,6 +946,26 @@ fn run_admin(
             let row = daemon.delete_sandbox(&id)?;
             audit::admin_change(uid, "sandbox-deleted", &row.id);
             Ok(ok_json(&sandbox_info(daemon, row)))
+        }
+        AdminCommand::KeyStatus => Ok(ok_json(&store.key_status())),
+        AdminCommand::KeyRotate => {
+            let previous = store.key_status().active;
+            let key_id = store.rotate_key()?;
+            audit::admin_change(uid, "key-rotated", &format!("{previous} -> {key_id}"));
+            Ok(ok_json(&KeyRotateAnswer { previous, key_id }))
+        }
+        AdminCommand::Backup { path } => {
+            let generation = store.backup(&path)?;
+            let shown = path.display().to_string();
+            audit::admin_change(
+                uid,
+                "backup",
+                &format!("generation {generation} to {shown}"),
+            );
+            Ok(ok_json(&BackupAnswer {
+                path: shown,
+                generation,
+            }))
         }
     }
 }
