@@ -128,6 +128,12 @@ fn check_parsed(
                     prop_assert!(valid_user(&user) && valid_repo(&repo))
                 }
                 AdminCommand::ListSandboxes => prop_assert_eq!(route, "sandboxes/list"),
+                AdminCommand::KeyStatus => prop_assert_eq!(route, "key/status"),
+                AdminCommand::KeyRotate => prop_assert_eq!(route, "key/rotate"),
+                AdminCommand::Backup { path } => {
+                    prop_assert_eq!(route, "store/backup");
+                    prop_assert!(path.is_absolute(), "{path:?}");
+                }
                 AdminCommand::DeleteSandbox { id } => {
                     prop_assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 }
