@@ -908,3 +908,18 @@ fn a_backup_taken_while_serving_restores_and_is_detected_as_older() {
     w.others_served(&[]);
     w.d.stop();
 }
+
+#[test]
+fn a_store_error_prints_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(BIN);
+    c.args(["serve", "--state-dir", "/etc/passwd/x", "--run-dir"])
+        .arg(dir.path().join("run"));
+    let r = run(c, None).fails_with("cannot create state directory /etc/passwd/x");
+    assert_eq!(
+        r.stderr().matches("Not a directory").count(),
+        1,
+        "{}",
+        r.explain()
+    );
+}

@@ -232,8 +232,8 @@ impl ApiError {
             | ApiError::SandboxGone(_) => StatusCode::NOT_FOUND,
             ApiError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::Store(StoreError::Sql { source, .. })
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            ApiError::Store(StoreError::Sql { error, .. })
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
             {
                 StatusCode::INSUFFICIENT_STORAGE
             }

@@ -72,10 +72,10 @@ impl ScopeKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("cannot create state directory {path}: {error}")]
     StateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("state directory {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root")]
     StateDirOwner {
@@ -85,8 +85,8 @@ pub enum StoreError {
     },
     #[error("state directory {path} has mode {mode:04o}: it must not be writable by group or others (chmod 700)")]
     StateDirMode { path: PathBuf, mode: u32 },
-    #[error("state directory {path} is not writable: {source}")]
-    NotWritable { path: PathBuf, source: nix::Error },
+    #[error("state directory {path} is not writable: {error}")]
+    NotWritable { path: PathBuf, error: nix::Error },
     #[error(
         "database {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid})"
     )]
@@ -97,29 +97,29 @@ pub enum StoreError {
     },
     #[error("database {path} is not a regular file (a symbolic link?)")]
     DbNotFile { path: PathBuf },
-    #[error("cannot create database {path}: {source}")]
+    #[error("cannot create database {path}: {error}")]
     DbFile {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}: {error}")]
     Open {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
-    #[error("database step {step} failed: {source}")]
+    #[error("database step {step} failed: {error}")]
     Sql {
         step: &'static str,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("store schema version {found} is newer than this daemon knows ({SCHEMA_VERSION}); run a newer sandbox-secrets")]
     SchemaTooNew { found: u32 },
     #[error("cannot back up the store before migrating it: {0}")]
     MigrationBackup(Box<StoreError>),
-    #[error("cannot write backup {path}: {source}")]
+    #[error("cannot write backup {path}: {error}")]
     Backup {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("key file {path} is missing but the store holds {count} sealed secrets; restore the key file from backup")]
     MissingKey { path: PathBuf, count: usize },
@@ -135,10 +135,10 @@ pub enum StoreError {
     Untrusted(String),
     #[error("store at generation {store} is older than the last one this host wrote ({file}): a restored backup or a rolled-back database; start with `serve --accept-rollback` to serve it anyway")]
     RolledBack { store: u64, file: u64 },
-    #[error("cannot manage key files in {path}: {source}")]
+    #[error("cannot manage key files in {path}: {error}")]
     KeyFiles {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -173,9 +173,9 @@ impl StoreError {
     /// full disk still reads as one).
     fn for_each_member(&self) -> StoreError {
         match self {
-            StoreError::Sql { step, source } => StoreError::Sql {
+            StoreError::Sql { step, error } => StoreError::Sql {
                 step,
-                source: match source {
+                error: match error {
                     rusqlite::Error::SqliteFailure(e, msg) => {
                         rusqlite::Error::SqliteFailure(*e, msg.clone())
                     }
@@ -564,13 +564,13 @@ fn check_state_dir(state_dir: &Path) -> Result<(), StoreError> {
         .recursive(true)
         .mode(0o700)
         .create(state_dir)
-        .map_err(|source| StoreError::StateDir {
+        .map_err(|error| StoreError::StateDir {
             path: state_dir.to_owned(),
-            source,
+            error,
         })?;
-    let meta = std::fs::metadata(state_dir).map_err(|source| StoreError::StateDir {
+    let meta = std::fs::metadata(state_dir).map_err(|error| StoreError::StateDir {
         path: state_dir.to_owned(),
-        source,
+        error,
     })?;
     let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != 0 && meta.uid() != euid {
@@ -587,10 +587,10 @@ fn check_state_dir(state_dir: &Path) -> Result<(), StoreError> {
             mode,
         });
     }
-    nix::unistd::access(state_dir, nix::unistd::AccessFlags::W_OK).map_err(|source| {
+    nix::unistd::access(state_dir, nix::unistd::AccessFlags::W_OK).map_err(|error| {
         StoreError::NotWritable {
             path: state_dir.to_owned(),
-            source,
+            error,
         }
     })?;
     // The database and its journal files: ours, regular files.
@@ -637,9 +637,9 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let key_path = state_dir.join(KEY_FILE);
         let next_path = state_dir.join(NEXT_KEY_FILE);
-        let key_files = |source| StoreError::KeyFiles {
+        let key_files = |error| StoreError::KeyFiles {
             path: state_dir.to_owned(),
-            source,
+            error,
         };
         let version = backend.schema_version()?;
         if version > SCHEMA_VERSION {
@@ -1317,9 +1317,9 @@ impl Store {
 
     fn rotate_locked(&self) -> Result<String, StoreError> {
         let mut writer = self.lock_writer();
-        let key_files = |source| StoreError::KeyFiles {
+        let key_files = |error| StoreError::KeyFiles {
             path: self.state_dir.clone(),
-            source,
+            error,
         };
         let next_path = self.state_dir.join(NEXT_KEY_FILE);
         let _ = std::fs::remove_file(&next_path);
@@ -1629,9 +1629,9 @@ fn migrate_v1(state_dir: &Path, backend: &mut dyn Backend) -> Result<(), StoreEr
             // A v1 store that never finished its first start: nothing is sealed yet.
             let _ = std::fs::remove_file(state_dir.join(NEXT_KEY_FILE));
             let k = Sealer::create(&state_dir.join(NEXT_KEY_FILE))?;
-            keys::promote_next(state_dir, None).map_err(|source| StoreError::KeyFiles {
+            keys::promote_next(state_dir, None).map_err(|error| StoreError::KeyFiles {
                 path: state_dir.to_owned(),
-                source,
+                error,
             })?;
             k
         }

@@ -20,15 +20,15 @@ pub const NONCE_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {error}")]
     ReadKey {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot create key file {path}: {source}")]
+    #[error("cannot create key file {path}: {error}")]
     CreateKey {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "key file {path} is a symbolic link: the key must be a regular file in the state directory"
@@ -106,9 +106,9 @@ impl Sealer {
     /// Loads the key file without following a symbolic link, refusing one owned by anyone but
     /// this daemon's uid or root, a mode looser than 0600 and a wrong length.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let read = |source| CryptoError::ReadKey {
+        let read = |error| CryptoError::ReadKey {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -162,9 +162,9 @@ impl Sealer {
     pub fn create(path: &Path) -> Result<Self, CryptoError> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         getrandom::getrandom(key.as_mut()).map_err(CryptoError::Random)?;
-        let create = |source| CryptoError::CreateKey {
+        let create = |error| CryptoError::CreateKey {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut file = OpenOptions::new()
             .write(true)

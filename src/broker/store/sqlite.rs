@@ -35,15 +35,15 @@ pub struct Sqlite {
 }
 
 fn sql(step: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sql { step, source }
+    move |error| StoreError::Sql { step, error }
 }
 
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` in WAL mode with full syncs.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open = |source| StoreError::Open {
+        let open = |error| StoreError::Open {
             path: path.to_owned(),
-            source,
+            error,
         };
         // Created 0600 before SQLite sees it, so the file never exists with a looser mode.
         if !path.exists() {
@@ -53,9 +53,9 @@ impl Sqlite {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
-                .map_err(|source| StoreError::DbFile {
+                .map_err(|error| StoreError::DbFile {
                     path: path.to_owned(),
-                    source,
+                    error,
                 })?;
         }
         let conn = Connection::open(path).map_err(open)?;
@@ -419,9 +419,9 @@ impl Backend for Sqlite {
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
-        let file = |source| StoreError::Backup {
+        let file = |error| StoreError::Backup {
             path: dest.to_owned(),
-            source,
+            error,
         };
         std::fs::OpenOptions::new()
             .write(true)
