@@ -1979,4 +1979,76 @@ mod tests {
         assert_eq!(values(&opened), want);
         assert_eq!(opened.stored_generation(), generation);
     }
+
+    /// Every backend this build has, each fresh in its own directory: the store tests that
+    /// speak to a backend run over this list (a PostgreSQL backend joins it).
+    fn backends(dir: &Path) -> Vec<(&'static str, Box<dyn Backend>)> {
+        vec![(
+            "sqlite",
+            Box::new(sqlite::Sqlite::open(&dir.join("contract.db")).unwrap()),
+        )]
+    }
+
+    /// What the store relies on from any backend: an empty store is version 0; `migrate`
+    /// records the version and writes the rows; `apply` writes puts and deletes together;
+    /// `load` returns what was written; `backup` refuses to overwrite.
+    #[test]
+    fn every_backend_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mut b) in backends(dir.path()) {
+            assert_eq!(b.schema_version().unwrap(), 0, "{name}");
+            let key = Sealer::from_key(&[3u8; 32]);
+            let sb = SandboxRow {
+                id: "c".repeat(32),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 7,
+            };
+            let secret = seal_secret(
+                &key,
+                ScopeKind::User,
+                "mona",
+                "T",
+                b"v",
+                vec!["o/r".into()],
+                1,
+                5,
+            )
+            .unwrap();
+            b.migrate(
+                0,
+                &[
+                    Change::PutMeta(seal_meta(&key, "keycheck", KEY_CHECK).unwrap()),
+                    Change::PutSecret(secret.clone()),
+                ],
+            )
+            .unwrap();
+            assert_eq!(b.schema_version().unwrap(), SCHEMA_VERSION, "{name}");
+            b.apply(&[Change::PutSandbox(seal_sandbox(&key, &sb, 2).unwrap())])
+                .unwrap();
+            let snap = b.load().unwrap();
+            assert_eq!(snap.secrets, vec![Ok(secret.clone())], "{name}");
+            assert_eq!(snap.sandboxes.len(), 1);
+            assert_eq!(snap.meta.len(), 1);
+            // One apply: a put and a delete together.
+            let other = SecretRecord {
+                name: "U".into(),
+                ..secret.clone()
+            };
+            b.apply(&[
+                Change::PutSecret(other),
+                Change::DeleteSandbox(sb.id.clone()),
+            ])
+            .unwrap();
+            let snap = b.load().unwrap();
+            assert_eq!(snap.secrets.len(), 2, "{name}");
+            assert!(snap.sandboxes.is_empty(), "{name}");
+            let copy = dir.path().join(format!("{name}.bak"));
+            b.backup(&copy).unwrap();
+            assert!(
+                b.backup(&copy).is_err(),
+                "{name}: a backup never overwrites"
+            );
+        }
+    }
 }
