@@ -95,6 +95,12 @@ fn check_parsed(
                     prop_assert!(valid_user(&user) && valid_repo(&repo))
                 }
                 AdminCommand::ListSandboxes => prop_assert_eq!(route, Route::SandboxesList),
+                AdminCommand::KeyStatus => prop_assert_eq!(route, Route::KeyStatus),
+                AdminCommand::KeyRotate => prop_assert_eq!(route, Route::KeyRotate),
+                AdminCommand::Backup { path } => {
+                    prop_assert_eq!(route, Route::StoreBackup);
+                    prop_assert!(path.is_absolute(), "{path:?}");
+                }
                 AdminCommand::DeleteSandbox { id } => {
                     prop_assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 }

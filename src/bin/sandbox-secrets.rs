@@ -69,6 +69,9 @@ enum Command {
         /// Connections served at once over all sockets; one more gets a 503 and is closed.
         #[arg(long, env = "SANDBOX_SECRETS_MAX_CONNECTIONS", default_value_t = 4096)]
         max_connections: usize,
+        /// Serve a store older than the last one this host wrote (a restored backup), once.
+        #[arg(long, env = "SANDBOX_SECRETS_ACCEPT_ROLLBACK")]
+        accept_rollback: bool,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -115,12 +118,32 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// Show or rotate the store's key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Write a consistent copy of the store to FILE (which must not exist) while the daemon
+    /// serves. Keep it with the key files: it opens only with them.
+    Backup { file: PathBuf },
     /// Show which names a sandbox of (user, repo) would get, and from which level.
     Plan {
         #[arg(long)]
         user: String,
         #[arg(long)]
         repo: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new key, re-seal every row under it in one transaction, retire the old key file
+    /// (kept as key.retired-<id>).
+    Rotate,
+    /// Show the active key id, every key id this host holds, and the rows each seals.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -190,9 +213,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             state_dir,
             max_connections,
+            accept_rollback,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.global_connections = max_connections.max(1);
+            config.accept_rollback = accept_rollback;
             cli::serve(config)
         }
         Command::Set {
@@ -217,6 +242,11 @@ fn run(cli: Cli) -> Result<()> {
             yes,
         } => cli::delete(&admin()?, name, scope(s), yes),
         Command::Plan { user, repo, json } => cli::plan(&admin()?, user, repo, json),
+        Command::Key { command } => match command {
+            KeyCommand::Rotate => cli::key_rotate(&admin()?),
+            KeyCommand::Status { json } => cli::key_status(&admin()?, json),
+        },
+        Command::Backup { file } => cli::backup(&admin()?, &file),
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo } => cli::sandbox_create(&admin()?, user, repo),
             SandboxCommand::List { json } => cli::sandbox_list(&admin()?, json),
