@@ -670,8 +670,7 @@ mod tests {
         let msg = failure(&[b"HTTP/1.1 200 OK\r\n\r\n", &[b'z'; 1001]]);
         assert!(msg.contains("larger than 1000 bytes"), "{msg}");
         // A drip: every read is quick, the whole is late.
-        let drip = vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec(); 1]
-            .into_iter()
+        let drip = std::iter::once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec())
             .chain(std::iter::repeat(b"x".to_vec()).take(100))
             .collect();
         let (_dir, path) = peer(drip, Duration::from_millis(50));
@@ -683,7 +682,8 @@ mod tests {
             got.err()
         );
         let took = start.elapsed();
-        assert!(took < Duration::from_millis(1000), "{took:?}");
+        // The peer would need 5 s to finish; the deadline ends it at 300 ms (slack for a loaded host).
+        assert!(took < Duration::from_millis(2500), "{took:?}");
     }
 
     #[test]
