@@ -113,7 +113,7 @@ pub fn on_failure(policy: SecretsPolicy) -> Decision {
 }
 
 /// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
-/// With no socket this is one `stat`: no runtime is built.
+/// With no socket this is one `stat`: no connection is tried.
 fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
     if !fetch::socket_present(&opts.socket) {
         return match on_missing_socket(opts.policy) {
