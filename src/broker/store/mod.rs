@@ -435,8 +435,14 @@ impl Ident {
     fn text(&self) -> String {
         match self {
             Ident::Sandbox(b) => {
-                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                sandbox_identity(&hex)
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut out = String::with_capacity(34);
+                out.push_str("b\0");
+                for x in b {
+                    out.push(HEX[usize::from(x >> 4)] as char);
+                    out.push(HEX[usize::from(x & 15)] as char);
+                }
+                out
             }
             Ident::Other(s) => s.to_string(),
         }
