@@ -20,6 +20,11 @@ pub mod http1;
 pub const SECRETS_PATH: &str = "/v1/secrets";
 /// Where `sandbox-init` looks for the sandbox socket by default.
 pub const DEFAULT_SANDBOX_SOCKET: &str = "/run/sandbox/secrets.sock";
+/// The marker file the daemon keeps beside a sandbox's socket, in the directory the platform
+/// mounts: present with no socket means a broker serves this directory but is not up (stopping,
+/// restarting), so the init waits for the socket and then fails closed rather than start without
+/// secrets.
+pub const MARKER_NAME: &str = "broker";
 /// Largest secret value, in bytes of UTF-8.
 pub const MAX_VALUE_BYTES: usize = 48 * 1024;
 /// Most secrets one user, or one repository, may hold.

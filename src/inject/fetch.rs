@@ -45,6 +45,29 @@ pub fn socket_present(socket: &Path) -> bool {
     }
 }
 
+/// Whether the daemon's marker file (`protocol::MARKER_NAME`, a regular file, not a symlink) is in
+/// `dir`: a broker serves that directory.
+pub fn marker_present(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(protocol::MARKER_NAME)).is_ok_and(|m| m.is_file())
+}
+
+/// Waits up to `timeout` for something to appear at `socket` (the daemon renames a listening
+/// socket into place, so once it is there it answers). Checks every 20 ms: this runs only in
+/// the window where a broker is expected and not up.
+pub fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if socket_present(socket) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+    }
+}
+
 /// `GET /v1/secrets` on `socket`, the whole exchange (connect included) bounded by `timeout`
 /// and the answer by [`protocol::MAX_RESPONSE_BYTES`], then checked by [`parse_answer`].
 pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError> {
