@@ -2,16 +2,18 @@
 //! each request on a new connection (`--new-conn`, what an init does) or over one keep-alive
 //! connection per client, and one line of JSON is printed: requests/s, p50/p99 latency.
 //! It checks each answer is 200 and counts anything else as an error; it never prints a body.
+//! With `--create USER:REPO` it sends `POST /v1/admin/sandboxes/create` to the admin socket
+//! instead (sandbox creation throughput; every request creates a sandbox).
 //!
 //! `cargo run --release --example loadgen -- --socket S [--clients N] [--seconds D]
-//!  [--threads T] [--new-conn | --keep-alive]`
+//!  [--threads T] [--new-conn | --keep-alive] [--create USER:REPO]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
@@ -21,6 +23,8 @@ struct Options {
     seconds: f64,
     threads: usize,
     new_conn: bool,
+    /// JSON body of a create request, when measuring creates.
+    create: Option<Arc<str>>,
 }
 
 fn parse() -> Result<Options, lexopt::Error> {
@@ -31,6 +35,7 @@ fn parse() -> Result<Options, lexopt::Error> {
         seconds: 5.0,
         threads: 2,
         new_conn: true,
+        create: None,
     };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
@@ -41,6 +46,14 @@ fn parse() -> Result<Options, lexopt::Error> {
             Long("threads") | Short('t') => o.threads = parser.value()?.parse()?,
             Long("new-conn") => o.new_conn = true,
             Long("keep-alive") => o.new_conn = false,
+            Long("create") => {
+                let v: String = parser.value()?.parse()?;
+                let Some((user, repo)) = v.split_once(':') else {
+                    return Err("--create takes USER:REPO".into());
+                };
+                let body = serde_json::json!({ "user": user, "repo": repo }).to_string();
+                o.create = Some(Arc::from(body));
+            }
             Long("help") | Short('h') => {
                 println!("loadgen --socket S [--clients N] [--seconds D] [--threads T] [--new-conn | --keep-alive]");
                 std::process::exit(0);
@@ -60,7 +73,7 @@ struct Tally {
     errors: u64,
 }
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
 
 async fn connect(socket: &PathBuf) -> Result<Sender, String> {
     let stream = tokio::net::UnixStream::connect(socket)
@@ -73,11 +86,17 @@ async fn connect(socket: &PathBuf) -> Result<Sender, String> {
     Ok(sender)
 }
 
-async fn one(sender: &mut Sender) -> Result<(), String> {
-    let request = hyper::Request::get("/v1/secrets")
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+async fn one(sender: &mut Sender, create: Option<&str>) -> Result<(), String> {
+    let request = match create {
+        None => hyper::Request::get("/v1/secrets")
+            .header(hyper::header::HOST, "localhost")
+            .body(Full::new(Bytes::new())),
+        Some(body) => hyper::Request::post("/v1/admin/sandboxes/create")
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes()))),
+    }
+    .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
         .await
@@ -96,7 +115,12 @@ async fn one(sender: &mut Sender) -> Result<(), String> {
     }
 }
 
-async fn client(socket: Arc<PathBuf>, until: Instant, new_conn: bool) -> Tally {
+async fn client(
+    socket: Arc<PathBuf>,
+    until: Instant,
+    new_conn: bool,
+    create: Option<Arc<str>>,
+) -> Tally {
     let mut tally = Tally::default();
     let mut kept: Option<Sender> = None;
     while Instant::now() < until {
@@ -107,7 +131,7 @@ async fn client(socket: Arc<PathBuf>, until: Instant, new_conn: bool) -> Tally {
             }
             let sender = kept.as_mut().expect("connected above");
             sender.ready().await.map_err(|e| e.to_string())?;
-            one(sender).await
+            one(sender, create.as_deref()).await
         }
         .await;
         match result {
@@ -143,6 +167,7 @@ fn main() {
             let socket = Arc::clone(&socket);
             let clients = o.clients / threads + usize::from(t < o.clients % threads);
             let new_conn = o.new_conn;
+            let create = o.create.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -150,7 +175,14 @@ fn main() {
                     .expect("runtime");
                 rt.block_on(async move {
                     let tasks: Vec<_> = (0..clients)
-                        .map(|_| tokio::spawn(client(Arc::clone(&socket), until, new_conn)))
+                        .map(|_| {
+                            tokio::spawn(client(
+                                Arc::clone(&socket),
+                                until,
+                                new_conn,
+                                create.clone(),
+                            ))
+                        })
                         .collect();
                     let mut all = Tally::default();
                     for t in tasks {
@@ -184,7 +216,11 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "mode": if o.new_conn { "new-conn" } else { "keep-alive" },
+            "mode": match (&o.create, o.new_conn) {
+                (Some(_), _) => "create",
+                (None, true) => "new-conn",
+                (None, false) => "keep-alive",
+            },
             "clients": o.clients,
             "threads": threads,
             "seconds": (elapsed * 1000.0).round() / 1000.0,

@@ -191,8 +191,8 @@ pub fn spawn(
     setup: ChildSetup,
 ) -> Result<i32, SpawnError> {
     let (read_end, write_end) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    // SAFETY: the init is single-threaded here (the binary's extra step ran on a runtime that
-    // was dropped before `init::run`), and the child branch (`child`) only makes async-signal-safe calls and does
+    // SAFETY: the init is single-threaded here (the fetch is one blocking exchange on this
+    // thread, done before `init::run`), and the child branch (`child`) only makes async-signal-safe calls and does
     // not allocate until it execs or `_exit`s.
     let forked = unsafe { sys::fork() };
     match forked {
