@@ -611,6 +611,12 @@ fn spill_files_only_land_on_memory_backed_storage() {
     );
     std::fs::create_dir_all(disk.path().join("run/secrets")).unwrap();
     std::fs::write(disk.path().join("run/secrets/OLD"), &big[..4096]).unwrap();
+    // As an earlier start recorded it: only files the init listed there are ever removed.
+    std::fs::write(
+        disk.path().join("run/secrets/.sandbox-init-spilled"),
+        "OLD\n",
+    )
+    .unwrap();
 
     // 1. Disk at /run/sandbox-init, tmpfs at /dev/shm: the fallback.
     let out = tempfile::tempdir().unwrap();

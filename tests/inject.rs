@@ -317,10 +317,12 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     let server = serve(&[("BIG", &big), ("SMALL", "small-distinct")]);
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("run/sandbox-init/secrets");
-    // Left from an earlier start: a revoked secret's file, and the directory too open.
+    // Left from an earlier start: a revoked secret's file (in the init's manifest), in a
+    // directory the init did not make (so its mode is kept).
     std::fs::create_dir_all(&spill).unwrap();
     std::fs::set_permissions(&spill, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(spill.join("REVOKED"), b"revoked-distinct").unwrap();
+    std::fs::write(spill.join(inject::spill::MANIFEST), "REVOKED\n").unwrap();
     let t = target(dir.path());
     give(&t, &[&spill]); // an earlier start made it the target's
     let inherited = env(&[
@@ -344,10 +346,14 @@ fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     assert_eq!(meta.mode() & 0o7777, 0o400);
     assert_eq!((meta.uid(), meta.gid()), (t.uid, t.gid));
     let dmeta = std::fs::metadata(&spill).unwrap();
-    assert_eq!(dmeta.mode() & 0o7777, 0o700);
+    assert_eq!(dmeta.mode() & 0o7777, 0o755);
     assert_eq!((dmeta.uid(), dmeta.gid()), (t.uid, t.gid));
-    // Only the file: no temporary left behind, the revoked one gone.
-    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 1);
+    // Only the file and the manifest: no temporary left behind, the revoked one gone.
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read_to_string(spill.join(inject::spill::MANIFEST)).unwrap(),
+        "BIG\n"
+    );
     assert!(
         logs.contains("no longer spilled from") && logs.contains("secrets: REVOKED"),
         "{logs}"

@@ -608,3 +608,61 @@ fn set_delete_and_access_say_which_sandboxes_see_the_change() {
         r.stdout()
     );
 }
+
+#[test]
+fn a_shared_secrets_dir_keeps_its_own_files_and_its_mode() {
+    let (broker, dir) = broker_with_sandbox();
+    for n in ["BIG_A", "BIG_B", "BIG_C"] {
+        broker.set_user(n, "mona", "octo/hello", &"v".repeat(48 * 1024));
+    }
+    // A directory of the user's own on a tmpfs, shared with other files.
+    let shared = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for f in ["README", "LICENSE", "TOKEN"] {
+        std::fs::write(shared.path().join(f), "not a secret").unwrap();
+    }
+    let start = || {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ulimit -s 256 && exec \"$@\"", "sh", INIT])
+            .args(["--", "true"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SANDBOX_SECRETS_SOCKET", dir.join("secrets.sock"))
+            .env("DOCKER_CONFIG", shared.path().join(".docker"))
+            .env("SANDBOX_INIT_SECRETS_DIR", shared.path());
+        run(cmd, None)
+    };
+    let r = start().ok();
+    let spilled: Vec<&str> = ["BIG_A", "BIG_B", "BIG_C"]
+        .into_iter()
+        .filter(|n| shared.path().join(n).is_file())
+        .collect();
+    assert!(!spilled.is_empty(), "nothing spilled\n{}", r.explain());
+    assert_eq!(
+        support::daemon::mode(shared.path()),
+        0o755,
+        "the shared dir was chmodded"
+    );
+    // The big secrets are deleted: their files go, the directory's own stay.
+    for n in ["BIG_A", "BIG_B", "BIG_C"] {
+        broker
+            .cli(&["delete", n, "--user", "mona", "--yes"], None)
+            .ok();
+    }
+    start();
+    for f in ["README", "LICENSE", "TOKEN"] {
+        assert_eq!(
+            std::fs::read_to_string(shared.path().join(f)).unwrap(),
+            "not a secret",
+            "{f} was touched"
+        );
+    }
+    for n in ["BIG_A", "BIG_B", "BIG_C"] {
+        assert!(!shared.path().join(n).exists(), "{n} was left behind");
+    }
+    assert_eq!(support::daemon::mode(shared.path()), 0o755);
+}

@@ -115,7 +115,11 @@ pub fn open_spill_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
              does not take over another user's directory; point {SPILL_DIR_ENV} at a new one"
         )));
     }
-    d.make_private(uid, gid)?;
+    // A directory the init did not make (a shared SANDBOX_INIT_SECRETS_DIR, an image's) keeps
+    // its mode and owner: the files in it are 0400 and the target's anyway.
+    if d.created {
+        d.make_private(uid, gid)?;
+    }
     Ok(d)
 }
 
@@ -142,6 +146,9 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 pub struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+    /// This open made the directory (its last component); only such a directory is ever
+    /// chmodded or chowned by the spill step.
+    created: bool,
 }
 
 impl Dir {
@@ -207,13 +214,15 @@ pub fn open_dir(dir: &Path, create: bool, owner: Option<(u32, u32)>) -> io::Resu
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?);
+    let mut created = false;
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
-        cur = step(&cur, name, last, create, owner)?;
+        (cur, created) = step(&cur, name, last, create, owner)?;
     }
     Ok(Dir {
         fd: cur,
         path: dir.to_owned(),
+        created,
     })
 }
 
@@ -223,14 +232,17 @@ fn step(
     last: bool,
     create: bool,
     owner: Option<(u32, u32)>,
-) -> io::Result<OwnedFd> {
+) -> io::Result<(OwnedFd, bool)> {
     let at = Some(parent.as_raw_fd());
     match nix::fcntl::openat(at, name, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => return Ok(own(fd)),
+        Ok(fd) => return Ok((own(fd), false)),
         Err(Errno::ENOENT) if create => {}
         Err(Errno::ELOOP | Errno::ENOTDIR) if !last && trusted_symlink(parent, name)? => {
             let follow = DIR_FLAGS.difference(OFlag::O_NOFOLLOW);
-            return Ok(own(nix::fcntl::openat(at, name, follow, Mode::empty())?));
+            return Ok((
+                own(nix::fcntl::openat(at, name, follow, Mode::empty())?),
+                false,
+            ));
         }
         Err(e) => return Err(e.into()),
     }
@@ -248,7 +260,7 @@ fn step(
             fchown(fd.as_raw_fd(), uid, gid)?;
         }
     }
-    Ok(fd)
+    Ok((fd, created))
 }
 
 /// A symlink root made in a directory only root can change: following it cannot be a user's
@@ -273,39 +285,78 @@ pub fn ensure_private_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
     Ok(d)
 }
 
+/// The file in a spill directory listing the spill files the init wrote there (one name a line):
+/// only those are ever removed. Not a secret name (it starts with a dot).
+pub const MANIFEST: &str = ".sandbox-init-spilled";
+
 /// Removes files in the spill directory left by an earlier start for secrets that are not
 /// spilled now (revoked, or now small enough for the environment): a revoked value must not
-/// outlive its grant in a file. Only names that are secret names are touched, and only regular
-/// files, unlinked through the directory's descriptor. A missing directory is fine.
+/// outlive its grant in a file. Only files the init wrote are touched (the names in
+/// [`MANIFEST`], each a secret name and a regular file), unlinked through the directory's
+/// descriptor; anything else in a shared directory stays. The manifest is then rewritten to
+/// `keep` (removed when empty). A missing directory is fine.
 pub fn remove_stale(dir: &Path, keep: &[&str]) -> io::Result<Vec<String>> {
     let d = match open_dir(dir, false, None) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    // Listing by path only proposes names; each is checked and removed relative to `d`.
+    let listed = match nix::fcntl::openat(
+        Some(d.raw()),
+        MANIFEST,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let mut file = fs::File::from(own(fd));
+            // Only a manifest this uid wrote is believed: in a shared (sticky) directory another
+            // user could plant one naming their neighbour's files.
+            let st = nix::sys::stat::fstat(file.as_raw_fd())?;
+            let mut text = String::new();
+            if st.st_uid == nix::unistd::geteuid().as_raw() && is_type(&st, SFlag::S_IFREG) {
+                io::Read::read_to_string(&mut file, &mut text)?;
+            }
+            text
+        }
+        Err(Errno::ENOENT) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
     let mut removed = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if keep.contains(&name.as_str())
-            || crate::protocol::normalize_name(&name, true).as_deref() != Ok(name.as_str())
+    for name in listed.lines() {
+        if keep.contains(&name)
+            || crate::protocol::normalize_name(name, true).as_deref() != Ok(name)
         {
             continue;
         }
-        match nix::sys::stat::fstatat(Some(d.raw()), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        match nix::sys::stat::fstatat(Some(d.raw()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if is_type(&st, SFlag::S_IFREG) => {}
             Ok(_) | Err(Errno::ENOENT) => continue,
             Err(e) => return Err(e.into()),
         }
-        nix::unistd::unlinkat(
+        nix::unistd::unlinkat(Some(d.raw()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+        removed.push(name.to_owned());
+    }
+    if keep.is_empty() {
+        match nix::unistd::unlinkat(
             Some(d.raw()),
-            name.as_str(),
+            MANIFEST,
             nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        let mut text = keep.join("\n");
+        text.push('\n');
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        write_atomic(
+            &d,
+            MANIFEST,
+            text.as_bytes(),
+            0o400,
+            uid.as_raw(),
+            gid.as_raw(),
         )?;
-        removed.push(name);
     }
     removed.sort();
     Ok(removed)
@@ -404,12 +455,23 @@ mod tests {
     }
 
     #[test]
-    fn stale_spill_files_are_removed_and_nothing_else() {
+    fn only_spill_files_the_init_wrote_are_removed_never_a_shared_directorys_own() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["OLD", "KEEP", "not-a-name.txt", "lower"] {
+        for f in [
+            "OLD",
+            "KEEP",
+            "README",
+            "LICENSE",
+            "not-a-name.txt",
+            "lower",
+        ] {
             fs::write(dir.path().join(f), b"x").unwrap();
         }
         fs::create_dir(dir.path().join("SUBDIR")).unwrap();
+        // A start that wrote OLD and KEEP records them; nothing else is ever listed.
+        assert!(remove_stale(dir.path(), &["OLD", "KEEP"])
+            .unwrap()
+            .is_empty());
         let removed = remove_stale(dir.path(), &["KEEP"]).unwrap();
         assert_eq!(removed, vec!["OLD".to_string()]);
         let mut left: Vec<String> = fs::read_dir(dir.path())
@@ -417,7 +479,29 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["KEEP", "SUBDIR", "lower", "not-a-name.txt"]);
+        assert_eq!(
+            left,
+            [
+                MANIFEST,
+                "KEEP",
+                "LICENSE",
+                "README",
+                "SUBDIR",
+                "lower",
+                "not-a-name.txt"
+            ]
+        );
+        // Nothing spilled any more: KEEP goes, and the manifest with it.
+        assert_eq!(remove_stale(dir.path(), &[]).unwrap(), vec!["KEEP"]);
+        assert!(!dir.path().join(MANIFEST).exists());
+        assert!(dir.path().join("README").exists() && dir.path().join("LICENSE").exists());
+        // A manifest another uid planted is not believed.
+        if nix::unistd::geteuid().is_root() {
+            fs::write(dir.path().join(MANIFEST), "README\nLICENSE\n").unwrap();
+            std::os::unix::fs::chown(dir.path().join(MANIFEST), Some(65534), None).unwrap();
+            assert!(remove_stale(dir.path(), &[]).unwrap().is_empty());
+            assert!(dir.path().join("README").exists());
+        }
         assert!(remove_stale(&dir.path().join("absent"), &[])
             .unwrap()
             .is_empty());
