@@ -2184,4 +2184,44 @@ mod tests {
             Ident::Sandbox(_)
         ));
     }
+
+    /// 16 threads adding sandboxes share commits: fewer generations than creates. Prints the
+    /// store's own rate (no HTTP, no sockets), the ceiling the daemon's create path works under.
+    #[test]
+    fn concurrent_adds_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let before = store.stored_generation();
+        let started = std::time::Instant::now();
+        let per = 200;
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..per {
+                        store
+                            .add_sandbox(SandboxRow {
+                                id: format!("{t:016x}{i:016x}"),
+                                user: "mona".into(),
+                                repo: "o/r".into(),
+                                created: 1,
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = 16 * per;
+        let commits = store.stored_generation() - before;
+        eprintln!(
+            "store: {n} adds from 16 threads in {:?} ({:.0}/s), {commits} commits",
+            started.elapsed(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+        assert_eq!(store.sandboxes().len(), n);
+        assert!((commits as usize) < n, "{commits} commits for {n} adds");
+    }
 }
