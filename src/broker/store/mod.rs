@@ -579,6 +579,11 @@ struct Queue {
     done: HashMap<u64, Result<Outcome, StoreError>>,
     /// True while a waiter is committing a batch; the others wait on `Store::turn`.
     leading: bool,
+    /// Changes in the last batch and how long its commit took: when changes arrive
+    /// concurrently, a leader waits a fraction of a commit so the callers just answered can
+    /// join the next batch (PostgreSQL's `commit_delay`); one caller alone never waits.
+    last_batch: usize,
+    last_commit: std::time::Duration,
 }
 
 /// The lead of a group commit. Dropping it hands out the batch's results (an error for each
@@ -1167,7 +1172,17 @@ impl Store {
                 }
                 // Lead: take everything queued by now (this change included) and commit it.
                 q.leading = true;
+                if q.last_batch > 1 {
+                    let delay = (q.last_commit / 4).min(std::time::Duration::from_millis(1));
+                    q = self
+                        .turn
+                        .wait_timeout(q, delay)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
                 let batch = std::mem::take(&mut q.pending);
+                let size = batch.len();
+                let started = std::time::Instant::now();
                 drop(q);
                 // Hands the lead back even if the commit panics, so no waiter waits forever.
                 let mut lead = Lead {
@@ -1181,6 +1196,8 @@ impl Store {
                 };
                 drop(lead);
                 q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.last_batch = size;
+                q.last_commit = started.elapsed();
             }
         })
     }
