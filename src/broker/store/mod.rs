@@ -257,11 +257,11 @@ pub struct KeyStatus {
 type Key = (ScopeKind, String, String);
 
 /// A verified sandbox row in memory, kept small (a host holds tens of thousands): the id is the
-/// map's key, the strings are boxed.
+/// map's key; user and repository names are shared between sandboxes (`Cache::intern`).
 #[derive(Clone, Debug)]
 struct SandboxEntry {
-    user: Box<str>,
-    repo: Box<str>,
+    user: Arc<str>,
+    repo: Arc<str>,
     created: i64,
     version: u64,
     key_id: Arc<str>,
@@ -291,9 +291,29 @@ impl SandboxEntry {
 struct Cache {
     secrets: BTreeMap<Key, Row>,
     sandboxes: BTreeMap<Box<str>, SandboxEntry>,
+    /// One copy of each user and repository name the sandboxes use.
+    names: std::collections::HashSet<Arc<str>>,
 }
 
 impl Cache {
+    /// Adds a sandbox, its user and repository names shared with other sandboxes.
+    fn put_sandbox(&mut self, id: Box<str>, mut entry: SandboxEntry) {
+        for name in [&mut entry.user, &mut entry.repo] {
+            match self.names.get(&**name) {
+                Some(shared) => *name = Arc::clone(shared),
+                None => {
+                    self.names.insert(Arc::clone(name));
+                }
+            }
+        }
+        self.sandboxes.insert(id, entry);
+    }
+
+    /// Forgets names no sandbox uses any more.
+    fn prune_names(&mut self) {
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+    }
+
     fn scope_rows<'a>(
         &'a self,
         kind: ScopeKind,
@@ -1020,7 +1040,7 @@ impl Store {
                 continue;
             }
             seen.push((identity, rec.version));
-            cache.sandboxes.insert(
+            cache.put_sandbox(
                 rec.id.into(),
                 SandboxEntry::new(row, rec.version, Arc::from(rec.key_id.as_str())),
             );
@@ -1284,11 +1304,15 @@ impl Store {
                     None => cache.secrets.remove(&k),
                 };
             }
+            let mut removed = false;
             for (id, entry) in sandboxes {
                 match entry {
-                    Some(entry) => cache.sandboxes.insert(id.into(), entry),
-                    None => cache.sandboxes.remove(id.as_str()),
-                };
+                    Some(entry) => cache.put_sandbox(id.into(), entry),
+                    None => removed |= cache.sandboxes.remove(id.as_str()).is_some(),
+                }
+            }
+            if removed {
+                cache.prune_names();
             }
         }
         if let Err(e) = keys::write_generation(&self.state_dir, &key, g) {
