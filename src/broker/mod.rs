@@ -7,7 +7,8 @@
 //! - [`store`]: SQLite in WAL mode plus an in-memory copy of the sealed rows.
 //! - [`crypto`]: the key file and XChaCha20-Poly1305 sealing.
 //! - [`sandboxes`]: run-directory layout, modes, sandbox ids.
-//! - [`audit`]: one log line per read or change, names only.
+//! - [`audit`]: one log line per read or change, names only, rate-limited per sandbox.
+//! - [`limits`]: the write deadline of a connection and the byte budget of built answers.
 //! - [`client`]: the admin client the CLI uses.
 
 pub mod acl;
@@ -15,6 +16,7 @@ pub mod api;
 pub mod audit;
 pub mod client;
 pub mod crypto;
+pub mod limits;
 pub mod sandboxes;
 pub mod server;
 pub mod store;
