@@ -205,13 +205,233 @@ fn secret_value<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Erro
     String::deserialize(d).map(SecretString::from)
 }
 
-/// The body of `200 GET /v1/secrets`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretsResponse {
-    pub sandbox: String,
-    pub repository: String,
-    pub secrets: Vec<WireSecret>,
+/// One secret as the daemon encodes it, borrowed from its opened row.
+#[derive(Serialize)]
+pub struct WireSecretRef<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+#[derive(Serialize)]
+struct AnswerRef<'a> {
+    sandbox: &'a str,
+    repository: &'a str,
+    secrets: &'a [WireSecretRef<'a>],
+}
+
+/// Encodes the body of `200 GET /v1/secrets` (the daemon's half of the wire format; the init's
+/// half is [`decode_answer`]). The buffer is zeroized on drop.
+pub fn encode_answer(
+    sandbox: &str,
+    repository: &str,
+    secrets: &[WireSecretRef<'_>],
+) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        64 + sandbox.len()
+            + repository.len()
+            + secrets
+                .iter()
+                .map(|s| s.name.len() + s.value.len() + 32)
+                .sum::<usize>(),
+    ));
+    let answer = AnswerRef {
+        sandbox,
+        repository,
+        secrets,
+    };
+    // Writing to a Vec cannot fail, and every field is a string.
+    let _ = serde_json::to_writer(&mut *body, &answer);
+    body
+}
+
+/// The exact length of [`encode_answer`]`(sandbox, repository, secrets)`, without building it
+/// (the daemon checks a plan against [`MAX_RESPONSE_BYTES`] before it stores a change).
+pub fn encoded_answer_len(sandbox: &str, repository: &str, secrets: &[WireSecretRef<'_>]) -> usize {
+    const ENVELOPE: usize = r#"{"sandbox":,"repository":,"secrets":[]}"#.len();
+    const SECRET: usize = r#"{"name":,"value":}"#.len();
+    ENVELOPE
+        + json_str_len(sandbox)
+        + json_str_len(repository)
+        + secrets
+            .iter()
+            .map(|s| SECRET + json_str_len(s.name) + json_str_len(s.value))
+            .sum::<usize>()
+        + secrets.len().saturating_sub(1)
+}
+
+/// Length of `s` as a JSON string the way `serde_json` writes it: quotes, two-byte escapes for
+/// `"`, `\` and `\b \f \n \r \t`, `\u00XX` for the other control characters, every other
+/// byte as it is.
+fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// Most JSON values a 200 answer may hold: 5 for the envelope, 5 per secret, with room to spare.
+pub const MAX_JSON_VALUES: usize = 8 * MAX_SECRETS_PER_ANSWER + 64;
+
+/// Why a `200 GET /v1/secrets` body was refused. Names the field or rule, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("not a secrets answer: {0}")]
+    Shape(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("value of {name} contains a NUL byte at offset {offset}")]
+    Nul { name: String, offset: usize },
+    #[error("secret name {0:?} appears more than once")]
+    Duplicate(String),
+}
+
+/// Decodes the body of `200 GET /v1/secrets`: exactly `{"sandbox","repository","secrets":
+/// [{"name","value"}]}` (fields of later versions are refused under `/v1`: docs/wire-format.md),
+/// at most [`MAX_SECRETS_PER_ANSWER`] secrets, every name passing [`normalize_name`] (dangerous
+/// names refused) and appearing once, no value holding a NUL. Returned sorted by name. The shape
+/// is checked by hand, because serde's own messages quote the offending string (`invalid type:
+/// string "..."`), which could be a value; every string of the parsed document is zeroized.
+pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
+    // A tree of JSON values costs far more memory than its text: count them first.
+    if json_values_over(body, MAX_JSON_VALUES) {
+        return Err(AnswerError::Shape(format!(
+            "more than {MAX_JSON_VALUES} JSON values (an answer holds at most \
+             {MAX_SECRETS_PER_ANSWER} secrets)"
+        )));
+    }
+    let mut doc = match serde_json::from_slice::<serde_json::Value>(body) {
+        // serde_json's syntax messages hold a line and column, never input text.
+        Err(e) => return Err(AnswerError::Shape(e.to_string())),
+        Ok(v) => Scrubbed(v),
+    };
+    let pairs = decode_shape(&mut doc.0).map_err(AnswerError::Shape)?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (raw, value) in pairs {
+        let name = normalize_name(&raw, false)?;
+        if let Some(offset) = value.expose_secret().bytes().position(|b| b == 0) {
+            return Err(AnswerError::Nul { name, offset });
+        }
+        out.push(WireSecret { name, value });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(AnswerError::Duplicate(w[0].name.clone()));
+    }
+    Ok(out)
+}
+
+/// The message of an error answer (`{"error": "..."}`), if the body is one. By contract it never
+/// holds a value; the caller still escapes and bounds what it shows.
+pub fn decode_error(body: &[u8]) -> Option<String> {
+    let doc = Scrubbed(serde_json::from_slice::<serde_json::Value>(body).ok()?);
+    doc.0.get("error")?.as_str().map(str::to_owned)
+}
+
+/// A parsed JSON document whose strings are zeroized when dropped.
+struct Scrubbed(serde_json::Value);
+
+impl Drop for Scrubbed {
+    fn drop(&mut self) {
+        fn scrub(v: &mut serde_json::Value) {
+            use serde_json::Value;
+            match v {
+                Value::String(s) => zeroize::Zeroize::zeroize(s),
+                Value::Array(a) => a.iter_mut().for_each(scrub),
+                Value::Object(m) => m.values_mut().for_each(scrub),
+                _ => {}
+            }
+        }
+        scrub(&mut self.0);
+    }
+}
+
+/// Whether `body` holds more than `limit` JSON values, counted as one plus the commas and colons
+/// outside strings (every value but the first follows one of them): an upper bound, found in one
+/// pass without allocating. Bytes need not be valid JSON or UTF-8.
+pub fn json_values_over(body: &[u8], limit: usize) -> bool {
+    let mut count = 1usize;
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b':' => {
+                    count += 1;
+                    if count > limit {
+                        return true;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+/// The wire shape of a 200 answer, checked field by field; the names and values are moved out
+/// of `doc` (whose remaining strings the caller zeroizes). The error names the field, never its
+/// content.
+fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString)>, String> {
+    use serde_json::Value;
+    let Value::Object(top) = doc else {
+        return Err("not a JSON object".into());
+    };
+    if top
+        .keys()
+        .any(|k| !matches!(k.as_str(), "sandbox" | "repository" | "secrets"))
+    {
+        return Err("a field other than sandbox, repository and secrets".into());
+    }
+    for field in ["sandbox", "repository"] {
+        match top.get(field) {
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(format!("`{field}` is not a string")),
+            None => return Err(format!("missing field `{field}`")),
+        }
+    }
+    let list = match top.get_mut("secrets") {
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("`secrets` is not an array".into()),
+        None => return Err("missing field `secrets`".into()),
+    };
+    let most = MAX_SECRETS_PER_ANSWER;
+    if list.len() > most {
+        return Err(format!(
+            "{} secrets, more than the {most} an answer may hold",
+            list.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter_mut().enumerate() {
+        let Value::Object(fields) = item else {
+            return Err(format!("`secrets[{i}]` is not an object"));
+        };
+        if fields.keys().any(|k| k != "name" && k != "value") {
+            return Err(format!(
+                "`secrets[{i}]` has a field other than name and value"
+            ));
+        }
+        let mut take = |field: &str| match fields.get_mut(field) {
+            Some(Value::String(s)) => Ok(std::mem::take(s)),
+            Some(_) => Err(format!("`secrets[{i}].{field}` is not a string")),
+            None => Err(format!("`secrets[{i}]` has no field `{field}`")),
+        };
+        let name = take("name")?;
+        let value = SecretString::from(take("value")?);
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// The body of every error answer. Never holds a value.
@@ -432,9 +652,66 @@ mod tests {
     #[test]
     fn wire_secret_debug_is_redacted_and_round_trips() {
         let body = r#"{"sandbox":"s1","repository":"o/r","secrets":[{"name":"A","value":"s3cr3t\n\"x\""}]}"#;
-        let parsed: SecretsResponse = serde_json::from_str(body).unwrap();
-        assert_eq!(parsed.secrets[0].value.expose_secret(), "s3cr3t\n\"x\"");
+        let parsed = decode_answer(body.as_bytes()).unwrap();
+        assert_eq!(parsed[0].value.expose_secret(), "s3cr3t\n\"x\"");
         assert!(!format!("{parsed:?}").contains("s3cr3t"));
-        assert_eq!(serde_json::to_string(&parsed).unwrap(), body);
+        let secrets: Vec<WireSecretRef> = parsed
+            .iter()
+            .map(|s| WireSecretRef {
+                name: &s.name,
+                value: s.value.expose_secret(),
+            })
+            .collect();
+        assert_eq!(&encode_answer("s1", "o/r", &secrets)[..], body.as_bytes());
+    }
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only() {
+        assert!(!json_values_over(b"", 1));
+        assert!(!json_values_over(b"[1,2]", 2));
+        assert!(json_values_over(b"[1,2,3]", 2));
+        assert!(!json_values_over(br#"{"a":"x,y:z"}"#, 2));
+        assert!(json_values_over(br#"{"a":"x","b":1}"#, 3));
+        // An escaped quote does not end the string; an escaped backslash does not escape it.
+        assert!(!json_values_over(br#"["\",,,,"]"#, 1));
+        assert!(json_values_over(br#"["\\",1,2]"#, 2));
+        assert!(!json_values_over(b"\xff,\"", 2));
+        let answer = format!(
+            r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
+            vec![r#"{"name":"A","value":"x,:"}"#; MAX_SECRETS_PER_ANSWER].join(",")
+        );
+        assert!(!json_values_over(answer.as_bytes(), MAX_JSON_VALUES));
+    }
+
+    proptest::proptest! {
+        /// Every answer the daemon encodes decodes to the same secrets (names valid and unique,
+        /// values any text without NUL, up to the value limit).
+        #[test]
+        fn every_encoded_answer_decodes_to_the_same_secrets(
+            sandbox in "[0-9a-f]{32}",
+            repository in "[a-z0-9][a-z0-9._-]{0,20}/[a-z0-9._-]{1,20}",
+            secrets in proptest::collection::btree_map(
+                "[A-Z_][A-Z0-9_]{0,40}",
+                proptest::string::string_regex("[^\\x00]{0,200}").unwrap(),
+                0..40,
+            ),
+        ) {
+            let secrets: Vec<(String, String)> = secrets
+                .into_iter()
+                .filter(|(n, _)| normalize_name(n, false).as_deref() == Ok(n.as_str()))
+                .collect();
+            let refs: Vec<WireSecretRef> = secrets
+                .iter()
+                .map(|(name, value)| WireSecretRef { name, value })
+                .collect();
+            let body = encode_answer(&sandbox, &repository, &refs);
+            proptest::prop_assert_eq!(encoded_answer_len(&sandbox, &repository, &refs), body.len());
+            let got = decode_answer(&body).unwrap();
+            let got: Vec<(String, String)> = got
+                .iter()
+                .map(|s| (s.name.clone(), s.value.expose_secret().to_owned()))
+                .collect();
+            proptest::prop_assert_eq!(got, secrets);
+        }
     }
 }

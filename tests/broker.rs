@@ -6,15 +6,13 @@
 
 mod support;
 
-mod broker_support;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use broker_support::*;
+use support::daemon::*;
 
 // ------------------------------------------------------------------------------------------
 
@@ -698,7 +696,15 @@ fn unusable_state_directory_is_a_clear_error() {
         .arg(file.join("state"))
         .arg("--run-dir")
         .arg(dir.path().join("run"));
-    run(c, None).fails_with("cannot create state directory");
+    let out = run(c, None).fails_with("cannot create state directory");
+    // The cause is printed once: an error names it in its message or returns it as its source,
+    // and the binary's printer never shows it twice.
+    assert_eq!(
+        out.stderr().matches("Not a directory").count(),
+        1,
+        "{}",
+        out.explain()
+    );
 
     if !is_root() {
         support::skip("needs root for the non-root daemon case");
@@ -713,7 +719,13 @@ fn unusable_state_directory_is_a_clear_error() {
     c.arg(&state)
         .arg("--run-dir")
         .arg(dir.path().join("run-nobody"));
-    run(c, None).fails_with("is not writable");
+    let out = run(c, None).fails_with("is not writable");
+    assert_eq!(
+        out.stderr().matches("Permission denied").count(),
+        1,
+        "{}",
+        out.explain()
+    );
 }
 
 #[test]

@@ -5,8 +5,6 @@
 
 mod support;
 
-mod broker_support;
-
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -15,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker_support::*;
+use support::daemon::*;
 
 // ------------------------------------------------------------------------------------------
 // kill -9 during concurrent sets and deletes
@@ -483,8 +481,8 @@ fn still_open(s: &UnixStream) -> bool {
     )
 }
 
-/// Sandbox connections served at once per socket (server::Config's default).
-const SANDBOX_LIMIT: usize = 1024;
+/// Sandbox connections served at once per socket (daemon::Config's default).
+const SANDBOX_LIMIT: usize = 32;
 
 #[test]
 fn a_flooded_sandbox_socket_does_not_starve_another_sandbox() {

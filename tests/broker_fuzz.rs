@@ -1,70 +1,37 @@
 //! Fuzz targets of the broker on stable Rust: proptest harnesses over the admin request decoding
-//! and validation (`api::parse_admin`), the route checks of both sockets, the secret-name rules
-//! against an independent oracle, and raw bytes into a real daemon's sockets. Under `cargo test`
-//! each target runs one batch (`PROPTEST_CASES`, default 256); `scripts/fuzz.sh SECONDS` sets
-//! `BROKER_FUZZ_SECONDS` to run each for that long and prints executions per target. A failure is
-//! shrunk and its seed kept in `tests/broker_fuzz.proptest-regressions`, replayed on every run.
+//! and validation (`http::admin::parse_admin`), the route checks of both sockets, the secret-name
+//! rules against an independent oracle, and raw bytes into a real daemon's sockets. Under `cargo
+//! test` each target runs one batch (`PROPTEST_CASES`, default 256); `scripts/fuzz.sh SECONDS`
+//! sets `FUZZ_SECONDS` to run each for that long (the runner is `support::fuzz`) and prints
+//! executions per target. A failure is shrunk and its seed kept in
+//! `tests/broker_fuzz.proptest-regressions`, replayed on every run.
 #![cfg(feature = "broker")]
 
-mod broker_support;
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use sandbox_init::broker::api::{
-    admin_target, parse_admin, sandbox_target, AdminCommand, ApiError, MAX_REPOS_PER_SECRET, ROUTES,
-};
+use proptest::test_runner::TestCaseError;
+use sandbox_init::broker::admin::Route;
+use sandbox_init::broker::http::admin::{admin_target, parse_admin, AdminCommand};
+use sandbox_init::broker::http::sandbox::sandbox_target;
+use sandbox_init::broker::http::{ApiError, MAX_REPOS_PER_SECRET};
 use sandbox_init::protocol::{normalize_name, normalize_repo, normalize_user, DANGEROUS_NAMES};
 use secrecy::ExposeSecret;
 
-/// Runs `test` over `strategy` in batches until the time budget is spent (at least one batch),
-/// then prints the executions. Panics with the shrunk input when a case fails.
+/// Runs one target through the harness's fuzz runner, then says how many admin inputs were
+/// accepted as commands (so the targets are seen to reach past the decoder).
 fn fuzz<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
 where
     S::Value: std::fmt::Debug,
 {
-    let budget = std::env::var("BROKER_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let deadline = Instant::now() + Duration::from_secs_f64(budget);
-    let started = Instant::now();
-    let execs = AtomicU64::new(0);
-    let mut batches = 0u64;
-    loop {
-        let config = Config {
-            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-                "proptest-regressions",
-            ))),
-            source_file: Some(file!()),
-            ..Config::default()
-        };
-        let mut runner = TestRunner::new(config);
-        let result = runner.run(&strategy, |v| {
-            execs.fetch_add(1, Ordering::Relaxed);
-            test(v)
-        });
-        if let Err(e) = result {
-            panic!("fuzz target {name} failed: {e}");
-        }
-        batches += 1;
-        if Instant::now() >= deadline {
-            break;
-        }
-    }
+    support::fuzz::run(name, file!(), strategy, test);
     let accepted = ACCEPTED.load(Ordering::Relaxed);
-    println!(
-        "fuzz {name}: {} executions in {batches} batches, {:.1}s{}",
-        execs.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        if accepted > 0 {
-            format!(" ({accepted} admin inputs accepted as commands)")
-        } else {
-            String::new()
-        }
-    );
+    if accepted > 0 {
+        println!("fuzz: {name}: {accepted} admin inputs accepted as commands");
+    }
 }
 
 /// Admin inputs `parse_admin` accepted (so the targets are seen to reach past the decoder).
@@ -73,7 +40,7 @@ static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 /// Checks what `parse_admin` returned: an accepted command holds only normalized, valid parts;
 /// a refusal is a client error whose message never quotes the value.
 fn check_parsed(
-    route: &str,
+    route: Route,
     result: Result<AdminCommand, ApiError>,
     value_marker: &str,
 ) -> Result<(), TestCaseError> {
@@ -127,7 +94,7 @@ fn check_parsed(
                 AdminCommand::Plan { user, repo } | AdminCommand::CreateSandbox { user, repo } => {
                     prop_assert!(valid_user(&user) && valid_repo(&repo))
                 }
-                AdminCommand::ListSandboxes => prop_assert_eq!(route, "sandboxes/list"),
+                AdminCommand::ListSandboxes => prop_assert_eq!(route, Route::SandboxesList),
                 AdminCommand::DeleteSandbox { id } => {
                     prop_assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 }
@@ -147,8 +114,8 @@ fn check_parsed(
     Ok(())
 }
 
-fn route() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(ROUTES)
+fn route() -> impl Strategy<Value = Route> {
+    prop::sample::select(Route::ALL.to_vec())
 }
 
 #[test]
@@ -314,8 +281,8 @@ fn fuzz_route_checks() {
             }
             match admin_target(&m, &path) {
                 Ok(route) => {
-                    prop_assert!(ROUTES.contains(&route) && m == hyper::Method::POST);
-                    prop_assert_eq!(format!("/v1/admin/{route}"), path);
+                    prop_assert!(m == hyper::Method::POST);
+                    prop_assert_eq!(route.path(), path);
                 }
                 Err(e) => prop_assert!((400..500).contains(&e.status().as_u16())),
             }
@@ -372,12 +339,12 @@ fn send_and_close(socket: &std::path::Path, raw: &[u8]) -> std::io::Result<(u16,
         }
         _ => {}
     }
-    Ok(broker_support::parse_answer(&out))
+    Ok(support::daemon::parse_answer(&out))
 }
 
 #[test]
 fn fuzz_daemon_wire() {
-    use broker_support::*;
+    use support::daemon::*;
     let d = Daemon::new();
     d.cli(
         &["set", "WIRE", "--repo", "fuzz/w"],

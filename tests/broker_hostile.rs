@@ -4,12 +4,12 @@
 //! bounded, and it keeps serving.
 #![cfg(feature = "broker")]
 
-mod broker_support;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use broker_support::*;
+use support::daemon::*;
 
 /// Growth of the daemon's peak RSS allowed over all hostile inputs.
 const HWM_BOUND_KIB: u64 = 64 * 1024;

@@ -5,14 +5,12 @@
 
 mod support;
 
-mod broker_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use broker_support::*;
+use support::daemon::*;
 
 const A_VALUE: &str = "isolation-A-VALUE-7f3a";
 const B_VALUE: &str = "isolation-B-VALUE-91c2";

@@ -1,20 +1,22 @@
 //! Init-side fuzzing on stable Rust: proptest harnesses, one `fuzz_*` test per target. Each runs
 //! `PROPTEST_CASES` cases (default 256), or, with `FUZZ_SECONDS=N`, batches of them until N
-//! seconds have passed (`scripts/fuzz-init.sh`); it prints `fuzz: <target>: <n> executions`.
+//! seconds have passed (`scripts/fuzz.sh`; the runner is `support::fuzz`); it prints `fuzz:
+//! <target>: <n> executions`. A failure's seed is kept in `tests/fuzz_init.proptest-regressions`.
 //! Targets: the broker answer decoding (raw bytes, and JSON shapes against a reference model),
 //! `config.json` merging (in memory and through real files), the shell quoting of
 //! `sandbox-init env` (read back by real bash and dash, many values per shell), registry
 //! normalisation and secret-name validation. Crashers found are kept as regression tests at the
-//! end of this file.
+//! end of this file; bad wire answers go to `tests/corpus/bad-answers/`.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use sandbox_init::inject::dockercfg::{self, Entry};
 use sandbox_init::inject::fetch::{self, FetchError};
 use sandbox_init::inject::quote;
@@ -23,42 +25,13 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
-/// Runs `test` on values of `strategy`: `PROPTEST_CASES` cases, repeated in fresh batches until
-/// `FUZZ_SECONDS` have passed when that is set. A failure panics with the shrunk input.
+/// Runs one target through the harness's fuzz runner (`support::fuzz`).
 fn fuzz<S>(target: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) -> u64
 where
     S: Strategy,
     S::Value: Debug,
 {
-    let cases: u32 = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    let deadline = std::env::var("FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    let mut executions: u64 = 0;
-    loop {
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        match runner.run(&strategy, &test) {
-            Ok(()) => {}
-            Err(TestError::Fail(why, input)) => {
-                panic!("{target}: {why}\nminimal failing input: {input:#?}")
-            }
-            Err(TestError::Abort(why)) => panic!("{target}: aborted: {why}"),
-        }
-        executions += u64::from(cases);
-        if deadline.map_or(true, |d| Instant::now() >= d) {
-            break;
-        }
-    }
-    eprintln!("fuzz: {target}: {executions} executions");
-    executions
+    support::fuzz::run(target, file!(), strategy, test)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,15 +637,6 @@ fn fuzz_names() {
 
 // ---------------------------------------------------------------------------------------------
 // Regressions: inputs the fuzzers found, kept.
-
-/// An answer whose `secrets` hold strings was refused with serde's `invalid type: string "..."`,
-/// quoting what could be a value.
-#[test]
-fn regression_a_string_in_secrets_is_not_quoted() {
-    let body = br#"{"sandbox":"s","repository":"o/r","secrets":["TOKEN=hunter2-value"]}"#;
-    let e = fetch::parse_answer(hyper::StatusCode::OK, body).unwrap_err();
-    assert!(!e.to_string().contains("hunter2"), "{e}");
-}
 
 /// `://¡` (no scheme, an odd host) normalises to itself: not a scheme left behind.
 #[test]

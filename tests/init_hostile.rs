@@ -4,9 +4,9 @@
 //! problem, echo no value, and stay within a memory bound (the init's peak RSS, measured by
 //! GNU time's `%M` when installed, else the children's `ru_maxrss`).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,89 +14,9 @@ const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
 /// The bound on the init's peak resident memory while it refuses any of these.
 const MEMORY_BOUND_KIB: u64 = 64 * 1024;
 /// A value-like marker put in every hostile body: it must never be echoed.
-const MARK: &str = "hostileValQ9z7Kx2";
+const MARK: &str = support::MARK;
 
-/// What the peer does after reading the request.
-enum Reply {
-    /// These bytes, then close.
-    Bytes(Vec<u8>),
-    /// A header promising `total` bytes, then a body of `unit` repeated until the client leaves.
-    Flood { head: Vec<u8>, unit: Vec<u8> },
-    /// A valid header, then one body byte every 100 ms, forever.
-    Drip,
-}
-
-/// A fake broker on a fresh socket serving one connection; the thread ends with it.
-struct Peer {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Peer {
-    fn start(reply: Reply) -> Peer {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("secrets.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let thread = std::thread::spawn(move || {
-            let Ok((mut s, _)) = listener.accept() else {
-                return;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-            let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            match reply {
-                Reply::Bytes(b) => {
-                    let _ = s.write_all(&b);
-                }
-                Reply::Flood { head, unit } => {
-                    if s.write_all(&head).is_ok() {
-                        while s.write_all(&unit).is_ok() {}
-                    }
-                }
-                Reply::Drip => {
-                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n{";
-                    if s.write_all(head.as_bytes()).is_ok() {
-                        while s.write_all(b" ").is_ok() {
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            }
-        });
-        Peer {
-            _dir: dir,
-            socket,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // The init has exited: the peer's next write fails and its thread ends.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn http(status: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
+use support::peer::{http, Peer, Reply};
 
 fn answer(secrets_json: &str) -> Vec<u8> {
     http(
@@ -309,113 +229,16 @@ fn many_entries_and_deep_nesting_are_refused() {
     );
 }
 
+/// Every bad answer of the corpus (`tests/corpus/bad-answers/`: bad bytes, names, values and
+/// shapes), served by a peer to the real init.
 #[test]
 fn bad_bytes_names_and_values_are_refused() {
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "invalid UTF-8 in a value",
-            [
-                format!(
-                    r#"{{"sandbox":"s","repository":"o/r","secrets":[{{"name":"A","value":"{MARK}"#
-                )
-                .as_bytes(),
-                b"\xff\xfe\"}]}",
-            ]
-            .concat(),
-            "not a secrets answer",
-        ),
-        (
-            "invalid UTF-8 in a name",
-            [
-                br#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A"#.as_slice(),
-                b"\xc3\x28",
-                format!(r#"","value":"{MARK}"}}]}}"#).as_bytes(),
-            ]
-            .concat(),
-            "not a secrets answer",
-        ),
-        (
-            "a raw NUL byte in a value",
-            [
-                format!(
-                    r#"{{"sandbox":"s","repository":"o/r","secrets":[{{"name":"A","value":"{MARK}"#
-                )
-                .as_bytes(),
-                b"\0\"}]}",
-            ]
-            .concat(),
-            "control character",
-        ),
-        (
-            "an escaped NUL in a value",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                secret("A", &format!("{MARK}\\u0000"))
-            )
-            .into_bytes(),
-            "value of A contains a NUL byte at offset 17",
-        ),
-        (
-            "an escaped NUL in a name",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                secret("A\\u0000B", MARK)
-            )
-            .into_bytes(),
-            "may only contain letters, digits and underscores",
-        ),
-        (
-            "a name of 10k characters",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                secret(&"N".repeat(10_000), MARK)
-            )
-            .into_bytes(),
-            "longer than 255",
-        ),
-        (
-            "a dangerous name",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                secret("ld_preload", MARK)
-            )
-            .into_bytes(),
-            "dangerous",
-        ),
-        (
-            "a reserved name",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{}]}}"#,
-                secret("SANDBOX_X", MARK)
-            )
-            .into_bytes(),
-            "reserved",
-        ),
-        (
-            "a name given twice in two cases",
-            format!(
-                r#"{{"sandbox":"s","repository":"o/r","secrets":[{},{}]}}"#,
-                secret("Tok", MARK),
-                secret("TOK", MARK)
-            )
-            .into_bytes(),
-            "appears more than once",
-        ),
-        (
-            "a number where the value goes",
-            br#"{"sandbox":"s","repository":"o/r","secrets":[{"name":"A","value":1e999999}]}"#
-                .to_vec(),
-            "not a secrets answer",
-        ),
-        (
-            "a string where the secrets go",
-            format!(r#"{{"sandbox":"s","repository":"o/r","secrets":"{MARK}"}}"#).into_bytes(),
-            "`secrets` is not an array",
-        ),
-        ("an empty body", Vec::new(), "EOF while parsing"),
-    ];
-    for (what, body, why) in cases {
-        refused(what, Reply::Bytes(http("200 OK", &body)), why);
+    for case in support::bad_answers() {
+        refused(
+            &case.name,
+            Reply::Bytes(http("200 OK", &case.body)),
+            &case.why,
+        );
     }
 }
 

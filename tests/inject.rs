@@ -5,10 +5,8 @@
 
 mod support;
 
-mod registry_support;
-
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -21,104 +19,14 @@ use sandbox_init::inject::{self, Options, Prepared, SecretsPolicy, Target};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use registry_support::registry_env;
+use support::peer::{Peer as Server, Reply};
+use support::registry::registry_env;
 
 // ---------------------------------------------------------------------------------------------
-// Peers
-
-/// What a test peer does with a connection.
-#[derive(Clone)]
-enum Peer {
-    /// Answers this status and body.
-    Answer(u16, Vec<u8>),
-    /// Sends these raw bytes as the whole answer.
-    Raw(Vec<u8>),
-    /// Reads the request and never answers.
-    Silent,
-    /// Promises and streams an answer larger than the client's limit.
-    Flood,
-}
-
-struct Server {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    hits: Arc<Mutex<usize>>,
-}
-
-fn read_request(stream: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    req
-}
-
-fn start(peer: Peer) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("secrets.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let hits = Arc::new(Mutex::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            *counter.lock().unwrap() += 1;
-            let peer = peer.clone();
-            std::thread::spawn(move || {
-                let req = read_request(&mut stream);
-                assert!(req.starts_with(b"GET /v1/secrets HTTP/1.1\r\n"), "{req:?}");
-                match peer {
-                    Peer::Answer(status, body) => {
-                        let head = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                             content-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(head.as_bytes());
-                        let _ = stream.write_all(&body);
-                    }
-                    Peer::Raw(bytes) => {
-                        let _ = stream.write_all(&bytes);
-                    }
-                    Peer::Silent => {
-                        // Hold the connection until the client gives up.
-                        let mut buf = [0u8; 64];
-                        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-                    }
-                    Peer::Flood => {
-                        let total = 64 * 1024 * 1024;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n{{\"sandbox\":\""
-                        );
-                        let _ = stream.write_all(head.as_bytes());
-                        let chunk = vec![b'x'; 64 * 1024];
-                        while stream.write_all(&chunk).is_ok() {}
-                    }
-                }
-            });
-        }
-    });
-    Server {
-        _dir: dir,
-        socket,
-        hits,
-    }
-}
-
-fn secrets_body(secrets: &[(&str, &str)]) -> Vec<u8> {
-    let list: Vec<_> = secrets
-        .iter()
-        .map(|(n, v)| json!({"name": n, "value": v}))
-        .collect();
-    serde_json::to_vec(&json!({"sandbox": "sb1", "repository": "o/r", "secrets": list})).unwrap()
-}
+// Peers (the fake broker is `support::peer`)
 
 fn serve(secrets: &[(&str, &str)]) -> Server {
-    start(Peer::Answer(200, secrets_body(secrets)))
+    Server::serving(secrets)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,7 +192,13 @@ fn authorized_secrets_arrive_byte_exact_and_replace_inherited_with_a_warning() {
     );
     // No registry triplet: no docker config written.
     assert!(!home.path().join(".docker").exists());
-    assert_eq!(*server.hits.lock().unwrap(), 1);
+    assert_eq!(server.hits(), 1);
+    let requests = server.requests();
+    assert!(
+        requests[0].starts_with(b"GET /v1/secrets HTTP/1.1\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&requests[0])
+    );
 }
 
 /// Every way a present socket can fail, under each policy: `auto` and `required` stop with a
@@ -297,14 +211,14 @@ fn faulty_peers_fail_closed_unless_optional() {
     let not_a_socket = dead_dir.path().join("plain-file");
     std::fs::write(&not_a_socket, b"").unwrap();
 
-    let garbage = start(Peer::Answer(200, b"{\"hello\":\"world\"}".to_vec()));
-    let not_http = start(Peer::Raw(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()));
-    let silent = start(Peer::Silent);
-    let failing = start(Peer::Answer(
-        500,
-        br#"{"error":"store is locked"}"#.to_vec(),
+    let garbage = Server::start(Reply::answer("200 OK", b"{\"hello\":\"world\"}"));
+    let not_http = Server::start(Reply::Bytes(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()));
+    let silent = Server::start(Reply::Silent);
+    let failing = Server::start(Reply::answer(
+        "500 Internal Server Error",
+        br#"{"error":"store is locked"}"#,
     ));
-    let flood = start(Peer::Flood);
+    let flood = Server::start(Reply::flood());
     let bad_name = serve(&[("LD_PRELOAD", "/tmp/evil-distinct.so")]);
     let dup = serve(&[("DUP", "dup-value-1"), ("dup", "dup-value-2")]);
     let cases: Vec<(&str, &Path, &[&str])> = vec![
@@ -736,7 +650,7 @@ fn env_prints_nothing_without_a_socket_and_nothing_on_failure() {
     assert!(env_output(&absent, SecretsPolicy::Required, &[])
         .unwrap_err()
         .contains("does not exist"));
-    let garbage = start(Peer::Answer(200, b"not json".to_vec()));
+    let garbage = Server::start(Reply::answer("200 OK", b"not json"));
     let e = env_output(&garbage.socket, SecretsPolicy::Auto, &[]).unwrap_err();
     assert!(e.contains("garbage"), "{e}");
     assert_eq!(

@@ -9,17 +9,13 @@
 
 mod support;
 
-mod broker_support;
-
-mod registry_support;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use broker_support::{run, Daemon, Run};
-use registry_support::registry_env;
+use support::daemon::{run, Daemon, Run};
+use support::registry::registry_env;
 
 const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
 

@@ -7,10 +7,8 @@
 //! spill files) are the only hits and have the modes and owners SPEC gives them.
 #![cfg(feature = "broker")]
 
-mod broker_support;
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -184,108 +182,41 @@ fn auth_needle() -> Needle {
 // ---------------------------------------------------------------------------------------------
 // The daemon, as `nobody`.
 
+/// The harness's daemon (`support::daemon`) as nobody, with every CLI output recorded as
+/// evidence.
 struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    logs: Vec<PathBuf>,
+    inner: support::daemon::Daemon,
 }
 
 impl Daemon {
     fn new() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        for (sub, mode) in [("state", 0o700), ("run", 0o755)] {
-            let p = dir.path().join(sub);
-            std::fs::create_dir(&p).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+        Daemon {
+            inner: support::daemon::Daemon::as_nobody(),
         }
-        let mut d = Daemon {
-            dir,
-            child: None,
-            logs: Vec::new(),
-        };
-        d.start().unwrap_or_else(|e| panic!("{e}"));
-        d
     }
 
     fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.inner.state.clone()
     }
 
     fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
+        self.inner.run_dir()
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon running").id()
+        self.inner.pid() as u32
     }
 
     fn log_text(&self) -> String {
-        self.logs
-            .last()
-            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-            .unwrap_or_default()
+        self.inner.log_text()
     }
 
-    /// Starts `sandbox-secrets serve` as nobody; `Err` holds its status and log when it stops.
     fn start(&mut self) -> Result<(), String> {
-        let log_path = self
-            .dir
-            .path()
-            .join(format!("daemon-{}.log", self.logs.len()));
-        self.logs.push(log_path.clone());
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", SECRETS])
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .env_clear()
-            .env("SANDBOX_SECRETS_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Err(format!("daemon exited {status}\n{}", self.log_text()));
-            }
-            let up = std::os::unix::net::UnixStream::connect(self.run_dir().join("admin.sock"))
-                .is_ok()
-                && self.log_text().contains("listening");
-            if up {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("daemon did not come up\n{}", self.log_text()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.start()
     }
 
     fn stop(&mut self) {
-        let mut child = self.child.take().expect("daemon running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("daemon ignored SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.stop();
     }
 
     /// `sandbox-secrets ARGS` as root at trace level; output recorded in `ev`.
@@ -301,14 +232,8 @@ impl Daemon {
         stdin: Option<&[u8]>,
     ) -> Output {
         // As the daemon's own user: the CLI talks only to a daemon of root or its own uid.
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", SECRETS])
-            .arg("--run-dir")
-            .arg(run_dir)
-            .args(args)
-            .env_clear()
-            .env("SANDBOX_SECRETS_LOG", "trace");
-        let out = broker_support::output(&mut cmd, stdin);
+        let mut cmd = self.inner.cli_command(run_dir, args);
+        let out = support::daemon::output(&mut cmd, stdin);
         ev.output(&cmd, &out);
         out
     }
@@ -363,15 +288,6 @@ impl Daemon {
         );
         let dir = line.split_whitespace().nth(1).expect("id and directory");
         PathBuf::from(dir)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -804,65 +720,7 @@ fn non_root_init_is_not_dumpable_and_its_memory_holds_no_value() {
     ev.assert_clean(&needles());
 }
 
-/// A fake peer on a unix socket: answers `replies` connections, in order, with the bytes given
-/// (`{body}` in a reply is replaced by the request's body, for echoing peers), then stops.
-fn fake_peer(socket: &Path, replies: Vec<Vec<u8>>) -> std::thread::JoinHandle<()> {
-    use std::io::Read;
-    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
-    std::thread::spawn(move || {
-        for reply in replies {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            let body_start = loop {
-                if let Some(i) = find(&req, b"\r\n\r\n") {
-                    break i + 4;
-                }
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            };
-            let head = String::from_utf8_lossy(&req[..body_start]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            while req.len() < body_start + len {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body = &req[body_start..];
-            let mut out = Vec::new();
-            let mut rest = &reply[..];
-            while let Some(i) = find(rest, b"{body}") {
-                out.extend_from_slice(&rest[..i]);
-                out.extend_from_slice(body);
-                rest = &rest[i + 6..];
-            }
-            out.extend_from_slice(rest);
-            let _ = stream.write_all(&out);
-        }
-    })
-}
-
-/// An HTTP answer with a body.
-fn http(status: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
+use support::peer::{http, scripted as fake_peer};
 
 /// `sandbox-init ARGS` (not PID 1: the fetch and setup steps are the same) at trace level.
 fn init_run(ev: &mut Evidence, env: &[(&str, &Path)], args: &[&str], stack_kib: u32) -> Output {
@@ -878,7 +736,7 @@ fn init_run(ev: &mut Evidence, env: &[(&str, &Path)], args: &[&str], stack_kib: 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = broker_support::output(&mut cmd, None);
+    let out = support::daemon::output(&mut cmd, None);
     ev.output(&cmd, &out);
     out
 }
@@ -1112,7 +970,7 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     let mut sh = Command::new("bash");
     sh.args(["-c", &printer, "bash"])
         .arg(env_dir.join("env-out"));
-    let back = broker_support::output(&mut sh, None);
+    let back = support::daemon::output(&mut sh, None);
     let want: Vec<u8> = seeds()
         .iter()
         .flat_map(|(_, _, v)| v.bytes().chain([0]))
@@ -1321,10 +1179,10 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     daemon.stop();
 
     // Everything: every daemon log, the SQLite files, every file under the test's directories.
-    for log in &daemon.logs {
+    for log in &daemon.inner.logs() {
         ev.add(log.display().to_string(), std::fs::read(log).unwrap());
     }
-    check_files(&mut ev, &[daemon.dir.path()], NOBODY);
+    check_files(&mut ev, &[daemon.inner.dir.path()], NOBODY);
     let (configs, spills) = check_files(&mut ev, &[w], 0);
     assert_eq!(configs, 1, "the config.json of the corrupt-file run");
     assert!(spills > 0, "the env run spilled nothing");

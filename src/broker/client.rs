@@ -5,12 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::api::ADMIN_PREFIX;
-use crate::protocol::{self, ErrorBody};
+use super::admin::{AdminCall, Route};
+use crate::protocol;
 
 /// Longest admin answer read.
 pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -19,24 +17,24 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot start the client runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("cannot start the client runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("cannot reach the daemon (is `sandbox-secrets serve` running with this --run-dir, and are you root or its user?)")]
     Connect { source: protocol::ClientError },
-    #[error("{0}")]
+    #[error(transparent)]
     Exchange(protocol::ClientError),
     #[error("the daemon did not answer {route} within {TIMEOUT:?}")]
-    Timeout { route: String },
+    Timeout { route: Route },
     #[error("{message}")]
     Refused {
         status: hyper::StatusCode,
         message: String,
     },
     #[error("the daemon's answer to {route} is not understood: {detail}")]
-    BadAnswer { route: String, detail: String },
+    BadAnswer { route: Route, detail: String },
     #[error("cannot encode the request for {route}")]
-    Encode { route: String },
-    #[error("cannot read the credentials of the daemon at {socket}: {source}")]
+    Encode { route: Route },
+    #[error("cannot read the credentials of the daemon at {socket}")]
     PeerCred {
         socket: PathBuf,
         source: std::io::Error,
@@ -116,39 +114,30 @@ impl AdminClient {
         })
     }
 
-    /// Sends `request` to `/v1/admin/<route>` and decodes the answer; a non-2xx answer is an
-    /// error carrying the daemon's message.
-    pub fn call<Q: Serialize, A: DeserializeOwned>(
-        &self,
-        route: &str,
-        request: &Q,
-    ) -> Result<A, AdminError> {
-        let body = Zeroizing::new(serde_json::to_vec(request).map_err(|_| AdminError::Encode {
-            route: route.to_owned(),
-        })?);
-        let path = format!("{ADMIN_PREFIX}{route}");
+    /// Sends `request` to its route and decodes the answer; a non-2xx answer is an error
+    /// carrying the daemon's message.
+    pub fn call<Q: AdminCall>(&self, request: &Q) -> Result<Q::Answer, AdminError> {
+        let route: Route = Q::ROUTE;
+        let body =
+            Zeroizing::new(serde_json::to_vec(request).map_err(|_| AdminError::Encode { route })?);
+        let path = route.path();
         let answer = self.runtime.block_on(async {
             tokio::time::timeout(TIMEOUT, admin_request(&self.socket, &path, body.to_vec())).await
         });
         let answer = match answer {
-            Err(_) => {
-                return Err(AdminError::Timeout {
-                    route: route.to_owned(),
-                })
-            }
+            Err(_) => return Err(AdminError::Timeout { route }),
             Ok(result) => result?,
         };
         if !answer.status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&answer.body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("the daemon answered {}", answer.status));
+            let message = protocol::decode_error(&answer.body)
+                .unwrap_or_else(|| format!("the daemon answered {}", answer.status));
             return Err(AdminError::Refused {
                 status: answer.status,
                 message,
             });
         }
         serde_json::from_slice(&answer.body).map_err(|e| AdminError::BadAnswer {
-            route: route.to_owned(),
+            route,
             detail: format!("line {} column {}", e.line(), e.column()),
         })
     }

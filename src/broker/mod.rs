@@ -1,8 +1,16 @@
-//! The host daemon: sockets, admin API, access rules, encrypted SQLite store, sandboxes, audit.
-//! Nothing here knows about signals of a container or PID 1.
+//! The host daemon and its admin client. Nothing here knows about signals of a container or
+//! PID 1. Imports run one way, top floor to ground:
+//!
+//! `server` (listeners, accept loops, shutdown) -> `http` (routing, errors, bodies; `http::sandbox`,
+//! `http::admin`) -> `daemon` (state: sandboxes, answer cache, lifecycle) -> `store` (rules,
+//! sealing, SQLite). Beside them, used from above and importing only downward: `admin` (the admin
+//! API's routes and types), `client` (the admin client), `cli` (the admin commands' printing),
+//! `sandboxes` (run-directory layout), `acl` (plan), `crypto` (sealing), `audit` (log lines).
 //!
 //! - [`server`]: `run(config, shutdown)`, the serve loops, peer checks, drain.
-//! - [`api`]: the sandbox and admin routes, their JSON types, error statuses.
+//! - [`http`]: the sandbox and admin surfaces, error statuses, zeroizing bodies.
+//! - [`daemon`]: live sandboxes, the answer cache, the descriptor budget, create/delete/close.
+//! - [`admin`]: the admin routes (a typed enum) and their request and answer types.
 //! - [`acl`]: `plan(repo, user secrets, repository secrets)`, pure.
 //! - [`store`]: SQLite in WAL mode plus an in-memory copy of the sealed rows.
 //! - [`crypto`]: the key file and XChaCha20-Poly1305 sealing.
@@ -10,12 +18,16 @@
 //! - [`audit`]: one log line per read or change, names only, rate-limited per sandbox.
 //! - [`limits`]: the write deadline of a connection and the byte budget of built answers.
 //! - [`client`]: the admin client the CLI uses.
+//! - [`cli`]: the `sandbox-secrets` subcommands: call the client, print tables and times.
 
 pub mod acl;
-pub mod api;
+pub mod admin;
 pub mod audit;
+pub mod cli;
 pub mod client;
 pub mod crypto;
+pub mod daemon;
+pub mod http;
 pub mod limits;
 pub mod sandboxes;
 pub mod server;

@@ -25,12 +25,12 @@ pub const SOCKET_NAME: &str = "secrets.sock";
 pub enum SandboxError {
     #[error("sandbox id {0:?} is not {ID_LEN} lower-case hex digits")]
     BadId(String),
-    #[error("cannot create directory {path}: {source}")]
+    #[error("cannot create directory {path}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot set mode {mode:04o} on {path}: {source}")]
+    #[error("cannot set mode {mode:04o} on {path}")]
     Chmod {
         path: PathBuf,
         mode: u32,
@@ -40,23 +40,23 @@ pub enum SandboxError {
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotSocket(PathBuf),
-    #[error("cannot remove stale socket {path}: {source}")]
+    #[error("cannot remove stale socket {path}")]
     RemoveStale {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}")]
     Bind {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot move the socket {from} to {to}: {source}")]
+    #[error("cannot move the socket {from} to {to}")]
     Place {
         from: PathBuf,
         to: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot remove {path}: {source}")]
+    #[error("cannot remove {path}")]
     Remove {
         path: PathBuf,
         source: std::io::Error,
@@ -71,7 +71,7 @@ pub enum SandboxError {
     },
     #[error("refusing to use {path}: it is {what}, not a directory of this daemon's uid")]
     NotOwnDirectory { path: PathBuf, what: String },
-    #[error("cannot open directory {path}: {source}")]
+    #[error("cannot open directory {path}")]
     OpenDir {
         path: PathBuf,
         source: std::io::Error,

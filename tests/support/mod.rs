@@ -1,4 +1,15 @@
-//! Shared by the integration tests: the one way a test says it cannot run on this machine.
+//! The one test harness: the skip policy, the corpus of bad wire answers, and the shared parts
+//! every integration test uses: [`daemon`] (the real `sandbox-secrets serve` in temp dirs, the
+//! CLI, raw HTTP over its sockets), [`peer`] (the fake broker), [`fuzz`] (the fuzz runner),
+//! [`registry`] (the test registry's address and credentials).
+// Each test crate that includes this module uses only part of it.
+#![allow(dead_code)]
+
+#[cfg(feature = "broker")]
+pub mod daemon;
+pub mod fuzz;
+pub mod peer;
+pub mod registry;
 
 /// Prints `skipped: <why>` for a test (or part of one) that needs what this machine lacks (root,
 /// a PID namespace, docker, the test registry). With `SANDBOX_INIT_REQUIRE_ALL=1`, which
@@ -9,4 +20,39 @@ pub fn skip(why: &str) {
         panic!("skipped: {why} (SANDBOX_INIT_REQUIRE_ALL=1: every test must run here)");
     }
     println!("skipped: {why}");
+}
+
+/// A value-like marker put in every hostile body: no error or log may echo it.
+pub const MARK: &str = "hostileValQ9z7Kx2";
+
+/// One bad `GET /v1/secrets` answer of `tests/corpus/bad-answers/`.
+pub struct BadAnswer {
+    pub name: String,
+    pub body: Vec<u8>,
+    /// Words the refusal must contain.
+    pub why: String,
+}
+
+/// Every bad answer of the corpus, in file-name order.
+pub fn bad_answers() -> Vec<BadAnswer> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad-answers");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|path| {
+            let why_path = path.with_extension("why");
+            let why = std::fs::read_to_string(&why_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", why_path.display()));
+            BadAnswer {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                body: std::fs::read(&path).unwrap(),
+                why: why.trim_end().to_owned(),
+            }
+        })
+        .collect()
 }

@@ -1,10 +1,8 @@
-//! Shared harness of the tests that drive the real broker (`broker`, `broker_faults`,
+//! The real broker for the tests that drive it (`broker`, `broker_faults`,
 //! `broker_fuzz`, `broker_hostile`, `broker_isolation`, `inject_e2e`, `secrecy`): a real `sandbox-secrets
 //! serve` process in its own temp dirs, the real CLI, raw HTTP/1.1 over the unix sockets, and
 //! readings of the daemon's memory and descriptors. Failures print the command, its output and
 //! the daemon's log. It holds no test of its own and must not loosen what a test asserts.
-// Each test crate that includes this module uses only part of it.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -97,6 +95,8 @@ pub struct Daemon {
     /// When set, `cli` names the directories through `SANDBOX_SECRETS_RUN_DIR` and
     /// `SANDBOX_SECRETS_STATE_DIR` (as a host's profile would) instead of `--run-dir`.
     pub dirs_by_env: bool,
+    /// Daemon and CLI run as `nobody` through `setpriv`, with a clean environment.
+    pub nobody: bool,
 }
 
 impl Daemon {
@@ -120,7 +120,31 @@ impl Daemon {
             wrapper: Vec::new(),
             log_level: "debug",
             dirs_by_env: false,
+            nobody: false,
         }
+    }
+
+    /// A started daemon running as `nobody` (uid and gid 65534, through `setpriv`) in
+    /// directories owned by nobody, logging at trace; its CLI runs as nobody too (the CLI talks
+    /// only to a daemon of root or its own uid). Needs root ([`nobody_unavailable`]).
+    pub fn as_nobody() -> Self {
+        let mut d = Self::unstarted(None);
+        for (path, mode) in [(d.state.clone(), 0o700), (d.run_dir(), 0o755)] {
+            std::fs::create_dir(&path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        }
+        d.nobody = true;
+        d.log_level = "trace";
+        d.start().unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    /// Every log file of this daemon, one per start, oldest first.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        (1..=self.starts)
+            .map(|n| self.dir.path().join(format!("daemon-{n}.log")))
+            .collect()
     }
 
     /// A started daemon logging at debug.
@@ -148,6 +172,11 @@ impl Daemon {
         self.log = self.dir.path().join(format!("daemon-{}.log", self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = match self.wrapper.split_first() {
+            _ if self.nobody => {
+                let mut c = as_nobody(&[BIN]);
+                c.env_clear();
+                c
+            }
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(BIN);
@@ -236,15 +265,27 @@ impl Daemon {
     /// `sandbox-secrets --run-dir R ARGS` (or with the directories in the environment, see
     /// `dirs_by_env`), value on stdin when given.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
-        let mut cmd = Command::new(BIN);
+        run(self.cli_command(&self.run_dir(), args), stdin)
+    }
+
+    /// The command line of `sandbox-secrets ARGS` against `run_dir` (as nobody, at the daemon's
+    /// log level, when the daemon runs as nobody).
+    pub fn cli_command(&self, run_dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = if self.nobody {
+            let mut c = as_nobody(&[BIN]);
+            c.env_clear().env("SANDBOX_SECRETS_LOG", self.log_level);
+            c
+        } else {
+            Command::new(BIN)
+        };
         if self.dirs_by_env {
-            cmd.env("SANDBOX_SECRETS_RUN_DIR", self.run_dir())
+            cmd.env("SANDBOX_SECRETS_RUN_DIR", run_dir)
                 .env("SANDBOX_SECRETS_STATE_DIR", &self.state);
         } else {
-            cmd.arg("--run-dir").arg(self.run_dir());
+            cmd.arg("--run-dir").arg(run_dir);
         }
         cmd.args(args);
-        run(cmd, stdin)
+        cmd
     }
 
     /// `set NAME --user U --repos R` with the value on stdin; panics unless it succeeds.

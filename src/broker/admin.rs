@@ -1,0 +1,271 @@
+//! The admin API's vocabulary: its routes (a typed enum: path, method, request and answer type)
+//! and the request and answer bodies. One module, imported by the daemon's HTTP layer, the admin
+//! client and the CLI, so a route or a field is written down once. Holds no logic and no I/O;
+//! `Debug` of a request never shows a value.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::acl::PlanEntry;
+use super::store::{ScopeKind, SecretInfo};
+
+/// Prefix of every admin route.
+pub const ADMIN_PREFIX: &str = "/v1/admin/";
+/// The method every admin route takes, as an `Allow` header names it.
+pub const ADMIN_METHOD_NAME: &str = "POST";
+
+/// One admin route. Every route is a `POST` of a JSON body ([`Route::METHOD`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    SecretsSet,
+    SecretsAccess,
+    SecretsDelete,
+    SecretsList,
+    Plan,
+    SandboxesCreate,
+    SandboxesList,
+    SandboxesDelete,
+}
+
+impl Route {
+    /// Every route, in the order the docs list them.
+    pub const ALL: [Route; 8] = [
+        Route::SecretsSet,
+        Route::SecretsAccess,
+        Route::SecretsDelete,
+        Route::SecretsList,
+        Route::Plan,
+        Route::SandboxesCreate,
+        Route::SandboxesList,
+        Route::SandboxesDelete,
+    ];
+
+    /// The one method every admin route takes.
+    pub const METHOD: hyper::Method = hyper::Method::POST;
+
+    /// The route's name after [`ADMIN_PREFIX`] (`secrets/set`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::SecretsSet => "secrets/set",
+            Route::SecretsAccess => "secrets/access",
+            Route::SecretsDelete => "secrets/delete",
+            Route::SecretsList => "secrets/list",
+            Route::Plan => "plan",
+            Route::SandboxesCreate => "sandboxes/create",
+            Route::SandboxesList => "sandboxes/list",
+            Route::SandboxesDelete => "sandboxes/delete",
+        }
+    }
+
+    /// The full request path (`/v1/admin/secrets/set`).
+    pub fn path(self) -> String {
+        format!("{ADMIN_PREFIX}{}", self.name())
+    }
+
+    /// The route a request path names, if any.
+    pub fn from_path(path: &str) -> Option<Route> {
+        let name = path.strip_prefix(ADMIN_PREFIX)?;
+        Route::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A request body of one route: the type says where it goes and what comes back, so the client
+/// cannot send a body to the wrong route or decode the wrong answer.
+pub trait AdminCall: Serialize {
+    const ROUTE: Route;
+    type Answer: DeserializeOwned;
+}
+
+macro_rules! call {
+    ($req:ty, $route:expr, $answer:ty) => {
+        impl AdminCall for $req {
+            const ROUTE: Route = $route;
+            type Answer = $answer;
+        }
+    };
+}
+
+call!(SetRequest, Route::SecretsSet, ChangeAnswer);
+call!(AccessRequest, Route::SecretsAccess, ChangeAnswer);
+call!(DeleteRequest, Route::SecretsDelete, ChangeAnswer);
+call!(ListRequest, Route::SecretsList, ListAnswer);
+call!(PlanRequest, Route::Plan, PlanAnswer);
+call!(CreateSandboxRequest, Route::SandboxesCreate, SandboxInfo);
+call!(ListSandboxesRequest, Route::SandboxesList, SandboxList);
+call!(DeleteSandboxRequest, Route::SandboxesDelete, SandboxInfo);
+
+// ---------- requests ----------
+
+/// `secrets/set`: create or update a secret. Exactly one of `user`, `repo`.
+#[derive(Serialize, Deserialize)]
+pub struct SetRequest {
+    pub name: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// For a user secret: which repositories may read it (required when new; `None` keeps).
+    #[serde(default)]
+    pub repos: Option<Vec<String>>,
+    #[serde(serialize_with = "expose_value", deserialize_with = "secret_value")]
+    pub value: SecretString,
+    #[serde(default)]
+    pub allow_dangerous: bool,
+}
+
+impl std::fmt::Debug for SetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetRequest")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("repo", &self.repo)
+            .field("repos", &self.repos)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+fn expose_value<S: serde::Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.expose_secret())
+}
+fn secret_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    String::deserialize(d).map(SecretString::from)
+}
+
+/// `secrets/access`: replace which repositories may read a user secret, without its value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub name: String,
+    pub user: String,
+    pub repos: Vec<String>,
+}
+
+/// `secrets/delete`. Exactly one of `user`, `repo`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+}
+
+/// `secrets/list`. Exactly one of `user`, `repo`; a `name` is accepted and ignored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListRequest {
+    #[serde(default, skip_serializing)]
+    pub name: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+}
+
+/// `plan`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub user: String,
+    pub repo: String,
+}
+
+/// `sandboxes/create`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateSandboxRequest {
+    pub user: String,
+    pub repo: String,
+}
+
+/// `sandboxes/list`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ListSandboxesRequest {}
+
+/// `sandboxes/delete`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteSandboxRequest {
+    pub id: String,
+}
+
+// ---------- answers ----------
+
+/// Answer of set, access and delete.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangeAnswer {
+    pub name: String,
+    pub scope: ScopeKind,
+    pub owner: String,
+    /// `created`, `updated`, `access` or `deleted`.
+    pub result: String,
+}
+
+/// Answer of list.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListAnswer {
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// Answer of plan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlanAnswer {
+    pub user: String,
+    pub repository: String,
+    pub secrets: Vec<PlanEntry>,
+}
+
+/// One sandbox as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub user: String,
+    pub repository: String,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
+    /// The directory to bind-mount at `/run/sandbox`.
+    pub dir: String,
+}
+
+/// Answer of sandbox list.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_round_trip_through_their_paths() {
+        for r in Route::ALL {
+            assert_eq!(Route::from_path(&r.path()), Some(r));
+            assert!(r.path().starts_with(ADMIN_PREFIX));
+        }
+        let mut names: Vec<_> = Route::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Route::ALL.len());
+        for bad in [
+            "/v1/admin/",
+            "/v1/admin/plan/",
+            "/v1/admin/nope",
+            "/v1/secrets",
+            "plan",
+        ] {
+            assert_eq!(Route::from_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn set_request_debug_is_redacted() {
+        let r: SetRequest =
+            serde_json::from_str(r#"{"name":"A","repo":"o/r","value":"hunter2"}"#).unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

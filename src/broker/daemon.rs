@@ -1,0 +1,736 @@
+//! The daemon's state: the store, the run-directory layout, the live sandboxes (one lean
+//! [`Slot`] each), the answer cache per store generation, the descriptor budget, and the sandbox
+//! lifecycle (create, delete, close at shutdown). Knows nothing of HTTP: the server hands it a
+//! function that serves a sandbox's listener, and the HTTP layer calls its methods. No error or
+//! log line here holds a value.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, Notify};
+use zeroize::Zeroizing;
+
+use super::acl::Level;
+use super::audit;
+use super::limits::{self, AnswerBudget, OverBudget};
+use super::sandboxes::{self, Layout, SandboxError};
+use super::store::{SandboxRow, ScopeKind, Store, StoreError};
+use crate::protocol::{self, WireSecretRef};
+
+/// How the daemon runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// Connections served at once on one sandbox socket; more wait in the backlog. A sandbox
+    /// makes one request at start and one per `sandbox-init env`: tens are plenty.
+    pub sandbox_connections: usize,
+    /// Connections served at once on the admin socket.
+    pub admin_connections: usize,
+    /// Connections served at once over all sockets; one past it gets a 503 and is closed.
+    pub global_connections: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// Time an admin client has to send its request body, once the headers are in.
+    pub body_timeout: Duration,
+    /// Time given to open connections to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// Time a client may leave a write of its answer waiting (not reading) before it is cut off.
+    pub write_timeout: Duration,
+    /// Bytes of built answers alive at once (cached, or held by responses being written).
+    pub answer_budget: usize,
+}
+
+impl Config {
+    pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            run_dir: run_dir.into(),
+            sandbox_connections: 32,
+            admin_connections: 16,
+            global_connections: 4096,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
+            answer_budget: limits::DEFAULT_ANSWER_BUDGET,
+        }
+    }
+}
+
+/// Descriptors kept free for connections, the store's files and a create in flight: a create
+/// that would eat into them is refused, so existing sandboxes stay served.
+pub const DESCRIPTOR_RESERVE: usize = 64;
+
+/// Why a daemon operation failed. Never holds a value.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("sandbox {0} no longer exists")]
+    SandboxGone(String),
+    #[error("cannot serve secrets")]
+    Unservable(#[source] StoreError),
+    #[error("value of {0} is not valid UTF-8")]
+    NotText(String),
+    #[error(transparent)]
+    Busy(#[from] OverBudget),
+    #[error("secret {name} would make the answer of {user}'s sandboxes of {repo} {size} bytes (as encoded, escaping counted), over the {limit} bytes sandbox-init accepts; nothing was changed")]
+    PlanTooLarge {
+        name: String,
+        user: String,
+        repo: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("the answer of this sandbox would be {size} bytes, over the {limit} bytes sandbox-init accepts; remove or shorten secrets of its user or repository")]
+    AnswerTooLarge { size: usize, limit: usize },
+    #[error("the daemon is shutting down; no sandbox is created")]
+    ShuttingDown,
+    #[error("descriptor limit reached: {limit} open files allowed, {in_use} in use by {sandboxes} sandboxes and their connections; no sandbox is created (raise LimitNOFILE of the service, or `ulimit -n`, and restart the daemon)")]
+    DescriptorCeiling {
+        limit: u64,
+        in_use: usize,
+        sandboxes: usize,
+    },
+    #[error("cannot register the listener of sandbox {id} with the runtime")]
+    Register {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A live socket (a sandbox's, or the admin socket): its stop switch and its connection count.
+/// Kept small: one per sandbox, and a host may hold tens of thousands.
+pub struct Slot {
+    id: Box<str>,
+    stopped: AtomicBool,
+    stop: Notify,
+    active: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slot {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
+            active: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+    /// The sandbox id ("" for the admin socket).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// Stops the listener; its connections finish their current request.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+    /// Resolves once [`Slot::stop`] was called.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.stop.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+    /// Takes one of `cap` connection places, if one is free.
+    pub fn try_enter(&self, cap: usize) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+    /// Gives a connection place back.
+    pub fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+    /// Resolves when a place may have been freed since the last call.
+    pub async fn freed(&self) {
+        self.freed.notified().await
+    }
+}
+
+/// Held by every serve loop and connection; the drain at shutdown waits until all are dropped.
+#[derive(Clone)]
+pub struct DrainGuard(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// Serves one sandbox's listener (provided by the server, which owns the accept loop).
+pub type ServeSandbox = Box<dyn Fn(Arc<Daemon>, Arc<Slot>, UnixListener, DrainGuard) + Send + Sync>;
+
+struct Live {
+    /// False from [`Daemon::close`] on: no sandbox is created or started.
+    open: bool,
+    slots: HashMap<Box<str>, Arc<Slot>>,
+    drain: Option<DrainGuard>,
+}
+
+/// Everything the routes need: the store, the layout, the live sandboxes and the answer cache.
+pub struct Daemon {
+    store: Store,
+    layout: Layout,
+    config: Config,
+    euid: u32,
+    live: Mutex<Live>,
+    /// Built sandbox answers, per store generation.
+    answers: AnswerCache,
+    /// Bytes of built answers alive at once, cached or being written.
+    budget: AnswerBudget,
+    serve: ServeSandbox,
+    /// Connections open over all sockets.
+    connections: AtomicUsize,
+    /// The soft descriptor limit the daemon runs with, and the descriptors it held at start.
+    fd_limit: u64,
+    fd_base: usize,
+}
+
+impl Daemon {
+    /// The daemon over an open store; `serve` starts the accept loop of each sandbox started.
+    /// Returns the receiver the drain waits on (it closes when every [`DrainGuard`] is gone).
+    pub fn new(
+        store: Store,
+        layout: Layout,
+        config: Config,
+        serve: ServeSandbox,
+        fd_limit: u64,
+    ) -> (Arc<Self>, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        let answer_budget = config.answer_budget;
+        let daemon = Arc::new(Daemon {
+            store,
+            layout,
+            config,
+            euid: nix::unistd::geteuid().as_raw(),
+            live: Mutex::new(Live {
+                open: true,
+                slots: HashMap::new(),
+                drain: Some(DrainGuard(tx)),
+            }),
+            answers: AnswerCache::default(),
+            budget: AnswerBudget::new(answer_budget),
+            serve,
+            connections: AtomicUsize::new(0),
+            fd_limit,
+            fd_base: open_descriptors(),
+        });
+        daemon.answers.sync(daemon.store.generation());
+        (daemon, rx)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn euid(&self) -> u32 {
+        self.euid
+    }
+    pub fn answers(&self) -> &AnswerCache {
+        &self.answers
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A guard for a serve loop or connection, unless the daemon is closing.
+    pub fn drain_guard(&self) -> Option<DrainGuard> {
+        self.live().drain.clone()
+    }
+
+    /// Takes one of the global connection places, if one is free.
+    pub fn try_connection(&self) -> bool {
+        let cap = self.config.global_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+    pub fn end_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Live sandboxes.
+    pub fn sandbox_count(&self) -> usize {
+        self.live().slots.len()
+    }
+
+    /// Refuses a new sandbox when its socket would eat into [`DESCRIPTOR_RESERVE`].
+    fn check_descriptors(&self, sandboxes: usize) -> Result<(), DaemonError> {
+        let in_use = self.fd_base + sandboxes + self.connections.load(Ordering::Acquire);
+        if (in_use + 1 + DESCRIPTOR_RESERVE) as u64 > self.fd_limit {
+            return Err(DaemonError::DescriptorCeiling {
+                limit: self.fd_limit,
+                in_use,
+                sandboxes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Binds a sandbox's socket and starts serving it. A bind that fails for want of
+    /// descriptors is the descriptor ceiling, named as such.
+    pub fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<(), DaemonError> {
+        let (sandboxes, open) = {
+            let live = self.live();
+            (live.slots.len(), live.open)
+        };
+        if !open {
+            return Err(DaemonError::ShuttingDown);
+        }
+        self.check_descriptors(sandboxes)?;
+        let std_listener = self.layout.bind_sandbox(id).map_err(|e| match &e {
+            SandboxError::Bind { source, .. } | SandboxError::OpenDir { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                DaemonError::DescriptorCeiling {
+                    limit: self.fd_limit,
+                    in_use: self.fd_base + sandboxes,
+                    sandboxes,
+                }
+            }
+            _ => DaemonError::Sandbox(e),
+        })?;
+        let listener =
+            UnixListener::from_std(std_listener).map_err(|source| DaemonError::Register {
+                id: id.to_owned(),
+                source,
+            })?;
+        let slot = Arc::new(Slot::new(id));
+        let guard = {
+            let mut live = self.live();
+            match (&live.drain, live.open) {
+                (Some(guard), true) => {
+                    let guard = guard.clone();
+                    live.slots.insert(id.into(), Arc::clone(&slot));
+                    guard
+                }
+                _ => {
+                    drop(live);
+                    drop(listener);
+                    let _ = self.layout.remove_sandbox(id);
+                    return Err(DaemonError::ShuttingDown);
+                }
+            }
+        };
+        (self.serve)(Arc::clone(self), slot, listener, guard);
+        Ok(())
+    }
+
+    /// Creates a sandbox for (user, repo): a random id, its row, its directory and socket. An
+    /// OK means the socket is live; a create refused (shutting down, descriptor ceiling) leaves
+    /// no row, directory or socket behind.
+    pub fn create_sandbox(
+        self: &Arc<Self>,
+        user: &str,
+        repo: &str,
+    ) -> Result<SandboxRow, DaemonError> {
+        {
+            let live = self.live();
+            if !live.open {
+                return Err(DaemonError::ShuttingDown);
+            }
+            self.check_descriptors(live.slots.len())?;
+        }
+        let id = sandboxes::new_id()?;
+        let row = SandboxRow {
+            id: id.clone(),
+            user: user.to_owned(),
+            repo: repo.to_owned(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        self.store.add_sandbox(row.clone())?;
+        if let Err(e) = self.start_sandbox(&id) {
+            self.stop_slot(&id);
+            let _ = self.layout.remove_sandbox(&id);
+            let _ = self.store.remove_sandbox(&id);
+            self.answers.sync(self.store.generation());
+            return Err(e);
+        }
+        Ok(row)
+    }
+
+    fn stop_slot(&self, id: &str) {
+        if let Some(slot) = self.live().slots.remove(id) {
+            slot.stop();
+        }
+    }
+
+    /// Deletes a sandbox: its row, its listener, its socket and directory.
+    pub fn delete_sandbox(&self, id: &str) -> Result<SandboxRow, DaemonError> {
+        sandboxes::check_id(id)?;
+        let row = self.store.remove_sandbox(id)?;
+        self.stop_slot(id);
+        self.answers.sync(self.store.generation());
+        self.layout.remove_sandbox(id)?;
+        Ok(row)
+    }
+
+    /// Shutdown: no sandbox is created or started from now on; every live sandbox is stopped.
+    /// Returns the ids that were live (their sockets are the server's to remove).
+    pub fn close(&self) -> Vec<Box<str>> {
+        let mut live = self.live();
+        live.open = false;
+        live.drain = None;
+        live.slots
+            .drain()
+            .map(|(id, slot)| {
+                slot.stop();
+                id
+            })
+            .collect()
+    }
+
+    /// Refuses setting secret `name` (of `kind` and `scope`, readable by `repos` when a user
+    /// secret; `None` keeps its current list) to `value` when the answer of an existing sandbox
+    /// it reaches would then be larger than the init accepts ([`protocol::MAX_RESPONSE_BYTES`]):
+    /// the answer is encoded exactly as it would be served, so escaping is counted. Checked per
+    /// (user, repository) with a sandbox; a sandbox created later, or a concurrent change, is
+    /// caught when it is served ([`DaemonError::AnswerTooLarge`]).
+    pub fn check_set_fits(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        name: &str,
+        value: &str,
+        repos: Option<&[String]>,
+    ) -> Result<(), DaemonError> {
+        let kept;
+        let repos = match (kind, repos) {
+            (ScopeKind::User, Some(r)) => Some(r),
+            (ScopeKind::User, None) => {
+                kept = self
+                    .store
+                    .list(ScopeKind::User, scope)
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.repos)
+                    .unwrap_or_default();
+                Some(kept.as_slice())
+            }
+            (ScopeKind::Repo, _) => None,
+        };
+        let mut pairs: std::collections::BTreeMap<(String, String), String> = Default::default();
+        for row in self.store.sandboxes() {
+            let reached = match repos {
+                Some(repos) => row.user == scope && repos.contains(&row.repo),
+                None => row.repo == scope,
+            };
+            if reached {
+                pairs.entry((row.user, row.repo)).or_insert(row.id);
+            }
+        }
+        for ((user, repo), id) in pairs {
+            // A repository secret hidden by the user's secret of the same name changes nothing.
+            if kind == ScopeKind::Repo
+                && self
+                    .store
+                    .plan(&user, &repo)
+                    .iter()
+                    .any(|e| e.name == name && e.from == Level::User)
+            {
+                continue;
+            }
+            let fetched = match self.store.fetch(&id) {
+                Ok(f) => f,
+                // Gone meanwhile, or unservable anyway: nothing this change makes worse.
+                Err(_) => continue,
+            };
+            let mut secrets = Vec::with_capacity(fetched.secrets.len() + 1);
+            for (n, v) in &fetched.secrets {
+                if n != name {
+                    let v = std::str::from_utf8(v).map_err(|_| DaemonError::NotText(n.clone()))?;
+                    secrets.push(WireSecretRef { name: n, value: v });
+                }
+            }
+            secrets.push(WireSecretRef { name, value });
+            let size = protocol::encoded_answer_len(&id, &repo, &secrets);
+            if size > protocol::MAX_RESPONSE_BYTES {
+                return Err(DaemonError::PlanTooLarge {
+                    name: name.to_owned(),
+                    user,
+                    repo,
+                    size,
+                    limit: protocol::MAX_RESPONSE_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `GET /v1/secrets` answer of sandbox `id`: from the cache when built at the current
+    /// generation, else opened, encoded by [`protocol::encode_answer`] and cached. Audited.
+    pub fn answer(&self, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
+        if let Some(c) = self.answers.get(id, self.store.generation()) {
+            audit::secrets_read(id, &c.repository, c.count, &c.names);
+            return Ok(Arc::clone(&c.body));
+        }
+        let fetched = self.store.fetch(id).map_err(|e| match e {
+            StoreError::SandboxNotFound(id) => DaemonError::SandboxGone(id),
+            other => DaemonError::Unservable(other),
+        })?;
+        let mut secrets = Vec::with_capacity(fetched.secrets.len());
+        for (name, value) in &fetched.secrets {
+            let value =
+                std::str::from_utf8(value).map_err(|_| DaemonError::NotText(name.to_owned()))?;
+            secrets.push(WireSecretRef { name, value });
+        }
+        let body = Arc::new(protocol::encode_answer(
+            &fetched.sandbox.id,
+            &fetched.sandbox.repo,
+            &secrets,
+        ));
+        let names: Vec<&str> = fetched.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        let names = names.join(",");
+        let count = fetched.secrets.len();
+        drop(secrets);
+        drop(fetched.secrets);
+        if body.len() > protocol::MAX_RESPONSE_BYTES {
+            return Err(DaemonError::AnswerTooLarge {
+                size: body.len(),
+                limit: protocol::MAX_RESPONSE_BYTES,
+            });
+        }
+        // One copy per sandbox, shared by every response writing it; when the answers alive
+        // would pass the budget, the cache gives its copies up first.
+        self.budget.admit(&body, || self.answers.clear())?;
+        audit::secrets_read(&fetched.sandbox.id, &fetched.sandbox.repo, count, &names);
+        self.answers.put(
+            id,
+            CachedAnswer {
+                generation: fetched.generation,
+                body: Arc::clone(&body),
+                repository: fetched.sandbox.repo.clone(),
+                count,
+                names,
+            },
+        );
+        Ok(body)
+    }
+}
+
+/// Descriptors this process holds now (0 when /proc cannot say).
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// Most answers kept; the cache is emptied when it would grow past this.
+pub const MAX_CACHED_ANSWERS: usize = 4096;
+
+/// Built `GET /v1/secrets` answers per sandbox, all of one store generation, so a sandbox's
+/// answer is opened and encoded once per change rather than once per request, and a large
+/// answer exists once however many connections write it (their bytes are bounded by the
+/// daemon's [`AnswerBudget`]). Every change to
+/// the store empties the whole cache ([`AnswerCache::sync`]); an entry built at any other
+/// generation is refused. Entries are zeroized when dropped (a response still being written
+/// keeps its own reference until it is done).
+#[derive(Default)]
+pub struct AnswerCache {
+    inner: std::sync::RwLock<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// The store generation every entry was built at; 0 until the first [`AnswerCache::sync`].
+    generation: u64,
+    map: HashMap<String, Arc<CachedAnswer>>,
+}
+
+struct CachedAnswer {
+    generation: u64,
+    body: Arc<Zeroizing<Vec<u8>>>,
+    repository: String,
+    count: usize,
+    names: String,
+}
+
+impl AnswerCache {
+    fn get(&self, id: &str, generation: u64) -> Option<Arc<CachedAnswer>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .map
+            .get(id)
+            .filter(|c| c.generation == generation)
+            .map(Arc::clone)
+    }
+
+    /// Keeps an answer, unless it was built at a generation other than the one last synced (the
+    /// store changed since: a secret, an access list or the sandbox itself may be gone).
+    fn put(&self, id: &str, entry: CachedAnswer) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if entry.generation != inner.generation {
+            return false;
+        }
+        if inner.map.len() >= MAX_CACHED_ANSWERS && !inner.map.contains_key(id) {
+            inner.map.clear();
+        }
+        inner.map.insert(id.to_owned(), Arc::new(entry));
+        true
+    }
+
+    /// Called after every (attempted) change to the store with its generation: if it moved, every
+    /// entry is dropped (and so zeroized) and only answers of the new generation are kept from
+    /// now on. A change bumps the generation before it starts, so an answer built before it is
+    /// either refused here or removed by this call.
+    pub fn sync(&self, generation: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.generation != generation {
+            inner.map.clear();
+            inner.generation = generation;
+        }
+    }
+
+    /// Drops every answer kept (each is zeroized once no response holds it any more).
+    pub fn clear(&self) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .clear();
+    }
+
+    /// How many answers are kept.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    /// True when no answer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::store::ScopeKind;
+
+    fn answer(generation: u64, text: &str) -> CachedAnswer {
+        CachedAnswer {
+            generation,
+            body: Arc::new(Zeroizing::new(text.as_bytes().to_vec())),
+            repository: "o/r".into(),
+            count: 1,
+            names: "N".into(),
+        }
+    }
+
+    #[test]
+    fn a_change_empties_the_answer_cache_and_old_answers_are_refused() {
+        let cache = AnswerCache::default();
+        cache.sync(5);
+        assert!(cache.put("a", answer(5, "A")));
+        assert!(cache.put("b", answer(5, "B")));
+        assert!(!cache.put("c", answer(4, "C")), "an older generation");
+        assert!(
+            !cache.put("c", answer(6, "C")),
+            "a generation not synced yet"
+        );
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("a", 5).is_some());
+        // A change to anything (here: any generation move) drops every sandbox's answer.
+        cache.sync(6);
+        assert!(cache.is_empty());
+        assert!(cache.get("b", 5).is_none());
+        assert!(!cache.put("a", answer(5, "A")));
+        assert!(cache.is_empty());
+        assert!(cache.put("a", answer(6, "A")));
+        // A sync at the same generation (a read-only admin command) keeps what is there.
+        cache.sync(6);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_built_before_its_sandbox_was_deleted_is_never_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = sandboxes::new_id().unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: id.clone(),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 0,
+            })
+            .unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "N", "cache-VALUE-1", None)
+            .unwrap();
+        let cache = AnswerCache::default();
+        cache.sync(store.generation());
+        // Two readers fetch; then the sandbox is deleted, and one put lands before the
+        // daemon syncs the cache and one after.
+        let early = store.fetch(&id).unwrap().generation;
+        let late = store.fetch(&id).unwrap().generation;
+        store.remove_sandbox(&id).unwrap();
+        assert!(cache.put(&id, answer(early, "cache-VALUE-1")));
+        cache.sync(store.generation());
+        assert!(
+            cache.is_empty(),
+            "the delete dropped the answer put before it was synced"
+        );
+        assert!(!cache.put(&id, answer(late, "cache-VALUE-1")));
+        assert!(cache.is_empty());
+        assert!(cache.get(&id, store.generation()).is_none());
+        // Deleting a secret, likewise, drops every other sandbox's answer.
+        let other = sandboxes::new_id().unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: other.clone(),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 0,
+            })
+            .unwrap();
+        cache.sync(store.generation());
+        assert!(cache.put(&other, answer(store.fetch(&other).unwrap().generation, "v")));
+        store.delete_secret(ScopeKind::Repo, "o/r", "N").unwrap();
+        cache.sync(store.generation());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn connection_places_are_capped_and_given_back() {
+        let slot = Slot::new("x");
+        assert!(slot.try_enter(2) && slot.try_enter(2));
+        assert!(!slot.try_enter(2));
+        slot.leave();
+        assert!(slot.try_enter(2));
+        assert!(!slot.is_stopped());
+        slot.stop();
+        assert!(slot.is_stopped());
+    }
+}

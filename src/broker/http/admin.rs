@@ -1,0 +1,450 @@
+//! The admin surface: `POST /v1/admin/<route>` on the admin socket (peer already checked by the
+//! server). Reads the body (bounded, zeroized), decodes and validates it into an
+//! [`AdminCommand`] without touching the store ([`parse_admin`], the fuzzing entry point), then
+//! carries it out through the daemon and the store. Request and answer types are
+//! `broker::admin`'s. No error or log line here holds a value.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{ok_json, shown, ApiError, SecretBody, MAX_ADMIN_BODY, MAX_REPOS_PER_SECRET};
+use crate::broker::admin::{
+    AccessRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
+    ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route, SandboxInfo, SandboxList, SetRequest,
+};
+use crate::broker::audit;
+use crate::broker::daemon::Daemon;
+use crate::broker::sandboxes;
+use crate::broker::store::{SandboxRow, ScopeKind};
+use crate::protocol;
+
+/// Reads a request body into a zeroized buffer, up to [`MAX_ADMIN_BODY`].
+pub async fn read_body(body: Incoming) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let mut body = body;
+    let mut out = Zeroizing::new(Vec::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ApiError::Body)?;
+        if let Ok(chunk) = frame.into_data() {
+            if out.len() + chunk.len() > MAX_ADMIN_BODY {
+                return Err(ApiError::TooLarge);
+            }
+            if out.capacity() < out.len() + chunk.len() {
+                let mut grown = Zeroizing::new(Vec::with_capacity(
+                    (out.len() + chunk.len()).max(out.capacity() * 2),
+                ));
+                grown.extend_from_slice(&out);
+                out = grown;
+            }
+            out.extend_from_slice(&chunk);
+        }
+    }
+    Ok(out)
+}
+
+/// Answers one admin request from `uid` (already allowed).
+pub async fn answer(
+    daemon: &Arc<Daemon>,
+    uid: u32,
+    req: Request<Incoming>,
+) -> Response<SecretBody> {
+    let route = match admin_target(req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(e) => return e.response(),
+    };
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return ApiError::TooLarge.response();
+    }
+    let timeout = daemon.config().body_timeout;
+    let body = match tokio::time::timeout(timeout, read_body(req.into_body())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return e.response(),
+        Err(_) => return ApiError::BodyTimeout(timeout).response(),
+    };
+    // Every admin command touches the filesystem (the store's files, a sandbox's directory and
+    // socket) and may open and encode values: it runs on a blocking thread, so a slow disk or a
+    // large plan never holds an async worker other sandboxes' fetches need.
+    let command = match parse_admin(route, &body) {
+        Ok(command) => command,
+        Err(e) => return e.response(),
+    };
+    drop(body);
+    let worker = Arc::clone(daemon);
+    let answer = match tokio::task::spawn_blocking(move || run_admin(&worker, uid, command)).await {
+        Ok(answer) => answer.unwrap_or_else(|e| e.response()),
+        Err(e) => {
+            tracing::error!(error = %e, "admin command did not complete");
+            ApiError::Incomplete.response()
+        }
+    };
+    // Any change (or failed attempt) moved the generation: drop every cached answer now.
+    daemon.answers().sync(daemon.store().generation());
+    answer
+}
+
+/// Checks the method and path of an admin request; returns its route. Pure.
+pub fn admin_target(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let Some(route) = Route::from_path(path) else {
+        return Err(ApiError::NoRoute(shown(path)));
+    };
+    if method != Route::METHOD {
+        return Err(ApiError::Method {
+            method: method.clone(),
+            path: path.to_owned(),
+        });
+    }
+    Ok(route)
+}
+
+/// A validated admin request: every name, value, scope and id checked and normalized, nothing
+/// done yet. `Debug` never shows a value.
+pub enum AdminCommand {
+    Set {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+        value: SecretString,
+        repos: Option<Vec<String>>,
+    },
+    Access {
+        user: String,
+        name: String,
+        repos: Vec<String>,
+    },
+    Delete {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+    },
+    List {
+        kind: ScopeKind,
+        scope: String,
+    },
+    Plan {
+        user: String,
+        repo: String,
+    },
+    CreateSandbox {
+        user: String,
+        repo: String,
+    },
+    ListSandboxes,
+    DeleteSandbox {
+        id: String,
+    },
+}
+
+impl std::fmt::Debug for AdminCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminCommand::Set {
+                kind,
+                scope,
+                name,
+                repos,
+                ..
+            } => f
+                .debug_struct("Set")
+                .field("kind", kind)
+                .field("scope", scope)
+                .field("name", name)
+                .field("value", &"[redacted]")
+                .field("repos", repos)
+                .finish(),
+            AdminCommand::Access { user, name, repos } => f
+                .debug_struct("Access")
+                .field("user", user)
+                .field("name", name)
+                .field("repos", repos)
+                .finish(),
+            AdminCommand::Delete { kind, scope, name } => f
+                .debug_struct("Delete")
+                .field("kind", kind)
+                .field("scope", scope)
+                .field("name", name)
+                .finish(),
+            AdminCommand::List { kind, scope } => f
+                .debug_struct("List")
+                .field("kind", kind)
+                .field("scope", scope)
+                .finish(),
+            AdminCommand::Plan { user, repo } => f
+                .debug_struct("Plan")
+                .field("user", user)
+                .field("repo", repo)
+                .finish(),
+            AdminCommand::CreateSandbox { user, repo } => f
+                .debug_struct("CreateSandbox")
+                .field("user", user)
+                .field("repo", repo)
+                .finish(),
+            AdminCommand::ListSandboxes => f.write_str("ListSandboxes"),
+            AdminCommand::DeleteSandbox { id } => {
+                f.debug_struct("DeleteSandbox").field("id", id).finish()
+            }
+        }
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(route: Route, body: &'a [u8]) -> Result<T, ApiError> {
+    // serde's messages can quote input (a value); report only the position and the category.
+    serde_json::from_slice(body).map_err(|e| ApiError::BadJson {
+        path: route.path(),
+        detail: format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+        .to_lowercase(),
+    })
+}
+
+/// Decodes and validates the body of admin `route` without touching the store: the pure half of
+/// every admin request, and the fuzzing entry point. Any input gives either a command or an
+/// error naming what was wrong; it never panics and its errors never quote a value.
+pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> {
+    match route {
+        Route::SecretsSet => {
+            let req: SetRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            let name = protocol::normalize_name(&req.name, req.allow_dangerous)?;
+            let value = protocol::check_value(req.value.expose_secret().as_bytes())?;
+            let repos = match (&kind, &req.repos) {
+                (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
+                (_, Some(r)) => Some(normalize_repos(r)?),
+                (_, None) => None,
+            };
+            Ok(AdminCommand::Set {
+                kind,
+                scope,
+                name,
+                value: SecretString::from(value.to_owned()),
+                repos,
+            })
+        }
+        Route::SecretsAccess => {
+            let req: AccessRequest = parse(route, body)?;
+            let user = protocol::normalize_user(&req.user)?;
+            // Dangerous names may exist (set with the flag); access changes do not re-judge them.
+            let name = protocol::normalize_name(&req.name, true)?;
+            let repos = normalize_repos(&req.repos)?;
+            Ok(AdminCommand::Access { user, name, repos })
+        }
+        Route::SecretsDelete => {
+            let req: DeleteRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            let name = protocol::normalize_name(&req.name, true)?;
+            Ok(AdminCommand::Delete { kind, scope, name })
+        }
+        Route::SecretsList => {
+            let req: ListRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            Ok(AdminCommand::List { kind, scope })
+        }
+        Route::Plan => {
+            let req: PlanRequest = parse(route, body)?;
+            let user = protocol::normalize_user(&req.user)?;
+            let repo = protocol::normalize_repo(&req.repo)?;
+            Ok(AdminCommand::Plan { user, repo })
+        }
+        Route::SandboxesCreate => {
+            let req: CreateSandboxRequest = parse(route, body)?;
+            let user = protocol::normalize_user(&req.user)?;
+            let repo = protocol::normalize_repo(&req.repo)?;
+            Ok(AdminCommand::CreateSandbox { user, repo })
+        }
+        Route::SandboxesList => Ok(AdminCommand::ListSandboxes),
+        Route::SandboxesDelete => {
+            let req: DeleteSandboxRequest = parse(route, body)?;
+            let id = sandboxes::check_id(&req.id)?.to_owned();
+            Ok(AdminCommand::DeleteSandbox { id })
+        }
+    }
+}
+
+/// Normalizes exactly one of a user and a repository.
+fn one_scope(
+    user: &Option<String>,
+    repo: &Option<String>,
+) -> Result<(ScopeKind, String), ApiError> {
+    match (user, repo) {
+        (Some(u), None) => Ok((ScopeKind::User, protocol::normalize_user(u)?)),
+        (None, Some(r)) => Ok((ScopeKind::Repo, protocol::normalize_repo(r)?)),
+        _ => Err(ApiError::OneScope),
+    }
+}
+
+/// Normalizes a list of repositories, dropping duplicates, keeping order; at most
+/// [`MAX_REPOS_PER_SECRET`] entries (counted before duplicates are dropped).
+pub fn normalize_repos(repos: &[String]) -> Result<Vec<String>, ApiError> {
+    if repos.len() > MAX_REPOS_PER_SECRET {
+        return Err(ApiError::TooManyRepos(repos.len()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(repos.len());
+    let mut out: Vec<String> = Vec::with_capacity(repos.len());
+    for r in repos {
+        let r = protocol::normalize_repo(r)?;
+        if seen.insert(r.clone()) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+fn sandbox_info(daemon: &Daemon, row: SandboxRow) -> SandboxInfo {
+    let dir = daemon
+        .layout()
+        .sandbox_dir(&row.id)
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    SandboxInfo {
+        id: row.id,
+        user: row.user,
+        repository: row.repo,
+        created: row.created,
+        dir,
+    }
+}
+
+/// Carries out a validated admin command for `uid` and builds its answer.
+fn run_admin(
+    daemon: &Arc<Daemon>,
+    uid: u32,
+    command: AdminCommand,
+) -> Result<Response<SecretBody>, ApiError> {
+    let store = daemon.store();
+    match command {
+        AdminCommand::Set {
+            kind,
+            scope,
+            name,
+            value,
+            repos,
+        } => {
+            daemon.check_set_fits(kind, &scope, &name, value.expose_secret(), repos.as_deref())?;
+            let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;
+            let result = if created { "created" } else { "updated" };
+            audit::admin_change(
+                uid,
+                result,
+                &format!("{} secret {name} of {scope}", kind.as_str()),
+            );
+            Ok(ok_json(&ChangeAnswer {
+                name,
+                scope: kind,
+                owner: scope,
+                result: result.into(),
+            }))
+        }
+        AdminCommand::Access { user, name, repos } => {
+            let shown = repos.join(",");
+            store.set_access(&user, &name, repos)?;
+            audit::admin_change(
+                uid,
+                "access",
+                &format!("user secret {name} of {user} -> [{shown}]"),
+            );
+            Ok(ok_json(&ChangeAnswer {
+                name,
+                scope: ScopeKind::User,
+                owner: user,
+                result: "access".into(),
+            }))
+        }
+        AdminCommand::Delete { kind, scope, name } => {
+            store.delete_secret(kind, &scope, &name)?;
+            audit::admin_change(
+                uid,
+                "deleted",
+                &format!("{} secret {name} of {scope}", kind.as_str()),
+            );
+            Ok(ok_json(&ChangeAnswer {
+                name,
+                scope: kind,
+                owner: scope,
+                result: "deleted".into(),
+            }))
+        }
+        AdminCommand::List { kind, scope } => Ok(ok_json(&ListAnswer {
+            secrets: store.list(kind, &scope),
+        })),
+        AdminCommand::Plan { user, repo } => {
+            let secrets = store.plan(&user, &repo);
+            Ok(ok_json(&PlanAnswer {
+                user,
+                repository: repo,
+                secrets,
+            }))
+        }
+        AdminCommand::CreateSandbox { user, repo } => {
+            let row = daemon.create_sandbox(&user, &repo)?;
+            audit::admin_change(
+                uid,
+                "sandbox-created",
+                &format!("{} for {user} on {repo}", row.id),
+            );
+            Ok(ok_json(&sandbox_info(daemon, row)))
+        }
+        AdminCommand::ListSandboxes => Ok(ok_json(&SandboxList {
+            sandboxes: store
+                .sandboxes()
+                .into_iter()
+                .map(|r| sandbox_info(daemon, r))
+                .collect(),
+        })),
+        AdminCommand::DeleteSandbox { id } => {
+            let row = daemon.delete_sandbox(&id)?;
+            audit::admin_change(uid, "sandbox-deleted", &row.id);
+            Ok(ok_json(&sandbox_info(daemon, row)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_quote_the_input() {
+        let body = br#"{"name":"A","repo":"o/r","value":12345678901234567890123}"#;
+        let e = parse::<SetRequest>(Route::SecretsSet, body)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("1234567890"), "{e}");
+        let body = br#"{"name":"A","repo":"o/r","value":"hunter2","bogus":"hunter2"#;
+        let e = parse::<SetRequest>(Route::SecretsSet, body)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn repos_are_normalized_and_deduplicated() {
+        let got = normalize_repos(&["O/R".into(), "o/r".into(), "a/b".into()]).unwrap();
+        assert_eq!(got, ["o/r", "a/b"]);
+        assert!(normalize_repos(&["bad".into()]).is_err());
+    }
+
+    #[test]
+    fn every_route_is_reached_by_its_path_and_only_by_post() {
+        for r in Route::ALL {
+            assert_eq!(admin_target(&Method::POST, &r.path()).unwrap(), r);
+            let e = admin_target(&Method::GET, &r.path()).unwrap_err();
+            assert_eq!(e.status(), hyper::StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let e = admin_target(&Method::POST, "/v1/admin/nope").unwrap_err();
+        assert_eq!(e.status(), hyper::StatusCode::NOT_FOUND);
+    }
+}

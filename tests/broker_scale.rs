@@ -1,0 +1,252 @@
+//! The broker with many sandboxes and at its edges: the descriptor ceiling (a create refused
+//! with a clear 503, every existing sandbox still served, the ceiling logged at start), the
+//! memory each live sandbox costs, and creates racing a SIGTERM (refused, or stopped with the
+//! rest; an OK always had a live socket). Real daemon, real sockets.
+#![cfg(feature = "broker")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::daemon::*;
+
+/// `sandboxes/create` over the raw admin socket: (status, body).
+fn create(run_dir: &std::path::Path, user: &str, repo: &str) -> std::io::Result<(u16, String)> {
+    admin_post(
+        run_dir,
+        "sandboxes/create",
+        format!(r#"{{"user":"{user}","repo":"{repo}"}}"#).as_bytes(),
+    )
+}
+
+fn dir_of(body: &str) -> PathBuf {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    PathBuf::from(v["dir"].as_str().unwrap())
+}
+
+#[test]
+fn at_the_descriptor_ceiling_a_create_is_refused_and_every_sandbox_stays_served() {
+    let mut d = Daemon::unstarted(None);
+    // Soft and hard limit 256: the daemon cannot raise it.
+    d.wrapper = vec!["prlimit".into(), "--nofile=256:256".into(), "--".into()];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        d.log_text().contains("descriptor_limit=256"),
+        "the ceiling is logged at start\n{}",
+        d.log_text()
+    );
+    d.set_repo("EDGE", "edge/r", "edge-VALUE-1");
+    let mut dirs = Vec::new();
+    let refusal = loop {
+        let (status, body) = create(&d.run_dir(), "mona", "edge/r").unwrap();
+        if status != 200 {
+            break (status, body);
+        }
+        dirs.push(dir_of(&body));
+        assert!(dirs.len() < 256, "no ceiling reached\n{}", d.log_text());
+    };
+    let (status, body) = refusal;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("256") && body.contains("LimitNOFILE") && body.contains("descriptor limit"),
+        "{body}"
+    );
+    assert!(
+        dirs.len() >= 100,
+        "only {} sandboxes under a limit of 256",
+        dirs.len()
+    );
+    // The CLI says the same, once, and exits non-zero; nothing was created.
+    let out = d
+        .cli(
+            &["sandbox", "create", "--user", "mona", "--repo", "edge/r"],
+            None,
+        )
+        .fails_with("LimitNOFILE");
+    assert_eq!(
+        out.stderr().matches("LimitNOFILE").count(),
+        1,
+        "{}",
+        out.explain()
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.cli(&["sandbox", "list", "--json"], None).ok().stdout()).unwrap();
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), dirs.len());
+    // Every existing sandbox is still served, and the admin socket still answers.
+    for dir in &dirs {
+        assert_eq!(served(dir), pairs(&[("EDGE", "edge-VALUE-1")]));
+    }
+    assert!(!d.log_text().contains("accept failed"), "{}", d.log_text());
+    // Deleting one makes room for one.
+    let id = dirs[0].file_name().unwrap().to_str().unwrap().to_owned();
+    d.cli(&["sandbox", "delete", &id], None).ok();
+    let (status, body) = create(&d.run_dir(), "mona", "edge/r").unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn memory_per_live_sandbox_is_at_most_2_kib() {
+    const N: usize = 3000;
+    let d = Daemon::new();
+    // Warm up: the runtime, the store and the first allocations.
+    for _ in 0..200 {
+        let (status, body) = create(&d.run_dir(), "mona", "mem/r").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(d.pid());
+    for _ in 0..N {
+        let (status, body) = create(&d.run_dir(), "mona", "mem/r").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = rss_kib(d.pid());
+    let per = (after.saturating_sub(before)) as f64 / N as f64;
+    println!("memory: {N} sandboxes: RSS {before} KiB -> {after} KiB, {per:.2} KiB per sandbox");
+    assert!(per <= 2.0, "{per:.2} KiB per live sandbox");
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_create_racing_sigterm_is_refused_or_stopped_with_the_rest() {
+    let mut d = Daemon::new();
+    d.set_repo("RACE", "race/r", "race-VALUE-1");
+    let run_dir = d.run_dir();
+    let stopping = Arc::new(AtomicBool::new(false));
+    // (dir, served right after the OK, that fetch ended before SIGTERM was sent)
+    let oks = Arc::new(Mutex::new(Vec::<(PathBuf, bool, bool)>::new()));
+    let refusals = Arc::new(Mutex::new(Vec::<(u16, String)>::new()));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (run_dir, stopping, oks, refusals) = (
+                run_dir.clone(),
+                Arc::clone(&stopping),
+                Arc::clone(&oks),
+                Arc::clone(&refusals),
+            );
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    match create(&run_dir, "mona", "race/r") {
+                        Ok((200, body)) => {
+                            let dir = dir_of(&body);
+                            let live = fetch_quietly(&dir);
+                            // Only a fetch that ended before SIGTERM was sent must have worked.
+                            let before = !stopping.load(Ordering::SeqCst);
+                            oks.lock().unwrap().push((dir, live, before));
+                        }
+                        Ok((status, body)) => refusals.lock().unwrap().push((status, body)),
+                        // The admin socket is gone, or the connection was closed unanswered.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    stopping.store(true, Ordering::SeqCst);
+    let log = d.stop();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let oks = oks.lock().unwrap().clone();
+    let refusals = refusals.lock().unwrap().clone();
+    assert!(
+        oks.len() > 10,
+        "too few creates before the stop: {}",
+        oks.len()
+    );
+    for (status, body) in &refusals {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("shutting down"), "{body}");
+    }
+    // Every OK before SIGTERM had a live socket at once.
+    for (dir, live, before) in &oks {
+        assert!(
+            !before || *live,
+            "{} answered OK without a live socket\n{log}",
+            dir.display()
+        );
+    }
+    // After a restart, exactly the sandboxes that answered OK exist, each served.
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.cli(&["sandbox", "list", "--json"], None).ok().stdout()).unwrap();
+    assert_eq!(
+        listed["sandboxes"].as_array().unwrap().len(),
+        oks.len(),
+        "a refused create left a sandbox behind ({} refusals)\n{log}",
+        refusals.len()
+    );
+    for (dir, _, _) in &oks {
+        assert_eq!(served(dir), pairs(&[("RACE", "race-VALUE-1")]));
+    }
+    println!(
+        "shutdown race: {} creates answered OK, {} refused with 503",
+        oks.len(),
+        refusals.len()
+    );
+}
+
+/// Whether a sandbox's socket answers 200 now.
+fn fetch_quietly(dir: &std::path::Path) -> bool {
+    matches!(
+        http(&dir.join("secrets.sock"), "GET", "/v1/secrets"),
+        Ok((200, _))
+    )
+}
+
+#[test]
+fn past_the_global_connection_cap_a_connection_gets_503_and_others_stay_served() {
+    use std::io::Write;
+    let mut d = Daemon::unstarted(None);
+    d.wrapper = vec!["env".into(), "SANDBOX_SECRETS_MAX_CONNECTIONS=40".into()];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    d.set_repo("CAP", "cap/r", "cap-VALUE-1");
+    let (_, a) = d.sandbox("mona", "cap/r");
+    let (_, b) = d.sandbox("mona", "cap/r");
+    // 32 half-sent requests fill A's own cap; 8 more on B fill the daemon's 40.
+    let mut held = Vec::new();
+    for (dir, n) in [(&a, 32), (&b, 8)] {
+        for _ in 0..n {
+            let mut s = std::os::unix::net::UnixStream::connect(dir.join("secrets.sock")).unwrap();
+            s.write_all(b"GET /v1/secrets HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            held.push(s);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = loop {
+        let (status, body) = fetch(&b);
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 503 past the cap: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(busy.contains("too many connections"), "{busy}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(&b).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B not served once the connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(served(&a), pairs(&[("CAP", "cap-VALUE-1")]));
+}
