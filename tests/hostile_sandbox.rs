@@ -716,3 +716,76 @@ fn a_read_only_mount_keeps_container_root_out_of_the_run_dir_across_a_restart() 
     victim_container_starts(&d, &socket, &prefix);
     victim_unharmed(&mut d, &victim);
 }
+
+// ------------------------------------------------------------------------------------------
+// 7. an explicitly allowed dangerous name: one policy on both sides
+
+#[test]
+fn an_allowed_dangerous_name_is_served_marked_and_accepted_by_the_init() {
+    let (mut d, victim) = with_victim();
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/allowed-7c2";
+    d.cli(
+        &["set", "PATH", "--repo", "dev/tools"],
+        Some(path.as_bytes()),
+    )
+    .fails_with("dangerous");
+    d.cli(
+        &["set", "PATH", "--repo", "dev/tools", "--allow-dangerous"],
+        Some(path.as_bytes()),
+    )
+    .ok();
+    d.set_repo("TOOLS_TOKEN", "dev/tools", "tools-VALUE");
+    let plan = d
+        .cli(&["plan", "--user", "dee", "--repo", "dev/tools"], None)
+        .ok()
+        .stdout();
+    let path_line = plan.lines().find(|l| l.starts_with("PATH ")).unwrap_or("");
+    assert!(path_line.contains("dangerous"), "plan:\n{plan}");
+    assert!(
+        !plan
+            .lines()
+            .any(|l| l.starts_with("TOOLS_TOKEN") && l.contains("dangerous")),
+        "plan:\n{plan}"
+    );
+    let (_, dir) = d.sandbox("dee", "dev/tools");
+    // On the wire the name is marked; the ordinary one is not.
+    let (status, body) = fetch(&dir);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let marks: Vec<(String, Option<bool>)> = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["dangerous"].as_bool(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        vec![("PATH".into(), Some(true)), ("TOOLS_TOKEN".into(), None)]
+    );
+    // The real init accepts it, says so at info level, and the command sees it.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["60", INIT, "--secrets", "required", "--", "sh", "-c"])
+        .arg("printf '%s|%s' \"$PATH\" \"$TOOLS_TOKEN\"")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("SANDBOX_SECRETS_SOCKET", dir.join("secrets.sock"))
+        .env("SANDBOX_INIT_LOG", "info");
+    let r = run(cmd, None);
+    assert!(
+        r.out.status.success() && r.stdout() == format!("{path}|tools-VALUE"),
+        "{}",
+        r.explain()
+    );
+    assert!(
+        r.stderr().contains("accepting PATH") && r.stderr().contains("explicitly allowed"),
+        "{}",
+        r.explain()
+    );
+    assert!(!r.stderr().contains("tools-VALUE"), "{}", r.explain());
+    victim_unharmed(&mut d, &victim);
+}
