@@ -253,14 +253,11 @@ pub fn encode_answer(
     repository: &str,
     secrets: &[WireSecretRef<'_>],
 ) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(Vec::with_capacity(
-        64 + sandbox.len()
-            + repository.len()
-            + secrets
-                .iter()
-                .map(|s| s.name.len() + s.value.len() + 32)
-                .sum::<usize>(),
-    ));
+    // Exactly the size it will have: one allocation, never grown (a grown buffer would leave
+    // copies of values behind, and cost up to twice its size in passing).
+    let mut body = Zeroizing::new(Vec::with_capacity(encoded_answer_len(
+        sandbox, repository, secrets,
+    )));
     let answer = AnswerRef {
         sandbox,
         repository,

@@ -62,6 +62,10 @@ impl Config {
     }
 }
 
+/// Answers built at once: building opens and encodes up to 16 MiB, so the memory it takes in
+/// passing is bounded by this many, and requests for the same sandbox wait for the one build.
+pub const BUILDS_AT_ONCE: usize = 2;
+
 /// Descriptors kept free for connections, the store's files and a create in flight: a create
 /// that would eat into them is refused, so existing sandboxes stay served.
 pub const DESCRIPTOR_RESERVE: usize = 64;
@@ -195,6 +199,8 @@ pub struct Daemon {
     answers: AnswerCache,
     /// Bytes of built answers alive at once, cached or being written.
     budget: AnswerBudget,
+    /// Answers being built at once (each may transiently hold its opened values and encoding).
+    builds: tokio::sync::Semaphore,
     serve: ServeSandbox,
     /// Connections open over all sockets.
     connections: AtomicUsize,
@@ -227,6 +233,7 @@ impl Daemon {
             }),
             answers: AnswerCache::default(),
             budget: AnswerBudget::new(answer_budget),
+            builds: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
             serve,
             connections: AtomicUsize::new(0),
             fd_limit,
@@ -485,12 +492,43 @@ impl Daemon {
         Ok(())
     }
 
+    /// Taken while an answer is built ([`BUILDS_AT_ONCE`]).
+    pub fn builds(&self) -> &tokio::sync::Semaphore {
+        &self.builds
+    }
+
+    /// Refuses at once a request whose answer was refused by the budget at the current
+    /// generation and still would be, so a hostile sandbox cannot make the daemon rebuild a
+    /// large answer per request.
+    pub fn still_over_budget(&self, id: &str) -> Result<(), DaemonError> {
+        let Some(asked) = self.answers.refused_size(id, self.store.generation()) else {
+            return Ok(());
+        };
+        let held = self.budget.held();
+        if held + asked > self.budget.budget() {
+            return Err(DaemonError::Busy(OverBudget {
+                held,
+                asked,
+                budget: self.budget.budget(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// The answer of sandbox `id` when the cache holds it at the current generation (audited);
+    /// cheap, so it runs on an async worker, while building one ([`Daemon::answer`]) opens and
+    /// encodes up to megabytes and runs on a blocking thread.
+    pub fn cached_answer(&self, id: &str) -> Option<Arc<Zeroizing<Vec<u8>>>> {
+        let c = self.answers.get(id, self.store.generation())?;
+        audit::secrets_read(id, &c.repository, c.count, &c.names);
+        Some(Arc::clone(&c.body))
+    }
+
     /// The `GET /v1/secrets` answer of sandbox `id`: from the cache when built at the current
     /// generation, else opened, encoded by [`protocol::encode_answer`] and cached. Audited.
     pub fn answer(&self, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
-        if let Some(c) = self.answers.get(id, self.store.generation()) {
-            audit::secrets_read(id, &c.repository, c.count, &c.names);
-            return Ok(Arc::clone(&c.body));
+        if let Some(body) = self.cached_answer(id) {
+            return Ok(body);
         }
         let fetched = self.store.fetch(id).map_err(|e| match e {
             StoreError::SandboxNotFound(id) => DaemonError::SandboxGone(id),
@@ -520,7 +558,13 @@ impl Daemon {
         }
         // One copy per sandbox, shared by every response writing it; when the answers alive
         // would pass the budget, the cache gives its copies up first.
-        self.budget.admit(&body, || self.answers.clear())?;
+        if let Err(e) = self.budget.admit(&body, || {
+            self.answers.drop_larger_than(limits::ALWAYS_ADMITTED)
+        }) {
+            // Later requests at this generation are refused without building it again.
+            self.answers.refused(id, fetched.generation, body.len());
+            return Err(e.into());
+        }
         audit::secrets_read(&fetched.sandbox.id, &fetched.sandbox.repo, count, &names);
         self.answers.put(
             id,
@@ -546,6 +590,16 @@ pub fn open_descriptors() -> usize {
 /// Most answers kept; the cache is emptied when it would grow past this.
 pub const MAX_CACHED_ANSWERS: usize = 4096;
 
+/// Lets go of answers taken out of the cache, outside its lock, the large ones zeroized off the
+/// async workers ([`limits::release`]).
+fn release_all(gone: impl IntoIterator<Item = Arc<CachedAnswer>>) {
+    for entry in gone {
+        if let Ok(entry) = Arc::try_unwrap(entry) {
+            limits::release(entry.body);
+        }
+    }
+}
+
 /// Built `GET /v1/secrets` answers per sandbox, all of one store generation, so a sandbox's
 /// answer is opened and encoded once per change rather than once per request, and a large
 /// answer exists once however many connections write it (their bytes are bounded by the
@@ -563,6 +617,8 @@ struct CacheInner {
     /// The store generation every entry was built at; 0 until the first [`AnswerCache::sync`].
     generation: u64,
     map: HashMap<String, Arc<CachedAnswer>>,
+    /// Sizes of answers the budget refused at this generation, per sandbox.
+    refused: HashMap<String, usize>,
 }
 
 struct CachedAnswer {
@@ -604,18 +660,55 @@ impl AnswerCache {
     pub fn sync(&self, generation: u64) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if inner.generation != generation {
-            inner.map.clear();
+            let gone = std::mem::take(&mut inner.map);
+            inner.refused.clear();
             inner.generation = generation;
+            drop(inner);
+            release_all(gone.into_values());
         }
     }
 
     /// Drops every answer kept (each is zeroized once no response holds it any more).
     pub fn clear(&self) {
+        let gone = std::mem::take(&mut self.inner.write().unwrap_or_else(|e| e.into_inner()).map);
+        release_all(gone.into_values());
+    }
+
+    /// Drops the answers kept that are larger than `size`: room for the budget, while small
+    /// answers stay served from the cache.
+    pub fn drop_larger_than(&self, size: usize) {
+        let mut gone = Vec::new();
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .map
-            .clear();
+            .retain(|_, c| {
+                let keep = c.body.len() <= size;
+                if !keep {
+                    gone.push(Arc::clone(c));
+                }
+                keep
+            });
+        release_all(gone);
+    }
+
+    /// Remembers that sandbox `id`'s answer of `size` bytes, built at `generation`, was refused.
+    fn refused(&self, id: &str, generation: u64, size: usize) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.generation == generation {
+            if inner.refused.len() >= MAX_CACHED_ANSWERS {
+                inner.refused.clear();
+            }
+            inner.refused.insert(id.to_owned(), size);
+        }
+    }
+
+    /// The size of sandbox `id`'s answer the budget refused at `generation`, if it did.
+    fn refused_size(&self, id: &str, generation: u64) -> Option<usize> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        (inner.generation == generation)
+            .then(|| inner.refused.get(id).copied())
+            .flatten()
     }
 
     /// How many answers are kept.

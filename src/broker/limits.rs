@@ -15,7 +15,10 @@ use tokio::time::Sleep;
 use zeroize::Zeroizing;
 
 /// Default budget for the answers alive at once.
-pub const DEFAULT_ANSWER_BUDGET: usize = 128 * 1024 * 1024;
+pub const DEFAULT_ANSWER_BUDGET: usize = 96 * 1024 * 1024;
+/// Answers up to this size are always admitted (and counted): a sandbox with an ordinary set of
+/// secrets is served even while large answers of others fill the budget.
+pub const ALWAYS_ADMITTED: usize = 1024 * 1024;
 /// Default time a client may leave a write waiting (not reading its answer).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -114,6 +117,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 /// A built answer: opaque bytes, zeroized when the last holder drops it.
 pub type AnswerBytes = Arc<Zeroizing<Vec<u8>>>;
 
+/// Answers at least this large are let go off the async workers ([`release`]).
+const RELEASED_OFF_RUNTIME: usize = 256 * 1024;
+
+/// Lets go of a holder of an answer. When it is the last holder of a large answer, zeroizing
+/// megabytes would hold the async worker it runs on (and every sandbox waiting on it), so the
+/// drop moves to a blocking thread; small answers, and drops outside the runtime, happen here.
+pub fn release(answer: AnswerBytes) {
+    if answer.len() >= RELEASED_OFF_RUNTIME && Arc::strong_count(&answer) == 1 {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || drop(answer));
+            return;
+        }
+    }
+    drop(answer);
+}
+
 /// The answers over the budget: what is held and what was asked.
 #[derive(Debug, thiserror::Error)]
 #[error("answers being served hold {held} bytes; one more of {asked} bytes would pass the daemon's budget of {budget} bytes (retry shortly)")]
@@ -156,14 +175,14 @@ impl AnswerBudget {
         Self::held_locked(&mut self.live.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Counts `answer` against the budget if it fits; `Err` (and the answer is not counted)
-    /// when it would pass it. `make_room` is called once before refusing, to drop what the
+    /// Counts `answer` against the budget if it fits, or if it is small ([`ALWAYS_ADMITTED`]);
+    /// `Err` (and the answer is not counted) when a large one would pass it. `make_room` is called once before refusing, to drop what the
     /// caller can (its cache), and the check is made again.
     pub fn admit(&self, answer: &AnswerBytes, make_room: impl FnOnce()) -> Result<(), OverBudget> {
         let asked = answer.len();
         {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            if Self::held_locked(&mut live) + asked <= self.budget {
+            if asked <= ALWAYS_ADMITTED || Self::held_locked(&mut live) + asked <= self.budget {
                 live.push((Arc::downgrade(answer), asked));
                 return Ok(());
             }
@@ -194,30 +213,51 @@ mod tests {
     }
 
     #[test]
+    fn small_answers_are_served_while_large_ones_fill_the_budget() {
+        let budget = AnswerBudget::new(2 * ALWAYS_ADMITTED + 10);
+        let big = [answer(ALWAYS_ADMITTED + 5), answer(ALWAYS_ADMITTED + 5)];
+        for a in &big {
+            budget.admit(a, || {}).unwrap();
+        }
+        assert!(budget.admit(&answer(ALWAYS_ADMITTED + 1), || {}).is_err());
+        let small = answer(ALWAYS_ADMITTED);
+        budget
+            .admit(&small, || unreachable!("small answers need no room"))
+            .unwrap();
+        assert_eq!(budget.held(), 3 * ALWAYS_ADMITTED + 10);
+    }
+
+    #[test]
     fn the_budget_counts_answers_while_held_and_makes_room_before_refusing() {
-        let budget = AnswerBudget::new(100);
-        let a = answer(60);
+        // Every answer here is over the always-admitted size, so the budget decides.
+        const K: usize = ALWAYS_ADMITTED;
+        let budget = AnswerBudget::new(K + 100);
+        let a = answer(K + 60);
         budget.admit(&a, || unreachable!("fits")).unwrap();
-        assert_eq!(budget.held(), 60);
+        assert_eq!(budget.held(), K + 60);
         // A second holder (a response being written) does not count twice.
         let writing = Arc::clone(&a);
-        let b = answer(50);
+        let b = answer(K + 50);
         let mut cache = vec![a];
         let e = budget.admit(&b, || {}).unwrap_err();
-        assert_eq!((e.held, e.asked, e.budget), (60, 50, 100));
-        assert!(e.to_string().contains("budget of 100 bytes"), "{e}");
+        assert_eq!((e.held, e.asked, e.budget), (K + 60, K + 50, K + 100));
+        assert!(
+            e.to_string()
+                .contains(&format!("budget of {} bytes", K + 100)),
+            "{e}"
+        );
         // The cache drops its copy, but a response still holds it: still over.
         let e = budget.admit(&b, || cache.clear()).unwrap_err();
-        assert_eq!(e.held, 60);
+        assert_eq!(e.held, K + 60);
         // Once the last holder is done, the bytes are free without anyone giving them back.
         drop(writing);
         assert_eq!(budget.held(), 0);
         budget.admit(&b, || unreachable!("fits")).unwrap();
         // Room made by the caller is used at once.
         let mut cache = vec![b];
-        let c = answer(90);
+        let c = answer(K + 90);
         budget.admit(&c, || cache.clear()).unwrap();
-        assert_eq!(budget.held(), 90);
+        assert_eq!(budget.held(), K + 90);
     }
 
     #[tokio::test]

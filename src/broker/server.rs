@@ -262,6 +262,7 @@ async fn connection(
                         req.uri().path(),
                         has_body,
                     )
+                    .await
                 }
                 Kind::Admin => http::admin::answer(&daemon, admin_uid, req).await,
             };

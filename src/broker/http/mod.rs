@@ -67,7 +67,7 @@ pub enum ApiError {
     Forbidden { uid: u32, daemon: u32 },
     #[error("too many connections to the daemon (at most {0} at once); try again")]
     Busy(usize),
-    #[error("the admin command did not complete (see the daemon's log)")]
+    #[error("the request did not complete (see the daemon's log)")]
     Incomplete,
 }
 
@@ -164,6 +164,13 @@ pub fn join_causes(messages: impl IntoIterator<Item = String>) -> String {
 pub struct ZBuf {
     data: Arc<Zeroizing<Vec<u8>>>,
     pos: usize,
+}
+
+impl Drop for ZBuf {
+    fn drop(&mut self) {
+        let data = std::mem::replace(&mut self.data, Arc::new(Zeroizing::new(Vec::new())));
+        crate::broker::limits::release(data);
+    }
 }
 
 impl Buf for ZBuf {

@@ -3,6 +3,8 @@
 //! answer (encoded by `protocol`) or its error into a response. Never sees a value in clear: the
 //! answer is an opaque, zeroizing buffer.
 
+use std::sync::Arc;
+
 use hyper::{Method, Response, StatusCode};
 
 use super::{shared_response, shown, ApiError, SecretBody};
@@ -10,9 +12,11 @@ use crate::broker::audit;
 use crate::broker::daemon::Daemon;
 use crate::protocol::SECRETS_PATH;
 
-/// Answers one request on sandbox `id`'s socket.
-pub fn answer(
-    daemon: &Daemon,
+/// Answers one request on sandbox `id`'s socket. A cached answer is served at once; building one
+/// (opening and encoding up to megabytes of values) runs on a blocking thread, so it never holds
+/// an async worker another sandbox's fetch needs.
+pub async fn answer(
+    daemon: &Arc<Daemon>,
     id: &str,
     method: &Method,
     path: &str,
@@ -21,7 +25,30 @@ pub fn answer(
     if let Err(e) = sandbox_target(method, path, has_body) {
         return e.response();
     }
-    match daemon.answer(id) {
+    let built = match daemon.cached_answer(id) {
+        Some(body) => Ok(body),
+        None => {
+            if let Err(e) = daemon.still_over_budget(id) {
+                return ApiError::from(e).response();
+            }
+            // A few builds at once; one that waited finds the answer another request built.
+            let Ok(_permit) = daemon.builds().acquire().await else {
+                return ApiError::Incomplete.response();
+            };
+            if let Some(body) = daemon.cached_answer(id) {
+                return shared_response(StatusCode::OK, body);
+            }
+            let (daemon, id) = (Arc::clone(daemon), id.to_owned());
+            match tokio::task::spawn_blocking(move || daemon.answer(&id)).await {
+                Ok(built) => built,
+                Err(e) => {
+                    tracing::error!(error = %e, "building an answer did not complete");
+                    return ApiError::Incomplete.response();
+                }
+            }
+        }
+    };
+    match built {
         Ok(body) => shared_response(StatusCode::OK, body),
         Err(e) => {
             let e = ApiError::from(e);
