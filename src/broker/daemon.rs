@@ -62,9 +62,10 @@ impl Config {
     }
 }
 
-/// Answers built at once: building opens and encodes up to 16 MiB, so the memory it takes in
-/// passing is bounded by this many, and requests for the same sandbox wait for the one build.
-pub const BUILDS_AT_ONCE: usize = 2;
+/// Answers built at once, but for sandboxes whose last answer was small: building opens and
+/// encodes up to 16 MiB, so the memory it takes in passing is bounded by this many, requests for
+/// the same sandbox wait for the one build, and small answers never wait behind large ones.
+pub const BUILDS_AT_ONCE: usize = 1;
 
 /// Descriptors kept free for connections, the store's files and a create in flight: a create
 /// that would eat into them is refused, so existing sandboxes stay served.
@@ -550,6 +551,7 @@ impl Daemon {
         let count = fetched.secrets.len();
         drop(secrets);
         drop(fetched.secrets);
+        self.answers.built(id, body.len());
         if body.len() > protocol::MAX_RESPONSE_BYTES {
             return Err(DaemonError::AnswerTooLarge {
                 size: body.len(),
@@ -619,6 +621,9 @@ struct CacheInner {
     map: HashMap<String, Arc<CachedAnswer>>,
     /// Sizes of answers the budget refused at this generation, per sandbox.
     refused: HashMap<String, usize>,
+    /// The size of each sandbox's last built answer, kept across generations: a sandbox whose
+    /// answer was small is rebuilt at once, without queueing behind large builds.
+    sizes: HashMap<String, usize>,
 }
 
 struct CachedAnswer {
@@ -690,6 +695,24 @@ impl AnswerCache {
                 keep
             });
         release_all(gone);
+    }
+
+    /// Remembers the size of sandbox `id`'s last built answer.
+    fn built(&self, id: &str, size: usize) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.sizes.len() >= 4 * MAX_CACHED_ANSWERS && !inner.sizes.contains_key(id) {
+            inner.sizes.clear();
+        }
+        inner.sizes.insert(id.to_owned(), size);
+    }
+
+    /// True when sandbox `id`'s last built answer was small ([`limits::ALWAYS_ADMITTED`]).
+    pub fn small(&self, id: &str) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .sizes
+            .get(id)
+            .is_some_and(|&n| n <= limits::ALWAYS_ADMITTED)
     }
 
     /// Remembers that sandbox `id`'s answer of `size` bytes, built at `generation`, was refused.

@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 use zeroize::Zeroizing;
 
 /// Default budget for the answers alive at once.
-pub const DEFAULT_ANSWER_BUDGET: usize = 96 * 1024 * 1024;
+pub const DEFAULT_ANSWER_BUDGET: usize = 64 * 1024 * 1024;
 /// Answers up to this size are always admitted (and counted): a sandbox with an ordinary set of
 /// secrets is served even while large answers of others fill the budget.
 pub const ALWAYS_ADMITTED: usize = 1024 * 1024;

@@ -31,13 +31,19 @@ pub async fn answer(
             if let Err(e) = daemon.still_over_budget(id) {
                 return ApiError::from(e).response();
             }
-            // A few builds at once; one that waited finds the answer another request built.
-            let Ok(_permit) = daemon.builds().acquire().await else {
-                return ApiError::Incomplete.response();
+            // Large (or not yet seen) answers are built a few at once; one that waited finds
+            // the answer another request built. A sandbox whose answer was small never waits.
+            let _permit = if daemon.answers().small(id) {
+                None
+            } else {
+                let Ok(permit) = daemon.builds().acquire().await else {
+                    return ApiError::Incomplete.response();
+                };
+                if let Some(body) = daemon.cached_answer(id) {
+                    return shared_response(StatusCode::OK, body);
+                }
+                Some(permit)
             };
-            if let Some(body) = daemon.cached_answer(id) {
-                return shared_response(StatusCode::OK, body);
-            }
             let (daemon, id) = (Arc::clone(daemon), id.to_owned());
             match tokio::task::spawn_blocking(move || daemon.answer(&id)).await {
                 Ok(built) => built,
