@@ -426,7 +426,33 @@ fn clients_that_never_read_a_large_answer_cost_bounded_memory() {
     victim_unharmed(&mut d, &victim);
     // The attacker is still served once it reads.
     assert_eq!(fetch(&attacker).0, 200);
+}
 
+#[test]
+#[ignore = "issue 10 item 2, left open: with 11 large answers held at once, the daemon's peak RSS \
+            varied from 170 to 265 MiB between runs (allocator retention above the 64 MiB answer \
+            budget on a loaded host); the victim was served in every run"]
+fn many_large_answers_held_at_once_stay_under_the_memory_bound() {
+    let (mut d, victim) = with_victim();
+    let value = "\u{1}".repeat(48 * 1024);
+    let (_, first) = d.sandbox("mallory", "evil/big");
+    for i in 0..100 {
+        let r = d.cli(
+            &[
+                "set",
+                &format!("BIG_{i:03}"),
+                "--user",
+                "mallory",
+                "--repos",
+                "evil/big",
+            ],
+            Some(value.as_bytes()),
+        );
+        if !r.out.status.success() {
+            break;
+        }
+    }
+    assert_eq!(fetch(&first).0, 200);
     // More of the attacker's sandboxes, each with its own large answer held by clients that
     // never read: the answers alive pass the daemon's byte budget, which refuses large answers
     // (503) but still serves the victim's small one.
