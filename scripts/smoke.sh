@@ -65,7 +65,7 @@ run_suite() { # image user shell
   local img=sandbox-init/$1:latest user=$2 sh=$3 out code c t0
   echo "== $img"
 
-  out=$(docker run --rm -v "$dir:/run/sandbox" "$img" "$sh" -c 'printf %s "$SMOKE_TOKEN"; echo "|${OTHER_TOKEN:-absent}"')
+  out=$(docker run --rm -v "$dir:/run/sandbox:ro" "$img" "$sh" -c 'printf %s "$SMOKE_TOKEN"; echo "|${OTHER_TOKEN:-absent}"')
   expect "$1: the command sees its secret, not another repository's" "$VALUE|absent" "$out"
 
   out=$(docker run --rm -e SANDBOX_INIT_LOG=info "$img" "$sh" -c 'echo "${SMOKE_TOKEN:-none}"' 2>"$work/err")
@@ -75,17 +75,17 @@ run_suite() { # image user shell
   # A dead broker: the socket file is there, nobody answers.
   mkdir -p "$work/dead-$1" && python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$work/dead-$1/secrets.sock"
   chmod 0666 "$work/dead-$1/secrets.sock"
-  out=$(docker run --rm -v "$work/dead-$1:/run/sandbox" "$img" "$sh" -c 'echo started' 2>"$work/err"); code=$?
+  out=$(docker run --rm -v "$work/dead-$1:/run/sandbox:ro" "$img" "$sh" -c 'echo started' 2>"$work/err"); code=$?
   expect "$1: a dead broker fails closed (exit 1, nothing started)" "1|" "$code|$out" "$(cat "$work/err")"
   grep -q "secrets" "$work/err" && ok "$1: fail-closed message names the step" || fail "$1: message: $(cat "$work/err")"
 
   # docker stop of a server that handles SIGTERM: its own code, not the kill after 10 s.
-  c=$(docker run -d -v "$dir:/run/sandbox" "$img" "$sh" -c 'trap "exit 7" TERM; while :; do sleep 0.2; done'); containers+=("$c")
+  c=$(docker run -d -v "$dir:/run/sandbox:ro" "$img" "$sh" -c 'trap "exit 7" TERM; while :; do sleep 0.2; done'); containers+=("$c")
   sleep 1; docker stop -t 10 "$c" >/dev/null
   expect "$1: docker stop of a TERM-handling server returns its code" 7 "$(docker inspect -f '{{.State.ExitCode}}' "$c")"
 
   # docker stop of an interactive shell on a tty (docker run -it): ends without the SIGKILL.
-  c=$(docker run -d -i -t -v "$dir:/run/sandbox" "$img" "$sh" -i); containers+=("$c")
+  c=$(docker run -d -i -t -v "$dir:/run/sandbox:ro" "$img" "$sh" -i); containers+=("$c")
   sleep 1; t0=$(date +%s%N); docker stop -t 10 "$c" >/dev/null
   code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
   [[ $code != 137 ]] && ok "$1: docker stop of an interactive $sh ends it (exit $code, $(( ($(date +%s%N) - t0) / 1000000 )) ms)" ||
@@ -99,7 +99,7 @@ run_suite() { # image user shell
   docker rm -f "$c" >/dev/null
 
   # docker exec shells do not descend from PID 1: profile.d fetches the secrets.
-  c=$(docker run -d -v "$dir:/run/sandbox" "$img" sleep 60); containers+=("$c")
+  c=$(docker run -d -v "$dir:/run/sandbox:ro" "$img" sleep 60); containers+=("$c")
   out=$(docker exec "$c" "$sh" -lc 'printf %s "$SMOKE_TOKEN"')
   expect "$1: docker exec login shell sees the secret through profile.d" "$VALUE" "$out"
   out=$(docker exec -u "$user" "$c" "$sh" -lc 'id -un; printf %s "$SMOKE_TOKEN"')
@@ -108,7 +108,7 @@ $VALUE" "$out"
   docker rm -f "$c" >/dev/null
 
   # --user: the command runs as the image's user, config.json is its own.
-  out=$(docker run --rm -e SANDBOX_INIT_USER="$user" -v "$dir:/run/sandbox" "$img" "$sh" -c \
+  out=$(docker run --rm -e SANDBOX_INIT_USER="$user" -v "$dir:/run/sandbox:ro" "$img" "$sh" -c \
     'id -un; stat -c "%U %a" "$HOME/.docker/config.json"; stat -c "%a" "$HOME/.docker"' | tr '\n' ' ')
   expect "$1: --user runs as $user and config.json is its own, 0600 in 0700" "$user $user 600 700 " "$out"
 }
@@ -117,7 +117,7 @@ run_suite minimal dev sh
 run_suite devcontainer vscode bash
 
 if [[ -n ${SANDBOX_TEST_REGISTRY:-} ]]; then
-  out=$(docker run --rm --network host -e SANDBOX_INIT_USER=vscode -v "$dir:/run/sandbox" \
+  out=$(docker run --rm --network host -e SANDBOX_INIT_USER=vscode -v "$dir:/run/sandbox:ro" \
     sandbox-init/devcontainer:latest bash -c \
     'skopeo inspect --tls-verify=false --format "{{.Name}}" "docker://$0"' "$SANDBOX_TEST_REGISTRY_IMAGE" 2>"$work/err")
   expect "devcontainer: skopeo reaches the private image with the injected triplet" \

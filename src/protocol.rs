@@ -300,6 +300,14 @@ pub fn normalize_name(raw: &str, allow_dangerous: bool) -> Result<String, NameEr
     Ok(name)
 }
 
+/// True for a name the dangerous-name policy refuses unless explicitly allowed (valid
+/// otherwise). The broker stores such a name only with `--allow-dangerous`, so every one it
+/// serves was allowed: [`encode_answer`] marks it `"dangerous": true`, and [`decode_answer`]
+/// accepts a dangerous name only when so marked.
+pub fn is_dangerous(name: &str) -> bool {
+    matches!(normalize_name(name, false), Err(NameError::Dangerous(_)))
+}
+
 /// Why a secret value was refused. Never holds the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -391,6 +399,9 @@ pub struct WireSecret {
     pub name: String,
     #[serde(serialize_with = "expose_value", deserialize_with = "secret_value")]
     pub value: SecretString,
+    /// The name is dangerous ([`is_dangerous`]) and the broker marked it explicitly allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dangerous: bool,
 }
 
 impl fmt::Debug for WireSecret {
@@ -398,6 +409,7 @@ impl fmt::Debug for WireSecret {
         f.debug_struct("WireSecret")
             .field("name", &self.name)
             .field("value", &"[redacted]")
+            .field("dangerous", &self.dangerous)
             .finish()
     }
 }
@@ -410,11 +422,26 @@ fn secret_value<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Erro
     String::deserialize(d).map(SecretString::from)
 }
 
-/// One secret as the daemon encodes it, borrowed from its opened row.
-#[derive(Serialize)]
+/// One secret as the daemon encodes it, borrowed from its opened row. Encoded as
+/// `{"name","value"}`, plus `"dangerous":true` when the name is dangerous (it was stored with
+/// `--allow-dangerous`, the only way such a name is stored).
 pub struct WireSecretRef<'a> {
     pub name: &'a str,
     pub value: &'a str,
+}
+
+impl Serialize for WireSecretRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let dangerous = is_dangerous(self.name);
+        let mut m = s.serialize_struct("WireSecret", 2 + usize::from(dangerous))?;
+        m.serialize_field("name", self.name)?;
+        m.serialize_field("value", self.value)?;
+        if dangerous {
+            m.serialize_field("dangerous", &true)?;
+        }
+        m.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -431,14 +458,11 @@ pub fn encode_answer(
     repository: &str,
     secrets: &[WireSecretRef<'_>],
 ) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(Vec::with_capacity(
-        64 + sandbox.len()
-            + repository.len()
-            + secrets
-                .iter()
-                .map(|s| s.name.len() + s.value.len() + 32)
-                .sum::<usize>(),
-    ));
+    // Exactly the size it will have: one allocation, never grown (a grown buffer would leave
+    // copies of values behind, and cost up to twice its size in passing).
+    let mut body = Zeroizing::new(Vec::with_capacity(encoded_answer_len(
+        sandbox, repository, secrets,
+    )));
     let answer = AnswerRef {
         sandbox,
         repository,
@@ -447,6 +471,41 @@ pub fn encode_answer(
     // Writing to a Vec cannot fail, and every field is a string.
     let _ = serde_json::to_writer(&mut *body, &answer);
     body
+}
+
+/// The exact length of [`encode_answer`]`(sandbox, repository, secrets)`, without building it
+/// (the daemon checks a plan against [`MAX_RESPONSE_BYTES`] before it stores a change).
+pub fn encoded_answer_len(sandbox: &str, repository: &str, secrets: &[WireSecretRef<'_>]) -> usize {
+    const ENVELOPE: usize = r#"{"sandbox":,"repository":,"secrets":[]}"#.len();
+    const SECRET: usize = r#"{"name":,"value":}"#.len();
+    const MARK: usize = r#","dangerous":true"#.len();
+    ENVELOPE
+        + json_str_len(sandbox)
+        + json_str_len(repository)
+        + secrets
+            .iter()
+            .map(|s| {
+                SECRET
+                    + json_str_len(s.name)
+                    + json_str_len(s.value)
+                    + if is_dangerous(s.name) { MARK } else { 0 }
+            })
+            .sum::<usize>()
+        + secrets.len().saturating_sub(1)
+}
+
+/// Length of `s` as a JSON string the way `serde_json` writes it: quotes, two-byte escapes for
+/// `"`, `\` and `\b \f \n \r \t`, `\u00XX` for the other control characters, every other
+/// byte as it is.
+fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Most JSON values a 200 answer may hold: 5 for the envelope, 5 per secret, with room to spare.
@@ -467,8 +526,8 @@ pub enum AnswerError {
 
 /// Decodes the body of `200 GET /v1/secrets`: exactly `{"sandbox","repository","secrets":
 /// [{"name","value"}]}` (fields of later versions are refused under `/v1`: docs/wire-format.md),
-/// at most [`MAX_SECRETS_PER_ANSWER`] secrets, every name passing [`normalize_name`] (dangerous
-/// names refused) and appearing once, no value holding a NUL. Returned sorted by name. The shape
+/// at most [`MAX_SECRETS_PER_ANSWER`] secrets, every name passing [`normalize_name`] (a
+/// dangerous name only when marked `"dangerous": true`, which is then kept) and appearing once, no value holding a NUL. Returned sorted by name. The shape
 /// is checked by hand, because serde's own messages quote the offending string (`invalid type:
 /// string "..."`), which could be a value; every string of the parsed document is zeroized.
 pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
@@ -486,12 +545,18 @@ pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
     };
     let pairs = decode_shape(&mut doc.0).map_err(AnswerError::Shape)?;
     let mut out = Vec::with_capacity(pairs.len());
-    for (raw, value) in pairs {
-        let name = normalize_name(&raw, false)?;
+    for (raw, value, marked) in pairs {
+        // A dangerous name passes only when the broker marked it allowed.
+        let name = normalize_name(&raw, marked)?;
         if let Some(offset) = value.expose_secret().bytes().position(|b| b == 0) {
             return Err(AnswerError::Nul { name, offset });
         }
-        out.push(WireSecret { name, value });
+        let dangerous = marked && is_dangerous(&name);
+        out.push(WireSecret {
+            name,
+            value,
+            dangerous,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
@@ -558,7 +623,7 @@ pub fn json_values_over(body: &[u8], limit: usize) -> bool {
 /// The wire shape of a 200 answer, checked field by field; the names and values are moved out
 /// of `doc` (whose remaining strings the caller zeroizes). The error names the field, never its
 /// content.
-fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString)>, String> {
+fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString, bool)>, String> {
     use serde_json::Value;
     let Value::Object(top) = doc else {
         return Err("not a JSON object".into());
@@ -593,11 +658,19 @@ fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString
         let Value::Object(fields) = item else {
             return Err(format!("`secrets[{i}]` is not an object"));
         };
-        if fields.keys().any(|k| k != "name" && k != "value") {
+        if fields
+            .keys()
+            .any(|k| !matches!(k.as_str(), "name" | "value" | "dangerous"))
+        {
             return Err(format!(
-                "`secrets[{i}]` has a field other than name and value"
+                "`secrets[{i}]` has a field other than name and value (and dangerous)"
             ));
         }
+        let marked = match fields.get("dangerous") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(format!("`secrets[{i}].dangerous` is not true or false")),
+        };
         let mut take = |field: &str| match fields.get_mut(field) {
             Some(Value::String(s)) => Ok(std::mem::take(s)),
             Some(_) => Err(format!("`secrets[{i}].{field}` is not a string")),
@@ -605,7 +678,7 @@ fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString
         };
         let name = take("name")?;
         let value = SecretString::from(take("value")?);
-        out.push((name, value));
+        out.push((name, value, marked));
     }
     Ok(out)
 }
@@ -988,6 +1061,60 @@ mod tests {
         assert!(!json_values_over(answer.as_bytes(), MAX_JSON_VALUES));
     }
 
+    #[test]
+    fn a_dangerous_name_is_marked_by_the_encoder_and_accepted_only_when_marked() {
+        assert!(is_dangerous("PATH") && is_dangerous("ld_preload"));
+        assert!(!is_dangerous("API_TOKEN") && !is_dangerous("GITHUB_X") && !is_dangerous(""));
+        let refs = [
+            WireSecretRef {
+                name: "API_TOKEN",
+                value: "a",
+            },
+            WireSecretRef {
+                name: "PATH",
+                value: "/opt/bin:/usr/bin",
+            },
+        ];
+        let body = encode_answer(&"a".repeat(32), "o/r", &refs);
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(
+            text.contains(r#"{"name":"PATH","value":"/opt/bin:/usr/bin","dangerous":true}"#)
+                && text.contains(r#"{"name":"API_TOKEN","value":"a"}"#),
+            "{text}"
+        );
+        assert_eq!(
+            encoded_answer_len(&"a".repeat(32), "o/r", &refs),
+            body.len()
+        );
+        let got = decode_answer(&body).unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|s| (s.name.as_str(), s.dangerous))
+                .collect::<Vec<_>>(),
+            [("API_TOKEN", false), ("PATH", true)]
+        );
+        // Unmarked, or marked false, a dangerous name is refused; a mark on an ordinary name
+        // changes nothing; a mark that is not a boolean is refused.
+        let one =
+            |secret: &str| format!(r#"{{"sandbox":"s","repository":"o/r","secrets":[{secret}]}}"#);
+        for refused in [
+            r#"{"name":"PATH","value":"x"}"#,
+            r#"{"name":"PATH","value":"x","dangerous":false}"#,
+        ] {
+            let e = decode_answer(one(refused).as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("dangerous"), "{e}");
+        }
+        let got =
+            decode_answer(one(r#"{"name":"B","value":"x","dangerous":true}"#).as_bytes()).unwrap();
+        assert!(!got[0].dangerous);
+        let e = decode_answer(one(r#"{"name":"PATH","value":"x","dangerous":"yes"}"#).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dangerous` is not true or false"), "{e}");
+    }
+
     proptest::proptest! {
         /// Every answer the daemon encodes decodes to the same secrets (names valid and unique,
         /// values any text without NUL, up to the value limit).
@@ -1010,6 +1137,7 @@ mod tests {
                 .map(|(name, value)| WireSecretRef { name, value })
                 .collect();
             let body = encode_answer(&sandbox, &repository, &refs);
+            proptest::prop_assert_eq!(encoded_answer_len(&sandbox, &repository, &refs), body.len());
             let got = decode_answer(&body).unwrap();
             let got: Vec<(String, String)> = got
                 .iter()

@@ -16,8 +16,9 @@ use zeroize::Zeroizing;
 
 use super::acl::Level;
 use super::audit;
+use super::limits::{self, AnswerBudget, OverBudget};
 use super::sandboxes::{self, Layout, SandboxError};
-use super::store::{SandboxRow, Store, StoreError};
+use super::store::{SandboxRow, ScopeKind, Store, StoreError};
 use crate::protocol::{self, WireSecretRef};
 
 /// How the daemon runs.
@@ -40,6 +41,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Serve a store older than the generation beside its key (`serve --accept-rollback`).
     pub accept_rollback: bool,
+    /// Time a client may leave a write of its answer waiting (not reading) before it is cut off.
+    pub write_timeout: Duration,
+    /// Bytes of built answers alive at once (cached, or held by responses being written).
+    pub answer_budget: usize,
 }
 
 impl Config {
@@ -54,9 +59,16 @@ impl Config {
             body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             accept_rollback: false,
+            write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
+            answer_budget: limits::DEFAULT_ANSWER_BUDGET,
         }
     }
 }
+
+/// Answers built at once, but for sandboxes whose last answer was small: building opens and
+/// encodes up to 16 MiB, so the memory it takes in passing is bounded by this many, requests for
+/// the same sandbox wait for the one build, and small answers never wait behind large ones.
+pub const BUILDS_AT_ONCE: usize = 1;
 
 /// Descriptors kept free for connections, the store's files and a create in flight: a create
 /// that would eat into them is refused, so existing sandboxes stay served.
@@ -75,6 +87,18 @@ pub enum DaemonError {
     Unservable(#[source] StoreError),
     #[error("value of {0} is not valid UTF-8")]
     NotText(String),
+    #[error(transparent)]
+    Busy(#[from] OverBudget),
+    #[error("secret {name} would make the answer of {user}'s sandboxes of {repo} {size} bytes (as encoded, escaping counted), over the {limit} bytes sandbox-init accepts; nothing was changed")]
+    PlanTooLarge {
+        name: String,
+        user: String,
+        repo: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("the answer of this sandbox would be {size} bytes, over the {limit} bytes sandbox-init accepts; remove or shorten secrets of its user or repository")]
+    AnswerTooLarge { size: usize, limit: usize },
     #[error("the daemon is shutting down; no sandbox is created")]
     ShuttingDown,
     #[error("descriptor limit reached: {limit} open files allowed, {in_use} in use by {sandboxes} sandboxes and their connections; no sandbox is created (raise LimitNOFILE of the service, or `ulimit -n`, and restart the daemon)")]
@@ -181,6 +205,10 @@ pub struct Daemon {
     /// that alters their answer ([`Daemon::wake_watchers`]). One entry per watched sandbox,
     /// bounded by the connections the daemon serves.
     watches: Mutex<HashMap<Box<str>, Arc<Watch>>>,
+    /// Bytes of built answers alive at once, cached or being written.
+    budget: AnswerBudget,
+    /// Answers being built at once (each may transiently hold its opened values and encoding).
+    builds: tokio::sync::Semaphore,
     serve: ServeSandbox,
     /// Connections open over all sockets.
     connections: AtomicUsize,
@@ -200,6 +228,7 @@ impl Daemon {
         fd_limit: u64,
     ) -> (Arc<Self>, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel(1);
+        let answer_budget = config.answer_budget;
         let daemon = Arc::new(Daemon {
             store,
             layout,
@@ -212,6 +241,8 @@ impl Daemon {
             }),
             answers: AnswerCache::default(),
             watches: Mutex::new(HashMap::new()),
+            budget: AnswerBudget::new(answer_budget),
+            builds: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
             serve,
             connections: AtomicUsize::new(0),
             fd_limit,
@@ -462,6 +493,115 @@ impl Daemon {
         out
     }
 
+    /// Refuses setting secret `name` (of `kind` and `scope`, readable by `repos` when a user
+    /// secret; `None` keeps its current list) to `value` when the answer of an existing sandbox
+    /// it reaches would then be larger than the init accepts ([`protocol::MAX_RESPONSE_BYTES`]):
+    /// the answer is encoded exactly as it would be served, so escaping is counted. Checked per
+    /// (user, repository) with a sandbox; a sandbox created later, or a concurrent change, is
+    /// caught when it is served ([`DaemonError::AnswerTooLarge`]).
+    pub fn check_set_fits(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        name: &str,
+        value: &str,
+        repos: Option<&[String]>,
+    ) -> Result<(), DaemonError> {
+        let kept;
+        let repos = match (kind, repos) {
+            (ScopeKind::User, Some(r)) => Some(r),
+            (ScopeKind::User, None) => {
+                kept = self
+                    .store
+                    .list(ScopeKind::User, scope)
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.repos)
+                    .unwrap_or_default();
+                Some(kept.as_slice())
+            }
+            (ScopeKind::Repo, _) => None,
+        };
+        let mut pairs: std::collections::BTreeMap<(String, String), String> = Default::default();
+        for row in self.store.sandboxes() {
+            let reached = match repos {
+                Some(repos) => row.user == scope && repos.contains(&row.repo),
+                None => row.repo == scope,
+            };
+            if reached {
+                pairs.entry((row.user, row.repo)).or_insert(row.id);
+            }
+        }
+        for ((user, repo), id) in pairs {
+            // A repository secret hidden by the user's secret of the same name changes nothing.
+            if kind == ScopeKind::Repo
+                && self
+                    .store
+                    .plan(&user, &repo)
+                    .iter()
+                    .any(|e| e.name == name && e.from == Level::User)
+            {
+                continue;
+            }
+            let fetched = match self.store.fetch(&id) {
+                Ok(f) => f,
+                // Gone meanwhile, or unservable anyway: nothing this change makes worse.
+                Err(_) => continue,
+            };
+            let mut secrets = Vec::with_capacity(fetched.secrets.len() + 1);
+            for (n, v) in &fetched.secrets {
+                if n != name {
+                    let v = std::str::from_utf8(v).map_err(|_| DaemonError::NotText(n.clone()))?;
+                    secrets.push(WireSecretRef { name: n, value: v });
+                }
+            }
+            secrets.push(WireSecretRef { name, value });
+            let size = protocol::encoded_answer_len(&id, &repo, &secrets);
+            if size > protocol::MAX_RESPONSE_BYTES {
+                return Err(DaemonError::PlanTooLarge {
+                    name: name.to_owned(),
+                    user,
+                    repo,
+                    size,
+                    limit: protocol::MAX_RESPONSE_BYTES,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Taken while an answer is built ([`BUILDS_AT_ONCE`]).
+    pub fn builds(&self) -> &tokio::sync::Semaphore {
+        &self.builds
+    }
+
+    /// Refuses at once a request whose answer was refused by the budget at the current
+    /// generation and still would be, so a hostile sandbox cannot make the daemon rebuild a
+    /// large answer per request.
+    pub fn still_over_budget(&self, id: &str) -> Result<(), DaemonError> {
+        let Some(asked) = self.answers.refused_size(id, self.store.generation()) else {
+            return Ok(());
+        };
+        let held = self.budget.held();
+        if held + asked > self.budget.budget() {
+            return Err(DaemonError::Busy(OverBudget {
+                held,
+                asked,
+                budget: self.budget.budget(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// The answer of sandbox `id` when the cache holds it at the current generation (audited);
+    /// cheap, so it runs on an async worker, while building one ([`Daemon::answer`]) opens and
+    /// encodes up to megabytes and runs on a blocking thread.
+    pub fn cached_answer(&self, id: &str) -> Option<Arc<Zeroizing<Vec<u8>>>> {
+        let c = self.answers.get(id, self.store.generation())?;
+        audit::secrets_read(id, &c.repository, c.count, &c.names);
+        Some(Arc::clone(&c.body))
+    }
+
     /// The `GET /v1/secrets` answer of sandbox `id`: from the cache when built at the current
     /// generation, else opened, encoded by [`protocol::encode_answer`] and cached. Audited.
     pub fn answer(&self, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
@@ -498,13 +638,27 @@ impl Daemon {
         ));
         let names: Vec<&str> = fetched.secrets.iter().map(|(n, _)| n.as_str()).collect();
         let names = names.join(",");
+        let count = fetched.secrets.len();
+        drop(secrets);
+        drop(fetched.secrets);
+        self.answers.built(id, body.len());
+        if body.len() > protocol::MAX_RESPONSE_BYTES {
+            return Err(DaemonError::AnswerTooLarge {
+                size: body.len(),
+                limit: protocol::MAX_RESPONSE_BYTES,
+            });
+        }
+        // One copy per sandbox, shared by every response writing it; when the answers alive
+        // would pass the budget, the cache gives its copies up first.
+        if let Err(e) = self.budget.admit(&body, || {
+            self.answers.drop_larger_than(limits::ALWAYS_ADMITTED)
+        }) {
+            // Later requests at this generation are refused without building it again.
+            self.answers.refused(id, fetched.generation, body.len());
+            return Err(e.into());
+        }
         if audited {
-            audit::secrets_read(
-                &fetched.sandbox.id,
-                &fetched.sandbox.repo,
-                fetched.secrets.len(),
-                &names,
-            );
+            audit::secrets_read(&fetched.sandbox.id, &fetched.sandbox.repo, count, &names);
         }
         self.answers.put(
             id,
@@ -512,7 +666,7 @@ impl Daemon {
                 generation: fetched.generation,
                 body: Arc::clone(&body),
                 repository: fetched.sandbox.repo.clone(),
-                count: fetched.secrets.len(),
+                count,
                 names,
             },
         );
@@ -596,13 +750,23 @@ pub fn open_descriptors() -> usize {
         .unwrap_or(0)
 }
 
-/// Largest answer kept in the [`AnswerCache`]; bigger ones are rebuilt per request.
-pub const MAX_CACHED_ANSWER: usize = 1024 * 1024;
 /// Most answers kept; the cache is emptied when it would grow past this.
 pub const MAX_CACHED_ANSWERS: usize = 4096;
 
+/// Lets go of answers taken out of the cache, outside its lock, the large ones zeroized off the
+/// async workers ([`limits::release`]).
+fn release_all(gone: impl IntoIterator<Item = Arc<CachedAnswer>>) {
+    for entry in gone {
+        if let Ok(entry) = Arc::try_unwrap(entry) {
+            limits::release(entry.body);
+        }
+    }
+}
+
 /// Built `GET /v1/secrets` answers per sandbox, all of one store generation, so a sandbox's
-/// answer is opened and encoded once per change rather than once per request. Every change to
+/// answer is opened and encoded once per change rather than once per request, and a large
+/// answer exists once however many connections write it (their bytes are bounded by the
+/// daemon's [`AnswerBudget`]). Every change to
 /// the store empties the whole cache ([`AnswerCache::sync`]); an entry built at any other
 /// generation is refused. Entries are zeroized when dropped (a response still being written
 /// keeps its own reference until it is done).
@@ -616,6 +780,11 @@ struct CacheInner {
     /// The store generation every entry was built at; 0 until the first [`AnswerCache::sync`].
     generation: u64,
     map: HashMap<String, Arc<CachedAnswer>>,
+    /// Sizes of answers the budget refused at this generation, per sandbox.
+    refused: HashMap<String, usize>,
+    /// The size of each sandbox's last built answer, kept across generations: a sandbox whose
+    /// answer was small is rebuilt at once, without queueing behind large builds.
+    sizes: HashMap<String, usize>,
 }
 
 struct CachedAnswer {
@@ -639,9 +808,6 @@ impl AnswerCache {
     /// Keeps an answer, unless it was built at a generation other than the one last synced (the
     /// store changed since: a secret, an access list or the sandbox itself may be gone).
     fn put(&self, id: &str, entry: CachedAnswer) -> bool {
-        if entry.body.len() > MAX_CACHED_ANSWER {
-            return false;
-        }
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if entry.generation != inner.generation {
             return false;
@@ -660,9 +826,73 @@ impl AnswerCache {
     pub fn sync(&self, generation: u64) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if inner.generation != generation {
-            inner.map.clear();
+            let gone = std::mem::take(&mut inner.map);
+            inner.refused.clear();
             inner.generation = generation;
+            drop(inner);
+            release_all(gone.into_values());
         }
+    }
+
+    /// Drops every answer kept (each is zeroized once no response holds it any more).
+    pub fn clear(&self) {
+        let gone = std::mem::take(&mut self.inner.write().unwrap_or_else(|e| e.into_inner()).map);
+        release_all(gone.into_values());
+    }
+
+    /// Drops the answers kept that are larger than `size`: room for the budget, while small
+    /// answers stay served from the cache.
+    pub fn drop_larger_than(&self, size: usize) {
+        let mut gone = Vec::new();
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .retain(|_, c| {
+                let keep = c.body.len() <= size;
+                if !keep {
+                    gone.push(Arc::clone(c));
+                }
+                keep
+            });
+        release_all(gone);
+    }
+
+    /// Remembers the size of sandbox `id`'s last built answer.
+    fn built(&self, id: &str, size: usize) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.sizes.len() >= 4 * MAX_CACHED_ANSWERS && !inner.sizes.contains_key(id) {
+            inner.sizes.clear();
+        }
+        inner.sizes.insert(id.to_owned(), size);
+    }
+
+    /// True when sandbox `id`'s last built answer was small ([`limits::ALWAYS_ADMITTED`]).
+    pub fn small(&self, id: &str) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .sizes
+            .get(id)
+            .is_some_and(|&n| n <= limits::ALWAYS_ADMITTED)
+    }
+
+    /// Remembers that sandbox `id`'s answer of `size` bytes, built at `generation`, was refused.
+    fn refused(&self, id: &str, generation: u64, size: usize) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.generation == generation {
+            if inner.refused.len() >= MAX_CACHED_ANSWERS {
+                inner.refused.clear();
+            }
+            inner.refused.insert(id.to_owned(), size);
+        }
+    }
+
+    /// The size of sandbox `id`'s answer the budget refused at `generation`, if it did.
+    fn refused_size(&self, id: &str, generation: u64) -> Option<usize> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        (inner.generation == generation)
+            .then(|| inner.refused.get(id).copied())
+            .flatten()
     }
 
     /// How many answers are kept.

@@ -16,7 +16,8 @@
 //! - [`store`]: rules, sealing, manifest, migrations, key rotation, group commit over a
 //!   `Backend` (`store/sqlite.rs`); `store/seal.rs` holds the key files and XChaCha20-Poly1305.
 //! - [`sandboxes`]: run-directory layout, modes, sandbox ids.
-//! - [`audit`]: one log line per read or change, names only.
+//! - [`audit`]: one log line per read or change, names only, rate-limited per sandbox.
+//! - [`limits`]: the write deadline of a connection and the byte budget of built answers.
 //! - [`client`]: the admin client the CLI uses.
 //! - [`cli`]: the `sandbox-secrets` subcommands: call the client, print tables and times.
 
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod http;
+pub mod limits;
 pub mod sandboxes;
 pub mod server;
 pub mod store;

@@ -277,7 +277,9 @@ impl Layout {
             }
             _ => mkdir(&self.run_dir, RUN_DIR_MODE)?,
         }
-        mkdir_nofollow(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)
+        mkdir_nofollow(&self.sandboxes_dir(), SANDBOXES_DIR_MODE)?;
+        self.resume_removals();
+        Ok(())
     }
 
     /// Binds the admin socket, mode 0600.
@@ -353,25 +355,236 @@ impl Layout {
         })
     }
 
+    /// Where deleted sandboxes' directories wait for their removal: in `sandboxes/` (0700,
+    /// never mounted), under a name no id can take.
+    pub fn removing_dir(&self) -> PathBuf {
+        self.sandboxes_dir().join(REMOVING_DIR)
+    }
+
     /// Removes a sandbox's socket and directory (a missing one is not an error). Anything but a
     /// real directory under the sandbox's name (a symlink put there) is unlinked itself, never
     /// followed.
+    ///
+    /// The directory was the container's to write: it may hold a tree deeper than any stack or
+    /// more files than a request may wait for. So it is only renamed here, into a fresh
+    /// directory of [`Layout::removing_dir`] (one cheap call), and emptied by the removal thread
+    /// with [`remove_tree`], off the daemon's async workers.
     pub fn remove_sandbox(&self, id: &str) -> Result<(), SandboxError> {
+        if let Some(retired) = self.retire_sandbox(id)? {
+            removal::queue(retired);
+        }
+        Ok(())
+    }
+
+    /// Moves a sandbox's directory aside into `removing/<random>/t` after unlinking its socket;
+    /// returns the `removing/<random>` directory to hand to [`remove_tree`], `None` when there
+    /// was no directory.
+    fn retire_sandbox(&self, id: &str) -> Result<Option<PathBuf>, SandboxError> {
         let dir = self.sandbox_dir(id)?;
         match std::fs::symlink_metadata(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Ok(meta) if !meta.is_dir() => return remove_file_quietly(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(meta) if !meta.is_dir() => return remove_file_quietly(&dir).map(|()| None),
             _ => {}
         }
         remove_file_quietly(&self.staging_socket(id)?)?;
         remove_file_quietly(&dir.join(SOCKET_NAME))?;
         remove_file_quietly(&dir.join(MARKER_NAME))?;
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
+        mkdir_nofollow(&self.removing_dir(), SANDBOXES_DIR_MODE)?;
+        let aside = self.removing_dir().join(new_id()?);
+        mkdir_nofollow(&aside, SANDBOXES_DIR_MODE)?;
+        match std::fs::rename(&dir, aside.join(RETIRED_NAME)) {
+            Ok(()) => Ok(Some(aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_dir(&aside);
+                Ok(None)
+            }
+            Err(source) => {
+                let _ = std::fs::remove_dir(&aside);
+                Err(SandboxError::Remove { path: dir, source })
+            }
+        }
+    }
+
+    /// Queues for removal whatever a previous run left in [`Layout::removing_dir`] (a daemon
+    /// stopped in the middle of a removal).
+    pub fn resume_removals(&self) {
+        let Ok(entries) = std::fs::read_dir(self.removing_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                removal::queue(e.path());
+            }
+        }
+    }
+}
+
+/// Directory in `sandboxes/` holding deleted sandboxes' directories until they are removed.
+pub const REMOVING_DIR: &str = ".removing";
+/// The name a retired sandbox directory takes inside its own directory of [`REMOVING_DIR`].
+const RETIRED_NAME: &str = "t";
+/// Errors of one removal that are logged one by one; the rest are counted.
+const REMOVAL_ERRORS_SHOWN: usize = 8;
+/// Passes over a directory that keeps refilling (a container process still inside it) before
+/// it is given up and reported.
+const REMOVAL_PASSES: usize = 3;
+
+/// What [`remove_tree`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    /// Entries removed (files, symlinks, sockets, device nodes, directories).
+    pub removed: u64,
+    /// Entries that could not be removed.
+    pub failed: u64,
+    /// The first few of those, with their error.
+    pub errors: Vec<String>,
+}
+
+impl Removal {
+    fn fail(&mut self, path: &Path, e: &std::io::Error) {
+        self.failed += 1;
+        if self.errors.len() < REMOVAL_ERRORS_SHOWN {
+            self.errors.push(format!("{}: {e}", path.display()));
+        }
+    }
+}
+
+/// Removes the directory `aside` and everything under it, where `aside` is a directory only
+/// this daemon can write (its parent is `sandboxes/`, 0700) holding a tree the container wrote.
+///
+/// No recursion and no depth: every subdirectory met is first renamed up into `aside` itself
+/// under a fresh name, so the walk is a queue of directories one level below `aside`, whatever
+/// the depth of the tree. Nothing is followed: files, symlinks and nodes are unlinked (unlink
+/// never follows), a directory is renamed (rename never follows) and checked again with
+/// `lstat` once it sits in `aside`, where the container cannot swap it. A container process
+/// still holding a directory open may refill it; such a directory gets a few passes, then is
+/// reported. Errors are counted, the first few kept for the log.
+pub fn remove_tree(aside: &Path) -> Removal {
+    let mut report = Removal::default();
+    let mut queue: std::collections::VecDeque<(PathBuf, usize)> = std::fs::read_dir(aside)
+        .map(|rd| rd.flatten().map(|e| (e.path(), 0)).collect())
+        .unwrap_or_default();
+    let mut fresh = 0u64;
+    while let Some((dir, pass)) = queue.pop_front() {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                match std::fs::remove_file(&dir) {
+                    Ok(()) => report.removed += 1,
+                    Err(e) => report.fail(&dir, &e),
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                report.fail(&dir, &e);
+                continue;
+            }
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                report.fail(&dir, &e);
+                continue;
+            }
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(e) => e.path(),
+                Err(e) => {
+                    report.fail(&dir, &e);
+                    break;
+                }
+            };
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    report.removed += 1;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.raw_os_error() != Some(libc::EISDIR) => {
+                    report.fail(&path, &e);
+                    continue;
+                }
+                Err(_) => {}
+            }
+            fresh += 1;
+            let up = aside.join(format!("d{fresh}"));
+            match std::fs::rename(&path, &up) {
+                Ok(()) => queue.push_back((up, 0)),
+                Err(e) => report.fail(&path, &e),
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => report.removed += 1,
+            Err(_) if pass + 1 < REMOVAL_PASSES => queue.push_back((dir, pass + 1)),
+            Err(e) => report.fail(&dir, &e),
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(aside) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            report.fail(aside, &e);
+        }
+    }
+    report
+}
+
+/// The removal thread: one per daemon, started on first use, removing retired directories
+/// one at a time with [`remove_tree`] and logging what it could not remove.
+mod removal {
+    use std::path::PathBuf;
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+
+    static QUEUE: OnceLock<Mutex<Option<Sender<PathBuf>>>> = OnceLock::new();
+
+    /// Hands `aside` to the removal thread (started here on first use). If no thread can be
+    /// started the directory stays where it is, out of every container's reach, and is logged.
+    pub fn queue(aside: PathBuf) {
+        let slot = QUEUE.get_or_init(|| Mutex::new(None));
+        let mut tx = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.is_none() {
+            let (sender, receiver) = channel::<PathBuf>();
+            let started = std::thread::Builder::new()
+                .name("sandbox-removal".into())
+                .spawn(move || {
+                    for aside in receiver {
+                        remove_one(&aside);
+                    }
+                });
+            match started {
+                Ok(_) => *tx = Some(sender),
+                Err(e) => {
+                    tracing::error!(path = %aside.display(), error = %e, "cannot start the removal thread; the deleted sandbox's directory is left aside");
+                    return;
+                }
+            }
+        }
+        if let Some(Err(e)) = tx.as_ref().map(|t| t.send(aside)) {
+            tracing::error!(path = %e.0.display(), "removal thread gone; the deleted sandbox's directory is left aside");
+        }
+    }
+
+    fn remove_one(aside: &std::path::Path) {
+        let started = std::time::Instant::now();
+        let report = super::remove_tree(aside);
+        for error in &report.errors {
+            tracing::warn!(%error, "cannot remove part of a deleted sandbox's directory");
+        }
+        if report.failed > 0 {
+            tracing::warn!(
+                path = %aside.display(),
+                removed = report.removed,
+                failed = report.failed,
+                "deleted sandbox's directory not fully removed"
+            );
+        } else {
+            tracing::debug!(
+                path = %aside.display(),
+                removed = report.removed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "deleted sandbox's directory removed"
+            );
         }
     }
 }
@@ -552,6 +765,91 @@ mod tests {
         assert!(e.contains("cannot move the socket"), "{e}");
         assert_eq!(std::fs::read(at.join("keep")).unwrap(), b"x");
         assert!(!layout.staging_socket(&id).unwrap().exists());
+    }
+
+    /// A chain of `levels` directories `d` under `top`, built through descriptors (the path is
+    /// far beyond PATH_MAX), with `leaf` done in the deepest one.
+    fn deep_chain(top: &Path, levels: usize, leaf: impl FnOnce(std::os::fd::RawFd)) {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut fd = openat(None, top, flags, Mode::empty()).unwrap();
+        for _ in 0..levels {
+            mkdirat(Some(fd), "d", Mode::from_bits_truncate(0o755)).unwrap();
+            let next = openat(Some(fd), "d", flags, Mode::empty()).unwrap();
+            nix::unistd::close(fd).unwrap();
+            fd = next;
+        }
+        leaf(fd);
+        nix::unistd::close(fd).unwrap();
+    }
+
+    #[test]
+    fn a_tree_of_any_depth_is_removed_without_recursion_or_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "host").unwrap();
+        let aside = dir.path().join("aside");
+        let tree = aside.join(RETIRED_NAME);
+        std::fs::create_dir_all(&tree).unwrap();
+        // 20,000 levels: a recursive walk overflows this test thread's 2 MiB stack long before.
+        let target = outside.clone();
+        deep_chain(&tree, 20_000, |fd| {
+            nix::unistd::symlinkat(&target, Some(fd), "out").unwrap();
+            nix::unistd::mkfifoat(Some(fd), "fifo", nix::sys::stat::Mode::S_IRWXU).unwrap();
+        });
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        for i in 0..100 {
+            std::fs::write(tree.join(format!("f{i}")), "x").unwrap();
+        }
+        let report = remove_tree(&aside);
+        assert_eq!(report.failed, 0, "{:?}", report.errors);
+        assert_eq!(report.removed, 20_000 + 1 + 2 + 1 + 100);
+        assert!(!aside.exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep")).unwrap(),
+            "host"
+        );
+    }
+
+    #[test]
+    fn a_deleted_sandbox_is_moved_aside_at_once_and_removed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("run"));
+        layout.prepare().unwrap();
+        let id = new_id().unwrap();
+        let _l = layout.bind_sandbox(&id).unwrap();
+        let sandbox = layout.sandbox_dir(&id).unwrap();
+        deep_chain(&sandbox, 5_000, |_| {});
+        layout.remove_sandbox(&id).unwrap();
+        assert!(!sandbox.exists(), "still in place");
+        assert_eq!(
+            mode(&layout.removing_dir()),
+            SANDBOXES_DIR_MODE,
+            "the removal area is the daemon's only"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_dir(layout.removing_dir())
+            .unwrap()
+            .next()
+            .is_some()
+        {
+            assert!(std::time::Instant::now() < deadline, "not removed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A leftover of a stopped daemon is removed at the next start.
+        let left = layout.removing_dir().join("x");
+        std::fs::create_dir_all(left.join("t/a/b")).unwrap();
+        layout.prepare().unwrap();
+        while left.exists() {
+            assert!(std::time::Instant::now() < deadline, "leftover not removed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::net::UnixListener;
 pub use super::daemon::Config;
 use super::daemon::{self, Daemon, DrainGuard, Slot, DESCRIPTOR_RESERVE};
 use super::http::{self, ApiError};
+use super::limits::WriteDeadline;
 use super::sandboxes::{self, Layout, SandboxError};
 use super::store::{Store, StoreError};
 
@@ -272,6 +273,8 @@ async fn connection(
             Ok::<_, Infallible>(response)
         }
     });
+    // A client that stops reading its answer is cut off, and the answer it held released.
+    let stream = WriteDeadline::new(stream, daemon.config().write_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {

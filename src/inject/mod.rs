@@ -142,6 +142,12 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
                     names.join(" ")
                 ));
             }
+            for s in secrets.iter().filter(|s| s.dangerous) {
+                info(format_args!(
+                    "accepting {}: a dangerous name the broker marks as explicitly allowed",
+                    s.name
+                ));
+            }
             Ok(Some(secrets))
         }
         Err(source) => {

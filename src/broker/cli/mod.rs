@@ -210,11 +210,17 @@ pub fn plan(admin: &AdminClient, user: String, repo: String, json: bool) -> Resu
             [
                 e.name.clone(),
                 e.from.as_str().to_owned(),
-                if e.overrides_repository {
-                    "user secret wins over the repository secret of the same name".into()
-                } else {
-                    String::new()
-                },
+                [
+                    (e.overrides_repository)
+                        .then_some("user secret wins over the repository secret of the same name"),
+                    crate::protocol::is_dangerous(&e.name).then_some(
+                        "dangerous name, allowed explicitly (sandbox-init accepts it, saying so)",
+                    ),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; "),
             ]
         })
         .collect();

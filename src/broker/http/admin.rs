@@ -74,14 +74,33 @@ pub async fn answer(
         Ok(Err(e)) => return e.response(),
         Err(_) => return ApiError::BodyTimeout(timeout).response(),
     };
-    let answer = parse_admin(route, &body)
-        .and_then(|command| run_admin(daemon, uid, command))
-        .unwrap_or_else(|e| e.response());
-    // Any change (or failed attempt) moved the generation: drop every cached answer now, then
-    // wake the watched sandboxes whose answer changed.
-    daemon.answers().sync(daemon.store().generation());
-    daemon.wake_watchers();
-    answer
+    // Every admin command touches the filesystem (the store's files, a sandbox's directory and
+    // socket) and may open and encode values: it runs on a blocking thread, so a slow disk or a
+    // large plan never holds an async worker other sandboxes' fetches need.
+    let command = match parse_admin(route, &body) {
+        Ok(command) => command,
+        Err(e) => return e.response(),
+    };
+    drop(body);
+    let worker = Arc::clone(daemon);
+    // Any change (or failed attempt) moved the generation: every cached answer is dropped, then
+    // the watched sandboxes whose answer changed are woken (which may rebuild answers: on the
+    // same blocking thread).
+    let done = tokio::task::spawn_blocking(move || {
+        let answer = run_admin(&worker, uid, command);
+        worker.answers().sync(worker.store().generation());
+        worker.wake_watchers();
+        answer
+    })
+    .await;
+    match done {
+        Ok(answer) => answer.unwrap_or_else(|e| e.response()),
+        Err(e) => {
+            daemon.answers().sync(daemon.store().generation());
+            tracing::error!(error = %e, "admin command did not complete");
+            ApiError::Incomplete.response()
+        }
+    }
 }
 
 /// Which sandboxes a change of a secret of (kind, scope) can touch: the user's or the
@@ -377,6 +396,7 @@ fn run_admin(
             value,
             repos,
         } => {
+            daemon.check_set_fits(kind, &scope, &name, value.expose_secret(), repos.as_deref())?;
             let pick = picker(kind, &scope);
             let before = daemon.live_sources(&pick, &name);
             let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;

@@ -69,6 +69,8 @@ pub enum ApiError {
     Forbidden { uid: u32, daemon: u32 },
     #[error("too many connections to the daemon (at most {0} at once); try again")]
     Busy(usize),
+    #[error("the request did not complete (see the daemon's log)")]
+    Incomplete,
 }
 
 fn store_status(e: &StoreError) -> StatusCode {
@@ -110,11 +112,14 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Daemon(DaemonError::PlanTooLarge { .. }) => StatusCode::CONFLICT,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Busy(_)
-            | ApiError::Daemon(DaemonError::ShuttingDown | DaemonError::DescriptorCeiling { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | ApiError::Daemon(
+                DaemonError::ShuttingDown
+                | DaemonError::DescriptorCeiling { .. }
+                | DaemonError::Busy(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -164,6 +169,13 @@ pub fn join_causes(messages: impl IntoIterator<Item = String>) -> String {
 pub struct ZBuf {
     data: Arc<Zeroizing<Vec<u8>>>,
     pos: usize,
+}
+
+impl Drop for ZBuf {
+    fn drop(&mut self) {
+        let data = std::mem::replace(&mut self.data, Arc::new(Zeroizing::new(Vec::new())));
+        crate::broker::limits::release(data);
+    }
 }
 
 impl Buf for ZBuf {

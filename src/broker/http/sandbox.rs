@@ -79,7 +79,7 @@ pub async fn answer(
         return e.response();
     }
     let Some(holds) = watching.holds else {
-        return read(daemon, id);
+        return read(daemon, id).await;
     };
     let watch = daemon.watch(id);
     let deadline = tokio::time::sleep(watching.wait.unwrap_or(DEFAULT_WATCH_WAIT));
@@ -89,10 +89,10 @@ pub async fn answer(
         tokio::pin!(changed);
         changed.as_mut().enable();
         let Ok(now) = daemon.answer_tag(id) else {
-            return read(daemon, id);
+            return read(daemon, id).await;
         };
         if now != holds {
-            return read(daemon, id);
+            return read(daemon, id).await;
         }
         watch.holds(now);
         tokio::select! {
@@ -107,21 +107,55 @@ pub async fn answer(
     r
 }
 
-/// The answer now, with its `ETag`, or the refusal (audited).
-fn read(daemon: &Daemon, id: &str) -> Response<SecretBody> {
-    match daemon.answer(id) {
-        Ok(body) => {
-            let tag = daemon::etag(&body);
-            let mut r = shared_response(StatusCode::OK, body);
-            r.headers_mut().insert(ETAG, format_etag(tag));
-            r
+/// The answer now, with its `ETag`, or the refusal (audited). A cached answer is served at once;
+/// building one (opening and encoding up to megabytes of values) runs on a blocking thread, so it
+/// never holds an async worker another sandbox's fetch needs.
+async fn read(daemon: &Arc<Daemon>, id: &str) -> Response<SecretBody> {
+    let built = match daemon.cached_answer(id) {
+        Some(body) => Ok(body),
+        None => {
+            if let Err(e) = daemon.still_over_budget(id) {
+                return ApiError::from(e).response();
+            }
+            // Large (or not yet seen) answers are built a few at once; one that waited finds
+            // the answer another request built. A sandbox whose answer was small never waits.
+            let _permit = if daemon.answers().small(id) {
+                None
+            } else {
+                let Ok(permit) = daemon.builds().acquire().await else {
+                    return ApiError::Incomplete.response();
+                };
+                if let Some(body) = daemon.cached_answer(id) {
+                    return tagged(body);
+                }
+                Some(permit)
+            };
+            let (daemon, id) = (Arc::clone(daemon), id.to_owned());
+            match tokio::task::spawn_blocking(move || daemon.answer(&id)).await {
+                Ok(built) => built,
+                Err(e) => {
+                    tracing::error!(error = %e, "building an answer did not complete");
+                    return ApiError::Incomplete.response();
+                }
+            }
         }
+    };
+    match built {
+        Ok(body) => tagged(body),
         Err(e) => {
             let e = ApiError::from(e);
             audit::read_refused(id, &super::chain(&e));
             e.response()
         }
     }
+}
+
+/// A `200` carrying `body` and its `ETag`.
+fn tagged(body: std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>) -> Response<SecretBody> {
+    let tag = daemon::etag(&body);
+    let mut r = shared_response(StatusCode::OK, body);
+    r.headers_mut().insert(ETAG, format_etag(tag));
+    r
 }
 
 /// Checks the method and path of a request on a sandbox socket, and that it carries no body (the
