@@ -250,3 +250,70 @@ fn past_the_global_connection_cap_a_connection_gets_503_and_others_stay_served()
     }
     assert_eq!(served(&a), pairs(&[("CAP", "cap-VALUE-1")]));
 }
+
+#[test]
+fn a_restart_brings_every_sandbox_back_and_under_a_lower_limit_serves_those_that_fit() {
+    use std::os::unix::fs::PermissionsExt;
+    const N: usize = 300;
+    let mut d = Daemon::new();
+    d.set_repo("BACK", "back/r", "back-VALUE-1");
+    let dirs: Vec<PathBuf> = (0..N)
+        .map(|_| {
+            let (status, body) = create(&d.run_dir(), "mona", "back/r").unwrap();
+            assert_eq!(status, 200, "{body}");
+            dir_of(&body)
+        })
+        .collect();
+    // Killed: the sockets stay behind, stale. One sandbox also has a staging socket left by a
+    // create cut short, one a directory whose mode was changed.
+    d.kill9();
+    let sandboxes = d.run_dir().join("sandboxes");
+    let first = dirs[0].file_name().unwrap().to_str().unwrap().to_owned();
+    drop(std::os::unix::net::UnixListener::bind(sandboxes.join(format!(".{first}.sock"))).unwrap());
+    std::fs::set_permissions(&dirs[1], std::fs::Permissions::from_mode(0o700)).unwrap();
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        d.log_text().contains(&format!("sandboxes={N}")),
+        "{}",
+        d.log_text()
+    );
+    for dir in &dirs {
+        assert_eq!(
+            served(dir),
+            pairs(&[("BACK", "back-VALUE-1")]),
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(mode(&dirs[1]), 0o755);
+    assert!(!sandboxes.join(format!(".{first}.sock")).exists());
+    d.stop();
+
+    // Under a limit of 256 descriptors not every sandbox fits: those that fit are served, each
+    // of the others is named in the log, and the daemon runs and answers.
+    d.wrapper = vec!["prlimit".into(), "--nofile=256:256".into(), "--".into()];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let log = d.log_text();
+    let (mut up, mut down) = (0, 0);
+    for dir in &dirs {
+        let id = dir.file_name().unwrap().to_str().unwrap();
+        if dir.join("secrets.sock").exists() {
+            assert_eq!(served(dir), pairs(&[("BACK", "back-VALUE-1")]));
+            assert!(!log.contains(id), "{id} served and named\n{log}");
+            up += 1;
+        } else {
+            let line = log
+                .lines()
+                .find(|l| l.contains(id))
+                .unwrap_or_else(|| panic!("{id} not named\n{log}"));
+            assert!(
+                line.contains("descriptor limit") && line.contains("LimitNOFILE"),
+                "{line}"
+            );
+            down += 1;
+        }
+    }
+    assert!(up >= 100 && down > 0, "{up} served, {down} refused\n{log}");
+    assert!(log.contains(&format!("sandboxes={up}")), "{log}");
+    d.cli(&["sandbox", "list"], None).ok();
+}

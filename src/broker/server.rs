@@ -66,16 +66,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fd_limit,
     );
 
-    let mut started = 0usize;
-    for sandbox in daemon.store().sandboxes() {
-        match daemon.start_sandbox(&sandbox.id) {
-            Ok(()) => started += 1,
-            Err(e) => {
-                // One broken sandbox must not keep the others down; say which.
-                tracing::error!(sandbox = %sandbox.id, error = %http::chain(&e), "cannot re-create sandbox socket");
-            }
-        }
-    }
+    let ids: Vec<String> = daemon
+        .store()
+        .sandboxes()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let started = restart_sandboxes(&daemon, &ids);
     let admin_slot = Arc::new(Slot::new(""));
     if let Some(guard) = daemon.drain_guard() {
         tokio::spawn(serve(
@@ -115,6 +112,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-creates the sockets of the stored sandboxes at start and serves them; returns how many
+/// run. The filesystem half (directory, bind, rename: most of a restart's time) runs on a few
+/// threads at once for as many sandboxes as fit under the descriptor ceiling; the rest meet the
+/// ceiling one by one. One sandbox that fails is logged by id and skipped; the others run.
+fn restart_sandboxes(daemon: &Arc<Daemon>, ids: &[String]) -> usize {
+    let room = daemon.sandbox_room().min(ids.len());
+    let (now, over) = ids.split_at(room);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = now.len().div_ceil(threads).max(1);
+    let bound: Vec<_> = std::thread::scope(|scope| {
+        let parts: Vec<_> = now
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|id| daemon.bind_sandbox(id))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut started = 0usize;
+    let results = now
+        .iter()
+        .zip(bound)
+        .map(|(id, bound)| (id, bound.and_then(|l| daemon.start_bound(id, l))))
+        .chain(over.iter().map(|id| (id, daemon.start_sandbox(id))));
+    for (id, result) in results {
+        match result {
+            Ok(()) => started += 1,
+            // One broken sandbox must not keep the others down; say which.
+            Err(e) => {
+                tracing::error!(sandbox = %id, error = %http::chain(&e), "cannot re-create sandbox socket")
+            }
+        }
+    }
+    started
 }
 
 /// Keeps plaintext that passes through this process out of core dumps and away from same-uid
