@@ -11,7 +11,7 @@ PACKAGES=(
   skopeo docker-registry apache2-utils    # real registry and client for the credentials tests
   busybox-static debootstrap              # images built without pulling anything
   util-linux procps file bsdextrautils    # unshare, script, ps, file
-  bash ca-certificates curl iproute2 python3
+  bash ca-certificates curl iproute2 python3 git   # git: the GIT_CONFIG_* attack test
 )
 
 need=()

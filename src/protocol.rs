@@ -30,24 +30,211 @@ pub const MAX_NAME_LEN: usize = 255;
 /// this is a hard cap rather than an exact bound; anything above is refused as garbage.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Names refused unless explicitly allowed: they change how the child's programs start.
-pub const DANGEROUS_NAMES: &[&str] = &[
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "LD_AUDIT",
-    "BASH_ENV",
-    "ENV",
-    "PROMPT_COMMAND",
-    "PATH",
-    "HOME",
-    "SHELL",
-    "USER",
-    "NODE_OPTIONS",
-    "PYTHONSTARTUP",
-    "PYTHONPATH",
-    "PERL5OPT",
-    "RUBYOPT",
-];
+/// How a rule of [`DANGEROUS`] matches an (upper-case) secret name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// This name only.
+    Exact(&'static str),
+    /// Every name starting with this.
+    Prefix(&'static str),
+    /// Every name ending with this (names are upper-cased first, so any case).
+    Suffix(&'static str),
+}
+
+impl Pattern {
+    /// A name this pattern refuses (`GIT_X` for `GIT_*`), for documentation and tests.
+    pub fn example(self) -> String {
+        match self {
+            Pattern::Exact(p) => p.to_owned(),
+            Pattern::Prefix(p) => format!("{p}X"),
+            Pattern::Suffix(p) => format!("X{p}"),
+        }
+    }
+
+    /// Whether the upper-case `name` falls under this pattern.
+    pub fn matches(self, name: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => name == p,
+            Pattern::Prefix(p) => name.starts_with(p),
+            Pattern::Suffix(p) => name.ends_with(p),
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(p) => f.write_str(p),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+            Pattern::Suffix(p) => write!(f, "*{p}"),
+        }
+    }
+}
+
+/// One family of dangerous names and why: a repository secret under such a name would run code
+/// in, or redirect the traffic or files of, every sandbox of that repository (other users'
+/// among them), since the variable reaches every program the child starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Danger {
+    pub pattern: Pattern,
+    pub reason: &'static str,
+}
+
+const fn rule(pattern: Pattern, reason: &'static str) -> Danger {
+    Danger { pattern, reason }
+}
+
+/// The dangerous-name policy, one table for both sides: the broker refuses these names at `set`
+/// (unless `--allow-dangerous`) and the init refuses them on arrival. README.md shows it.
+pub const DANGEROUS: &[Danger] = {
+    use Pattern::{Exact, Prefix, Suffix};
+    &[
+        rule(
+            Prefix("LD_"),
+            "the dynamic loader loads code into every program (LD_PRELOAD, LD_AUDIT)",
+        ),
+        rule(
+            Exact("GCONV_PATH"),
+            "glibc's iconv loads conversion modules (code) from it",
+        ),
+        rule(
+            Prefix("BASH"),
+            "bash runs the file in BASH_ENV at start, takes options from BASHOPTS",
+        ),
+        rule(
+            Exact("SHELLOPTS"),
+            "tracing on in every bash: it expands PS4 and runs the $(...) in it",
+        ),
+        rule(
+            Exact("PS0"),
+            "bash expands prompts, and so runs $(...) in them",
+        ),
+        rule(
+            Exact("PS1"),
+            "bash expands prompts, and so runs $(...) in them",
+        ),
+        rule(
+            Exact("PS2"),
+            "bash expands prompts, and so runs $(...) in them",
+        ),
+        rule(
+            Exact("PS3"),
+            "bash expands prompts, and so runs $(...) in them",
+        ),
+        rule(
+            Exact("PS4"),
+            "bash expands it for every traced command, and so runs $(...) in it",
+        ),
+        rule(
+            Exact("ENV"),
+            "sh, dash and bash in POSIX mode run the file in ENV at start",
+        ),
+        rule(Exact("PROMPT_COMMAND"), "bash runs it before every prompt"),
+        rule(
+            Exact("ZDOTDIR"),
+            "zsh runs the startup files of that directory",
+        ),
+        rule(Exact("IFS"), "changes how every shell script splits words"),
+        rule(
+            Prefix("GIT_"),
+            "git runs commands from them (GIT_CONFIG_* core.fsmonitor, GIT_SSH_COMMAND)",
+        ),
+        rule(
+            Exact("XDG_CONFIG_HOME"),
+            "git and others read configuration, commands among it, from there",
+        ),
+        rule(
+            Prefix("PYTHON"),
+            "python imports or runs code from them (PYTHONPATH, PYTHONWARNINGS)",
+        ),
+        rule(
+            Prefix("PERL"),
+            "perl loads code from them (PERL5OPT -M, PERL5LIB)",
+        ),
+        rule(
+            Prefix("RUBY"),
+            "ruby loads code from them (RUBYOPT -r, RUBYLIB)",
+        ),
+        rule(
+            Prefix("NODE_"),
+            "node loads code from them (NODE_OPTIONS --require, NODE_PATH)",
+        ),
+        rule(
+            Prefix("JAVA_"),
+            "the JVM takes -javaagent (code) from JAVA_TOOL_OPTIONS",
+        ),
+        rule(
+            Prefix("_JAVA_"),
+            "the JVM takes -javaagent (code) from _JAVA_OPTIONS",
+        ),
+        rule(
+            Prefix("JDK_"),
+            "the java launcher takes -javaagent (code) from JDK_JAVA_OPTIONS",
+        ),
+        rule(
+            Prefix("DOTNET_"),
+            ".NET loads assemblies (code) from DOTNET_STARTUP_HOOKS",
+        ),
+        rule(
+            Suffix("_PROXY"),
+            "HTTP clients send their traffic, tokens in it, through that proxy",
+        ),
+        rule(
+            Prefix("SSL_"),
+            "OpenSSL trusts the certificates they name (SSL_CERT_FILE)",
+        ),
+        rule(Prefix("CURL_CA_"), "curl trusts the certificates it names"),
+        rule(
+            Exact("REQUESTS_CA_BUNDLE"),
+            "python requests trusts the certificates it names",
+        ),
+        rule(
+            Exact("BROWSER"),
+            "python's webbrowser, xdg-open and others run it as a command",
+        ),
+        rule(
+            Exact("EDITOR"),
+            "git, crontab and others run it as a command",
+        ),
+        rule(
+            Exact("VISUAL"),
+            "git, crontab and others run it as a command",
+        ),
+        rule(Exact("PAGER"), "git, man and others run it as a command"),
+        rule(Exact("MANPAGER"), "man runs it as a command"),
+        rule(Exact("LESSOPEN"), "less runs it as an input preprocessor"),
+        rule(Exact("LESSCLOSE"), "less runs it after a preprocessed file"),
+        rule(
+            Exact("TMPDIR"),
+            "moves every program's temporary files where the secret says",
+        ),
+        rule(
+            Exact("PATH"),
+            "decides which program runs for every command name",
+        ),
+        rule(
+            Exact("HOME"),
+            "whose startup files run; the init sets it for the target user",
+        ),
+        rule(
+            Exact("SHELL"),
+            "programs run it as the shell; the init sets it for the target user",
+        ),
+        rule(
+            Exact("USER"),
+            "identity programs trust; the init sets it for the target user",
+        ),
+        rule(
+            Exact("LOGNAME"),
+            "identity programs trust; the init sets it for the target user",
+        ),
+    ]
+};
+
+/// The rule of [`DANGEROUS`] that refuses the upper-case `name`, if any.
+pub fn dangerous(name: &str) -> Option<&'static Danger> {
+    DANGEROUS.iter().find(|d| d.pattern.matches(name))
+}
 
 /// Why a secret name was refused. The message names the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,8 +251,16 @@ pub enum NameError {
     ReservedGithub(String),
     #[error("secret name {0:?} must not start with SANDBOX_ (reserved for sandbox-init)")]
     ReservedSandbox(String),
-    #[error("secret name {0:?} is dangerous (it changes how programs start); allow it explicitly")]
+    #[error("secret name {0:?} is dangerous ({why}); allow it explicitly", why = why_dangerous(.0))]
     Dangerous(String),
+}
+
+/// `PATTERN: reason` of the rule refusing `name`, for [`NameError::Dangerous`].
+fn why_dangerous(name: &str) -> String {
+    match dangerous(name) {
+        Some(d) => format!("{}: {}", d.pattern, d.reason),
+        None => "it changes how programs start".to_owned(),
+    }
 }
 
 /// Checks a secret name against SPEC's rules and returns its stored (upper-case) form.
@@ -89,7 +284,7 @@ pub fn normalize_name(raw: &str, allow_dangerous: bool) -> Result<String, NameEr
     if name.starts_with("SANDBOX_") {
         return Err(NameError::ReservedSandbox(name));
     }
-    if !allow_dangerous && DANGEROUS_NAMES.contains(&name.as_str()) {
+    if !allow_dangerous && dangerous(&name).is_some() {
         return Err(NameError::Dangerous(name));
     }
     Ok(name)
@@ -556,16 +751,104 @@ mod tests {
             normalize_name(&"A".repeat(MAX_NAME_LEN + 1), false),
             Err(NameError::TooLong)
         );
-        for name in DANGEROUS_NAMES {
-            let lower = name.to_ascii_lowercase();
+        for d in DANGEROUS {
+            let example = d.pattern.example();
+            let lower = example.to_ascii_lowercase();
             assert!(
                 matches!(normalize_name(&lower, false), Err(NameError::Dangerous(_))),
-                "{name}"
+                "{example}"
             );
-            assert_eq!(normalize_name(&lower, true).unwrap(), *name);
+            assert_eq!(normalize_name(&lower, true).unwrap(), example);
+            assert!(d.pattern.matches(&example), "{example}");
         }
-        // Prefixes of dangerous names are ordinary names.
-        assert_eq!(normalize_name("PATHS", false).unwrap(), "PATHS");
+        // Prefixes of dangerous names, and names that only look alike, are ordinary names.
+        for fine in [
+            "PATHS",
+            "MY_PATH",
+            "GITLAB_TOKEN",
+            "API_TOKEN",
+            "NPM_TOKEN",
+            "DATABASE_URL",
+            "PS5",
+            "HOMEBREW_TOKEN",
+            "SHELLY",
+            "PROXY",
+            "PROXY_URL",
+            "ENVIRONMENT",
+            "AWS_SECRET_KEY",
+        ] {
+            assert_eq!(normalize_name(fine, false).as_deref(), Ok(fine));
+        }
+    }
+
+    #[test]
+    fn every_family_of_the_issue_is_refused_by_prefix_or_name() {
+        // Issue 10 item 6, name by name; `*_PROXY` in any case.
+        let refused = [
+            "LD_PRELOAD",
+            "LD_ANYTHING",
+            "BASH_ENV",
+            "BASHOPTS",
+            "BASH_FUNC_X",
+            "SHELLOPTS",
+            "PS1",
+            "PS2",
+            "PS3",
+            "PS4",
+            "ENV",
+            "PROMPT_COMMAND",
+            "IFS",
+            "GIT_CONFIG_COUNT",
+            "GIT_CONFIG_KEY_0",
+            "GIT_CONFIG_VALUE_0",
+            "GIT_SSH_COMMAND",
+            "GIT_TOKEN",
+            "PYTHONWARNINGS",
+            "PYTHONPATH",
+            "PYTHONSTARTUP",
+            "PERL5OPT",
+            "PERL5LIB",
+            "RUBYOPT",
+            "RUBYLIB",
+            "NODE_OPTIONS",
+            "NODE_PATH",
+            "JAVA_TOOL_OPTIONS",
+            "_JAVA_OPTIONS",
+            "JDK_JAVA_OPTIONS",
+            "DOTNET_STARTUP_HOOKS",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "Http_Proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "FTP_PROXY",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "BROWSER",
+            "EDITOR",
+            "VISUAL",
+            "PAGER",
+            "GCONV_PATH",
+            "TMPDIR",
+            "HOME",
+            "PATH",
+            "SHELL",
+            "USER",
+            "LOGNAME",
+        ];
+        for name in refused {
+            let e = normalize_name(name, false).unwrap_err();
+            assert_eq!(e, NameError::Dangerous(name.to_ascii_uppercase()), "{name}");
+            // The message names the family and its reason.
+            let msg = e.to_string();
+            let d = dangerous(&name.to_ascii_uppercase()).unwrap();
+            assert!(
+                msg.contains(&d.pattern.to_string()) && msg.contains(d.reason),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sandbox_init::broker::admin::Route;
 use sandbox_init::broker::http::admin::{admin_target, parse_admin, AdminCommand};
 use sandbox_init::broker::http::sandbox::sandbox_target;
 use sandbox_init::broker::http::{ApiError, MAX_REPOS_PER_SECRET};
-use sandbox_init::protocol::{normalize_name, normalize_repo, normalize_user, DANGEROUS_NAMES};
+use sandbox_init::protocol::{normalize_name, normalize_repo, normalize_user, DANGEROUS};
 use secrecy::ExposeSecret;
 
 /// Runs one target through the harness's fuzz runner, then says how many admin inputs were
@@ -95,6 +95,12 @@ fn check_parsed(
                     prop_assert!(valid_user(&user) && valid_repo(&repo))
                 }
                 AdminCommand::ListSandboxes => prop_assert_eq!(route, Route::SandboxesList),
+                AdminCommand::KeyStatus => prop_assert_eq!(route, Route::KeyStatus),
+                AdminCommand::KeyRotate => prop_assert_eq!(route, Route::KeyRotate),
+                AdminCommand::Backup { path } => {
+                    prop_assert_eq!(route, Route::StoreBackup);
+                    prop_assert!(path.is_absolute(), "{path:?}");
+                }
                 AdminCommand::DeleteSandbox { id } => {
                     prop_assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 }
@@ -300,16 +306,60 @@ fn name_oracle(raw: &str, allow_dangerous: bool) -> Option<String> {
         && !raw.starts_with(|c: char| c.is_ascii_digit())
         && !upper.starts_with("GITHUB_")
         && !upper.starts_with("SANDBOX_")
-        && (allow_dangerous || !DANGEROUS_NAMES.contains(&upper.as_str()));
+        && (allow_dangerous || !dangerous_oracle(&upper));
     ok.then_some(upper)
+}
+
+/// The dangerous-name policy of issue 10, written out independently of `protocol::DANGEROUS`.
+fn dangerous_oracle(up: &str) -> bool {
+    const PREFIXES: [&str; 13] = [
+        "LD_", "BASH", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_",
+        "DOTNET_", "SSL_", "CURL_CA_",
+    ];
+    const NAMES: [&str; 26] = [
+        "GCONV_PATH",
+        "SHELLOPTS",
+        "PS0",
+        "PS1",
+        "PS2",
+        "PS3",
+        "PS4",
+        "ENV",
+        "PROMPT_COMMAND",
+        "ZDOTDIR",
+        "IFS",
+        "XDG_CONFIG_HOME",
+        "REQUESTS_CA_BUNDLE",
+        "BROWSER",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "MANPAGER",
+        "LESSOPEN",
+        "LESSCLOSE",
+        "TMPDIR",
+        "PATH",
+        "HOME",
+        "SHELL",
+        "USER",
+        "LOGNAME",
+    ];
+    PREFIXES.iter().any(|p| up.starts_with(p)) || NAMES.contains(&up) || up.ends_with("_PROXY")
 }
 
 #[test]
 fn fuzz_name_rules() {
     let name = prop_oneof![
         "[A-Za-z0-9_]{0,20}",
-        "(github_|GITHUB_|sandbox_|Sandbox_|ld_|LD_)[A-Za-z0-9_]{0,8}",
-        prop::sample::select(DANGEROUS_NAMES).prop_map(|n| n.to_ascii_lowercase()),
+        "(github_|GITHUB_|sandbox_|Sandbox_|ld_|LD_|git_|Python|perl|_java_)[A-Za-z0-9_]{0,8}",
+        "[A-Za-z0-9_]{0,8}_(proxy|Proxy|PROXY)",
+        prop::sample::select(
+            DANGEROUS
+                .iter()
+                .map(|d| d.pattern.example())
+                .collect::<Vec<_>>()
+        )
+        .prop_map(|n| n.to_ascii_lowercase()),
         any::<String>(),
         (250usize..260).prop_map(|n| "A".repeat(n)),
     ];

@@ -100,7 +100,11 @@ fn arb_server() -> impl Strategy<Value = String> {
 fn arb_name() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => "[A-Za-z_][A-Za-z0-9_]{0,12}",
-        1 => prop::sample::select(protocol::DANGEROUS_NAMES.to_vec()).prop_map(|n| n.to_ascii_lowercase()),
+        1 => prop::sample::select(
+            protocol::DANGEROUS.iter().map(|d| d.pattern.example()).collect::<Vec<_>>()
+        )
+        .prop_map(|n| n.to_ascii_lowercase()),
+        1 => "(git_|Python|NODE_|bash|ssl_|[A-Z]{0,4}_proxy)[A-Z0-9_]{0,6}",
         1 => "(GITHUB_|SANDBOX_|github_|Sandbox_)[A-Z0-9_]{0,6}",
         1 => "[0-9][A-Z0-9_]{0,6}",
         1 => "[A-Z_]{250,260}",
@@ -175,8 +179,45 @@ fn model_name(raw: &str) -> Option<String> {
         && !up.starts_with(|c: char| c.is_ascii_digit())
         && !up.starts_with("GITHUB_")
         && !up.starts_with("SANDBOX_")
-        && !protocol::DANGEROUS_NAMES.contains(&up.as_str());
+        && !dangerous_oracle(&up);
     ok.then_some(up)
+}
+
+/// The dangerous-name policy of issue 10, written out independently of `protocol::DANGEROUS`.
+fn dangerous_oracle(up: &str) -> bool {
+    const PREFIXES: [&str; 13] = [
+        "LD_", "BASH", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_",
+        "DOTNET_", "SSL_", "CURL_CA_",
+    ];
+    const NAMES: [&str; 26] = [
+        "GCONV_PATH",
+        "SHELLOPTS",
+        "PS0",
+        "PS1",
+        "PS2",
+        "PS3",
+        "PS4",
+        "ENV",
+        "PROMPT_COMMAND",
+        "ZDOTDIR",
+        "IFS",
+        "XDG_CONFIG_HOME",
+        "REQUESTS_CA_BUNDLE",
+        "BROWSER",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "MANPAGER",
+        "LESSOPEN",
+        "LESSCLOSE",
+        "TMPDIR",
+        "PATH",
+        "HOME",
+        "SHELL",
+        "USER",
+        "LOGNAME",
+    ];
+    PREFIXES.iter().any(|p| up.starts_with(p)) || NAMES.contains(&up) || up.ends_with("_PROXY")
 }
 
 /// What the init must accept from an answer: `Some(sorted pairs)` or `None` (refused).
@@ -414,7 +455,7 @@ fn fuzz_config_file() {
                 std::fs::write(&path, bytes).unwrap();
             }
             let list: Vec<Entry> = entries.iter().map(|(s, a)| entry("ID", s, a)).collect();
-            let written = dockercfg::write_config(&cfg, true, &list, uid, gid)
+            let written = dockercfg::write_config(&cfg, &list, uid, gid)
                 .map_err(|e| TestCaseError::fail(format!("write_config: {e}")))?;
             prop_assert_eq!(&written.path, &path);
             let out = std::fs::read(&path).unwrap();
@@ -673,7 +714,7 @@ fn regression_config_json_numbers_survive_a_merge_exactly() {
     std::fs::write(dir.path().join("config.json"), &text).unwrap();
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    dockercfg::write_config(dir.path(), true, &[entry("A", "ghcr.io", "YTpi")], uid, gid).unwrap();
+    dockercfg::write_config(dir.path(), &[entry("A", "ghcr.io", "YTpi")], uid, gid).unwrap();
     let out: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     // The digits are kept as written; only an exponent gains its explicit sign (`1e+300`).

@@ -62,6 +62,20 @@ fn target(home: &Path) -> Target {
     }
 }
 
+/// A temp dir the target can traverse: the init works on docker config files as the target.
+fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Gives `paths` to the target: the init writes credentials only where the target owns.
+fn give(t: &Target, paths: &[&Path]) {
+    for p in paths {
+        std::os::unix::fs::lchown(p, Some(t.uid), Some(t.gid)).unwrap();
+    }
+}
+
 fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
     pairs
         .iter()
@@ -301,13 +315,14 @@ fn faulty_peers_fail_closed_unless_optional() {
 fn a_value_over_max_arg_strlen_arrives_through_name_file() {
     let big: String = "0123456789abcdef".repeat(200 * 1024 / 16) + "-end-distinct";
     let server = serve(&[("BIG", &big), ("SMALL", "small-distinct")]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("run/sandbox-init/secrets");
     // Left from an earlier start: a revoked secret's file, and the directory too open.
     std::fs::create_dir_all(&spill).unwrap();
     std::fs::set_permissions(&spill, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(spill.join("REVOKED"), b"revoked-distinct").unwrap();
     let t = target(dir.path());
+    give(&t, &[&spill]); // an earlier start made it the target's
     let inherited = env(&[
         ("BIG", "stale-inherited"),
         ("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap()),
@@ -355,7 +370,7 @@ fn many_values_over_the_total_budget_spill_the_largest_first() {
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let server = serve(&pairs);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("spill");
     let inherited = env(&[("SANDBOX_INIT_SECRETS_DIR", spill.to_str().unwrap())]);
     let got = inject::prepare(
@@ -422,7 +437,7 @@ fn read_json(p: &Path) -> serde_json::Value {
 
 #[test]
 fn a_triplet_merges_into_config_json_keeping_other_auths() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let home = dir.path().join("home");
     let docker = home.join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
@@ -443,6 +458,7 @@ fn a_triplet_merges_into_config_json_keeping_other_auths() {
     secrets.push(("PLAIN".into(), "plain-distinct"));
     let server = serve_owned(&secrets);
     let t = target(&home);
+    give(&t, &[&docker]);
     let (got, logs) =
         logged(|| inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &[]));
     let got = got.unwrap();
@@ -486,11 +502,13 @@ fn a_triplet_merges_into_config_json_keeping_other_auths() {
 
 #[test]
 fn docker_config_env_is_honoured_and_a_missing_dir_is_created_private() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let cfg = dir.path().join("cfg/docker");
     let secrets = triplet("R", "ghcr.io", "u", "ghcr-pw-distinct");
     let server = serve_owned(&secrets);
     let t = target(&dir.path().join("no-such-home"));
+    std::fs::create_dir(dir.path().join("cfg")).unwrap();
+    give(&t, &[&dir.path().join("cfg")]);
     let inherited = env(&[("DOCKER_CONFIG", cfg.to_str().unwrap())]);
     inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &inherited).unwrap();
     let config = read_json(&cfg.join("config.json"));
@@ -506,13 +524,14 @@ fn docker_config_env_is_honoured_and_a_missing_dir_is_created_private() {
 
 #[test]
 fn a_corrupt_config_is_kept_aside_and_shadowing_helpers_warned() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let docker = dir.path().join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
     let corrupt = b"{\"auths\": {\"x\": {\"auth\": \"truncated-distinct";
     std::fs::write(docker.join("config.json"), corrupt).unwrap();
     let server = serve_owned(&triplet("R", "reg.example", "u", "corrupt-case-pw"));
     let t = target(dir.path());
+    give(&t, &[&docker]);
     let (got, logs) =
         logged(|| inject::prepare(&opts(&server.socket, SecretsPolicy::Auto), &t, &[]));
     got.unwrap();
@@ -663,7 +682,7 @@ fn env_prints_nothing_without_a_socket_and_nothing_on_failure() {
 fn env_exports_a_file_for_an_oversized_value() {
     let big = "z".repeat(140 * 1024) + "-env-big-distinct";
     let server = serve(&[("BIG", &big), ("SMALL", "s")]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("secrets");
     let text = env_output(
         &server.socket,
@@ -826,7 +845,7 @@ fn prepare_guarded(
 
 #[test]
 fn a_fifo_at_config_json_is_kept_aside_without_blocking() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let docker = dir.path().join(".docker");
     std::fs::create_dir_all(&docker).unwrap();
     nix::unistd::mkfifo(
@@ -836,6 +855,7 @@ fn a_fifo_at_config_json_is_kept_aside_without_blocking() {
     .unwrap();
     let server = serve_owned(&triplet("R", "reg.example", "u", "fifo-case-pw"));
     let t = target(dir.path());
+    give(&t, &[&docker, &docker.join("config.json")]);
     let (got, logs) = prepare_guarded(&server.socket, &t, Vec::new());
     got.unwrap();
     assert!(logs.contains("not a regular file"), "{logs}");
@@ -855,7 +875,7 @@ fn a_symlinked_docker_dir_or_parent_of_the_user_is_not_followed() {
         return;
     }
     use std::os::unix::fs::{lchown, symlink};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = open_tempdir();
     let victim = dir.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -896,6 +916,8 @@ fn parents_created_for_docker_config_belong_to_the_target() {
     let cfg = dir.path().join("h/.config/docker");
     let server = serve_owned(&triplet("R", "ghcr.io", "u", "parents-case-pw"));
     let t = target(&dir.path().join("h"));
+    // Created as the target: only where it may create (its own directory here).
+    give(&t, &[dir.path()]);
     let (got, logs) = prepare_guarded(
         &server.socket,
         &t,

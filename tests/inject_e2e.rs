@@ -287,7 +287,7 @@ fn values_over_the_execve_budget_arrive_through_name_file() {
         broker.set_user(n, "mona", "octo/hello", v);
     }
     let socket = sandbox_socket(&broker, "mona", "octo/hello");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let spill = dir.path().join("spill");
     let script = format!(
         "cat /proc/self/environ > {}/child.env",

@@ -590,10 +590,11 @@ fn pid1_init_and_daemon_hold_no_value_in_proc_files_or_init_memory() {
     let mut ev = Evidence::default();
     let daemon = Daemon::new();
     let sandbox = daemon.seed(&mut ev);
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = nobody_dir(work.path(), "out");
-    let docker = work.path().join("docker");
+    // The init writes config.json as the target: into a directory nobody owns.
+    let docker = nobody_dir(work.path(), "docker");
     let spill = work.path().join("spill");
 
     let mut cmd = Command::new("sh");
@@ -677,7 +678,7 @@ fn non_root_init_is_not_dumpable_and_its_memory_holds_no_value() {
     let mut ev = Evidence::default();
     let daemon = Daemon::new();
     let sandbox = daemon.seed(&mut ev);
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let own = nobody_dir(work.path(), "own");
     let out = nobody_dir(&own, "out");
@@ -767,7 +768,7 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
     let mut ev = Evidence::default();
     let mut daemon = Daemon::new();
     let sandbox = daemon.seed(&mut ev);
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let w = work.path();
     // Values only ever given to refused or faulty paths: they must not appear anywhere.
     let refused_values = [

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     let masks = match init::block_signals() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("sandbox-init: block signals: {e}");
+            logging::to_stderr(format_args!("sandbox-init: block signals: {e}\n"));
             return ExitCode::from(1);
         }
     };
@@ -36,24 +36,23 @@ fn main() -> ExitCode {
     {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("sandbox-init: {e}\nTry 'sandbox-init --help' for more information.");
+            logging::to_stderr(format_args!(
+                "sandbox-init: {e}\nTry 'sandbox-init --help' for more information.\n"
+            ));
             return ExitCode::from(2);
         }
     };
     match invocation {
-        Invocation::Help => {
-            print!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        Invocation::Version => {
-            println!("sandbox-init {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        Invocation::Help => written(logging::to_stdout(format_args!("{}", cli::USAGE))),
+        Invocation::Version => written(logging::to_stdout(format_args!(
+            "sandbox-init {}\n",
+            env!("CARGO_PKG_VERSION")
+        ))),
         Invocation::Print { text, stderr, code } => {
             if stderr {
-                eprint!("{text}");
-            } else {
-                print!("{text}");
+                logging::to_stderr(format_args!("{text}"));
+            } else if logging::to_stdout(format_args!("{text}")).is_err() {
+                return ExitCode::from(1);
             }
             ExitCode::from(code)
         }
@@ -108,6 +107,17 @@ enum Failed {
 
 /// Prints a setup failure once, with its chain of causes, and exits 1.
 fn fail(step: &str, e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("sandbox-init: {step}{}", inject::chain(e));
+    logging::to_stderr(format_args!("sandbox-init: {step}{}\n", inject::chain(e)));
     ExitCode::from(1)
+}
+
+/// `--help` and `--version`: 0 when the text was written, else 1 (the text is lost).
+fn written(out: std::io::Result<()>) -> ExitCode {
+    match out {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            logging::to_stderr(format_args!("sandbox-init: cannot write to stdout: {e}\n"));
+            ExitCode::from(1)
+        }
+    }
 }

@@ -14,6 +14,14 @@ use sandbox_init::broker::daemon::Config;
 use sandbox_init::broker::http as chain;
 use sandbox_init::logging::{self, LogFormat};
 
+// std's eprintln! panics when stderr is closed or full (exit 134 under `panic=abort`); this one
+// ignores the failure. The commands' own output goes through the same kind of macros in
+// `broker::cli`, where a stdout failure makes the command exit 1 (`main`).
+macro_rules! eprintln {
+    () => { logging::to_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { logging::to_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "sandbox-secrets",
@@ -61,6 +69,9 @@ enum Command {
         /// Connections served at once over all sockets; one more gets a 503 and is closed.
         #[arg(long, env = "SANDBOX_SECRETS_MAX_CONNECTIONS", default_value_t = 4096)]
         max_connections: usize,
+        /// Serve a store older than the last one this host wrote (a restored backup), once.
+        #[arg(long, env = "SANDBOX_SECRETS_ACCEPT_ROLLBACK")]
+        accept_rollback: bool,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -107,12 +118,32 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// Show or rotate the store's key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Write a consistent copy of the store to FILE (which must not exist) while the daemon
+    /// serves. Keep it with the key files: it opens only with them.
+    Backup { file: PathBuf },
     /// Show which names a sandbox of (user, repo) would get, and from which level.
     Plan {
         #[arg(long)]
         user: String,
         #[arg(long)]
         repo: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new key, re-seal every row under it in one transaction, retire the old key file
+    /// (kept as key.retired-<id>).
+    Rotate,
+    /// Show the active key id, every key id this host holds, and the rows each seals.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -137,8 +168,23 @@ enum SandboxCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own `parse` exits 0 when `--help` cannot be written; the text is lost, so it is 1.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.print().is_err() && e.exit_code() == 0 {
+                1
+            } else {
+                e.exit_code()
+            };
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
     match run(cli) {
+        Ok(()) if logging::stdout_failed() => {
+            eprintln!("sandbox-secrets: error: cannot write to stdout");
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Each cause once, whether an error names it in its message or returns it as its
@@ -167,9 +213,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             state_dir,
             max_connections,
+            accept_rollback,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.global_connections = max_connections.max(1);
+            config.accept_rollback = accept_rollback;
             cli::serve(config)
         }
         Command::Set {
@@ -194,6 +242,11 @@ fn run(cli: Cli) -> Result<()> {
             yes,
         } => cli::delete(&admin()?, name, scope(s), yes),
         Command::Plan { user, repo, json } => cli::plan(&admin()?, user, repo, json),
+        Command::Key { command } => match command {
+            KeyCommand::Rotate => cli::key_rotate(&admin()?),
+            KeyCommand::Status { json } => cli::key_status(&admin()?, json),
+        },
+        Command::Backup { file } => cli::backup(&admin()?, &file),
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo } => cli::sandbox_create(&admin()?, user, repo),
             SandboxCommand::List { json } => cli::sandbox_list(&admin()?, json),

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::acl::PlanEntry;
+pub use super::store::KeyStatus;
 use super::store::{ScopeKind, SecretInfo};
 
 /// Prefix of every admin route.
@@ -26,11 +27,14 @@ pub enum Route {
     SandboxesCreate,
     SandboxesList,
     SandboxesDelete,
+    KeyStatus,
+    KeyRotate,
+    StoreBackup,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 11] = [
         Route::SecretsSet,
         Route::SecretsAccess,
         Route::SecretsDelete,
@@ -39,6 +43,9 @@ impl Route {
         Route::SandboxesCreate,
         Route::SandboxesList,
         Route::SandboxesDelete,
+        Route::KeyStatus,
+        Route::KeyRotate,
+        Route::StoreBackup,
     ];
 
     /// The one method every admin route takes.
@@ -55,6 +62,9 @@ impl Route {
             Route::SandboxesCreate => "sandboxes/create",
             Route::SandboxesList => "sandboxes/list",
             Route::SandboxesDelete => "sandboxes/delete",
+            Route::KeyStatus => "key/status",
+            Route::KeyRotate => "key/rotate",
+            Route::StoreBackup => "store/backup",
         }
     }
 
@@ -100,6 +110,9 @@ call!(PlanRequest, Route::Plan, PlanAnswer);
 call!(CreateSandboxRequest, Route::SandboxesCreate, SandboxInfo);
 call!(ListSandboxesRequest, Route::SandboxesList, SandboxList);
 call!(DeleteSandboxRequest, Route::SandboxesDelete, SandboxInfo);
+call!(KeyStatusRequest, Route::KeyStatus, KeyStatus);
+call!(KeyRotateRequest, Route::KeyRotate, KeyRotateAnswer);
+call!(BackupRequest, Route::StoreBackup, BackupAnswer);
 
 // ---------- requests ----------
 
@@ -193,7 +206,36 @@ pub struct DeleteSandboxRequest {
     pub id: String,
 }
 
+/// `key/status`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct KeyStatusRequest {}
+
+/// `key/rotate`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct KeyRotateRequest {}
+
+/// `store/backup`: where the daemon writes the copy (an absolute path that must not exist).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub path: String,
+}
+
 // ---------- answers ----------
+
+/// Answer of `key/rotate`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyRotateAnswer {
+    pub previous: String,
+    pub key_id: String,
+}
+
+/// Answer of `store/backup`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupAnswer {
+    pub path: String,
+    /// The store generation the copy holds.
+    pub generation: u64,
+}
 
 /// Answer of set, access and delete.
 #[derive(Debug, Serialize, Deserialize)]

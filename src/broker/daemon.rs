@@ -37,6 +37,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Time given to open connections to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Serve a store older than the generation beside its key (`serve --accept-rollback`).
+    pub accept_rollback: bool,
 }
 
 impl Config {
@@ -50,6 +52,7 @@ impl Config {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            accept_rollback: false,
         }
     }
 }

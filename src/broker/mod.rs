@@ -3,17 +3,18 @@
 //!
 //! `server` (listeners, accept loops, shutdown) -> `http` (routing, errors, bodies; `http::sandbox`,
 //! `http::admin`) -> `daemon` (state: sandboxes, answer cache, lifecycle) -> `store` (rules,
-//! sealing, SQLite). Beside them, used from above and importing only downward: `admin` (the admin
-//! API's routes and types), `client` (the admin client), `cli` (the admin commands' printing),
-//! `sandboxes` (run-directory layout), `acl` (plan), `crypto` (sealing), `audit` (log lines).
+//! sealing, manifest, keys) -> a `Backend` (`store/sqlite.rs`). Beside them, used from above and
+//! importing only downward: `admin` (the admin API's routes and types), `client` (the admin
+//! client), `cli` (the admin commands' printing), `sandboxes` (run-directory layout), `acl`
+//! (plan), `audit` (log lines).
 //!
 //! - [`server`]: `run(config, shutdown)`, the serve loops, peer checks, drain.
 //! - [`http`]: the sandbox and admin surfaces, error statuses, zeroizing bodies.
 //! - [`daemon`]: live sandboxes, the answer cache, the descriptor budget, create/delete/close.
 //! - [`admin`]: the admin routes (a typed enum) and their request and answer types.
 //! - [`acl`]: `plan(repo, user secrets, repository secrets)`, pure.
-//! - [`store`]: SQLite in WAL mode plus an in-memory copy of the sealed rows.
-//! - [`crypto`]: the key file and XChaCha20-Poly1305 sealing.
+//! - [`store`]: rules, sealing, manifest, migrations, key rotation, group commit over a
+//!   `Backend` (`store/sqlite.rs`); `store/seal.rs` holds the key files and XChaCha20-Poly1305.
 //! - [`sandboxes`]: run-directory layout, modes, sandbox ids.
 //! - [`audit`]: one log line per read or change, names only.
 //! - [`client`]: the admin client the CLI uses.
@@ -24,7 +25,6 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod client;
-pub mod crypto;
 pub mod daemon;
 pub mod http;
 pub mod sandboxes;

@@ -44,10 +44,12 @@ enum Kind {
 /// Runs the daemon until `shutdown` completes, then drains connections and removes its sockets.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let fd_limit = harden();
-    let store = Store::open(&config.state_dir)?;
-    for what in store.unreadable() {
-        tracing::error!(secret = %what, "sealed value does not open (tampered?); sandboxes that read it will get an error");
-    }
+    let store = Store::open_with(
+        &config.state_dir,
+        super::store::OpenOptions {
+            accept_rollback: config.accept_rollback,
+        },
+    )?;
     let layout = Layout::new(&config.run_dir);
     layout.prepare()?;
     let admin_std = layout.bind_admin()?;

@@ -1,7 +1,9 @@
 //! Docker registry credentials: `<ID>_CONTAINER_REGISTRY_SERVER/_USER/_PASSWORD` triplets become
 //! `auths` entries merged into `config.json`. Owns server normalisation, triplet grouping, the
 //! merge and the atomic write; it never logs a user name, password or `auth` string, and never
-//! drops an existing file silently.
+//! drops an existing file silently. The read-merge-write runs with the target user's
+//! filesystem identity (`setfsuid`/`setfsgid`, no supplementary groups): a root init never reads
+//! for the target what the target could not read, nor writes where the target could not.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,6 +13,7 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -305,10 +308,26 @@ pub struct Written {
 /// Why `config.json` could not be written. Names the path and the step, never content.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot prepare docker config directory {}", path.display())]
-    Dir { path: PathBuf, source: io::Error },
-    #[error("cannot read {}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot take the filesystem identity of uid {uid} to write its docker config")]
+    Identity { uid: u32, source: io::Error },
+    #[error("cannot prepare docker config directory {} as uid {uid}", path.display())]
+    Dir {
+        path: PathBuf,
+        uid: u32,
+        source: io::Error,
+    },
+    #[error(
+        "docker config directory {} belongs to uid {owner}, not to the target uid {uid}: \
+         credentials are only written into a directory the target owns (set DOCKER_CONFIG to one)",
+        path.display()
+    )]
+    NotOwned { path: PathBuf, owner: u32, uid: u32 },
+    #[error("cannot read {} as uid {uid}", path.display())]
+    Read {
+        path: PathBuf,
+        uid: u32,
+        source: io::Error,
+    },
     #[error("cannot keep corrupt {} aside", path.display())]
     KeepAside { path: PathBuf, source: io::Error },
     #[error("cannot write {}", path.display())]
@@ -320,14 +339,59 @@ pub enum ConfigError {
     },
 }
 
-/// Merges `entries` into `dir/config.json` for `uid:gid`: the directory is made 0700 and owned
-/// by them (an explicit `$DOCKER_CONFIG` that already exists and belongs to someone else keeps
-/// its owner and mode), the file is replaced atomically, 0600, owned by them. A corrupt file
-/// (not JSON, not an object, `auths` not an object, a symlink) is renamed to
-/// `config.json.corrupt-<unix-ts>` with a warning.
+/// The init's filesystem identity while it works on the target's docker config: the target's
+/// uid and gid, no supplementary groups (the kernel then drops the init's `CAP_DAC_OVERRIDE`,
+/// `CAP_FOWNER` and `CAP_CHOWN` for file access). Only switched when the init is root and the
+/// target is not; restored on drop. Per thread, and the init is single-threaded here.
+struct AsTarget {
+    saved_groups: Option<Vec<Gid>>,
+}
+
+impl AsTarget {
+    fn enter(uid: u32, gid: u32) -> io::Result<AsTarget> {
+        if !nix::unistd::geteuid().is_root() || uid == 0 {
+            return Ok(AsTarget { saved_groups: None });
+        }
+        let saved = nix::unistd::getgroups()?;
+        nix::unistd::setgroups(&[])?;
+        let guard = AsTarget {
+            saved_groups: Some(saved),
+        };
+        nix::unistd::setfsgid(Gid::from_raw(gid));
+        nix::unistd::setfsuid(Uid::from_raw(uid));
+        // Both calls return the previous id and report no error: ask again to see it took.
+        let (fsuid, fsgid) = (
+            nix::unistd::setfsuid(Uid::from_raw(uid)),
+            nix::unistd::setfsgid(Gid::from_raw(gid)),
+        );
+        if fsuid.as_raw() != uid || fsgid.as_raw() != gid {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for AsTarget {
+    fn drop(&mut self) {
+        if let Some(groups) = self.saved_groups.take() {
+            nix::unistd::setfsuid(nix::unistd::geteuid());
+            nix::unistd::setfsgid(nix::unistd::getegid());
+            // Cannot fail for root (CAP_SETGID is not a filesystem capability); the privilege
+            // drop sets the child's groups from scratch anyway.
+            let _ = nix::unistd::setgroups(&groups);
+        }
+    }
+}
+
+/// Merges `entries` into `dir/config.json` for `uid:gid`, as that user (see [`AsTarget`]):
+/// directories missing on the way are created as the target (so only where it may), the
+/// directory must belong to the target and is made 0700, the file is replaced atomically, 0600,
+/// owned by them. A directory of anyone else (`/etc`, `/etc/docker`, another user's `.docker`)
+/// is refused, and so is a `config.json` the target cannot read: the init never hands the
+/// target what it could not reach itself. A corrupt file (not JSON, not an object, `auths` not
+/// an object, a symlink) is renamed to `config.json.corrupt-<unix-ts>` with a warning.
 pub fn write_config(
     dir: &Path,
-    explicit: bool,
     entries: &[Entry],
     uid: u32,
     gid: u32,
@@ -335,25 +399,23 @@ pub fn write_config(
     let mut warnings = Vec::new();
     let dir_err = |source| ConfigError::Dir {
         path: dir.to_owned(),
+        uid,
         source,
     };
+    let _as_target =
+        AsTarget::enter(uid, gid).map_err(|source| ConfigError::Identity { uid, source })?;
     // Opened once, never through a symlink at its last component; directories created on the
     // way belong to the target. Every step below goes through this descriptor.
     let d = spill::open_dir(dir, true, Some((uid, gid))).map_err(dir_err)?;
     let meta = d.stat().map_err(dir_err)?;
-    if explicit && meta.st_uid != uid {
-        if meta.st_mode & 0o077 != 0 {
-            warnings.push(format!(
-                "DOCKER_CONFIG {} belongs to uid {} with mode {:o}; config.json in it is 0600 \
-                 for uid {uid}",
-                dir.display(),
-                meta.st_uid,
-                meta.st_mode & 0o7777
-            ));
-        }
-    } else {
-        d.make_private(uid, gid).map_err(dir_err)?;
+    if meta.st_uid != uid {
+        return Err(ConfigError::NotOwned {
+            path: dir.to_owned(),
+            owner: meta.st_uid,
+            uid,
+        });
     }
+    d.make_private(uid, gid).map_err(dir_err)?;
     let path = dir.join("config.json");
     let mut config = match read_existing(&d) {
         Ok(Some(c)) => c,
@@ -361,6 +423,7 @@ pub fn write_config(
         Err(Corrupt::Io(source)) => {
             return Err(ConfigError::Read {
                 path: path.clone(),
+                uid,
                 source,
             })
         }

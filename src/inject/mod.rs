@@ -18,7 +18,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -217,9 +217,32 @@ fn lookup<'a>(inherited: &'a [(OsString, OsString)], name: &str) -> Option<&'a O
 }
 
 fn spill_dir(var: Option<&OsStr>) -> PathBuf {
-    match var {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(spill::DEFAULT_SPILL_DIR),
+    explicit_spill_dir(var).unwrap_or_else(|| PathBuf::from(spill::DEFAULT_SPILL_DIR))
+}
+
+/// `SANDBOX_INIT_SECRETS_DIR` when set and non-empty.
+fn explicit_spill_dir(var: Option<&OsStr>) -> Option<PathBuf> {
+    var.filter(|d| !d.is_empty()).map(PathBuf::from)
+}
+
+/// Places the secrets, and when some go to files, chooses the memory-backed directory they go
+/// to ([`spill::choose_dir`]) and places them again against its path when it is another one.
+/// The error, if any, is the directory's.
+fn place_and_choose(
+    secrets: &[Secret],
+    env: &[(OsString, OsString)],
+) -> (Placement, Option<std::io::Result<PathBuf>>) {
+    let var = lookup(env, spill::SPILL_DIR_ENV);
+    let placement = place(secrets, env, spill_dir(var));
+    if !placement.spilled.iter().any(|&s| s) {
+        return (placement, None);
+    }
+    match spill::choose_dir(explicit_spill_dir(var).as_deref()) {
+        Ok(dir) if dir != placement.dir => {
+            let again = place(secrets, env, dir.clone());
+            (again, Some(Ok(dir)))
+        }
+        chosen => (placement, Some(chosen)),
     }
 }
 
@@ -271,18 +294,11 @@ pub fn prepare(
         }
     }
 
-    let placement = place(
-        &secrets,
-        inherited,
-        spill_dir(lookup(inherited, spill::SPILL_DIR_ENV)),
-    );
+    let (placement, chosen) = place_and_choose(&secrets, inherited);
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut prepared = Prepared::default();
-    let dir_ready = placement
-        .spilled
-        .iter()
-        .any(|&s| s)
-        .then(|| spill::ensure_private_dir(&placement.dir, target.uid, target.gid));
+    let dir_ready =
+        chosen.map(|dir| dir.and_then(|dir| spill::open_spill_dir(&dir, target.uid, target.gid)));
     let spilled_names: Vec<String> = secrets
         .iter()
         .zip(&placement.spilled)
@@ -349,20 +365,34 @@ pub fn prepare(
         prepared.vars.push((file_var, SecretString::from(path)));
     }
     let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
-    match spill::remove_stale(&placement.dir, &keep) {
+    clean_stale(&placement.dir, &keep);
+    if explicit_spill_dir(lookup(inherited, spill::SPILL_DIR_ENV)).is_none() {
+        // The other of the two places an earlier start may have used (before /run/sandbox-init
+        // became a tmpfs, or before this version refused a disk) keeps nothing either.
+        for other in [spill::DEFAULT_SPILL_DIR, spill::FALLBACK_SPILL_DIR] {
+            if placement.dir != Path::new(other) {
+                clean_stale(Path::new(other), &[]);
+            }
+        }
+    }
+    prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(prepared)
+}
+
+/// Removes spill files of secrets not in `keep` from `dir`, saying what it removed.
+fn clean_stale(dir: &Path, keep: &[&str]) {
+    match spill::remove_stale(dir, keep) {
         Ok(removed) if !removed.is_empty() => info(format_args!(
             "removed files of secrets no longer spilled from {}: {}",
-            placement.dir.display(),
+            dir.display(),
             removed.join(", ")
         )),
         Ok(_) => {}
         Err(e) => warn(format_args!(
             "cannot clean the oversized-secrets directory {}: {e}",
-            placement.dir.display()
+            dir.display()
         )),
     }
-    prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(prepared)
 }
 
 fn write_spill(dir: &spill::Dir, secret: &Secret, uid: u32, gid: u32) -> Result<PathBuf, Error> {
@@ -410,7 +440,7 @@ fn registry_credentials(
         ));
         return Ok(());
     }
-    match dockercfg::write_config(&dir, explicit, &entries, target.uid, target.gid) {
+    match dockercfg::write_config(&dir, &entries, target.uid, target.gid) {
         Ok(written) => {
             for w in written.warnings {
                 warn(format_args!("{w}"));
@@ -459,10 +489,15 @@ pub fn write_env(
     let Some(secrets) = obtain(opts)? else {
         return Ok(());
     };
-    let placement = place(&secrets, env, spill_dir(lookup(env, spill::SPILL_DIR_ENV)));
+    let (placement, chosen) = place_and_choose(&secrets, env);
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
-    if placement.spilled.iter().any(|&s| s) {
+    if let Some(chosen) = chosen {
+        let spill_err = |source| Error::SpillDir {
+            path: placement.dir.clone(),
+            source,
+        };
+        chosen.map_err(spill_err)?;
         let (uid, gid) = match std::fs::metadata(&placement.dir) {
             Ok(m) => (m.uid(), m.gid()),
             Err(_) => (
@@ -470,12 +505,7 @@ pub fn write_env(
                 nix::unistd::getegid().as_raw(),
             ),
         };
-        let d = spill::ensure_private_dir(&placement.dir, uid, gid).map_err(|source| {
-            Error::SpillDir {
-                path: placement.dir.clone(),
-                source,
-            }
-        })?;
+        let d = spill::open_spill_dir(&placement.dir, uid, gid).map_err(spill_err)?;
         for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
             let path = write_spill(&d, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);

@@ -1,8 +1,9 @@
-//! Files that hold secret bytes: the spill directory for values too large for `execve`, and the
-//! atomic create-new-then-rename writer that docker's `config.json` uses too. Nothing here logs
-//! or formats a value; every file is created with its final restrictive mode before a byte is
-//! written. Every step inside a directory goes through one descriptor of it opened without
-//! following a symlink: a path swapped after the check never redirects a root write.
+//! Files that hold secret bytes: the spill directory for values too large for `execve` (only
+//! ever on memory-backed storage: tmpfs or ramfs), and the atomic create-new-then-rename writer
+//! that docker's `config.json` uses too. Nothing here logs or formats a value; every file is
+//! created with its final restrictive mode before a byte is written. Every step inside a
+//! directory goes through one descriptor of it opened without following a symlink: a path
+//! swapped after the check never redirects a root write.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -17,8 +18,118 @@ use nix::unistd::{Gid, Uid};
 
 /// Where oversized values go, one file per secret name.
 pub const DEFAULT_SPILL_DIR: &str = "/run/sandbox-init/secrets";
-/// Overrides [`DEFAULT_SPILL_DIR`] (tests, read-only `/run`).
+/// Where oversized values go when [`DEFAULT_SPILL_DIR`] is not on memory-backed storage (the
+/// container's writable layer, say): `/dev/shm` is a tmpfs in every Docker container.
+pub const FALLBACK_SPILL_DIR: &str = "/dev/shm/sandbox-init/secrets";
+/// Overrides [`DEFAULT_SPILL_DIR`] (tests, read-only `/run`); it must be on tmpfs or ramfs too.
 pub const SPILL_DIR_ENV: &str = "SANDBOX_INIT_SECRETS_DIR";
+
+/// `statfs` magic numbers of the memory-backed filesystems (linux/magic.h).
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// The filesystem type of a `statfs` answer, as linux/magic.h spells it.
+fn fs_type(st: &nix::sys::statfs::Statfs) -> u64 {
+    // The field's width differs between libcs; the magic numbers are 32-bit.
+    (st.filesystem_type().0 as u64) & 0xffff_ffff
+}
+
+/// Whether a filesystem of type `magic` keeps its files in memory only: a value spilled there
+/// never reaches a disk and is gone when the container stops.
+pub fn memory_backed(magic: u64) -> bool {
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+}
+
+/// The filesystem type of `path`, or of its nearest existing ancestor (where it would be
+/// created).
+fn fs_type_of(path: &Path) -> io::Result<u64> {
+    for p in path.ancestors() {
+        match nix::sys::statfs::statfs(p) {
+            Ok(st) => return Ok(fs_type(&st)),
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::from(io::ErrorKind::NotFound))
+}
+
+fn on_disk(path: &Path, magic: u64, fix: &str) -> io::Error {
+    io::Error::other(format!(
+        "{} is not on memory-backed storage (filesystem type {magic:#x}, not tmpfs or ramfs) and \
+         a secret must not reach a disk; {fix}",
+        path.display()
+    ))
+}
+
+/// Where this start spills: `explicit` (`SANDBOX_INIT_SECRETS_DIR`) when memory-backed, else
+/// an error; without it [`DEFAULT_SPILL_DIR`] when memory-backed, else [`FALLBACK_SPILL_DIR`]
+/// when that is, else an error naming the fix (`--tmpfs /run/sandbox-init`). Checked where the
+/// directory is or would be created; [`open_spill_dir`] checks the opened directory again.
+pub fn choose_dir(explicit: Option<&Path>) -> io::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        let magic = fs_type_of(dir)?;
+        if !memory_backed(magic) {
+            return Err(on_disk(
+                dir,
+                magic,
+                &format!("point {SPILL_DIR_ENV} at a tmpfs, or unset it"),
+            ));
+        }
+        return Ok(dir.to_owned());
+    }
+    let default = Path::new(DEFAULT_SPILL_DIR);
+    let magic = fs_type_of(default)?;
+    if memory_backed(magic) {
+        return Ok(default.to_owned());
+    }
+    let fallback = Path::new(FALLBACK_SPILL_DIR);
+    match fs_type_of(fallback) {
+        Ok(m) if memory_backed(m) => Ok(fallback.to_owned()),
+        _ => Err(on_disk(
+            default,
+            magic,
+            "/dev/shm is not a tmpfs either: run the container with --tmpfs /run/sandbox-init",
+        )),
+    }
+}
+
+/// [`ensure_private_dir`] for the spill directory, refused unless the directory opened is on
+/// tmpfs or ramfs (a disk mounted there after [`choose_dir`] looked does not count), and
+/// unless it is the target's already or an empty one of root's (as the init makes it): the init
+/// never chmods and chowns to the target a directory holding someone else's files
+/// (`SANDBOX_INIT_SECRETS_DIR=/dev/shm`, say).
+pub fn open_spill_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<Dir> {
+    let d = open_dir(dir, true, None)?;
+    let st = nix::sys::statfs::fstatfs(&d.fd)?;
+    if !memory_backed(fs_type(&st)) {
+        return Err(on_disk(
+            dir,
+            fs_type(&st),
+            "mount a tmpfs there (docker run --tmpfs /run/sandbox-init)",
+        ));
+    }
+    let owner = d.stat()?.st_uid;
+    if owner != uid && !(owner == 0 && is_empty(&d)?) {
+        return Err(io::Error::other(format!(
+            "it belongs to uid {owner}, not to the target uid {uid}, and is not empty: the init \
+             does not take over another user's directory; point {SPILL_DIR_ENV} at a new one"
+        )));
+    }
+    d.make_private(uid, gid)?;
+    Ok(d)
+}
+
+/// Whether the open directory `d` has no entry, read through its descriptor where `/proc` is
+/// mounted.
+fn is_empty(d: &Dir) -> io::Result<bool> {
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", d.raw()));
+    let path = if by_fd.exists() {
+        by_fd.as_path()
+    } else {
+        d.path()
+    };
+    Ok(fs::read_dir(path)?.next().is_none())
+}
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
@@ -310,6 +421,36 @@ mod tests {
         assert!(remove_stale(&dir.path().join("absent"), &[])
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn only_tmpfs_and_ramfs_are_memory_backed() {
+        assert!(memory_backed(0x0102_1994));
+        assert!(memory_backed(0x8584_58f6));
+        for disk in [0xef53, 0x9123_683e, 0x5846_5342, 0x794c_7630, 0x6969, 0] {
+            assert!(!memory_backed(disk), "{disk:#x}");
+        }
+    }
+
+    #[test]
+    fn a_spill_dir_on_disk_is_refused_naming_the_fix() {
+        let disk = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        if memory_backed(fs_type_of(disk.path()).unwrap()) {
+            return; // the target directory is on a tmpfs here: nothing on disk to try
+        }
+        let dir = disk.path().join("spill");
+        let e = choose_dir(Some(&dir)).unwrap_err().to_string();
+        assert!(
+            e.contains("not on memory-backed storage") && e.contains(SPILL_DIR_ENV),
+            "{e}"
+        );
+        let (uid, gid) = me();
+        let e = open_spill_dir(&dir, uid, gid).unwrap_err().to_string();
+        assert!(e.contains("--tmpfs /run/sandbox-init"), "{e}");
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dir = shm.path().join("spill");
+        assert_eq!(choose_dir(Some(&dir)).unwrap(), dir);
+        open_spill_dir(&dir, uid, gid).unwrap();
     }
 
     #[test]

@@ -3,6 +3,24 @@
 //! and times through [`table`]). The binary's edge, so errors are `anyhow` with context. Values
 //! come from stdin or a file, never argv, and are never printed.
 
+// std's print macros panic when their stream is closed or full (exit 134 under `panic=abort`).
+// These shadow them in this module: stderr failures are ignored, a stdout failure is remembered
+// by `logging::to_stdout` and makes the command exit 1 (the binary's `main`).
+macro_rules! println {
+    () => {{ let _ = crate::logging::to_stdout(format_args!("\n")); }};
+    ($($t:tt)*) => {{ let _ = crate::logging::to_stdout(format_args!("{}\n", format_args!($($t)*))); }};
+}
+macro_rules! print {
+    ($($t:tt)*) => {{ let _ = crate::logging::to_stdout(format_args!($($t)*)); }};
+}
+macro_rules! eprintln {
+    () => { crate::logging::to_stderr(format_args!("\n")) };
+    ($($t:tt)*) => { crate::logging::to_stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { crate::logging::to_stderr(format_args!($($t)*)) };
+}
+
 pub mod table;
 
 use std::io::{IsTerminal, Read, Write};
@@ -13,8 +31,8 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::admin::{
-    AccessRequest, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest, ListRequest,
-    ListSandboxesRequest, PlanRequest, SetRequest,
+    AccessRequest, BackupRequest, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
+    KeyRotateRequest, KeyStatusRequest, ListRequest, ListSandboxesRequest, PlanRequest, SetRequest,
 };
 use super::client::AdminClient;
 use super::server::{self, Config};
@@ -208,6 +226,58 @@ pub fn sandbox_list(admin: &AdminClient, json: bool) -> Result<()> {
 pub fn sandbox_delete(admin: &AdminClient, id: String) -> Result<()> {
     let a = admin.call(&DeleteSandboxRequest { id })?;
     println!("deleted sandbox {}", a.id);
+    Ok(())
+}
+
+/// `sandbox-secrets key rotate`: a new key, every row re-sealed, the old key retired.
+pub fn key_rotate(admin: &AdminClient) -> Result<()> {
+    let a = admin.call(&KeyRotateRequest {})?;
+    println!(
+        "rotated key {} -> {}; the old key is kept as key.retired-{}",
+        a.previous, a.key_id, a.previous
+    );
+    Ok(())
+}
+
+/// `sandbox-secrets key status`: the active key id, the ids this host holds, rows per id.
+pub fn key_status(admin: &AdminClient, json: bool) -> Result<()> {
+    let a = admin.call(&KeyStatusRequest {})?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 3]> = a
+        .held
+        .iter()
+        .map(|id| {
+            [
+                id.clone(),
+                if *id == a.active { "active" } else { "retired" }.to_owned(),
+                a.rows.get(id).copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .chain(
+            a.rows
+                .iter()
+                .filter(|(id, _)| !a.held.contains(id))
+                .map(|(id, n)| [id.clone(), "not held".into(), n.to_string()]),
+        )
+        .collect();
+    print!("{}", table::render(["KEY ID", "STATE", "ROWS"], &rows));
+    Ok(())
+}
+
+/// `sandbox-secrets backup FILE`: a consistent copy written by the daemon while it serves.
+pub fn backup(admin: &AdminClient, file: &Path) -> Result<()> {
+    let path =
+        std::path::absolute(file).with_context(|| format!("backup path {}", file.display()))?;
+    let a = admin.call(&BackupRequest {
+        path: path.display().to_string(),
+    })?;
+    println!(
+        "backup of generation {} written to {}",
+        a.generation, a.path
+    );
     Ok(())
 }
 

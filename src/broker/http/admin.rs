@@ -15,8 +15,9 @@ use zeroize::Zeroizing;
 
 use super::{ok_json, shown, ApiError, SecretBody, MAX_ADMIN_BODY, MAX_REPOS_PER_SECRET};
 use crate::broker::admin::{
-    AccessRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
-    ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route, SandboxInfo, SandboxList, SetRequest,
+    AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest,
+    DeleteSandboxRequest, KeyRotateAnswer, ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route,
+    SandboxInfo, SandboxList, SetRequest,
 };
 use crate::broker::audit;
 use crate::broker::daemon::Daemon;
@@ -127,6 +128,11 @@ pub enum AdminCommand {
         repo: String,
     },
     ListSandboxes,
+    KeyStatus,
+    KeyRotate,
+    Backup {
+        path: std::path::PathBuf,
+    },
     DeleteSandbox {
         id: String,
     },
@@ -177,6 +183,9 @@ impl std::fmt::Debug for AdminCommand {
                 .field("repo", repo)
                 .finish(),
             AdminCommand::ListSandboxes => f.write_str("ListSandboxes"),
+            AdminCommand::KeyStatus => f.write_str("KeyStatus"),
+            AdminCommand::KeyRotate => f.write_str("KeyRotate"),
+            AdminCommand::Backup { path } => f.debug_struct("Backup").field("path", path).finish(),
             AdminCommand::DeleteSandbox { id } => {
                 f.debug_struct("DeleteSandbox").field("id", id).finish()
             }
@@ -253,6 +262,16 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
             Ok(AdminCommand::CreateSandbox { user, repo })
         }
         Route::SandboxesList => Ok(AdminCommand::ListSandboxes),
+        Route::KeyStatus => Ok(AdminCommand::KeyStatus),
+        Route::KeyRotate => Ok(AdminCommand::KeyRotate),
+        Route::StoreBackup => {
+            let req: BackupRequest = parse(route, body)?;
+            let path = std::path::PathBuf::from(&req.path);
+            if !path.is_absolute() {
+                return Err(ApiError::BackupPath(req.path));
+            }
+            Ok(AdminCommand::Backup { path })
+        }
         Route::SandboxesDelete => {
             let req: DeleteSandboxRequest = parse(route, body)?;
             let id = sandboxes::check_id(&req.id)?.to_owned();
@@ -394,6 +413,26 @@ fn run_admin(
             let row = daemon.delete_sandbox(&id)?;
             audit::admin_change(uid, "sandbox-deleted", &row.id);
             Ok(ok_json(&sandbox_info(daemon, row)))
+        }
+        AdminCommand::KeyStatus => Ok(ok_json(&store.key_status())),
+        AdminCommand::KeyRotate => {
+            let previous = store.key_status().active;
+            let key_id = store.rotate_key()?;
+            audit::admin_change(uid, "key-rotated", &format!("{previous} -> {key_id}"));
+            Ok(ok_json(&KeyRotateAnswer { previous, key_id }))
+        }
+        AdminCommand::Backup { path } => {
+            let generation = store.backup(&path)?;
+            let shown = path.display().to_string();
+            audit::admin_change(
+                uid,
+                "backup",
+                &format!("generation {generation} to {shown}"),
+            );
+            Ok(ok_json(&BackupAnswer {
+                path: shown,
+                generation,
+            }))
         }
     }
 }

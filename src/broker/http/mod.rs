@@ -57,6 +57,8 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("a user secret may list at most {MAX_REPOS_PER_SECRET} repositories, not {0}")]
     TooManyRepos(usize),
+    #[error("backup path {0:?} must be an absolute path")]
+    BackupPath(String),
     #[error("cannot read request body: {0}")]
     Body(hyper::Error),
     #[error("no route {0}")]
@@ -74,8 +76,10 @@ fn store_status(e: &StoreError) -> StatusCode {
         StoreError::ReposRequired { .. } => StatusCode::BAD_REQUEST,
         StoreError::Limit { .. } => StatusCode::CONFLICT,
         StoreError::NotFound { .. } | StoreError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
-        StoreError::Sql { source, .. }
-            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+        StoreError::RefusedNeedsRepos { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Backup { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Sql { error, .. }
+            if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
         {
             StatusCode::INSUFFICIENT_STORAGE
         }
@@ -92,6 +96,7 @@ impl ApiError {
             | ApiError::OneScope
             | ApiError::ReposOnRepoSecret
             | ApiError::TooManyRepos(_)
+            | ApiError::BackupPath(_)
             | ApiError::BodyNotAllowed
             | ApiError::BadJson { .. }
             | ApiError::Sandbox(SandboxError::BadId(_))

@@ -1,10 +1,13 @@
-//! Sealing of secret values at rest: the key file and XChaCha20-Poly1305 with the AAD binding a
-//! value to its scope and name. Never logs, and no error here holds a value or the key.
+//! Sealing at rest: key files (opened without following links, owner and mode checked), key ids,
+//! XChaCha20-Poly1305 and the additional data that binds every row to what decides access.
+//! Never logs, and no error here holds a value or the key.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -17,16 +20,28 @@ pub const NONCE_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {error}")]
     ReadKey {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot create key file {path}: {source}")]
+    #[error("cannot create key file {path}: {error}")]
     CreateKey {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(
+        "key file {path} is a symbolic link: the key must be a regular file in the state directory"
+    )]
+    KeySymlink { path: PathBuf },
+    #[error("key file {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root")]
+    KeyOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("key file {path} is not a regular file")]
+    KeyNotFile { path: PathBuf },
     #[error("key file {path} has mode {mode:04o}; it must not be readable or writable by group or others (chmod 600)")]
     KeyMode { path: PathBuf, mode: u32 },
     #[error("key file {path} holds {len} bytes, expected {KEY_LEN}")]
@@ -39,15 +54,28 @@ pub enum CryptoError {
     Open { what: String },
 }
 
-/// The store's key; the cipher holds the only copy after loading.
+/// One key; the cipher holds the only copy after loading. Its id (a MAC of a constant under the
+/// key, so it names the key without revealing it) is recorded with every row it seals.
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    id: Arc<str>,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealer([redacted])")
+        write!(f, "Sealer({}, [redacted])", self.id)
     }
+}
+
+/// Builds the additional data of a v2 row: a domain word, then each part length-prefixed, so no
+/// two different rows give the same bytes whatever their fields hold.
+pub fn aad_v2(domain: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for part in std::iter::once(domain.as_bytes()).chain(parts.iter().copied()) {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// A sealed value: random nonce and ciphertext with tag.
@@ -57,7 +85,7 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
-/// The additional data binding a value to where it is stored: scope kind, scope and name, each
+/// The v1 additional data (kept to read and migrate v1 stores) binding a value to where it is stored: scope kind, scope and name, each
 /// terminated by a NUL so no two triples give the same bytes.
 pub fn aad(kind: &str, scope: &str, name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(kind.len() + scope.len() + name.len() + 3);
@@ -75,14 +103,41 @@ pub fn key_exists(path: &Path) -> bool {
 }
 
 impl Sealer {
-    /// Loads the key file, refusing a mode looser than 0600 and a wrong length.
+    /// Loads the key file without following a symbolic link, refusing one owned by anyone but
+    /// this daemon's uid or root, a mode looser than 0600 and a wrong length.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let read = |source| CryptoError::ReadKey {
+        let read = |error| CryptoError::ReadKey {
             path: path.to_owned(),
-            source,
+            error,
         };
-        let mut file = File::open(path).map_err(read)?;
-        let mode = file.metadata().map_err(read)?.mode() & 0o7777;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    CryptoError::KeySymlink {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    read(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(read)?;
+        if !meta.is_file() {
+            return Err(CryptoError::KeyNotFile {
+                path: path.to_owned(),
+            });
+        }
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(CryptoError::KeyOwner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+                euid,
+            });
+        }
+        let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(CryptoError::KeyMode {
                 path: path.to_owned(),
@@ -107,9 +162,9 @@ impl Sealer {
     pub fn create(path: &Path) -> Result<Self, CryptoError> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         getrandom::getrandom(key.as_mut()).map_err(CryptoError::Random)?;
-        let create = |source| CryptoError::CreateKey {
+        let create = |error| CryptoError::CreateKey {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut file = OpenOptions::new()
             .write(true)
@@ -119,14 +174,35 @@ impl Sealer {
             .map_err(create)?;
         file.write_all(key.as_ref()).map_err(create)?;
         file.sync_all().map_err(create)?;
+        if let Some(dir) = path.parent() {
+            // The new name must survive a crash as well as the bytes.
+            File::open(dir).and_then(|d| d.sync_all()).map_err(create)?;
+        }
         Ok(Self::from_key(key.as_ref()))
     }
 
     /// Builds a sealer from raw key bytes (exactly [`KEY_LEN`]).
     pub fn from_key(key: &[u8]) -> Self {
+        let cipher = XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key));
+        let tag = cipher
+            .encrypt(
+                XNonce::from_slice(&[0u8; NONCE_LEN]),
+                Payload {
+                    msg: b"",
+                    aad: b"sandbox-secrets key id",
+                },
+            )
+            .unwrap_or_default();
+        let id: String = tag.iter().take(6).map(|b| format!("{b:02x}")).collect();
         Self {
-            cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key)),
+            cipher,
+            id: Arc::from(id),
         }
+    }
+
+    /// The key's id: 12 hex digits, the same on every host that holds the key.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
     }
 
     /// Seals `plaintext` under a fresh random nonce; `what` names the secret in errors.
@@ -178,9 +254,72 @@ impl Sealer {
     }
 }
 
+/// The keys a store can open: the active one seals, the retired ones still open rows (a restored
+/// backup made before a rotation).
+#[derive(Debug)]
+pub struct KeyRing {
+    active: Arc<Sealer>,
+    all: BTreeMap<Arc<str>, Arc<Sealer>>,
+}
+
+impl KeyRing {
+    pub fn new(active: Sealer) -> Self {
+        let active = Arc::new(active);
+        let mut all = BTreeMap::new();
+        all.insert(Arc::clone(active.id()), Arc::clone(&active));
+        Self { active, all }
+    }
+    /// Adds a key that opens rows but does not seal new ones.
+    pub fn add(&mut self, key: Sealer) {
+        let key = Arc::new(key);
+        self.all.entry(Arc::clone(key.id())).or_insert(key);
+    }
+    pub fn active(&self) -> &Arc<Sealer> {
+        &self.active
+    }
+    /// The key of `id`, or `None` when this host does not hold it.
+    pub fn get(&self, id: &str) -> Option<&Arc<Sealer>> {
+        self.all.get(id)
+    }
+    /// Every key id this host holds.
+    pub fn ids(&self) -> Vec<String> {
+        self.all.keys().map(|k| k.to_string()).collect()
+    }
+    /// Makes `key` the active one; the previous one stays to open old rows.
+    pub fn promote(&mut self, key: Sealer) {
+        let key = Arc::new(key);
+        self.all.insert(Arc::clone(key.id()), Arc::clone(&key));
+        self.active = key;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_ids_are_stable_distinct_and_v2_aad_is_unambiguous() {
+        let a = Sealer::from_key(&[7u8; KEY_LEN]);
+        assert_eq!(a.id(), Sealer::from_key(&[7u8; KEY_LEN]).id());
+        assert_ne!(a.id(), Sealer::from_key(&[8u8; KEY_LEN]).id());
+        assert_eq!(a.id().len(), 12);
+        assert_ne!(
+            aad_v2("secret", &[b"ab", b"c"]),
+            aad_v2("secret", &[b"a", b"bc"])
+        );
+        assert_ne!(aad_v2("secret", &[b"a"]), aad_v2("sandbox", &[b"a"]));
+    }
+
+    #[test]
+    fn a_key_behind_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("elsewhere");
+        Sealer::create(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("key")).unwrap();
+        let e = Sealer::load(&dir.path().join("key")).unwrap_err();
+        assert!(matches!(e, CryptoError::KeySymlink { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_fresh_nonces() {

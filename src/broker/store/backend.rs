@@ -1,0 +1,121 @@
+//! The seam between the store's rules and a database: the `Backend` trait, the sealed records it
+//! keeps, and the schema versions every backend migrates through. A backend stores and returns
+//! sealed rows as they are; it never opens a seal, decides access or sees a value.
+
+use std::path::Path;
+
+use super::seal::Sealed;
+use super::{ScopeKind, StoreError};
+
+/// The schema version this build writes. 1 is the unversioned store of the first release.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A secret row: who owns it, who may read it, and its sealed value. Everything but `sealed`
+/// is bound into the seal's additional data, so changing any field breaks the seal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub kind: ScopeKind,
+    pub scope: String,
+    pub name: String,
+    /// For a user secret, the repositories that may read it; empty for a repository secret.
+    pub repos: Vec<String>,
+    /// The store generation that wrote this row; the manifest holds the current one.
+    pub version: u64,
+    pub key_id: String,
+    pub sealed: Sealed,
+    pub updated: i64,
+}
+
+/// A sandbox row: the mapping id -> (user, repository), authenticated by a seal of no plaintext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub user: String,
+    pub repo: String,
+    pub created: i64,
+    pub version: u64,
+    pub key_id: String,
+    pub sealed: Sealed,
+}
+
+/// A sealed row of bookkeeping: the key check, the manifest root, one manifest bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaRecord {
+    /// `keycheck`, `root` or `bucket:<n>`.
+    pub name: String,
+    pub key_id: String,
+    pub sealed: Sealed,
+}
+
+/// A row the backend could not decode (wrong type, bad list): named, never fatal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    /// The row as a person would name it (`repository secret X of o/r`, `sandbox <id>`).
+    pub row: String,
+    pub reason: String,
+}
+
+/// Everything a v2 store holds, each row decoded on its own.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub meta: Vec<MetaRecord>,
+    pub secrets: Vec<Result<SecretRecord, Malformed>>,
+    pub sandboxes: Vec<Result<SandboxRecord, Malformed>>,
+}
+
+/// A secret row of a v1 store: sealed with the v1 additional data (kind, scope, name only).
+#[derive(Debug)]
+pub struct V1Secret {
+    pub kind: ScopeKind,
+    pub scope: String,
+    pub name: String,
+    pub repos: Vec<String>,
+    pub sealed: Sealed,
+    pub updated: i64,
+}
+
+/// A v1 store's rows, read for the migration.
+#[derive(Debug, Default)]
+pub struct V1Snapshot {
+    pub keycheck: Option<Sealed>,
+    pub secrets: Vec<Result<V1Secret, Malformed>>,
+    /// Sandboxes: (id, user, repository, created).
+    pub sandboxes: Vec<Result<(String, String, String, i64), Malformed>>,
+}
+
+/// One change of a commit. A commit's changes are applied in one transaction, all or none.
+#[derive(Clone, Debug)]
+pub enum Change {
+    PutSecret(SecretRecord),
+    DeleteSecret {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+    },
+    PutSandbox(SandboxRecord),
+    DeleteSandbox(String),
+    PutMeta(MetaRecord),
+}
+
+/// A database behind the store. Methods run on one connection held by the store's writer; a
+/// second backend (PostgreSQL) implements the same calls with the same schema versions and is
+/// run through the same tests (`tests/store_v2.rs`).
+pub trait Backend: Send {
+    /// Where the data lives, for messages (a path or a redacted URL).
+    fn describe(&self) -> String;
+    /// The schema version present: 0 for an empty database, 1 for an unversioned first-release
+    /// store, else the highest recorded migration.
+    fn schema_version(&mut self) -> Result<u32, StoreError>;
+    /// Reads a v1 store's rows for the migration.
+    fn load_v1(&mut self) -> Result<V1Snapshot, StoreError>;
+    /// Brings the schema from `from` to [`SCHEMA_VERSION`] and writes `rows` (the resealed
+    /// contents), in one transaction: after a crash the store is wholly old or wholly new.
+    fn migrate(&mut self, from: u32, rows: &[Change]) -> Result<(), StoreError>;
+    /// Reads every row of a current store.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Applies `changes` in one durable transaction.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Writes a consistent copy of the whole store to `dest` (a new file, mode 0600) while
+    /// writers may keep going.
+    fn backup(&mut self, dest: &Path) -> Result<(), StoreError>;
+}

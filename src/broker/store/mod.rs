@@ -1,0 +1,2054 @@
+//! The secret store: the rules (existence, per-scope limit), the sealing of every row that decides
+//! access, the manifest that refuses replayed rows, schema migrations, key rotation, backups and
+//! group commit, over a [`Backend`] (SQLite today). Keeps an in-memory copy of the verified rows
+//! that every read uses. Names, values and scopes arrive already validated (see `api`). Holds no
+//! plaintext beyond one request and never logs or formats a value.
+//!
+//! - [`backend`]: the `Backend` trait, its sealed records and schema versions.
+//! - [`sqlite`]: the SQLite backend.
+//! - [`seal`]: key files, key ids, XChaCha20-Poly1305 and the additional data of each row.
+//! - [`keys`]: key rotation files and the generation file beside the key.
+
+pub mod backend;
+pub mod keys;
+pub mod seal;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::acl::{self, PlanEntry, UserGrant};
+use crate::protocol::MAX_SECRETS_PER_SCOPE;
+use backend::{Backend, Change, MetaRecord, SandboxRecord, SecretRecord, SCHEMA_VERSION};
+use keys::FileGeneration;
+pub use keys::{GENERATION_FILE, KEY_FILE, NEXT_KEY_FILE};
+use seal::{aad_v2, CryptoError, KeyRing, Sealed, Sealer};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "secrets.db";
+const KEY_CHECK: &[u8] = b"sandbox-secrets key check v1";
+/// Buckets of the manifest: a change re-seals one bucket and the root, not the whole manifest.
+const BUCKETS: usize = 256;
+
+/// Which level a secret belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeKind {
+    User,
+    Repo,
+}
+
+impl ScopeKind {
+    /// The word stored in the database and bound into the AAD.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::User => "user",
+            ScopeKind::Repo => "repo",
+        }
+    }
+    /// The kind stored as `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(ScopeKind::User),
+            "repo" => Some(ScopeKind::Repo),
+            _ => None,
+        }
+    }
+    /// The word used in messages and CLI output: `user` or `repository`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ScopeKind::User => "user",
+            ScopeKind::Repo => "repository",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {error}")]
+    StateDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("state directory {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid}) or root")]
+    StateDirOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("state directory {path} has mode {mode:04o}: it must not be writable by group or others (chmod 700)")]
+    StateDirMode { path: PathBuf, mode: u32 },
+    #[error("state directory {path} is not writable: {error}")]
+    NotWritable { path: PathBuf, error: nix::Error },
+    #[error(
+        "database {path} is owned by uid {owner}: it must belong to this daemon's uid ({euid})"
+    )]
+    DbOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("database {path} is not a regular file (a symbolic link?)")]
+    DbNotFile { path: PathBuf },
+    #[error("cannot create database {path}: {error}")]
+    DbFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot open database {path}: {error}")]
+    Open {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
+    #[error("database step {step} failed: {error}")]
+    Sql {
+        step: &'static str,
+        error: rusqlite::Error,
+    },
+    #[error("store schema version {found} is newer than this daemon knows ({SCHEMA_VERSION}); run a newer sandbox-secrets")]
+    SchemaTooNew { found: u32 },
+    #[error("cannot back up the store before migrating it: {0}")]
+    MigrationBackup(Box<StoreError>),
+    #[error("cannot write backup {path}: {error}")]
+    Backup {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("key file {path} is missing but the store holds {count} sealed secrets; restore the key file from backup")]
+    MissingKey { path: PathBuf, count: usize },
+    #[error("key file {path} (key id {held}) does not open this store, which is sealed with key id {wanted} (a different key?)")]
+    WrongKey {
+        path: PathBuf,
+        held: String,
+        wanted: String,
+    },
+    #[error("key file {path} exists but the store has no key check: the database was replaced or emptied outside the daemon; restore it from a backup")]
+    KeyCheckMissing { path: PathBuf },
+    #[error("{0}")]
+    Untrusted(String),
+    #[error("store at generation {store} is older than the last one this host wrote ({file}): a restored backup or a rolled-back database; start with `serve --accept-rollback` to serve it anyway")]
+    RolledBack { store: u64, file: u64 },
+    #[error("cannot manage key files in {path}: {error}")]
+    KeyFiles {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{} {scope} already has {MAX_SECRETS_PER_SCOPE} secrets (the limit); delete one first", .kind.noun())]
+    Limit { kind: ScopeKind, scope: String },
+    #[error("no {} secret {name} for {scope}", .kind.noun())]
+    NotFound {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+    },
+    #[error(
+        "user secret {name} of {user} is new: give the repositories that may read it (--repos)"
+    )]
+    ReposRequired { user: String, name: String },
+    #[error("no sandbox {0}")]
+    SandboxNotFound(String),
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
+    #[error("{row} is sealed with key id {id}, which this host does not hold")]
+    RowKey { row: String, id: String },
+    #[error("{row} was refused when the store was opened: {reason}")]
+    Refused { row: String, reason: String },
+    #[error(
+        "{row} was refused when the store was opened: set it again with its repositories (--repos)"
+    )]
+    RefusedNeedsRepos { row: String },
+}
+
+impl StoreError {
+    /// A copy for every member of a failed group commit (a database error keeps its code, so a
+    /// full disk still reads as one).
+    fn for_each_member(&self) -> StoreError {
+        match self {
+            StoreError::Sql { step, error } => StoreError::Sql {
+                step,
+                error: match error {
+                    rusqlite::Error::SqliteFailure(e, msg) => {
+                        rusqlite::Error::SqliteFailure(*e, msg.clone())
+                    }
+                    other => rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(other.to_string()),
+                    ),
+                },
+            },
+            other => StoreError::Untrusted(other.to_string()),
+        }
+    }
+}
+
+/// How `open` treats a store that looks rolled back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Serve a store older than the generation file says (a restored backup), after an
+    /// operator confirmed it; also rebuilds a manifest that does not verify.
+    pub accept_rollback: bool,
+}
+
+/// A secret row as kept in memory: sealed, never plaintext, verified when loaded.
+#[derive(Clone, Debug)]
+struct Row {
+    repos: Vec<String>,
+    version: u64,
+    key_id: Arc<str>,
+    sealed: Sealed,
+    updated: i64,
+    /// Why the row was refused when the store was opened. A refused row is never opened: a
+    /// sandbox whose plan names it gets an error naming it (its repository list is not
+    /// trusted to grant anything, only to fail closed), and it cannot be updated without
+    /// giving its value (and a user secret's repositories) again.
+    refused: Option<Arc<str>>,
+}
+
+/// What `list` shows of a secret: never its value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub scope: ScopeKind,
+    /// The user or repository it belongs to.
+    pub owner: String,
+    /// For a user secret, the repositories that may read it; empty for a repository secret.
+    pub repos: Vec<String>,
+    /// Seconds since the epoch of the last change.
+    pub updated: i64,
+}
+
+/// A sandbox as the store keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxRow {
+    pub id: String,
+    pub user: String,
+    pub repo: String,
+    pub created: i64,
+}
+
+/// The result of a sandbox fetch: the values, in name order, zeroized on drop.
+pub struct Fetched {
+    pub sandbox: SandboxRow,
+    /// The store's generation this answer was read at (see [`Store::generation`]).
+    pub generation: u64,
+    pub secrets: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+/// Which keys this host holds and which rows use them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The key that seals new rows.
+    pub active: String,
+    /// Every key id this host holds (active and retired).
+    pub held: Vec<String>,
+    /// Rows (secrets and sandboxes) per key id.
+    pub rows: BTreeMap<String, usize>,
+}
+
+type Key = (ScopeKind, String, String);
+
+#[derive(Clone, Debug)]
+struct SandboxEntry {
+    row: SandboxRow,
+    version: u64,
+    key_id: Arc<str>,
+}
+
+#[derive(Default)]
+struct Cache {
+    secrets: BTreeMap<Key, Row>,
+    sandboxes: BTreeMap<String, SandboxEntry>,
+}
+
+impl Cache {
+    fn scope_rows<'a>(
+        &'a self,
+        kind: ScopeKind,
+        scope: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Row)> + 'a {
+        self.secrets
+            .range((kind, scope.to_owned(), String::new())..)
+            .take_while(move |((k, s, _), _)| *k == kind && s == scope)
+            .map(|((_, _, n), row)| (n.as_str(), row))
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Sealing of each kind of row
+
+pub(crate) fn what(kind: ScopeKind, scope: &str, name: &str) -> String {
+    format!("{} secret {name} of {scope}", kind.noun())
+}
+
+fn repos_bytes(repos: &[String]) -> Vec<u8> {
+    serde_json::to_vec(repos).unwrap_or_default()
+}
+
+/// Additional data of a secret row: its place, its repository list, version, key and time.
+fn secret_aad(
+    kind: ScopeKind,
+    scope: &str,
+    name: &str,
+    repos: &[String],
+    version: u64,
+    key_id: &str,
+    updated: i64,
+) -> Vec<u8> {
+    aad_v2(
+        "secret",
+        &[
+            kind.as_str().as_bytes(),
+            scope.as_bytes(),
+            name.as_bytes(),
+            &repos_bytes(repos),
+            &version.to_be_bytes(),
+            key_id.as_bytes(),
+            &updated.to_be_bytes(),
+        ],
+    )
+}
+
+/// Additional data of a sandbox row: the whole mapping id -> (user, repository).
+fn sandbox_aad(row: &SandboxRow, version: u64, key_id: &str) -> Vec<u8> {
+    aad_v2(
+        "sandbox",
+        &[
+            row.id.as_bytes(),
+            row.user.as_bytes(),
+            row.repo.as_bytes(),
+            &row.created.to_be_bytes(),
+            &version.to_be_bytes(),
+            key_id.as_bytes(),
+        ],
+    )
+}
+
+fn meta_aad(name: &str, key_id: &str) -> Vec<u8> {
+    aad_v2("meta", &[name.as_bytes(), key_id.as_bytes()])
+}
+
+fn seal_meta(key: &Sealer, name: &str, plain: &[u8]) -> Result<MetaRecord, StoreError> {
+    Ok(MetaRecord {
+        name: name.to_owned(),
+        key_id: key.id().to_string(),
+        sealed: key.seal(plain, &meta_aad(name, key.id()), name)?,
+    })
+}
+
+fn open_meta(ring: &KeyRing, m: &MetaRecord) -> Result<Zeroizing<Vec<u8>>, String> {
+    let key = ring.get(&m.key_id).ok_or_else(|| {
+        format!(
+            "sealed with key id {}, which this host does not hold",
+            m.key_id
+        )
+    })?;
+    key.open(&m.sealed, &meta_aad(&m.name, &m.key_id), &m.name)
+        .map_err(|_| "its seal does not verify (edited or replaced)".to_owned())
+}
+
+fn seal_sandbox(key: &Sealer, row: &SandboxRow, version: u64) -> Result<SandboxRecord, StoreError> {
+    let sealed = key.seal(
+        b"",
+        &sandbox_aad(row, version, key.id()),
+        &format!("sandbox {}", row.id),
+    )?;
+    Ok(SandboxRecord {
+        id: row.id.clone(),
+        user: row.user.clone(),
+        repo: row.repo.clone(),
+        created: row.created,
+        version,
+        key_id: key.id().to_string(),
+        sealed,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The manifest: the current version of every row, sealed in buckets under a sealed root.
+
+fn secret_identity(kind: ScopeKind, scope: &str, name: &str) -> String {
+    format!("s\0{}\0{scope}\0{name}", kind.as_str())
+}
+fn sandbox_identity(id: &str) -> String {
+    format!("b\0{id}")
+}
+/// A manifest identity as a person would name the row.
+fn shown_identity(identity: &str) -> String {
+    let parts: Vec<&str> = identity.split('\0').collect();
+    match parts.as_slice() {
+        ["s", kind, scope, name] => match ScopeKind::parse(kind) {
+            Some(k) => what(k, scope, name),
+            None => identity.replace('\0', " "),
+        },
+        ["b", id] => format!("sandbox {id}"),
+        _ => identity.replace('\0', " "),
+    }
+}
+fn bucket_of(identity: &str) -> usize {
+    // FNV-1a: spreads rows over buckets; the buckets are sealed, so this needs no secrecy.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in identity.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h as usize) % BUCKETS
+}
+fn bucket_name(b: usize) -> String {
+    format!("bucket:{b}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct RootBody {
+    generation: u64,
+    buckets: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BucketBody {
+    version: u64,
+    rows: Vec<(String, u64)>,
+}
+
+#[derive(Clone)]
+struct Manifest {
+    generation: u64,
+    bucket_versions: Vec<u64>,
+    buckets: Vec<BTreeMap<String, u64>>,
+}
+
+impl Manifest {
+    fn new() -> Self {
+        Self {
+            generation: 0,
+            bucket_versions: vec![0; BUCKETS],
+            buckets: vec![BTreeMap::new(); BUCKETS],
+        }
+    }
+    /// Records `identity` at `version` (or its removal) at generation `g`; returns its bucket.
+    fn set(&mut self, identity: String, version: Option<u64>, g: u64) -> usize {
+        let b = bucket_of(&identity);
+        match version {
+            Some(v) => self.buckets[b].insert(identity, v),
+            None => self.buckets[b].remove(&identity),
+        };
+        self.bucket_versions[b] = g;
+        b
+    }
+    /// The sealed rows of the given buckets and of the root, at the current generation.
+    fn sealed(
+        &self,
+        key: &Sealer,
+        buckets: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        for b in buckets {
+            let body = BucketBody {
+                version: self.bucket_versions[b],
+                rows: self.buckets[b]
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+            };
+            let plain = serde_json::to_vec(&body).unwrap_or_default();
+            out.push(Change::PutMeta(seal_meta(key, &bucket_name(b), &plain)?));
+        }
+        let root = RootBody {
+            generation: self.generation,
+            buckets: self.bucket_versions.clone(),
+        };
+        let plain = serde_json::to_vec(&root).unwrap_or_default();
+        out.push(Change::PutMeta(seal_meta(key, "root", &plain)?));
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Group commit
+
+/// One change asked of the store; the writer decides it against the rows and the earlier
+/// changes of its batch.
+enum Op {
+    SetSecret {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+        value: Zeroizing<Vec<u8>>,
+        repos: Option<Vec<String>>,
+    },
+    SetAccess {
+        user: String,
+        name: String,
+        repos: Vec<String>,
+    },
+    DeleteSecret {
+        kind: ScopeKind,
+        scope: String,
+        name: String,
+    },
+    AddSandbox(SandboxRow),
+    RemoveSandbox(String),
+}
+
+enum Outcome {
+    Created(bool),
+    Done,
+    Removed(SandboxRow),
+}
+
+#[derive(Default)]
+struct Queue {
+    next: u64,
+    pending: Vec<(u64, Op)>,
+    done: HashMap<u64, Result<Outcome, StoreError>>,
+}
+
+/// What only the writer touches: the backend and the manifest.
+struct Writer {
+    backend: Box<dyn Backend>,
+    manifest: Manifest,
+}
+
+/// Runs `f`, which may wait on the writer, without stalling a multi-threaded async runtime's
+/// worker: other tasks (more creates joining the next batch) keep running meanwhile.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The store: a backend for durability, an in-memory copy of verified rows for reads, the keys.
+pub struct Store {
+    state_dir: PathBuf,
+    description: String,
+    writer: Mutex<Writer>,
+    queue: Mutex<Queue>,
+    cache: RwLock<Cache>,
+    keys: RwLock<KeyRing>,
+    /// Bumped by every change, under the write lock: answers built at an older generation are
+    /// stale.
+    generation: AtomicU64,
+    /// Rows refused when the store was opened, with the reason.
+    refused: Vec<String>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("db", &self.description)
+            .finish()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The state directory as this daemon must find it: ours or root's, not writable by others.
+fn check_state_dir(state_dir: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|error| StoreError::StateDir {
+            path: state_dir.to_owned(),
+            error,
+        })?;
+    let meta = std::fs::metadata(state_dir).map_err(|error| StoreError::StateDir {
+        path: state_dir.to_owned(),
+        error,
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(StoreError::StateDirOwner {
+            path: state_dir.to_owned(),
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(StoreError::StateDirMode {
+            path: state_dir.to_owned(),
+            mode,
+        });
+    }
+    nix::unistd::access(state_dir, nix::unistd::AccessFlags::W_OK).map_err(|error| {
+        StoreError::NotWritable {
+            path: state_dir.to_owned(),
+            error,
+        }
+    })?;
+    // The database and its journal files: ours, regular files.
+    for name in [DB_FILE, "secrets.db-wal", "secrets.db-shm"] {
+        let path = state_dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => continue,
+            Ok(m) if !m.file_type().is_file() => return Err(StoreError::DbNotFile { path }),
+            Ok(m) if m.uid() != euid => {
+                return Err(StoreError::DbOwner {
+                    path,
+                    owner: m.uid(),
+                    euid,
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `state_dir`, refusing a rolled-back one.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(state_dir, OpenOptions::default())
+    }
+
+    /// Opens the store in `state_dir`: checks the directory, database and key files, finishes
+    /// or undoes an interrupted key rotation, migrates an older schema (after a backup next to
+    /// it), verifies every row against its seal and the manifest (refusing, by name, each row
+    /// that does not verify) and compares the generation with the file beside the key.
+    pub fn open_with(state_dir: &Path, options: OpenOptions) -> Result<Self, StoreError> {
+        check_state_dir(state_dir)?;
+        let db_path = state_dir.join(DB_FILE);
+        let backend = sqlite::Sqlite::open(&db_path)?;
+        Self::open_backend(state_dir, Box::new(backend), options)
+    }
+
+    /// Opens the store over any backend; the key and generation files live in `state_dir`.
+    pub fn open_backend(
+        state_dir: &Path,
+        mut backend: Box<dyn Backend>,
+        options: OpenOptions,
+    ) -> Result<Self, StoreError> {
+        let key_path = state_dir.join(KEY_FILE);
+        let next_path = state_dir.join(NEXT_KEY_FILE);
+        let key_files = |error| StoreError::KeyFiles {
+            path: state_dir.to_owned(),
+            error,
+        };
+        let version = backend.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: version });
+        }
+        if version == 0 {
+            // A new store: the key is written as key.next first, so a crash before the first
+            // commit leaves no `key` without a key check.
+            if keys::load_optional(&key_path)?.is_some() {
+                return Err(StoreError::KeyCheckMissing { path: key_path });
+            }
+            let _ = std::fs::remove_file(&next_path);
+            let key = Sealer::create(&next_path)?;
+            let mut rows = vec![Change::PutMeta(seal_meta(&key, "keycheck", KEY_CHECK)?)];
+            let mut manifest = Manifest::new();
+            manifest.generation = 1;
+            rows.extend(manifest.sealed(&key, [])?);
+            backend.migrate(0, &rows)?;
+            keys::promote_next(state_dir, None).map_err(key_files)?;
+        } else if version == 1 {
+            migrate_v1(state_dir, backend.as_mut())?;
+        }
+
+        let snap = backend.load()?;
+        let meta: HashMap<&str, &MetaRecord> =
+            snap.meta.iter().map(|m| (m.name.as_str(), m)).collect();
+
+        // Settle the key files against the key check: finish or undo a rotation.
+        let key = keys::load_optional(&key_path)?;
+        let next = keys::load_optional(&next_path)?;
+        let Some(check) = meta.get("keycheck") else {
+            return Err(match key {
+                Some(_) => StoreError::KeyCheckMissing { path: key_path },
+                None => StoreError::MissingKey {
+                    path: key_path,
+                    count: snap.secrets.len(),
+                },
+            });
+        };
+        let mut ring = match (key, next) {
+            (Some(k), next) if **k.id() == *check.key_id => {
+                if next.is_some() {
+                    // A rotation that never committed: its key sealed nothing.
+                    std::fs::remove_file(&next_path).map_err(key_files)?;
+                }
+                KeyRing::new(k)
+            }
+            (old, Some(n)) if **n.id() == *check.key_id => {
+                // A rotation that committed but did not finish renaming its files.
+                keys::promote_next(state_dir, old.as_ref()).map_err(key_files)?;
+                let mut ring = KeyRing::new(n);
+                if let Some(old) = old {
+                    ring.add(old);
+                }
+                ring
+            }
+            (None, _) => {
+                return Err(StoreError::MissingKey {
+                    path: key_path,
+                    count: snap.secrets.len(),
+                })
+            }
+            (Some(k), next) => {
+                if next.is_some() {
+                    std::fs::remove_file(&next_path).map_err(key_files)?;
+                }
+                KeyRing::new(k)
+            }
+        };
+        keys::add_retired(state_dir, &mut ring);
+        let Some(check_key) = ring.get(&check.key_id) else {
+            return Err(StoreError::WrongKey {
+                path: key_path,
+                held: ring.active().id().to_string(),
+                wanted: check.key_id.clone(),
+            });
+        };
+        let check_ok = check_key
+            .open(
+                &check.sealed,
+                &meta_aad("keycheck", &check.key_id),
+                "key check",
+            )
+            .is_ok_and(|v| v.as_slice() == KEY_CHECK);
+        if !check_ok {
+            return Err(StoreError::Untrusted(format!(
+                "the key check does not open with key id {}: the database was altered outside the daemon; restore it from a backup",
+                check.key_id
+            )));
+        }
+
+        // The manifest: root, then each bucket against the root.
+        let mut refused = Vec::new();
+        let mut rebuild = false;
+        let root = meta
+            .get("root")
+            .ok_or_else(|| "the manifest root is missing".to_owned())
+            .and_then(|m| open_meta(&ring, m).map_err(|e| format!("the manifest root: {e}")))
+            .and_then(|plain| {
+                serde_json::from_slice::<RootBody>(&plain)
+                    .ok()
+                    .filter(|r| r.buckets.len() == BUCKETS)
+                    .ok_or_else(|| "the manifest root does not decode".to_owned())
+            });
+        let root = match root {
+            Ok(r) => Some(r),
+            Err(why) if options.accept_rollback => {
+                tracing::warn!(reason = %why, "manifest rebuilt from the rows whose seals verify (--accept-rollback)");
+                rebuild = true;
+                None
+            }
+            Err(why) => {
+                return Err(StoreError::Untrusted(format!(
+                    "{why}: the database was altered outside the daemon; restore a backup, or start with `serve --accept-rollback` to serve the rows whose seals verify"
+                )))
+            }
+        };
+        let mut manifest = Manifest::new();
+        let mut bad_buckets = vec![false; BUCKETS];
+        if let Some(root) = &root {
+            manifest.generation = root.generation;
+            manifest.bucket_versions.clone_from(&root.buckets);
+            for (b, &want) in root.buckets.iter().enumerate() {
+                let body = match meta.get(bucket_name(b).as_str()) {
+                    None if want == 0 => continue,
+                    None => Err("is missing".to_owned()),
+                    Some(m) => open_meta(&ring, m).and_then(|p| {
+                        serde_json::from_slice::<BucketBody>(&p)
+                            .map_err(|_| "does not decode".to_owned())
+                    }),
+                };
+                match body {
+                    Ok(body) if body.version == want => {
+                        manifest.buckets[b] = body.rows.into_iter().collect();
+                    }
+                    Ok(body) => {
+                        bad_buckets[b] = true;
+                        refused.push(format!(
+                            "manifest bucket {b}: replayed (version {}, the current one is {want})",
+                            body.version
+                        ));
+                    }
+                    Err(why) => {
+                        bad_buckets[b] = true;
+                        refused.push(format!("manifest bucket {b}: {why}"));
+                    }
+                }
+            }
+        }
+        // Each row must verify against its seal and carry the version the manifest holds.
+        let check_version = |identity: &str, version: u64| -> Result<(), String> {
+            if rebuild {
+                return Ok(());
+            }
+            let b = bucket_of(identity);
+            if bad_buckets[b] {
+                return Err(format!(
+                    "its manifest bucket {b} does not verify, so its version cannot be checked"
+                ));
+            }
+            match manifest.buckets[b].get(identity) {
+                None => Err("it is not in the manifest (a deleted row put back, or a row this daemon never wrote)".to_owned()),
+                Some(v) if *v != version => Err(format!(
+                    "replayed: version {version}, the current one is {v}"
+                )),
+                Some(_) => Ok(()),
+            }
+        };
+        let mut cache = Cache::default();
+        let mut seen = Vec::new();
+        let mut refused_sandboxes = Vec::new();
+        let mut malformed = std::collections::HashSet::new();
+        for rec in snap.secrets {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(m) => {
+                    refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                    malformed.insert(m.row);
+                    continue;
+                }
+            };
+            let name = what(rec.kind, &rec.scope, &rec.name);
+            let identity = secret_identity(rec.kind, &rec.scope, &rec.name);
+            let verdict = check_version(&identity, rec.version).and_then(|()| {
+                let key = ring.get(&rec.key_id).ok_or_else(|| {
+                    format!(
+                        "sealed with key id {}, which this host does not hold",
+                        rec.key_id
+                    )
+                })?;
+                key.open(
+                    &rec.sealed,
+                    &secret_aad(
+                        rec.kind,
+                        &rec.scope,
+                        &rec.name,
+                        &rec.repos,
+                        rec.version,
+                        &rec.key_id,
+                        rec.updated,
+                    ),
+                    &name,
+                )
+                .map(drop)
+                .map_err(|_| {
+                    "its seal does not verify (value, repository list or place edited, or swapped with another row)"
+                        .to_owned()
+                })
+            });
+            let refusal = match verdict {
+                Err(why) => {
+                    refused.push(format!("{name}: {why}"));
+                    Some(Arc::from(why.as_str()))
+                }
+                Ok(()) => {
+                    seen.push((identity, rec.version));
+                    None
+                }
+            };
+            cache.secrets.insert(
+                (rec.kind, rec.scope, rec.name),
+                Row {
+                    repos: rec.repos,
+                    version: rec.version,
+                    key_id: Arc::from(rec.key_id.as_str()),
+                    sealed: rec.sealed,
+                    updated: rec.updated,
+                    refused: refusal,
+                },
+            );
+        }
+        for rec in snap.sandboxes {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(m) => {
+                    refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                    malformed.insert(m.row);
+                    continue;
+                }
+            };
+            let row = SandboxRow {
+                id: rec.id.clone(),
+                user: rec.user,
+                repo: rec.repo,
+                created: rec.created,
+            };
+            let identity = sandbox_identity(&rec.id);
+            let verdict = check_version(&identity, rec.version).and_then(|()| {
+                let key = ring.get(&rec.key_id).ok_or_else(|| {
+                    format!(
+                        "sealed with key id {}, which this host does not hold",
+                        rec.key_id
+                    )
+                })?;
+                key.open(
+                    &rec.sealed,
+                    &sandbox_aad(&row, rec.version, &rec.key_id),
+                    "",
+                )
+                .map(drop)
+                .map_err(|_| {
+                    "its seal does not verify (user or repository re-pointed, or the row edited)"
+                        .to_owned()
+                })
+            });
+            if let Err(why) = verdict {
+                refused.push(format!("sandbox {}: {why}", rec.id));
+                refused_sandboxes.push(identity);
+                continue;
+            }
+            seen.push((identity, rec.version));
+            cache.sandboxes.insert(
+                rec.id,
+                SandboxEntry {
+                    row,
+                    version: rec.version,
+                    key_id: Arc::from(rec.key_id.as_str()),
+                },
+            );
+        }
+        if rebuild {
+            manifest = Manifest::new();
+            let g = seen.iter().map(|(_, v)| *v).max().unwrap_or(0) + 1;
+            for (identity, v) in seen {
+                manifest.set(identity, Some(v), g);
+            }
+            manifest.generation = g;
+        }
+        if !rebuild {
+            // Rows the manifest expects but the database lacks: deleted outside the daemon.
+            let present: std::collections::HashSet<String> = cache
+                .secrets
+                .keys()
+                .map(|(k, sc, n)| secret_identity(*k, sc, n))
+                .chain(refused_sandboxes.iter().cloned())
+                .chain(cache.sandboxes.keys().map(|id| sandbox_identity(id)))
+                .collect();
+            for (b, bucket) in manifest.buckets.iter().enumerate() {
+                if bad_buckets[b] {
+                    continue;
+                }
+                for identity in bucket
+                    .keys()
+                    .filter(|i| !present.contains(*i) && !malformed.contains(&shown_identity(i)))
+                {
+                    tracing::warn!(row = %shown_identity(identity), "row missing from the database (deleted outside the daemon?)");
+                }
+            }
+        }
+        for r in &refused {
+            tracing::error!(row = %r, "row refused: it is not served; every other row is");
+        }
+
+        // Rollback: the generation beside the key must not be ahead of the store's.
+        match keys::read_generation(state_dir, &ring) {
+            FileGeneration::At(file) if file > manifest.generation => {
+                if !options.accept_rollback {
+                    return Err(StoreError::RolledBack {
+                        store: manifest.generation,
+                        file,
+                    });
+                }
+                tracing::warn!(
+                    store = manifest.generation,
+                    file,
+                    "serving a store older than the last one this host wrote (--accept-rollback)"
+                );
+            }
+            FileGeneration::At(file) if file < manifest.generation => {
+                tracing::info!(
+                    store = manifest.generation,
+                    file,
+                    "generation file behind the store (a crash after a commit); updated"
+                );
+            }
+            FileGeneration::At(_) => {}
+            FileGeneration::Missing if manifest.generation <= 1 || options.accept_rollback => {}
+            FileGeneration::Missing => {
+                return Err(StoreError::Untrusted(format!(
+                    "generation file {} is missing but the store is at generation {}: it was removed, or this store was copied from another host; start with `serve --accept-rollback` to serve it anyway",
+                    state_dir.join(GENERATION_FILE).display(),
+                    manifest.generation
+                )))
+            }
+            FileGeneration::Bad(why) if options.accept_rollback => {
+                tracing::warn!(reason = %why, "generation file replaced (--accept-rollback)");
+            }
+            FileGeneration::Bad(why) => {
+                return Err(StoreError::Untrusted(format!(
+                    "{why}; start with `serve --accept-rollback` to serve the store anyway"
+                )))
+            }
+        }
+        let mut writer = Writer { backend, manifest };
+        if rebuild {
+            let g = writer.manifest.generation;
+            let all: Vec<usize> = (0..BUCKETS).collect();
+            let rows = writer.manifest.sealed(ring.active(), all)?;
+            writer.backend.apply(&rows)?;
+            writer.manifest.generation = g;
+        }
+        if let Err(e) = keys::write_generation(state_dir, ring.active(), writer.manifest.generation)
+        {
+            tracing::warn!(error = %e, "cannot update the generation file");
+        }
+        Ok(Self {
+            state_dir: state_dir.to_owned(),
+            description: writer.backend.describe(),
+            writer: Mutex::new(writer),
+            queue: Mutex::new(Queue::default()),
+            cache: RwLock::new(cache),
+            keys: RwLock::new(ring),
+            generation: AtomicU64::new(1),
+            refused,
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current generation: it changes whenever the store does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The persisted generation of the store (the manifest root's), for status and backups.
+    pub fn stored_generation(&self) -> u64 {
+        self.lock_writer().manifest.generation
+    }
+
+    /// Names every row refused when the store was opened, with the reason (already logged).
+    pub fn unreadable(&self) -> Vec<String> {
+        self.refused.clone()
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `op` and waits until a batch holding it is committed (or refused). The first
+    /// waiter to get the writer commits everything queued by then in one transaction.
+    fn submit(&self, op: Op) -> Result<Outcome, StoreError> {
+        let ticket = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.next += 1;
+            let t = q.next;
+            q.pending.push((t, op));
+            t
+        };
+        blocking(|| {
+            let mut writer = self.lock_writer();
+            loop {
+                let batch = {
+                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(r) = q.done.remove(&ticket) {
+                        return r;
+                    }
+                    std::mem::take(&mut q.pending)
+                };
+                let results = self.commit(&mut writer, batch);
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.done.extend(results);
+            }
+        })
+    }
+
+    /// Decides each op of `batch` in order, writes the accepted ones with the touched manifest
+    /// buckets and root in one transaction, then makes them visible.
+    fn commit(
+        &self,
+        writer: &mut Writer,
+        batch: Vec<(u64, Op)>,
+    ) -> Vec<(u64, Result<Outcome, StoreError>)> {
+        let ring = self.ring();
+        let key = Arc::clone(ring.active());
+        let g = writer.manifest.generation + 1;
+        let mut secrets: BTreeMap<Key, Option<Row>> = BTreeMap::new();
+        let mut sandboxes: BTreeMap<String, Option<SandboxEntry>> = BTreeMap::new();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut touched = std::collections::BTreeSet::new();
+        {
+            let cache = self.read();
+            for (ticket, op) in batch {
+                let r = decide(
+                    &cache,
+                    &ring,
+                    &key,
+                    g,
+                    op,
+                    &mut secrets,
+                    &mut sandboxes,
+                    &mut changes,
+                );
+                results.push((ticket, r));
+            }
+        }
+        if changes.is_empty() {
+            return results;
+        }
+        // Changed in place; the touched buckets are saved first so a failed commit restores them.
+        let manifest = &mut writer.manifest;
+        let mut saved: BTreeMap<usize, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+        let old_generation = manifest.generation;
+        for change in &changes {
+            let (identity, version) = match change {
+                Change::PutSecret(r) => (secret_identity(r.kind, &r.scope, &r.name), Some(g)),
+                Change::DeleteSecret { kind, scope, name } => {
+                    (secret_identity(*kind, scope, name), None)
+                }
+                Change::PutSandbox(r) => (sandbox_identity(&r.id), Some(g)),
+                Change::DeleteSandbox(id) => (sandbox_identity(id), None),
+                Change::PutMeta(_) => continue,
+            };
+            let b = bucket_of(&identity);
+            saved
+                .entry(b)
+                .or_insert_with(|| (manifest.buckets[b].clone(), manifest.bucket_versions[b]));
+            touched.insert(manifest.set(identity, version, g));
+        }
+        manifest.generation = g;
+        let written = manifest.sealed(&key, touched).and_then(|meta| {
+            changes.extend(meta);
+            writer.backend.apply(&changes)
+        });
+        if let Err(e) = written {
+            let manifest = &mut writer.manifest;
+            for (b, (rows, version)) in saved {
+                manifest.buckets[b] = rows;
+                manifest.bucket_versions[b] = version;
+            }
+            manifest.generation = old_generation;
+            return results
+                .into_iter()
+                .map(|(t, r)| (t, r.and_then(|_| Err(e.for_each_member()))))
+                .collect();
+        }
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            // Bumped while readers are shut out, so no reader pairs the new generation with old
+            // contents or the old one with new contents.
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            for (k, row) in secrets {
+                match row {
+                    Some(row) => cache.secrets.insert(k, row),
+                    None => cache.secrets.remove(&k),
+                };
+            }
+            for (id, entry) in sandboxes {
+                match entry {
+                    Some(entry) => cache.sandboxes.insert(id, entry),
+                    None => cache.sandboxes.remove(&id),
+                };
+            }
+        }
+        if let Err(e) = keys::write_generation(&self.state_dir, &key, g) {
+            tracing::warn!(error = %e, "cannot update the generation file");
+        }
+        results
+    }
+
+    /// Creates or updates a secret. `repos` is required for a new user secret; for an update
+    /// `None` keeps the current list. Returns true when the secret was created.
+    pub fn set_secret(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        name: &str,
+        value: &str,
+        repos: Option<Vec<String>>,
+    ) -> Result<bool, StoreError> {
+        match self.submit(Op::SetSecret {
+            kind,
+            scope: scope.to_owned(),
+            name: name.to_owned(),
+            value: Zeroizing::new(value.as_bytes().to_vec()),
+            repos,
+        })? {
+            Outcome::Created(c) => Ok(c),
+            _ => Ok(false),
+        }
+    }
+
+    /// Replaces the list of repositories that may read a user secret, without its value.
+    pub fn set_access(&self, user: &str, name: &str, repos: Vec<String>) -> Result<(), StoreError> {
+        self.submit(Op::SetAccess {
+            user: user.to_owned(),
+            name: name.to_owned(),
+            repos,
+        })
+        .map(drop)
+    }
+
+    /// Deletes a secret.
+    pub fn delete_secret(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.submit(Op::DeleteSecret {
+            kind,
+            scope: scope.to_owned(),
+            name: name.to_owned(),
+        })
+        .map(drop)
+    }
+
+    /// Lists the secrets of one user or one repository, by name; never values.
+    pub fn list(&self, kind: ScopeKind, scope: &str) -> Vec<SecretInfo> {
+        self.read()
+            .scope_rows(kind, scope)
+            .map(|(name, row)| SecretInfo {
+                name: name.to_owned(),
+                scope: kind,
+                owner: scope.to_owned(),
+                repos: row.repos.clone(),
+                updated: row.updated,
+            })
+            .collect()
+    }
+
+    /// Which names a sandbox of (`user`, `repo`) gets, and from where.
+    pub fn plan(&self, user: &str, repo: &str) -> Vec<PlanEntry> {
+        plan_in(&self.read(), user, repo)
+    }
+
+    /// Records a new sandbox. Concurrent calls share one transaction (group commit); each
+    /// returns once its row is durable.
+    pub fn add_sandbox(&self, sandbox: SandboxRow) -> Result<(), StoreError> {
+        self.submit(Op::AddSandbox(sandbox)).map(drop)
+    }
+
+    /// Forgets a sandbox.
+    pub fn remove_sandbox(&self, id: &str) -> Result<SandboxRow, StoreError> {
+        match self.submit(Op::RemoveSandbox(id.to_owned()))? {
+            Outcome::Removed(row) => Ok(row),
+            _ => Err(StoreError::SandboxNotFound(id.to_owned())),
+        }
+    }
+
+    /// Every sandbox, by id.
+    pub fn sandboxes(&self) -> Vec<SandboxRow> {
+        self.read()
+            .sandboxes
+            .values()
+            .map(|e| e.row.clone())
+            .collect()
+    }
+
+    /// One sandbox.
+    pub fn sandbox(&self, id: &str) -> Option<SandboxRow> {
+        self.read().sandboxes.get(id).map(|e| e.row.clone())
+    }
+
+    /// The authorized secrets of a sandbox, opened. A value that does not open is an error naming
+    /// the secret; nothing else is returned then.
+    pub fn fetch(&self, id: &str) -> Result<Fetched, StoreError> {
+        let cache = self.read();
+        let generation = self.generation();
+        let sandbox = cache
+            .sandboxes
+            .get(id)
+            .map(|e| e.row.clone())
+            .ok_or_else(|| StoreError::SandboxNotFound(id.to_owned()))?;
+        let entries = plan_in(&cache, &sandbox.user, &sandbox.repo);
+        let ring = self.ring();
+        let mut secrets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (kind, scope) = match entry.from {
+                acl::Level::User => (ScopeKind::User, sandbox.user.as_str()),
+                acl::Level::Repository => (ScopeKind::Repo, sandbox.repo.as_str()),
+            };
+            let key = (kind, scope.to_owned(), entry.name);
+            let row = cache.secrets.get(&key).expect("plan names stored rows");
+            let value = open_row(&ring, kind, scope, &key.2, row)?;
+            secrets.push((key.2, value));
+        }
+        Ok(Fetched {
+            sandbox,
+            generation,
+            secrets,
+        })
+    }
+
+    /// The key ids this host holds and how many rows each seals.
+    pub fn key_status(&self) -> KeyStatus {
+        let ring = self.ring();
+        let cache = self.read();
+        let mut rows: BTreeMap<String, usize> = BTreeMap::new();
+        for row in cache.secrets.values() {
+            *rows.entry(row.key_id.to_string()).or_default() += 1;
+        }
+        for e in cache.sandboxes.values() {
+            *rows.entry(e.key_id.to_string()).or_default() += 1;
+        }
+        KeyStatus {
+            active: ring.active().id().to_string(),
+            held: ring.ids(),
+            rows,
+        }
+    }
+
+    /// Rotates the key: writes a new key as `key.next`, re-seals every row, the manifest and
+    /// the key check under it in one transaction, then keeps the old key as
+    /// `key.retired-<id>` and renames `key.next` to `key`. A crash at any point leaves a store
+    /// that `open` settles to one consistent key. Returns the new key id.
+    pub fn rotate_key(&self) -> Result<String, StoreError> {
+        blocking(|| self.rotate_locked())
+    }
+
+    fn rotate_locked(&self) -> Result<String, StoreError> {
+        let mut writer = self.lock_writer();
+        let key_files = |error| StoreError::KeyFiles {
+            path: self.state_dir.clone(),
+            error,
+        };
+        let next_path = self.state_dir.join(NEXT_KEY_FILE);
+        let _ = std::fs::remove_file(&next_path);
+        let new = Sealer::create(&next_path)?;
+        let old = self.ring();
+        let g = writer.manifest.generation + 1;
+        let mut changes = vec![Change::PutMeta(seal_meta(&new, "keycheck", KEY_CHECK)?)];
+        let mut new_secrets = BTreeMap::new();
+        let mut new_sandboxes = BTreeMap::new();
+        {
+            let cache = self.read();
+            for ((kind, scope, name), row) in &cache.secrets {
+                if row.refused.is_some() {
+                    // Left as it is, under its old key: it stays refused.
+                    new_secrets.insert((*kind, scope.clone(), name.clone()), row.clone());
+                    continue;
+                }
+                let value = open_row(&old, *kind, scope, name, row)?;
+                let rec = seal_secret(
+                    &new,
+                    *kind,
+                    scope,
+                    name,
+                    &value,
+                    row.repos.clone(),
+                    row.version,
+                    row.updated,
+                )?;
+                new_secrets.insert((*kind, scope.clone(), name.clone()), row_of(&rec, new.id()));
+                changes.push(Change::PutSecret(rec));
+            }
+            for (id, e) in &cache.sandboxes {
+                changes.push(Change::PutSandbox(seal_sandbox(&new, &e.row, e.version)?));
+                new_sandboxes.insert(
+                    id.clone(),
+                    SandboxEntry {
+                        key_id: Arc::clone(new.id()),
+                        ..e.clone()
+                    },
+                );
+            }
+        }
+        let mut manifest = writer.manifest.clone();
+        manifest.generation = g;
+        changes.extend(manifest.sealed(&new, 0..BUCKETS)?);
+        drop(old);
+        if let Err(e) = writer.backend.apply(&changes) {
+            let _ = std::fs::remove_file(&next_path);
+            return Err(e);
+        }
+        writer.manifest = manifest;
+        let old_active = {
+            let ring = self.ring();
+            Arc::clone(ring.active())
+        };
+        keys::promote_next(&self.state_dir, Some(&old_active)).map_err(key_files)?;
+        let id = new.id().to_string();
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            cache.secrets = new_secrets;
+            cache.sandboxes = new_sandboxes;
+            self.keys
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .promote(new);
+        }
+        let ring = self.ring();
+        if let Err(e) = keys::write_generation(&self.state_dir, ring.active(), g) {
+            tracing::warn!(error = %e, "cannot update the generation file");
+        }
+        Ok(id)
+    }
+
+    /// Writes a consistent copy of the store to `dest` (which must not exist) while the daemon
+    /// keeps serving; returns the generation the copy holds. Restoring it needs the key files
+    /// of that generation (`key`, and any `key.retired-*` rotated since).
+    pub fn backup(&self, dest: &Path) -> Result<u64, StoreError> {
+        blocking(|| {
+            let mut writer = self.lock_writer();
+            writer.backend.backup(dest)?;
+            Ok(writer.manifest.generation)
+        })
+    }
+}
+
+fn row_of(rec: &SecretRecord, key_id: &Arc<str>) -> Row {
+    Row {
+        repos: rec.repos.clone(),
+        version: rec.version,
+        key_id: Arc::clone(key_id),
+        sealed: rec.sealed.clone(),
+        updated: rec.updated,
+        refused: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn seal_secret(
+    key: &Sealer,
+    kind: ScopeKind,
+    scope: &str,
+    name: &str,
+    value: &[u8],
+    repos: Vec<String>,
+    version: u64,
+    updated: i64,
+) -> Result<SecretRecord, StoreError> {
+    let sealed = key.seal(
+        value,
+        &secret_aad(kind, scope, name, &repos, version, key.id(), updated),
+        &what(kind, scope, name),
+    )?;
+    Ok(SecretRecord {
+        kind,
+        scope: scope.to_owned(),
+        name: name.to_owned(),
+        repos,
+        version,
+        key_id: key.id().to_string(),
+        sealed,
+        updated,
+    })
+}
+
+fn open_row(
+    ring: &KeyRing,
+    kind: ScopeKind,
+    scope: &str,
+    name: &str,
+    row: &Row,
+) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    if let Some(reason) = &row.refused {
+        return Err(StoreError::Refused {
+            row: what(kind, scope, name),
+            reason: reason.to_string(),
+        });
+    }
+    let key = ring.get(&row.key_id).ok_or_else(|| StoreError::RowKey {
+        row: what(kind, scope, name),
+        id: row.key_id.to_string(),
+    })?;
+    Ok(key.open(
+        &row.sealed,
+        &secret_aad(
+            kind,
+            scope,
+            name,
+            &row.repos,
+            row.version,
+            &row.key_id,
+            row.updated,
+        ),
+        &what(kind, scope, name),
+    )?)
+}
+
+/// Decides one op against the rows (`cache`) and the batch's earlier decisions, adding its
+/// changes; the rules are those of a store that applies ops one at a time.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    cache: &Cache,
+    ring: &KeyRing,
+    key: &Sealer,
+    g: u64,
+    op: Op,
+    secrets: &mut BTreeMap<Key, Option<Row>>,
+    sandboxes: &mut BTreeMap<String, Option<SandboxEntry>>,
+    changes: &mut Vec<Change>,
+) -> Result<Outcome, StoreError> {
+    let current = |secrets: &BTreeMap<Key, Option<Row>>, k: &Key| -> Option<Row> {
+        match secrets.get(k) {
+            Some(r) => r.clone(),
+            None => cache.secrets.get(k).cloned(),
+        }
+    };
+    match op {
+        Op::SetSecret {
+            kind,
+            scope,
+            name,
+            value,
+            repos,
+        } => {
+            let k = (kind, scope.clone(), name.clone());
+            let existing = current(secrets, &k);
+            let created = existing.is_none();
+            if created {
+                let mut count = cache.scope_rows(kind, &scope).count();
+                for ((kk, ks, kn), r) in secrets.iter() {
+                    if *kk == kind && *ks == scope {
+                        let in_cache =
+                            cache
+                                .secrets
+                                .contains_key(&(kind, scope.clone(), kn.clone()));
+                        match (r.is_some(), in_cache) {
+                            (true, false) => count += 1,
+                            (false, true) => count -= 1,
+                            _ => {}
+                        }
+                    }
+                }
+                if count >= MAX_SECRETS_PER_SCOPE {
+                    return Err(StoreError::Limit { kind, scope });
+                }
+            }
+            let repos = match (kind, repos, &existing) {
+                (ScopeKind::Repo, _, _) => Vec::new(),
+                (ScopeKind::User, Some(r), _) => r,
+                (ScopeKind::User, None, Some(row)) if row.refused.is_some() => {
+                    return Err(StoreError::RefusedNeedsRepos {
+                        row: what(kind, &scope, &name),
+                    })
+                }
+                (ScopeKind::User, None, Some(row)) => row.repos.clone(),
+                (ScopeKind::User, None, None) => {
+                    return Err(StoreError::ReposRequired { user: scope, name })
+                }
+            };
+            let rec = seal_secret(key, kind, &scope, &name, &value, repos, g, now())?;
+            secrets.insert(k, Some(row_of(&rec, key.id())));
+            changes.push(Change::PutSecret(rec));
+            Ok(Outcome::Created(created))
+        }
+        Op::SetAccess { user, name, repos } => {
+            let k = (ScopeKind::User, user.clone(), name.clone());
+            let Some(old) = current(secrets, &k) else {
+                return Err(StoreError::NotFound {
+                    kind: ScopeKind::User,
+                    scope: user,
+                    name,
+                });
+            };
+            let value = open_row(ring, ScopeKind::User, &user, &name, &old)?;
+            let rec = seal_secret(key, ScopeKind::User, &user, &name, &value, repos, g, now())?;
+            secrets.insert(k, Some(row_of(&rec, key.id())));
+            changes.push(Change::PutSecret(rec));
+            Ok(Outcome::Done)
+        }
+        Op::DeleteSecret { kind, scope, name } => {
+            let k = (kind, scope.clone(), name.clone());
+            if current(secrets, &k).is_none() {
+                return Err(StoreError::NotFound { kind, scope, name });
+            }
+            secrets.insert(k, None);
+            changes.push(Change::DeleteSecret { kind, scope, name });
+            Ok(Outcome::Done)
+        }
+        Op::AddSandbox(row) => {
+            let exists = match sandboxes.get(&row.id) {
+                Some(e) => e.is_some(),
+                None => cache.sandboxes.contains_key(&row.id),
+            };
+            if exists {
+                return Err(StoreError::SandboxExists(row.id));
+            }
+            let rec = seal_sandbox(key, &row, g)?;
+            changes.push(Change::PutSandbox(rec));
+            sandboxes.insert(
+                row.id.clone(),
+                Some(SandboxEntry {
+                    row,
+                    version: g,
+                    key_id: Arc::clone(key.id()),
+                }),
+            );
+            Ok(Outcome::Done)
+        }
+        Op::RemoveSandbox(id) => {
+            let existing = match sandboxes.get(&id) {
+                Some(e) => e.clone(),
+                None => cache.sandboxes.get(&id).cloned(),
+            };
+            let Some(entry) = existing else {
+                return Err(StoreError::SandboxNotFound(id));
+            };
+            sandboxes.insert(id.clone(), None);
+            changes.push(Change::DeleteSandbox(id));
+            Ok(Outcome::Removed(entry.row))
+        }
+    }
+}
+
+fn plan_in(cache: &Cache, user: &str, repo: &str) -> Vec<PlanEntry> {
+    acl::plan(
+        repo,
+        cache
+            .scope_rows(ScopeKind::User, user)
+            .map(|(name, row)| UserGrant {
+                name,
+                repos: &row.repos,
+            }),
+        cache.scope_rows(ScopeKind::Repo, repo).map(|(n, _)| n),
+    )
+}
+
+/// Brings a v1 store to v2: a backup next to the database first, then every row opened with
+/// the v1 additional data and re-sealed with the v2 one (version 1, the key's id), the
+/// sandboxes sealed, the manifest written, all in one transaction.
+fn migrate_v1(state_dir: &Path, backend: &mut dyn Backend) -> Result<(), StoreError> {
+    let key_path = state_dir.join(KEY_FILE);
+    let v1 = backend.load_v1()?;
+    let secrets_count = v1.secrets.len();
+    let key = match keys::load_optional(&key_path)? {
+        Some(k) => k,
+        None if secrets_count == 0 && v1.keycheck.is_none() => {
+            // A v1 store that never finished its first start: nothing is sealed yet.
+            let _ = std::fs::remove_file(state_dir.join(NEXT_KEY_FILE));
+            let k = Sealer::create(&state_dir.join(NEXT_KEY_FILE))?;
+            keys::promote_next(state_dir, None).map_err(|error| StoreError::KeyFiles {
+                path: state_dir.to_owned(),
+                error,
+            })?;
+            k
+        }
+        None => {
+            return Err(StoreError::MissingKey {
+                path: key_path,
+                count: secrets_count,
+            })
+        }
+    };
+    match &v1.keycheck {
+        None if secrets_count > 0 => return Err(StoreError::KeyCheckMissing { path: key_path }),
+        None => {}
+        Some(check) => {
+            let ok = key
+                .open(check, &seal::aad("meta", "", "keycheck"), "key check")
+                .is_ok_and(|v| v.as_slice() == KEY_CHECK);
+            if !ok {
+                return Err(StoreError::WrongKey {
+                    path: key_path,
+                    held: key.id().to_string(),
+                    wanted: "of the v1 key check".to_owned(),
+                });
+            }
+        }
+    }
+    let stamp = now();
+    let backup = state_dir.join(format!("{DB_FILE}.v1-{stamp}.bak"));
+    backend
+        .backup(&backup)
+        .map_err(|e| StoreError::MigrationBackup(Box::new(e)))?;
+    tracing::info!(backup = %backup.display(), "migrating the store from schema 1 to {SCHEMA_VERSION}");
+
+    let g = 1;
+    let mut manifest = Manifest::new();
+    let mut rows = vec![Change::PutMeta(seal_meta(&key, "keycheck", KEY_CHECK)?)];
+    for s in v1.secrets {
+        let s = match s {
+            Ok(s) => s,
+            Err(m) => {
+                tracing::error!(row = %m.row, reason = %m.reason, "malformed v1 row not migrated (it stays in the backup)");
+                continue;
+            }
+        };
+        let name = what(s.kind, &s.scope, &s.name);
+        let Ok(value) = key.open(
+            &s.sealed,
+            &seal::aad(s.kind.as_str(), &s.scope, &s.name),
+            &name,
+        ) else {
+            tracing::error!(row = %name, "v1 row whose seal does not open not migrated (it stays in the backup)");
+            continue;
+        };
+        let rec = seal_secret(
+            &key, s.kind, &s.scope, &s.name, &value, s.repos, g, s.updated,
+        )?;
+        manifest.set(secret_identity(s.kind, &s.scope, &s.name), Some(g), g);
+        rows.push(Change::PutSecret(rec));
+    }
+    for sb in v1.sandboxes {
+        let (id, user, repo, created) = match sb {
+            Ok(t) => t,
+            Err(m) => {
+                tracing::error!(row = %m.row, reason = %m.reason, "malformed v1 row not migrated (it stays in the backup)");
+                continue;
+            }
+        };
+        let row = SandboxRow {
+            id,
+            user,
+            repo,
+            created,
+        };
+        manifest.set(sandbox_identity(&row.id), Some(g), g);
+        rows.push(Change::PutSandbox(seal_sandbox(&key, &row, g)?));
+    }
+    manifest.generation = g;
+    rows.extend(manifest.sealed(&key, 0..BUCKETS)?);
+    backend.migrate(1, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_counts_only_new_names_and_refusal_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..MAX_SECRETS_PER_SCOPE {
+            store
+                .set_secret(ScopeKind::Repo, "o/r", &format!("N{i}"), "v", None)
+                .unwrap();
+        }
+        let e = store
+            .set_secret(ScopeKind::Repo, "o/r", "EXTRA", "v", None)
+            .unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        // Updating an existing one still works; another repository is not affected.
+        assert!(!store
+            .set_secret(ScopeKind::Repo, "o/r", "N0", "w", None)
+            .unwrap());
+        store
+            .set_secret(ScopeKind::Repo, "o/other", "EXTRA", "v", None)
+            .unwrap();
+        assert_eq!(
+            store.list(ScopeKind::Repo, "o/r").len(),
+            MAX_SECRETS_PER_SCOPE
+        );
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            again.list(ScopeKind::Repo, "o/r").len(),
+            MAX_SECRETS_PER_SCOPE
+        );
+        assert!(again.unreadable().is_empty());
+    }
+
+    #[test]
+    fn scope_rows_do_not_bleed_into_neighbouring_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = vec!["o/r".to_string()];
+        store
+            .set_secret(ScopeKind::User, "mon", "A", "1", Some(r.clone()))
+            .unwrap();
+        store
+            .set_secret(ScopeKind::User, "mona", "B", "2", Some(r.clone()))
+            .unwrap();
+        store
+            .set_secret(ScopeKind::User, "monb", "C", "3", Some(r))
+            .unwrap();
+        let names: Vec<_> = store
+            .list(ScopeKind::User, "mona")
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["B"]);
+    }
+
+    /// A batch decides its ops in order, as one-at-a-time would: the limit counts the batch's
+    /// own creates, a sandbox added and removed in one batch is gone, and one refused op does
+    /// not fail the others.
+    #[test]
+    fn a_batch_decides_like_ops_applied_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..MAX_SECRETS_PER_SCOPE - 1 {
+            store
+                .set_secret(ScopeKind::Repo, "o/r", &format!("N{i}"), "v", None)
+                .unwrap();
+        }
+        let sb = SandboxRow {
+            id: "a".repeat(32),
+            user: "mona".into(),
+            repo: "o/r".into(),
+            created: 1,
+        };
+        let mut writer = store.lock_writer();
+        let ops = vec![
+            (
+                1,
+                Op::SetSecret {
+                    kind: ScopeKind::Repo,
+                    scope: "o/r".into(),
+                    name: "LAST".into(),
+                    value: Zeroizing::new(b"x".to_vec()),
+                    repos: None,
+                },
+            ),
+            (
+                2,
+                Op::SetSecret {
+                    kind: ScopeKind::Repo,
+                    scope: "o/r".into(),
+                    name: "OVER".into(),
+                    value: Zeroizing::new(b"x".to_vec()),
+                    repos: None,
+                },
+            ),
+            (3, Op::AddSandbox(sb.clone())),
+            (4, Op::AddSandbox(sb.clone())),
+            (5, Op::RemoveSandbox(sb.id.clone())),
+        ];
+        let results = store.commit(&mut writer, ops);
+        drop(writer);
+        let ok: Vec<bool> = results.iter().map(|(_, r)| r.is_ok()).collect();
+        assert_eq!(ok, [true, false, true, false, true]);
+        assert_eq!(
+            store.list(ScopeKind::Repo, "o/r").len(),
+            MAX_SECRETS_PER_SCOPE
+        );
+        assert!(store.sandbox(&sb.id).is_none());
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
+        assert!(again.sandbox(&sb.id).is_none());
+    }
+
+    fn filled(dir: &Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        store
+            .set_secret(
+                ScopeKind::User,
+                "mona",
+                "T",
+                "t-val",
+                Some(vec!["o/r".into()]),
+            )
+            .unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "R", "r-val", None)
+            .unwrap();
+        store
+            .add_sandbox(SandboxRow {
+                id: "b".repeat(32),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 1,
+            })
+            .unwrap();
+        store
+    }
+
+    fn write_key(path: &Path, bytes: &[u8]) {
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+
+    fn values(store: &Store) -> Vec<(String, Vec<u8>)> {
+        store
+            .fetch(&"b".repeat(32))
+            .unwrap()
+            .secrets
+            .into_iter()
+            .map(|(n, v)| (n, v.to_vec()))
+            .collect()
+    }
+
+    /// Rotation re-seals every row under a new key id; the old key is kept retired; every crash
+    /// point settles to one consistent key set at the next open.
+    #[test]
+    fn rotation_re_seals_everything_and_every_crash_point_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s");
+        let store = filled(&state);
+        let want = values(&store);
+        let before = store.key_status();
+        assert_eq!(before.rows.get(&before.active), Some(&3));
+        let old_key = std::fs::read(state.join(KEY_FILE)).unwrap();
+        let old_copy = dir.path().join("before-rotation.db");
+        store.backup(&old_copy).unwrap();
+        let old_db = std::fs::read(&old_copy).unwrap();
+        let new_id = store.rotate_key().unwrap();
+        assert_ne!(new_id, before.active);
+        let after = store.key_status();
+        assert_eq!(after.active, new_id);
+        assert_eq!(after.rows.len(), 1, "{after:?}");
+        assert_eq!(after.rows.get(&new_id), Some(&3));
+        assert_eq!(values(&store), want);
+        assert!(state
+            .join(format!("key.retired-{}", before.active))
+            .exists());
+        assert!(!state.join(NEXT_KEY_FILE).exists());
+        let new_key = std::fs::read(state.join(KEY_FILE)).unwrap();
+        drop(store);
+        let again = Store::open(&state).unwrap();
+        assert_eq!(values(&again), want);
+        assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
+        drop(again);
+
+        // Committed, files not yet renamed: `key` old, `key.next` new.
+        write_key(&state.join(NEXT_KEY_FILE), &new_key);
+        write_key(&state.join(KEY_FILE), &old_key);
+        std::fs::remove_file(state.join(format!("key.retired-{}", before.active))).unwrap();
+        let settled = Store::open(&state).unwrap();
+        assert_eq!(settled.key_status().active, new_id);
+        assert_eq!(values(&settled), want);
+        assert_eq!(std::fs::read(state.join(KEY_FILE)).unwrap(), new_key);
+        assert!(!state.join(NEXT_KEY_FILE).exists());
+        drop(settled);
+
+        // Committed, `key` already moved away (no `key`, only `key.next`).
+        std::fs::rename(state.join(KEY_FILE), state.join(NEXT_KEY_FILE)).unwrap();
+        let settled = Store::open(&state).unwrap();
+        assert_eq!(values(&settled), want);
+        drop(settled);
+
+        // Not committed: the database still under the old key, a `key.next` left behind.
+        let dir2 = tempfile::tempdir().unwrap();
+        let state2 = dir2.path().join("s");
+        std::fs::create_dir(&state2).unwrap();
+        std::fs::set_permissions(&state2, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        write_key(&state2.join(KEY_FILE), &old_key);
+        write_key(&state2.join(NEXT_KEY_FILE), &new_key);
+        std::fs::write(state2.join(DB_FILE), &old_db).unwrap();
+        // No generation file was copied: this host has never seen the store.
+        let undone = Store::open_with(
+            &state2,
+            OpenOptions {
+                accept_rollback: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(undone.key_status().active, before.active);
+        assert!(!state2.join(NEXT_KEY_FILE).exists());
+    }
+
+    /// A backup is a consistent copy that opens (with the key files) as a store.
+    #[test]
+    fn a_backup_opens_as_the_store_it_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s");
+        let store = filled(&state);
+        let want = values(&store);
+        let copy = dir.path().join("copy.db");
+        let generation = store.backup(&copy).unwrap();
+        assert!(generation > 1);
+        assert!(
+            store.backup(&copy).is_err(),
+            "an existing file is never overwritten"
+        );
+        let restored = dir.path().join("r");
+        std::fs::create_dir(&restored).unwrap();
+        std::fs::set_permissions(
+            &restored,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::copy(&copy, restored.join(DB_FILE)).unwrap();
+        std::fs::copy(state.join(KEY_FILE), restored.join(KEY_FILE)).unwrap();
+        // A host that never saw this store has no generation for it: the operator confirms.
+        let e = Store::open(&restored).unwrap_err().to_string();
+        assert!(e.contains("--accept-rollback"), "{e}");
+        let opened = Store::open_with(
+            &restored,
+            OpenOptions {
+                accept_rollback: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(values(&opened), want);
+        assert_eq!(opened.stored_generation(), generation);
+    }
+
+    /// Every backend this build has, each fresh in its own directory: the store tests that
+    /// speak to a backend run over this list (a PostgreSQL backend joins it).
+    fn backends(dir: &Path) -> Vec<(&'static str, Box<dyn Backend>)> {
+        vec![(
+            "sqlite",
+            Box::new(sqlite::Sqlite::open(&dir.join("contract.db")).unwrap()),
+        )]
+    }
+
+    /// What the store relies on from any backend: an empty store is version 0; `migrate`
+    /// records the version and writes the rows; `apply` writes puts and deletes together;
+    /// `load` returns what was written; `backup` refuses to overwrite.
+    #[test]
+    fn every_backend_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mut b) in backends(dir.path()) {
+            assert_eq!(b.schema_version().unwrap(), 0, "{name}");
+            let key = Sealer::from_key(&[3u8; 32]);
+            let sb = SandboxRow {
+                id: "c".repeat(32),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 7,
+            };
+            let secret = seal_secret(
+                &key,
+                ScopeKind::User,
+                "mona",
+                "T",
+                b"v",
+                vec!["o/r".into()],
+                1,
+                5,
+            )
+            .unwrap();
+            b.migrate(
+                0,
+                &[
+                    Change::PutMeta(seal_meta(&key, "keycheck", KEY_CHECK).unwrap()),
+                    Change::PutSecret(secret.clone()),
+                ],
+            )
+            .unwrap();
+            assert_eq!(b.schema_version().unwrap(), SCHEMA_VERSION, "{name}");
+            b.apply(&[Change::PutSandbox(seal_sandbox(&key, &sb, 2).unwrap())])
+                .unwrap();
+            let snap = b.load().unwrap();
+            assert_eq!(snap.secrets, vec![Ok(secret.clone())], "{name}");
+            assert_eq!(snap.sandboxes.len(), 1);
+            assert_eq!(snap.meta.len(), 1);
+            // One apply: a put and a delete together.
+            let other = SecretRecord {
+                name: "U".into(),
+                ..secret.clone()
+            };
+            b.apply(&[
+                Change::PutSecret(other),
+                Change::DeleteSandbox(sb.id.clone()),
+            ])
+            .unwrap();
+            let snap = b.load().unwrap();
+            assert_eq!(snap.secrets.len(), 2, "{name}");
+            assert!(snap.sandboxes.is_empty(), "{name}");
+            let copy = dir.path().join(format!("{name}.bak"));
+            b.backup(&copy).unwrap();
+            assert!(
+                b.backup(&copy).is_err(),
+                "{name}: a backup never overwrites"
+            );
+        }
+    }
+}
