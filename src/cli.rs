@@ -53,8 +53,11 @@ pub enum Invocation {
         stderr: bool,
         code: u8,
     },
-    /// `sandbox-init env`: print the secrets as `export` lines.
+    /// `sandbox-init env`: print the secrets as `export` lines (or `--format dotenv|json`).
     Env(Options),
+    /// `sandbox-init exec [OPTIONS] [--] CMD...`: fetch, write credentials, `execve` CMD in
+    /// this process (no fork, no supervision).
+    Exec(Options),
     /// Supervise a command (or the login shell).
     Run(Options),
 }
@@ -70,17 +73,23 @@ pub struct Options {
     /// (a peer's verbosity drives its voice instead, `init::voice`).
     pub verbosity: u8,
     pub log_format: LogFormat,
+    /// `sandbox-init env --format`.
+    pub env_format: inject::EnvFormat,
 }
 
 pub const USAGE: &str = "\
 sandbox-init: a container init (PID 1) that injects a sandbox's secrets
 
 Usage: sandbox-init [OPTIONS] [--] [COMMAND [ARGS...]]
-       sandbox-init [OPTIONS] env
+       sandbox-init [OPTIONS] env [--format sh|dotenv|json]
+       sandbox-init exec [OPTIONS] [--] COMMAND [ARGS...]
 
 Without COMMAND the target user's login shell from /etc/passwd is started (or /bin/sh).
 `sandbox-init env` prints the sandbox's secrets as shell `export` lines (for docker exec
-sessions); `sandbox-init -- env` runs the env program instead.
+sessions; `--format dotenv` or `json` for other consumers); `sandbox-init -- env` runs the env
+program instead. `sandbox-init exec` fetches the secrets, writes registry credentials and
+replaces itself with COMMAND (no fork: for `docker exec`, agent harnesses, IDE servers); it
+drops privileges only as root with --user or SANDBOX_INIT_USER and not already that user.
 
 Supervision (tini and dumb-init compatible):
   -s                  become a child subreaper (done anyway whenever not PID 1)
@@ -217,6 +226,8 @@ where
     let mut log_format = LogFormat::Text;
     let mut command = Vec::new();
     let mut env_subcommand = false;
+    let mut exec_subcommand = false;
+    let mut env_format = None;
 
     loop {
         // An explicit `--` ends the options: everything after it is the command, even `env`.
@@ -293,16 +304,27 @@ where
                     .parse()
                     .map_err(|e: String| UsageError(format!("--log-format: {e}")))?;
             }
+            Long("format") => {
+                let v = value_str(&mut parser, "--format")?;
+                env_format = Some(
+                    v.parse()
+                        .map_err(|e: String| UsageError(format!("--format: {e}")))?,
+                );
+            }
+            // The subcommands come first among the values; their options may follow them.
+            Value(first) if first == "env" && !env_subcommand && !exec_subcommand => {
+                env_subcommand = true;
+            }
+            Value(first) if first == "exec" && !env_subcommand && !exec_subcommand => {
+                exec_subcommand = true;
+            }
             Value(first) => {
                 let rest: Vec<OsString> = parser.raw_args()?.collect();
-                if first == "env" {
-                    if let Some(extra) = rest.first() {
-                        return Err(UsageError(format!(
-                            "env takes no arguments (got {extra:?}); to run the env program \
-                             use `sandbox-init -- env ...`"
-                        )));
-                    }
-                    env_subcommand = true;
+                if env_subcommand {
+                    return Err(UsageError(format!(
+                        "env takes no arguments (got {first:?}); to run the env program use \
+                         `sandbox-init -- env ...`"
+                    )));
                 } else {
                     command.push(first);
                     command.extend(rest);
@@ -367,9 +389,30 @@ where
         },
         verbosity,
         log_format,
+        env_format: env_format.unwrap_or_default(),
     };
+    if env_format.is_some() && !env_subcommand {
+        return Err(UsageError(
+            "--format is an option of `sandbox-init env`".into(),
+        ));
+    }
+    if env_subcommand && !opts.init.command.is_empty() {
+        return Err(UsageError(
+            "env takes no arguments; to run the env program use `sandbox-init -- env ...`".into(),
+        ));
+    }
     Ok(if env_subcommand {
         Invocation::Env(opts)
+    } else if exec_subcommand {
+        if opts.init.command.is_empty() {
+            return Err(UsageError(
+                "exec needs a command: sandbox-init exec -- CMD".into(),
+            ));
+        }
+        // Not an init: no subreaper, nothing to supervise.
+        let mut opts = opts;
+        opts.init.subreaper = false;
+        Invocation::Exec(opts)
     } else {
         Invocation::Run(opts)
     })
@@ -781,6 +824,7 @@ fn peer_run(mut o: init::Options, env: &dyn Fn(&str) -> Option<OsString>) -> Inv
         },
         verbosity: 0,
         log_format: LogFormat::Text,
+        env_format: inject::EnvFormat::Sh,
     })
 }
 
@@ -1060,6 +1104,45 @@ mod tests {
         assert_eq!(cmd(&run(&["--", "env", "-i"])), vec!["env", "-i"]);
         assert!(err(&["env", "FOO=1"]).contains("env takes no arguments"));
         assert_eq!(cmd(&run(&["envx"])), vec!["envx"]);
+    }
+
+    #[test]
+    fn env_formats_and_exec_take_their_options_after_the_subcommand() {
+        match parse(["env", "--format", "json"], &no_env) {
+            Ok(Invocation::Env(o)) => assert_eq!(o.env_format, inject::EnvFormat::Json),
+            other => panic!("{other:?}"),
+        }
+        match parse(["--socket", "/s", "env", "--format=dotenv"], &no_env) {
+            Ok(Invocation::Env(o)) => {
+                assert_eq!(o.env_format, inject::EnvFormat::Dotenv);
+                assert_eq!(o.secrets.socket, PathBuf::from("/s"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(["env"], &no_env) {
+            Ok(Invocation::Env(o)) => assert_eq!(o.env_format, inject::EnvFormat::Sh),
+            other => panic!("{other:?}"),
+        }
+        assert!(err(&["env", "--format", "yaml"]).contains("not one of sh, dotenv, json"));
+        assert!(err(&["--format", "json", "--", "x"]).contains("option of `sandbox-init env`"));
+        assert!(err(&["env", "--", "x"]).contains("env takes no arguments"));
+        assert!(err(&["env", "env"]).contains("env takes no arguments"));
+
+        match parse(["exec", "--user", "dev", "--", "npm", "test"], &no_env) {
+            Ok(Invocation::Exec(o)) => {
+                assert_eq!(cmd(&o), vec!["npm", "test"]);
+                assert!(o.init.user.is_some());
+                assert!(!o.init.subreaper, "exec is not an init");
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(["exec", "sh", "-c", "--user"], &no_env) {
+            Ok(Invocation::Exec(o)) => assert_eq!(cmd(&o), vec!["sh", "-c", "--user"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(err(&["exec"]).contains("exec needs a command"));
+        assert!(err(&["exec", "--"]).contains("exec needs a command"));
+        assert_eq!(cmd(&run(&["--", "exec", "x"])), vec!["exec", "x"]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! sandbox-init: a static PID-1 init that injects a sandbox's authorized secrets, and the
 //! broker daemon that stores them and serves each sandbox only its own.
 //!
-//! - [`protocol`]: wire types, secret-name and value rules, the unix-socket HTTP client; the only
-//!   module both sides share.
+//! - [`protocol`]: wire types, secret-name and value rules, the unix-socket HTTP clients (the
+//!   init's blocking [`protocol::http1`]; the broker's on hyper); the only module both sides share.
 //! - [`cli`]: the `sandbox-init` command line and its multi-call modes (tini, dumb-init); fills
 //!   the options of `init` and `inject`, the floor above both.
 //! - [`init`]: PID 1: signals, spawn, reaping, privilege drop, the peers' voices; knows nothing

@@ -1,20 +1,30 @@
 //! The contract both sides share: wire types of `GET /v1/secrets`, the secret-name, value and
-//! repository rules, and a small HTTP/1.1 client over a unix socket. Nothing here touches signals,
-//! the store or the environment; no function here logs or formats a secret value.
+//! repository rules, and the HTTP/1.1 clients over a unix socket: the init's blocking one
+//! ([`http1`]), and the broker's async one on hyper (feature `broker`). Nothing here touches
+//! signals, the store or the environment; no function here logs or formats a secret value.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "broker")]
+use std::path::Path;
+use std::path::PathBuf;
 
-use bytes::Bytes;
+#[cfg(feature = "broker")]
 use http_body_util::{BodyExt, Full};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
+pub mod http1;
+
 /// Path of the sandbox API.
 pub const SECRETS_PATH: &str = "/v1/secrets";
 /// Where `sandbox-init` looks for the sandbox socket by default.
 pub const DEFAULT_SANDBOX_SOCKET: &str = "/run/sandbox/secrets.sock";
+/// The marker file the daemon keeps beside a sandbox's socket, in the directory the platform
+/// mounts: present with no socket means a broker serves this directory but is not up (stopping,
+/// restarting), so the init waits for the socket and then fails closed rather than start without
+/// secrets.
+pub const MARKER_NAME: &str = "broker";
 /// Largest secret value, in bytes of UTF-8.
 pub const MAX_VALUE_BYTES: usize = 48 * 1024;
 /// Most secrets one user, or one repository, may hold.
@@ -615,12 +625,13 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("HTTP exchange with {socket} failed")]
-    Http {
-        socket: PathBuf,
-        source: hyper::Error,
-    },
+    Http { socket: PathBuf, source: HttpError },
     #[error("answer from {socket} is larger than {limit} bytes")]
     TooLarge { socket: PathBuf, limit: usize },
+    /// The deadline of [`http1::get`] passed before the answer was complete.
+    #[error("no complete answer from {socket} in time")]
+    Deadline { socket: PathBuf },
+    #[cfg(feature = "broker")]
     #[error("cannot build request for {path}")]
     Request {
         path: String,
@@ -628,15 +639,42 @@ pub enum ClientError {
     },
 }
 
-/// A complete answer: status and body. The body is zeroized on drop because it may hold secrets.
+/// What broke an HTTP exchange: the socket, or an answer that is not HTTP/1.1 (named, never
+/// quoted).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[cfg(feature = "broker")]
+    #[error(transparent)]
+    Hyper(hyper::Error),
+}
+
+/// A complete answer: status, headers (names lower-case) and body. The body is zeroized on drop
+/// because it may hold secrets.
 pub struct Answer {
-    pub status: hyper::StatusCode,
+    pub status: http::StatusCode,
+    pub headers: Vec<(String, String)>,
     pub body: Zeroizing<Vec<u8>>,
+}
+
+impl Answer {
+    /// The value of the first header called `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Sends one HTTP/1.1 request over the unix socket at `socket` and reads the whole answer,
 /// refusing bodies larger than `limit`. Timeouts are the caller's (wrap in `tokio::time::timeout`).
-/// Must run inside a tokio runtime (current-thread is enough).
+/// Must run inside a tokio runtime (current-thread is enough). The broker's admin client; the
+/// init uses [`http1::get`].
+#[cfg(feature = "broker")]
 pub async fn unix_request(
     socket: &Path,
     method: hyper::Method,
@@ -655,6 +693,7 @@ pub async fn unix_request(
 
 /// [`unix_request`] on a stream the caller has already connected (and checked, e.g. its peer's
 /// credentials); `socket` only names it in errors.
+#[cfg(feature = "broker")]
 pub async fn request_on(
     stream: tokio::net::UnixStream,
     socket: &Path,
@@ -665,7 +704,7 @@ pub async fn request_on(
 ) -> Result<Answer, ClientError> {
     let http = |source| ClientError::Http {
         socket: socket.to_owned(),
-        source,
+        source: HttpError::Hyper(source),
     };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -680,13 +719,21 @@ pub async fn request_on(
         builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
     }
     let request = builder
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
         .map_err(|source| ClientError::Request {
             path: path.to_owned(),
             source,
         })?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), v)
+        })
+        .collect();
     let mut incoming = response.into_body();
     let mut out = Zeroizing::new(Vec::new());
     while let Some(frame) = incoming.frame().await {
@@ -711,7 +758,11 @@ pub async fn request_on(
         }
     }
     conn.abort();
-    Ok(Answer { status, body: out })
+    Ok(Answer {
+        status,
+        headers,
+        body: out,
+    })
 }
 
 #[cfg(test)]

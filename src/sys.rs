@@ -281,9 +281,8 @@ impl ExecSpec {
 
 /// The init's global allocator: the system allocator, except that every block is zeroed before
 /// it goes back (on `dealloc`, and for the old block of a `realloc` that moves). Buffers the init
-/// does not own, such as hyper's read buffer holding the raw broker answer or serde_json's
-/// scratch string, would otherwise leave copies of values in freed heap memory for as long as
-/// the init supervises its child. Installed by `src/bin/sandbox-init.rs` only (not the daemon,
+/// does not own, such as serde_json's scratch string, would otherwise leave copies of values in
+/// freed heap memory for as long as the init supervises its child. Installed by `src/bin/sandbox-init.rs` only (not the daemon,
 /// not the tests).
 pub struct ZeroizingAlloc;
 

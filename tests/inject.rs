@@ -612,7 +612,7 @@ fn env_output(
     env: &[(OsString, OsString)],
 ) -> Result<String, String> {
     let mut out = Vec::new();
-    inject::write_env(&opts(socket, policy), env, &mut out)
+    inject::write_env(&opts(socket, policy), inject::EnvFormat::Sh, env, &mut out)
         .map(|()| String::from_utf8(out).unwrap())
         .map_err(|e| inject::chain(&e))
 }
@@ -693,7 +693,7 @@ fn env_exports_a_file_for_an_oversized_value() {
     assert_eq!(
         text,
         format!(
-            "export SMALL='s'\nexport BIG_FILE='{}'\n",
+            "export SMALL='s'\nexport BIG_FILE='{}'\nexport SANDBOX_SECRETS_NAMES='SMALL BIG_FILE'\n",
             spill.join("BIG").display()
         )
     );

@@ -468,6 +468,55 @@ fn signals_reach_the_child() {
     }
 }
 
+/// Every standard signal a process can catch (1 to 31 but KILL, STOP, and CHLD, which tells the
+/// init to reap) and two real-time ones, each trapped by number in the child.
+const EVERY_SIGNAL: [i32; 30] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 18, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+    30, 31, 40, 64,
+];
+
+#[test]
+fn all_31_standard_signals_and_two_realtime_ones_are_forwarded_or_act_as_documented() {
+    let mut traps = String::new();
+    for s in EVERY_SIGNAL {
+        traps.push_str(&format!("trap 'echo {s} >> \"$D/got\"' {s}\n"));
+    }
+    let script = format!(
+        "{traps}echo ready > \"$D/ready\"\n\
+         while :; do sleep 1 & wait $!; done\n"
+    );
+    for mode in modes("every signal") {
+        let dir = tempdir();
+        let s = write_script(dir.path(), "every.sh", &script);
+        let run = start(dir.path(), mode, &["--", "sh", &s]);
+        await_file(&run, &dir.path().join("ready"), "ready");
+        let got = dir.path().join("got");
+        let mut want = String::new();
+        for sig in EVERY_SIGNAL {
+            run.signal(&sig.to_string());
+            want.push_str(&format!("{sig}\n"));
+            await_file(&run, &got, &want);
+        }
+        // CHLD from outside makes the init reap (nothing to reap): the child goes on. STOP and
+        // KILL cannot be caught: they act on the init itself (KILL ends it, and as PID 1 its
+        // namespace with the child).
+        run.signal("17");
+        run.signal("STOP");
+        run.signal("CONT");
+        await_file(&run, &got, &format!("{want}18\n"));
+        run.signal("KILL");
+        let out = run.wait();
+        assert_eq!(
+            fs::read_to_string(&got).unwrap(),
+            format!("{want}18\n"),
+            "each signal arrived once, in order\n{}",
+            out.desc
+        );
+        // Killed (as PID 1, `unshare` reports its child's SIGKILL its own way).
+        assert!(out.code != Some(0), "{}", out.desc);
+    }
+}
+
 #[test]
 fn rewrite_maps_and_drops_signals() {
     for mode in modes("-r rewrite") {

@@ -982,6 +982,54 @@ fn every_command_and_error_path_at_trace_level_leaks_no_value() {
         show(&sh, &back)
     );
 
+    // sandbox-init exec, and its failures after the fetch (not found, not executable): its
+    // trace log and errors hold no value.
+    for (command, code) in [("true", 0), ("no-such-command-x", 127), ("/", 126)] {
+        let out = init_run(
+            &mut ev,
+            &[
+                ("SANDBOX_SECRETS_SOCKET", &socket),
+                ("SANDBOX_INIT_SECRETS_DIR", &spill),
+            ],
+            &["exec", "--", command],
+            512,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `env --format json` and `dotenv` hold values by design: read back, kept out of the
+    // evidence.
+    let out = init_run(
+        &mut ev,
+        &[
+            ("SANDBOX_SECRETS_SOCKET", &socket),
+            ("SANDBOX_INIT_SECRETS_DIR", &spill),
+        ],
+        &["env", "--format", "json"],
+        8192,
+    );
+    ev.items
+        .retain(|(label, _)| !(label.starts_with("stdout of") && label.contains("\"env\"")));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, _, v) in seeds() {
+        let file = format!("{name}_FILE");
+        match (json.get(name), json.get(&file)) {
+            (Some(got), _) => assert!(
+                got.as_str() == Some(v.as_str()),
+                "{name} did not read back from JSON"
+            ),
+            (None, Some(path)) => assert!(
+                std::fs::read_to_string(path.as_str().unwrap()).unwrap() == v,
+                "{name} did not read back from its file"
+            ),
+            (None, None) => panic!("{name} missing from env --format json"),
+        }
+    }
+
     // The init as PID 1's setup steps with faults. A dead sandbox socket:
     let dead_socket = w.join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&dead_socket).unwrap());

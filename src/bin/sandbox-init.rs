@@ -60,26 +60,39 @@ fn main() -> ExitCode {
             // A plain command, not an init: Ctrl-C must work.
             let _ = sys::set_mask(&masks.original);
             logging::install(init::log_level(opts.verbosity), opts.log_format);
-            match inject::print_env(&opts.secrets) {
+            match inject::print_env(&opts.secrets, opts.env_format) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("secrets: ", &e),
             }
         }
-        Invocation::Run(opts) => {
-            logging::install(init::log_level(opts.verbosity), opts.log_format);
-            match run(opts, masks, core) {
-                Ok(code) => ExitCode::from(code),
-                Err(Failed::Setup(e)) => fail("", &e),
-                Err(Failed::Secrets(e)) => fail("secrets: ", &e),
-            }
-        }
+        Invocation::Run(opts) => start(opts, masks, core, false),
+        Invocation::Exec(opts) => start(opts, masks, core, true),
     }
 }
 
-/// The init: resolve the user, fetch and place the secrets for that user, then start and
-/// supervise the command with them.
-fn run(opts: cli::Options, masks: sys::Masks, core: init::CoreLimit) -> Result<u8, Failed> {
-    let who = init::setup(&opts.init).map_err(Failed::Setup)?;
+/// The init (`exec`: false) or `sandbox-init exec` (true), with one exit-code policy.
+fn start(opts: cli::Options, masks: sys::Masks, core: init::CoreLimit, exec: bool) -> ExitCode {
+    logging::install(init::log_level(opts.verbosity), opts.log_format);
+    match run(opts, masks, core, exec) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failed::Setup(e)) => fail_with(e.exit_code(), "", &e),
+        Err(Failed::Secrets(e)) => fail("secrets: ", &e),
+    }
+}
+
+/// Resolve the user, fetch and place the secrets for that user, then start and supervise the
+/// command with them; with `exec`, for the user this process will run as
+/// (`init::Identity::for_exec`), then become the command (returns only on failure).
+fn run(
+    opts: cli::Options,
+    masks: sys::Masks,
+    core: init::CoreLimit,
+    exec: bool,
+) -> Result<u8, Failed> {
+    let mut who = init::setup(&opts.init).map_err(Failed::Setup)?;
+    if exec {
+        who = who.for_exec();
+    }
     let inherited: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let target = inject::Target {
         uid: who.uid,
@@ -87,16 +100,26 @@ fn run(opts: cli::Options, masks: sys::Masks, core: init::CoreLimit) -> Result<u
         home: who.home.clone(),
     };
     let prepared = inject::prepare(&opts.secrets, &target, &inherited).map_err(Failed::Secrets)?;
-    let extra = init::ExtraEnv {
+    let extra = extra_env(prepared);
+    if exec {
+        return Err(Failed::Setup(init::exec(
+            &opts.init, who, &inherited, extra, masks, core,
+        )));
+    }
+    init::run(&opts.init, who, &inherited, extra, masks, core).map_err(Failed::Setup)
+}
+
+/// The secrets step's variables as the init's extra environment (the values move into the
+/// init's zeroizing strings; `prepared` is dropped, zeroized, here).
+fn extra_env(prepared: inject::Prepared) -> init::ExtraEnv {
+    init::ExtraEnv {
         add: prepared
             .vars
             .iter()
             .map(|(k, v)| (k.clone(), Zeroizing::new(v.expose_secret().to_owned())))
             .collect(),
         remove: prepared.unset.clone(),
-    };
-    drop(prepared);
-    init::run(&opts.init, who, &inherited, extra, masks, core).map_err(Failed::Setup)
+    }
 }
 
 /// Why the init stopped before its child started.
@@ -107,8 +130,13 @@ enum Failed {
 
 /// Prints a setup failure once, with its chain of causes, and exits 1.
 fn fail(step: &str, e: &dyn std::error::Error) -> ExitCode {
+    fail_with(1, step, e)
+}
+
+/// As [`fail`], with the exit status `code`.
+fn fail_with(code: u8, step: &str, e: &dyn std::error::Error) -> ExitCode {
     logging::to_stderr(format_args!("sandbox-init: {step}{}\n", inject::chain(e)));
-    ExitCode::from(1)
+    ExitCode::from(code)
 }
 
 /// `--help` and `--version`: 0 when the text was written, else 1 (the text is lost).

@@ -176,6 +176,10 @@ pub struct Daemon {
     live: Mutex<Live>,
     /// Built sandbox answers, per store generation.
     answers: AnswerCache,
+    /// Sandboxes with a watch (a long-polling `GET /v1/secrets`) open: woken after a change
+    /// that alters their answer ([`Daemon::wake_watchers`]). One entry per watched sandbox,
+    /// bounded by the connections the daemon serves.
+    watches: Mutex<HashMap<Box<str>, Arc<Watch>>>,
     serve: ServeSandbox,
     /// Connections open over all sockets.
     connections: AtomicUsize,
@@ -206,6 +210,7 @@ impl Daemon {
                 drain: Some(DrainGuard(tx)),
             }),
             answers: AnswerCache::default(),
+            watches: Mutex::new(HashMap::new()),
             serve,
             connections: AtomicUsize::new(0),
             fd_limit,
@@ -411,11 +416,64 @@ impl Daemon {
             .collect()
     }
 
+    /// Opens a watch on sandbox `id` (one more waiter; the entry goes with the last one).
+    pub fn watch(self: &Arc<Self>, id: &str) -> WatchGuard {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let watch = Arc::clone(
+            watches
+                .entry(id.into())
+                .or_insert_with(|| Arc::new(Watch::default())),
+        );
+        watch.waiters.fetch_add(1, Ordering::AcqRel);
+        WatchGuard {
+            daemon: Arc::clone(self),
+            id: id.into(),
+            watch,
+        }
+    }
+
+    /// After a change to the store: every watched sandbox whose answer now differs from the one
+    /// its watchers hold is woken. Returns the ids woken (sorted). No polling: this runs once per
+    /// change, and only for sandboxes with a watch open.
+    pub fn wake_watchers(&self) -> Vec<String> {
+        let watched: Vec<(Box<str>, Arc<Watch>)> = self
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, w)| (id.clone(), Arc::clone(w)))
+            .collect();
+        let mut woken = Vec::new();
+        for (id, watch) in watched {
+            // Gone or unservable (0): the watchers learn it from their next answer.
+            let now = self.answer_tag(&id).unwrap_or(0);
+            if now != watch.etag.load(Ordering::Acquire) {
+                watch.etag.store(now, Ordering::Release);
+                watch.changed.notify_waiters();
+                woken.push(id.into());
+            }
+        }
+        woken.sort();
+        woken
+    }
+
     /// The `GET /v1/secrets` answer of sandbox `id`: from the cache when built at the current
     /// generation, else opened, encoded by [`protocol::encode_answer`] and cached. Audited.
     pub fn answer(&self, id: &str) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
+        self.build(id, true)
+    }
+
+    /// The [`etag`] of sandbox `id`'s answer now, not audited (nothing is sent).
+    pub fn answer_tag(&self, id: &str) -> Result<u64, DaemonError> {
+        self.build(id, false).map(|body| etag(&body))
+    }
+
+    /// [`Daemon::answer`], audited as a read or not (the daemon's own check for a change).
+    fn build(&self, id: &str, audited: bool) -> Result<Arc<Zeroizing<Vec<u8>>>, DaemonError> {
         if let Some(c) = self.answers.get(id, self.store.generation()) {
-            audit::secrets_read(id, &c.repository, c.count, &c.names);
+            if audited {
+                audit::secrets_read(id, &c.repository, c.count, &c.names);
+            }
             return Ok(Arc::clone(&c.body));
         }
         let fetched = self.store.fetch(id).map_err(|e| match e {
@@ -435,12 +493,14 @@ impl Daemon {
         ));
         let names: Vec<&str> = fetched.secrets.iter().map(|(n, _)| n.as_str()).collect();
         let names = names.join(",");
-        audit::secrets_read(
-            &fetched.sandbox.id,
-            &fetched.sandbox.repo,
-            fetched.secrets.len(),
-            &names,
-        );
+        if audited {
+            audit::secrets_read(
+                &fetched.sandbox.id,
+                &fetched.sandbox.repo,
+                fetched.secrets.len(),
+                &names,
+            );
+        }
         self.answers.put(
             id,
             CachedAnswer {
@@ -453,6 +513,56 @@ impl Daemon {
         );
         Ok(body)
     }
+}
+
+/// One watched sandbox: the digest of the answer its watchers hold, and their wake-up.
+#[derive(Default)]
+pub struct Watch {
+    etag: std::sync::atomic::AtomicU64,
+    changed: Notify,
+    waiters: AtomicUsize,
+}
+
+/// A watcher's hold on its sandbox's [`Watch`]; the entry is removed with the last holder.
+pub struct WatchGuard {
+    daemon: Arc<Daemon>,
+    id: Box<str>,
+    watch: Arc<Watch>,
+}
+
+impl WatchGuard {
+    /// Records the answer this watcher holds (its digest), so a change is measured against it.
+    pub fn holds(&self, etag: u64) {
+        self.watch.etag.store(etag, Ordering::Release);
+    }
+    /// Resolves when [`Daemon::wake_watchers`] found the sandbox's answer changed. Create it
+    /// (and `enable` it) before reading the answer, so no change falls in between.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.watch.changed.notified()
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut watches = self
+            .daemon
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.watch.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            watches.remove(&self.id);
+        }
+    }
+}
+
+/// The entity tag of an answer: a 64-bit SipHash of its bytes (stable across daemon restarts,
+/// so a watcher that reconnects after one is not woken for nothing). Only the sandbox that holds
+/// the answer ever sees it.
+pub fn etag(body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(body);
+    h.finish().max(1)
 }
 
 /// Descriptors this process holds now (0 when /proc cannot say).

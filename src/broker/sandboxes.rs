@@ -20,6 +20,10 @@ pub const SANDBOX_SOCKET_MODE: u32 = 0o666;
 pub const ADMIN_SOCKET_MODE: u32 = 0o600;
 /// File name of a sandbox's socket inside its directory.
 pub const SOCKET_NAME: &str = "secrets.sock";
+/// File name of the marker beside it: "a broker serves this directory".
+pub const MARKER_NAME: &str = crate::protocol::MARKER_NAME;
+/// Mode of the marker: read-only for everyone.
+pub const MARKER_MODE: u32 = 0o444;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -311,6 +315,7 @@ impl Layout {
     pub fn bind_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
         let dir = self.sandbox_dir(id)?;
         mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
+        self.place_marker(id, &dir)?;
         let staging = self.staging_socket(id)?;
         // A staging socket left by a daemon killed mid-create is removed and the bind retried.
         let listener = match bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE) {
@@ -334,6 +339,40 @@ impl Layout {
         Ok(listener)
     }
 
+    /// Writes the marker (`protocol::MARKER_NAME`, 0444) that tells the init a broker serves
+    /// this directory, before the socket exists and kept when the daemon stops. Like the socket
+    /// it is written in `sandboxes/` and renamed into place: a symlink or file the container put
+    /// under that name is replaced, never followed or written through.
+    fn place_marker(&self, id: &str, dir: &Path) -> Result<(), SandboxError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let staging = self
+            .sandboxes_dir()
+            .join(format!(".{}.marker", check_id(id)?));
+        remove_file_quietly(&staging)?;
+        let to = dir.join(MARKER_NAME);
+        let place = |source| SandboxError::Place {
+            from: staging.clone(),
+            to: to.clone(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(MARKER_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&staging)
+            .and_then(|mut f| {
+                f.set_permissions(Permissions::from_mode(MARKER_MODE))?;
+                f.write_all(b"served by sandbox-secrets\n")
+            })
+            .map_err(place)?;
+        std::fs::rename(&staging, &to).map_err(|e| {
+            let _ = std::fs::remove_file(&staging);
+            place(e)
+        })
+    }
+
     /// Removes a sandbox's socket and directory (a missing one is not an error). Anything but a
     /// real directory under the sandbox's name (a symlink put there) is unlinked itself, never
     /// followed.
@@ -346,6 +385,7 @@ impl Layout {
         }
         remove_file_quietly(&self.staging_socket(id)?)?;
         remove_file_quietly(&dir.join(SOCKET_NAME))?;
+        remove_file_quietly(&dir.join(MARKER_NAME))?;
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Remove {
                 path: dir,
@@ -532,6 +572,36 @@ mod tests {
         assert!(e.contains("cannot move the socket"), "{e}");
         assert_eq!(std::fs::read(at.join("keep")).unwrap(), b"x");
         assert!(!layout.staging_socket(&id).unwrap().exists());
+    }
+
+    #[test]
+    fn the_marker_is_read_only_replaces_what_the_container_planted_and_outlives_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("run"));
+        layout.prepare().unwrap();
+        let id = new_id().unwrap();
+        let sandbox = layout.sandbox_dir(&id).unwrap();
+        std::fs::create_dir(&sandbox).unwrap();
+        let victim = dir.path().join("host-file");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, sandbox.join(MARKER_NAME)).unwrap();
+        let listener = layout.bind_sandbox(&id).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let marker = sandbox.join(MARKER_NAME);
+        let meta = std::fs::symlink_metadata(&marker).unwrap();
+        assert!(meta.is_file(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o7777, MARKER_MODE);
+        // The daemon stopping removes the socket, never the marker.
+        drop(listener);
+        std::fs::remove_file(layout.sandbox_socket(&id).unwrap()).unwrap();
+        assert!(marker.is_file());
+        let names: Vec<_> = std::fs::read_dir(layout.sandboxes_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(&id)]);
+        layout.remove_sandbox(&id).unwrap();
+        assert!(!sandbox.exists());
     }
 
     #[test]

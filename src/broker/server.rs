@@ -331,13 +331,16 @@ async fn connection(
             let response = match kind {
                 Kind::Sandbox => {
                     let has_body = !hyper::body::Body::is_end_stream(req.body());
+                    let watching = http::sandbox::Watching::from_headers(req.headers());
                     http::sandbox::answer(
                         &daemon,
-                        slot.id(),
+                        &slot,
                         req.method(),
                         req.uri().path(),
                         has_body,
+                        watching,
                     )
+                    .await
                 }
                 Kind::Admin => http::admin::answer(&daemon, admin_uid, req).await,
             };

@@ -99,6 +99,25 @@ pub enum SetupError {
     User(#[source] user::UserError),
     #[error("start the child")]
     Spawn(#[source] spawn::SpawnError),
+    /// `sandbox-init exec`: a step before `execve`, or `execve` itself, failed.
+    #[error("{} {file}", failure.stage.describe())]
+    Exec {
+        file: String,
+        failure: stage::Failure,
+        #[source]
+        source: Errno,
+    },
+}
+
+impl SetupError {
+    /// The init's exit status for this failure: 1, except an `exec` that failed (127 command
+    /// not found, 126 not executable, as for the child of PID 1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SetupError::Exec { failure, .. } => failure.exit_code_for(Voice::Ours) as u8,
+            _ => 1,
+        }
+    }
 }
 
 /// Step one of `main`: blocks every forwardable signal (all but the synchronous ones and
@@ -237,6 +256,79 @@ pub fn setup(opts: &Options) -> Result<Identity, SetupError> {
     })
 }
 
+/// Whether `sandbox-init exec` switches to the target (`target` uid, gid): only as root, and
+/// only when not already running as it. Not root, it cannot (`setgroups` would fail with
+/// EPERM): it runs the command as it is, as `docker exec -u dev` asked.
+pub fn changes_identity(euid: u32, current: (u32, u32), target: Option<(u32, u32)>) -> bool {
+    match target {
+        Some(t) => euid == 0 && t != current,
+        None => false,
+    }
+}
+
+impl Identity {
+    /// For `sandbox-init exec`: the identity the command runs as. When [`changes_identity`]
+    /// says no, the process's own ids (and HOME from its environment), and no account (so no
+    /// privilege drop and no HOME/USER/LOGNAME/SHELL of the target).
+    pub fn for_exec(mut self) -> Identity {
+        let current = (unistd::getuid().as_raw(), unistd::getgid().as_raw());
+        let target = self.account.as_ref().map(|a| (a.uid, a.gid));
+        if self.account.is_some() && !changes_identity(unistd::geteuid().as_raw(), current, target)
+        {
+            if target.map(|t| t.0) != Some(current.0) {
+                self.home = std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map_or_else(|| PathBuf::from("/"), PathBuf::from);
+            }
+            (self.uid, self.gid) = current;
+            self.account = None;
+        }
+        self
+    }
+
+    /// HOME, USER, LOGNAME and SHELL of the target account, when there is one.
+    fn user_vars(&self) -> Vec<(&'static str, OsString)> {
+        match &self.account {
+            Some(a) => vec![
+                ("HOME", a.home.clone().into_os_string()),
+                ("USER", a.login_name().into()),
+                ("LOGNAME", a.login_name().into()),
+                ("SHELL", a.shell.clone().into_os_string()),
+            ],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// `sandbox-init exec`: replaces this process with the command (no fork, no supervision: it is
+/// not PID 1), with `inherited` plus `extra`, as `who` (privileges dropped as PID 1 drops them
+/// in its child when [`Identity::for_exec`] kept an account). Dispositions, mask and core limit
+/// are restored first. Returns only on failure.
+pub fn exec(
+    opts: &Options,
+    who: Identity,
+    inherited: &[(OsString, OsString)],
+    extra: ExtraEnv,
+    masks: sys::Masks,
+    core: CoreLimit,
+) -> SetupError {
+    let user_vars = who.user_vars();
+    let env = spawn::compose_env(inherited, &user_vars, &extra.add, &extra.remove);
+    drop(extra);
+    let mut spec = match spawn::exec_spec(&opts.command, &who.shell, env) {
+        Ok(s) => s,
+        Err(e) => return SetupError::Spawn(e),
+    };
+    let plan = privdrop::Plan::new(who.account.as_ref(), opts.no_new_privs, opts.drop_caps);
+    let failure = spawn::exec_here(&spec, &plan, &masks, Some(core));
+    spec.wipe_env();
+    SetupError::Exec {
+        file: spec.file().to_string_lossy().into_owned(),
+        failure,
+        source: failure.errno,
+    }
+}
+
 /// Starts the child as `who` with `inherited` (the init's own environment) plus `extra`, then
 /// supervises it. Everything up to the fork can fail (exit 1); after the fork the init never
 /// fails and returns the child's exit code.
@@ -248,15 +340,7 @@ pub fn run(
     masks: sys::Masks,
     core: CoreLimit,
 ) -> Result<u8, SetupError> {
-    let user_vars: Vec<(&str, OsString)> = match &who.account {
-        Some(a) => vec![
-            ("HOME", a.home.clone().into_os_string()),
-            ("USER", a.login_name().into()),
-            ("LOGNAME", a.login_name().into()),
-            ("SHELL", a.shell.clone().into_os_string()),
-        ],
-        None => Vec::new(),
-    };
+    let user_vars = who.user_vars();
     let env = spawn::compose_env(inherited, &user_vars, &extra.add, &extra.remove);
     // The composed environment now holds the only copy the init needs; wipe the rest.
     drop(extra);
@@ -418,6 +502,22 @@ mod tests {
         assert_eq!(raise_level(L::WARN, 200), L::TRACE);
         assert_eq!(raise_level(L::OFF, 1), L::ERROR);
         assert_eq!(raise_level(L::TRACE, 1), L::TRACE);
+    }
+
+    #[test]
+    fn exec_changes_identity_only_as_root_and_only_when_not_already_the_target() {
+        for euid in [0u32, 1000] {
+            for current in [(0u32, 0u32), (1000, 1000), (1000, 0)] {
+                for target in [None, Some((0, 0)), Some((1000, 1000)), Some((1001, 1001))] {
+                    let want = euid == 0 && target.is_some_and(|t| t != current);
+                    assert_eq!(
+                        changes_identity(euid, current, target),
+                        want,
+                        "{euid} {current:?} {target:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -19,8 +19,11 @@
 
 use std::fmt;
 
-/// Signals the kernel raises synchronously for a fault in the init itself: never blocked, so a
-/// real fault still kills (or, as PID 1, is handled by the kernel) instead of looping.
+/// Signals the kernel raises synchronously for a fault. Sent from outside (`kill -SEGV 1`) they
+/// are forwarded like any other: the init blocks them too. A real fault in the init is still
+/// fatal: the kernel forces a fault signal that is blocked (it unblocks it, resets it to the
+/// default action and, for PID 1, lifts the init's protection), and an `abort` that finds
+/// SIGABRT blocked ends in a crash instruction, which is such a fault.
 pub const SYNCHRONOUS: [i32; 7] = [
     libc::SIGSEGV,
     libc::SIGBUS,
@@ -30,7 +33,6 @@ pub const SYNCHRONOUS: [i32; 7] = [
     libc::SIGSYS,
     libc::SIGABRT,
 ];
-
 const NAMES: [(i32, &str); 31] = [
     (libc::SIGHUP, "HUP"),
     (libc::SIGINT, "INT"),
@@ -134,12 +136,9 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 }
 
 /// Whether the init blocks (and so waits for and forwards) this signal: every signal 1..=SIGRTMAX
-/// except the synchronous ones and the two that cannot be caught.
+/// but the two that cannot be caught, the synchronous ones included ([`SYNCHRONOUS`]).
 pub fn is_forwardable(sig: i32) -> bool {
-    (1..=max_signal()).contains(&sig)
-        && sig != libc::SIGKILL
-        && sig != libc::SIGSTOP
-        && !SYNCHRONOUS.contains(&sig)
+    (1..=max_signal()).contains(&sig) && sig != libc::SIGKILL && sig != libc::SIGSTOP
 }
 
 /// The terminal's stop signals: with job control the init stops itself after forwarding one.
@@ -306,14 +305,13 @@ mod tests {
         ] {
             assert!(forwardable.contains(&s), "{}", SigName(s));
         }
-        for s in SYNCHRONOUS
-            .iter()
-            .copied()
-            .chain([0, libc::SIGKILL, libc::SIGSTOP, 65])
-        {
+        for s in SYNCHRONOUS {
+            assert!(forwardable.contains(&s), "{}", SigName(s));
+        }
+        for s in [0, libc::SIGKILL, libc::SIGSTOP, 65] {
             assert!(!forwardable.contains(&s), "{}", SigName(s));
         }
-        assert_eq!(forwardable.len(), 64 - 2 - SYNCHRONOUS.len());
+        assert_eq!(forwardable.len(), 64 - 2);
     }
 
     #[test]

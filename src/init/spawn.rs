@@ -191,8 +191,8 @@ pub fn spawn(
     setup: ChildSetup,
 ) -> Result<i32, SpawnError> {
     let (read_end, write_end) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    // SAFETY: the init is single-threaded here (the binary's extra step ran on a runtime that
-    // was dropped before `init::run`), and the child branch (`child`) only makes async-signal-safe calls and does
+    // SAFETY: the init is single-threaded here (the fetch is one blocking exchange on this
+    // thread, done before `init::run`), and the child branch (`child`) only makes async-signal-safe calls and does
     // not allocate until it execs or `_exit`s.
     let forked = unsafe { sys::fork() };
     match forked {
@@ -269,6 +269,33 @@ fn read_failure(fd: OwnedFd) -> Option<Failure> {
     (got == buf.len()).then(|| Failure::decode(buf)).flatten()
 }
 
+/// The last steps before the command runs, in the forked child and for `sandbox-init exec` in
+/// this process: default dispositions, the core limit, the privilege drop, the original mask,
+/// then `execve`. Async-signal-safe, no allocation. Returns the step that failed.
+pub fn exec_here(
+    spec: &ExecSpec,
+    plan: &privdrop::Plan,
+    masks: &Masks,
+    core: Option<(libc::rlim_t, libc::rlim_t)>,
+) -> Failure {
+    for sig in 1..=signals::max_signal() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // Numbers libc reserves for itself are refused (EINVAL): nothing to reset there.
+            let _ = sys::default_disposition(sig);
+        }
+    }
+    if let Some((soft, hard)) = core {
+        let _ = setrlimit(Resource::RLIMIT_CORE, soft, hard);
+    }
+    if let Err(f) = privdrop::apply(plan) {
+        return f;
+    }
+    if let Err(e) = sys::set_mask(&masks.original) {
+        return Failure::new(Stage::RestoreMask, e);
+    }
+    Failure::new(Stage::Exec, spec.exec())
+}
+
 /// The forked child. Only async-signal-safe calls and no allocation on the success path.
 fn child(
     spec: &ExecSpec,
@@ -296,23 +323,7 @@ fn child(
         // controlling one (ENOTTY) is simply not handed over.
         let _ = sys::tcsetpgrp_stdin(unistd::getpid().as_raw());
     }
-    for sig in 1..=signals::max_signal() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // Numbers libc reserves for itself are refused (EINVAL): nothing to reset there.
-            let _ = sys::default_disposition(sig);
-        }
-    }
-    if let Some((soft, hard)) = setup.core_limit {
-        let _ = setrlimit(Resource::RLIMIT_CORE, soft, hard);
-    }
-    if let Err(f) = privdrop::apply(plan) {
-        fail(f);
-    }
-    if let Err(e) = sys::set_mask(&masks.original) {
-        fail(Failure::new(Stage::RestoreMask, e));
-    }
-    let errno = spec.exec();
-    fail(Failure::new(Stage::Exec, errno))
+    fail(exec_here(spec, plan, masks, setup.core_limit))
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Fetching the sandbox's secrets from the broker socket and checking the answer. Owns the
-//! current-thread runtime (built only when a socket exists) and the garbage checks on arrival;
-//! it never logs, formats or stores a value outside a `SecretString`.
+//! deadline of the fetch (one blocking exchange by [`protocol::http1`], no runtime) and the
+//! garbage checks on arrival; it never logs, formats or stores a value outside a `SecretString`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol;
 
@@ -14,15 +14,13 @@ pub type Secret = protocol::WireSecret;
 /// Why a fetch from a present socket failed. Never holds a value.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot build the client runtime")]
-    Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Client(#[from] protocol::ClientError),
     #[error("no complete answer within {}", fmt_duration(*.0))]
     Timeout(Duration),
     #[error("broker answered {status}: {message}")]
     Status {
-        status: hyper::StatusCode,
+        status: http::StatusCode,
         message: String,
     },
     #[error("broker answered garbage: {0}")]
@@ -39,7 +37,7 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Whether something exists at the socket path. Only "nothing there" (ENOENT, ENOTDIR) counts as
 /// absent: anything else (a dead socket, a permission problem) is a present-but-failing socket.
-/// One `stat`, no runtime: the fast path of an init started without a broker.
+/// One `stat`, no connection: the fast path of an init started without a broker.
 pub fn socket_present(socket: &Path) -> bool {
     match std::fs::symlink_metadata(socket) {
         Ok(_) => true,
@@ -47,30 +45,43 @@ pub fn socket_present(socket: &Path) -> bool {
     }
 }
 
+/// Whether the daemon's marker file (`protocol::MARKER_NAME`, a regular file, not a symlink) is in
+/// `dir`: a broker serves that directory.
+pub fn marker_present(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(protocol::MARKER_NAME)).is_ok_and(|m| m.is_file())
+}
+
+/// Waits up to `timeout` for something to appear at `socket` (the daemon renames a listening
+/// socket into place, so once it is there it answers). Checks every 20 ms: this runs only in
+/// the window where a broker is expected and not up.
+pub fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if socket_present(socket) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+    }
+}
+
 /// `GET /v1/secrets` on `socket`, the whole exchange (connect included) bounded by `timeout`
 /// and the answer by [`protocol::MAX_RESPONSE_BYTES`], then checked by [`parse_answer`].
 pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(FetchError::Runtime)?;
-    let answer = runtime.block_on(async {
-        tokio::time::timeout(
-            timeout,
-            protocol::unix_request(
-                socket,
-                hyper::Method::GET,
-                protocol::SECRETS_PATH,
-                None,
-                protocol::MAX_RESPONSE_BYTES,
-            ),
-        )
-        .await
-    });
-    // Dropping the runtime here cancels the connection task, whatever happened.
-    drop(runtime);
-    let answer = answer.map_err(|_| FetchError::Timeout(timeout))??;
+    let deadline = Instant::now() + timeout;
+    let answer = match protocol::http1::get(
+        socket,
+        protocol::SECRETS_PATH,
+        &[],
+        deadline,
+        protocol::MAX_RESPONSE_BYTES,
+    ) {
+        Err(protocol::ClientError::Deadline { .. }) => return Err(FetchError::Timeout(timeout)),
+        answer => answer?,
+    };
     parse_answer(answer.status, &answer.body)
 }
 
@@ -82,8 +93,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Checks a complete answer: a non-200 status becomes [`FetchError::Status`] with the broker's
 /// `{"error"}` message (escaped, shortened); a 200 body must pass [`protocol::decode_answer`],
 /// the one decoder of the wire format. No message quotes the body.
-pub fn parse_answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
-    if status == hyper::StatusCode::OK {
+pub fn parse_answer(status: http::StatusCode, body: &[u8]) -> Result<Vec<Secret>, FetchError> {
+    if status == http::StatusCode::OK {
         return protocol::decode_answer(body).map_err(|e| FetchError::Garbage(e.to_string()));
     }
     let message = if body.len() > MAX_ERROR_BODY {
@@ -114,7 +125,7 @@ fn shorten(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::StatusCode;
+    use http::StatusCode;
     use secrecy::ExposeSecret;
 
     fn ok(body: &str) -> Result<Vec<Secret>, FetchError> {

@@ -70,6 +70,8 @@ pub struct Prepared {
 pub enum Error {
     #[error("secrets socket {} does not exist (--secrets required)", socket.display())]
     NoSocket { socket: PathBuf },
+    #[error("broker not serving {}: start `sandbox-secrets serve`, or pass --secrets optional", dir.display())]
+    NotServing { dir: PathBuf },
     #[error("cannot fetch secrets from {}", socket.display())]
     Fetch { socket: PathBuf, source: FetchError },
     #[error("cannot write registry credentials")]
@@ -113,9 +115,9 @@ pub fn on_failure(policy: SecretsPolicy) -> Decision {
 }
 
 /// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
-/// With no socket this is one `stat`: no runtime is built.
+/// With no socket this is one `stat`: no connection is tried.
 fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
-    if !fetch::socket_present(&opts.socket) {
+    if !fetch::socket_present(&opts.socket) && !awaited(opts)? {
         return match on_missing_socket(opts.policy) {
             Decision::Stop => Err(Error::NoSocket {
                 socket: opts.socket.clone(),
@@ -159,6 +161,37 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
             }
         }
     }
+}
+
+/// No socket: when the daemon's marker says a broker serves the socket's directory (stopping or
+/// restarting), waits up to the timeout for the socket (`true` once it is there) and then fails
+/// closed, unless `--secrets optional`. Without the marker: `false` at once (one more `lstat`).
+fn awaited(opts: &Options) -> Result<bool, Error> {
+    let dir = match opts.socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !fetch::marker_present(dir) {
+        return Ok(false);
+    }
+    if opts.policy == SecretsPolicy::Optional {
+        warn(format_args!(
+            "broker not serving {}; starting without secrets (--secrets optional)",
+            dir.display()
+        ));
+        return Ok(false);
+    }
+    info(format_args!(
+        "broker expected at {} (marker present); waiting up to {}ms for its socket",
+        opts.socket.display(),
+        opts.timeout.as_millis()
+    ));
+    if fetch::wait_for_socket(&opts.socket, opts.timeout) {
+        return Ok(true);
+    }
+    Err(Error::NotServing {
+        dir: dir.to_owned(),
+    })
 }
 
 /// A parsed JSON document whose strings (values, `auth` entries) are zeroized when dropped.
@@ -283,8 +316,6 @@ pub fn prepare(
         return Ok(Prepared::default());
     };
 
-    registry_credentials(opts, target, inherited, &secrets)?;
-
     for s in &secrets {
         if lookup(inherited, &s.name).is_some() {
             warn(format_args!(
@@ -305,6 +336,9 @@ pub fn prepare(
         .filter(|(_, &s)| s)
         .map(|(s, _)| s.name.clone())
         .collect();
+    // Registry credentials are written last (below): a spill that fails stops the start with no
+    // new credentials on disk. Their triplets are taken now, before the values move.
+    let (entries, entry_warnings) = registry_entries(&secrets);
     for (secret, spilled) in secrets.into_iter().zip(placement.spilled.iter().copied()) {
         if !spilled {
             prepared.vars.push((secret.name, secret.value));
@@ -375,6 +409,7 @@ pub fn prepare(
             }
         }
     }
+    registry_credentials(opts, target, inherited, entries, entry_warnings)?;
     prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
 }
@@ -411,19 +446,24 @@ fn write_spill(dir: &spill::Dir, secret: &Secret, uid: u32, gid: u32) -> Result<
     })
 }
 
+/// The registry triplets among the secrets (and warnings about incomplete ones).
+fn registry_entries(secrets: &[Secret]) -> (Vec<dockercfg::Entry>, Vec<String>) {
+    let pairs: Vec<(&str, &SecretString)> = secrets
+        .iter()
+        .map(|s| (s.name.as_str(), &s.value))
+        .collect();
+    dockercfg::entries(&pairs)
+}
+
 /// Writes `config.json` when the secrets hold a complete triplet; failures stop the init unless
 /// `--secrets optional`.
 fn registry_credentials(
     opts: &Options,
     target: &Target,
     inherited: &[(OsString, OsString)],
-    secrets: &[Secret],
+    entries: Vec<dockercfg::Entry>,
+    warnings: Vec<String>,
 ) -> Result<(), Error> {
-    let pairs: Vec<(&str, &SecretString)> = secrets
-        .iter()
-        .map(|s| (s.name.as_str(), &s.value))
-        .collect();
-    let (entries, warnings) = dockercfg::entries(&pairs);
     for w in warnings {
         warn(format_args!("{w}"));
     }
@@ -470,23 +510,75 @@ fn registry_credentials(
     }
 }
 
-/// `sandbox-init env`: prints the secrets as shell-quoted `export` lines on stdout, all or
-/// nothing. No socket: prints nothing (an error with `--secrets required`). See [`write_env`].
-pub fn print_env(opts: &Options) -> Result<(), Error> {
+/// The output of `sandbox-init env` (`--format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EnvFormat {
+    /// `export NAME='value'` lines, `unset` for names the previous `env` of this shell exported
+    /// that are no longer authorised, and `SANDBOX_SECRETS_NAMES` listing what was exported.
+    #[default]
+    Sh,
+    /// `NAME="value"` lines (see [`quote::push_dotenv`]).
+    Dotenv,
+    /// One JSON object, `{"NAME":"value",...}`.
+    Json,
+}
+
+impl std::str::FromStr for EnvFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sh" => Ok(EnvFormat::Sh),
+            "dotenv" => Ok(EnvFormat::Dotenv),
+            "json" => Ok(EnvFormat::Json),
+            other => Err(format!("{other:?} is not one of sh, dotenv, json")),
+        }
+    }
+}
+
+/// The variable in which `sandbox-init env --format sh` records the names it exported, so the
+/// next `env` in the same shell unsets those no longer authorised.
+pub const NAMES_VAR: &str = "SANDBOX_SECRETS_NAMES";
+
+/// Names of `previous` (the value of [`NAMES_VAR`], space-separated) that are shell names and
+/// not in `now`: the `unset` lines of the `sh` format. Anything else in the variable is ignored
+/// (it is evaluated by a shell: only `[A-Za-z_][A-Za-z0-9_]*` passes).
+pub fn stale_names<'a>(previous: &'a str, now: &[&str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for name in previous.split_ascii_whitespace() {
+        let shell_name = !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if shell_name && name != NAMES_VAR && !now.contains(&name) && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// `sandbox-init env`: prints the secrets on stdout in `format`, all or nothing. No socket:
+/// prints nothing (`{}` as JSON; an error with `--secrets required`). See [`write_env`].
+pub fn print_env(opts: &Options, format: EnvFormat) -> Result<(), Error> {
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    write_env(opts, &env, &mut std::io::stdout().lock())
+    write_env(opts, format, &env, &mut std::io::stdout().lock())
 }
 
 /// The body of [`print_env`], against the caller's environment `env` (whose size counts against
-/// the `execve` budget and whose `SANDBOX_INIT_SECRETS_DIR` is honoured) and writing to `out`.
-/// A value too large for the environment is written to the spill directory (owned like the
-/// directory already is, so the init's child keeps reading it) and exported as `NAME_FILE`.
+/// the `execve` budget and whose `SANDBOX_INIT_SECRETS_DIR` and `SANDBOX_SECRETS_NAMES` are
+/// honoured) and writing to `out`. A value too large for the environment is written to the
+/// spill directory (owned like the directory already is, so the init's child keeps reading it)
+/// and exported as `NAME_FILE`.
 pub fn write_env(
     opts: &Options,
+    format: EnvFormat,
     env: &[(OsString, OsString)],
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let Some(secrets) = obtain(opts)? else {
+        if format == EnvFormat::Json {
+            return out
+                .write_all(b"{}\n")
+                .and_then(|()| out.flush())
+                .map_err(Error::Output);
+        }
         return Ok(());
     };
     let (placement, chosen) = place_and_choose(&secrets, env);
@@ -529,16 +621,45 @@ pub fn write_env(
     let lines: Vec<(&str, &str)> = kept
         .chain(files.iter().map(|(n, p)| (n.as_str(), p.as_str())))
         .collect();
-    // Exact size up front: no reallocation leaves a copy of a value behind.
+    // Exact size up front for the values: no reallocation leaves a copy of a value behind (the
+    // binary's allocator zeroes freed blocks too, for the escaping formats' growth).
     let size: usize = lines
         .iter()
         .map(|(n, v)| "export =''\n".len() + n.len() + v.len() + 3 * v.matches('\'').count())
         .sum();
     let mut text = Zeroizing::new(String::with_capacity(size));
-    for (name, value) in lines {
-        quote::push_export(&mut text, name, value);
+    match format {
+        EnvFormat::Sh => {
+            let exported: Vec<&str> = lines.iter().map(|(n, _)| *n).collect();
+            let previous = lookup(env, NAMES_VAR)
+                .and_then(OsStr::to_str)
+                .unwrap_or_default();
+            for name in stale_names(previous, &exported) {
+                quote::push_unset(&mut text, name);
+            }
+            for (name, value) in &lines {
+                quote::push_export(&mut text, name, value);
+            }
+            quote::push_export(&mut text, NAMES_VAR, &exported.join(" "));
+        }
+        EnvFormat::Dotenv => {
+            for (name, value) in &lines {
+                quote::push_dotenv(&mut text, name, value);
+            }
+        }
+        EnvFormat::Json => {
+            text.push('{');
+            for (i, (name, value)) in lines.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                quote::push_json_string(&mut text, name);
+                text.push(':');
+                quote::push_json_string(&mut text, value);
+            }
+            text.push_str("}\n");
+        }
     }
-    debug_assert_eq!(text.len(), size);
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(Error::Output)
@@ -562,6 +683,23 @@ mod tests {
             assert_eq!(on_failure(policy), failed, "{policy:?}");
         }
         assert_eq!(SecretsPolicy::default(), Auto);
+    }
+
+    #[test]
+    fn stale_names_are_shell_names_no_longer_exported() {
+        assert_eq!(stale_names("A B C", &["B"]), vec!["A", "C"]);
+        assert_eq!(stale_names("", &["B"]), Vec::<&str>::new());
+        assert_eq!(
+            stale_names("A  A\tX;rm 1B $(id) _OK SANDBOX_SECRETS_NAMES", &[]),
+            vec!["A", "_OK"]
+        );
+        assert_eq!("json".parse(), Ok(EnvFormat::Json));
+        assert_eq!("dotenv".parse(), Ok(EnvFormat::Dotenv));
+        assert_eq!(EnvFormat::default(), EnvFormat::Sh);
+        assert!("yaml"
+            .parse::<EnvFormat>()
+            .unwrap_err()
+            .contains("sh, dotenv, json"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! POSIX shell quoting for `sandbox-init env`: turns names and values into `export` lines that
-//! bash, dash and busybox sh read back byte-exact. It writes into zeroized buffers and never
-//! logs.
+//! Quoting for `sandbox-init env`: POSIX shell `export`/`unset` lines that bash, dash and
+//! busybox sh read back byte-exact, dotenv lines and JSON strings. It writes into zeroized
+//! buffers and never logs.
 
 use zeroize::Zeroizing;
 
@@ -30,6 +30,43 @@ pub fn push_export(out: &mut Zeroizing<String>, name: &str, value: &str) {
     out.push('\n');
 }
 
+/// One `unset NAME` line. `name` must be a shell name (checked by the caller).
+pub fn push_unset(out: &mut Zeroizing<String>, name: &str) {
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    out.push_str("unset ");
+    out.push_str(name);
+    out.push('\n');
+}
+
+/// One dotenv line, `NAME="value"`: double-quoted with `\\`, `\"`, `\n`, `\r` and `\t`
+/// escaped, which docker compose's `env_file`, python-dotenv and node's dotenv read back (a
+/// tool that expands `${VAR}` inside double quotes expands it in a value too).
+pub fn push_dotenv(out: &mut Zeroizing<String>, name: &str, value: &str) {
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\"\n");
+}
+
+/// Appends `value` as a JSON string (serde_json's escaping, already in the binary).
+pub fn push_json_string(out: &mut Zeroizing<String>, value: &str) {
+    let mut buf = Zeroizing::new(Vec::with_capacity(value.len() + 2));
+    // Writing a `str` into a Vec cannot fail, and the bytes are UTF-8.
+    if serde_json::to_writer(&mut *buf, value).is_ok() {
+        out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +91,26 @@ mod tests {
         let mut out = Zeroizing::new(String::new());
         push_export(&mut out, "A_B", "x'y");
         assert_eq!(out.as_str(), "export A_B='x'\\''y'\n");
+    }
+
+    #[test]
+    fn dotenv_and_json_by_example() {
+        let mut out = Zeroizing::new(String::new());
+        push_dotenv(&mut out, "A", "x\"y\\z\nw\t$HOME 'q'");
+        assert_eq!(out.as_str(), "A=\"x\\\"y\\\\z\\nw\\t$HOME 'q'\"\n");
+        let mut out = Zeroizing::new(String::new());
+        push_unset(&mut out, "OLD");
+        assert_eq!(out.as_str(), "unset OLD\n");
+    }
+
+    proptest! {
+        #[test]
+        fn json_strings_read_back_exactly(v in "\\PC*|[\\x00-\\x1f\"\\\\]*") {
+            let mut out = Zeroizing::new(String::new());
+            push_json_string(&mut out, &v);
+            let back: String = serde_json::from_str(&out).unwrap();
+            prop_assert_eq!(back, v);
+        }
     }
 
     /// Evaluates the export lines in `shell` and prints each variable back with a separator

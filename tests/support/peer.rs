@@ -2,7 +2,7 @@
 //! connection as told (bytes, silence, a flood, a drip), or a scripted list of replies in order.
 //! Used where the real daemon cannot misbehave on purpose (`inject`, `init_hostile`, `secrecy`).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,6 +63,8 @@ pub fn secrets_body(secrets: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Reads a request head (and a `content-length` body); returns (head and body, body offset).
+/// `EINTR` is retried: with `SO_RCVTIMEO` set a signal interrupts even an `SA_RESTART` read, and
+/// glibc's `setgroups` (the init's `AsTarget`, run by tests in this process) signals every thread.
 fn read_request(stream: &mut UnixStream) -> Option<(Vec<u8>, usize)> {
     let mut req = Vec::new();
     let mut buf = [0u8; 4096];
@@ -71,6 +73,7 @@ fn read_request(stream: &mut UnixStream) -> Option<(Vec<u8>, usize)> {
             break i + 4;
         }
         match stream.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => return None,
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
@@ -83,6 +86,7 @@ fn read_request(stream: &mut UnixStream) -> Option<(Vec<u8>, usize)> {
         .unwrap_or(0);
     while req.len() < body_start + len {
         match stream.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => break,
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
@@ -97,7 +101,13 @@ fn reply(stream: &mut UnixStream, reply: Reply) {
         }
         Reply::Silent => {
             let mut buf = [0u8; 64];
-            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            loop {
+                match stream.read(&mut buf) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         }
         Reply::Flood { head, unit } => {
             if stream.write_all(&head).is_ok() {

@@ -76,8 +76,10 @@ pub async fn answer(
     let answer = parse_admin(route, &body)
         .and_then(|command| run_admin(daemon, uid, command))
         .unwrap_or_else(|e| e.response());
-    // Any change (or failed attempt) moved the generation: drop every cached answer now.
+    // Any change (or failed attempt) moved the generation: drop every cached answer now, then
+    // wake the watched sandboxes whose answer changed.
     daemon.answers().sync(daemon.store().generation());
+    daemon.wake_watchers();
     answer
 }
 

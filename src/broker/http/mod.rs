@@ -185,6 +185,13 @@ impl Buf for ZBuf {
 /// A response body of one [`ZBuf`] frame.
 pub struct SecretBody(Option<ZBuf>);
 
+impl SecretBody {
+    /// No body (`304`).
+    pub fn empty() -> SecretBody {
+        SecretBody(None)
+    }
+}
+
 impl Body for SecretBody {
     type Data = ZBuf;
     type Error = std::convert::Infallible;

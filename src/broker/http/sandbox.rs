@@ -1,28 +1,121 @@
 //! The sandbox surface: `GET /v1/secrets` on a sandbox's socket. The daemon knows the sandbox by
 //! the socket the request arrived on; this file checks the request line and turns the daemon's
-//! answer (encoded by `protocol`) or its error into a response. Never sees a value in clear: the
-//! answer is an opaque, zeroizing buffer.
+//! answer (encoded by `protocol`) or its error into a response, with its `ETag`; a request that
+//! holds the current answer (`If-None-Match`) waits for a change (the watch, long-polled). Never
+//! sees a value in clear: the answer is an opaque, zeroizing buffer.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{HeaderMap, HeaderValue, ETAG};
 use hyper::{Method, Response, StatusCode};
 
 use super::{shared_response, shown, ApiError, SecretBody};
 use crate::broker::audit;
-use crate::broker::daemon::Daemon;
+use crate::broker::daemon::{self, Daemon, Slot};
 use crate::protocol::SECRETS_PATH;
 
-/// Answers one request on sandbox `id`'s socket.
-pub fn answer(
-    daemon: &Daemon,
-    id: &str,
+/// Longest a watch waits when the request names no `Prefer: wait=N`.
+pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(60);
+/// Longest a watch may ask to wait.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
+
+/// What a request asks besides the answer: a watch (`If-None-Match: "<etag>"`) and its
+/// deadline (`Prefer: wait=SECS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watching {
+    /// The entity tag of the answer the client holds.
+    pub holds: Option<u64>,
+    pub wait: Option<Duration>,
+}
+
+impl Watching {
+    /// Reads the two headers. Pure. An unreadable `If-None-Match` is no watch (the answer comes
+    /// at once); `wait` is capped at [`MAX_WATCH_WAIT`].
+    pub fn from_headers(headers: &HeaderMap) -> Watching {
+        let holds = headers
+            .get(hyper::header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_etag);
+        let wait = headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix("wait=")?.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(MAX_WATCH_WAIT));
+        Watching { holds, wait }
+    }
+}
+
+/// `"<16 hex digits>"` (a weak `W/` prefix allowed) to its digest.
+pub fn parse_etag(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    let hex = v.strip_prefix('"')?.strip_suffix('"')?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// An entity tag as sent: `"<16 hex digits>"`.
+pub fn format_etag(tag: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{tag:016x}\"")).expect("hex is a valid header value")
+}
+
+/// Answers one request on sandbox `slot`'s socket. With [`Watching::holds`] equal to the
+/// current answer's tag it waits until the answer changes (`200`), the deadline passes or the
+/// daemon stops (`304`, no body); otherwise it answers at once. Every `200` carries `ETag`.
+pub async fn answer(
+    daemon: &Arc<Daemon>,
+    slot: &Slot,
     method: &Method,
     path: &str,
     has_body: bool,
+    watching: Watching,
 ) -> Response<SecretBody> {
+    let id = slot.id();
     if let Err(e) = sandbox_target(method, path, has_body) {
         return e.response();
     }
+    let Some(holds) = watching.holds else {
+        return read(daemon, id);
+    };
+    let watch = daemon.watch(id);
+    let deadline = tokio::time::sleep(watching.wait.unwrap_or(DEFAULT_WATCH_WAIT));
+    tokio::pin!(deadline);
+    loop {
+        let changed = watch.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let Ok(now) = daemon.answer_tag(id) else {
+            return read(daemon, id);
+        };
+        if now != holds {
+            return read(daemon, id);
+        }
+        watch.holds(now);
+        tokio::select! {
+            _ = changed => continue,
+            _ = &mut deadline => break,
+            _ = slot.stopped() => break,
+        }
+    }
+    let mut r = Response::new(SecretBody::empty());
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    r.headers_mut().insert(ETAG, format_etag(holds));
+    r
+}
+
+/// The answer now, with its `ETag`, or the refusal (audited).
+fn read(daemon: &Daemon, id: &str) -> Response<SecretBody> {
     match daemon.answer(id) {
-        Ok(body) => shared_response(StatusCode::OK, body),
+        Ok(body) => {
+            let tag = daemon::etag(&body);
+            let mut r = shared_response(StatusCode::OK, body);
+            r.headers_mut().insert(ETAG, format_etag(tag));
+            r
+        }
         Err(e) => {
             let e = ApiError::from(e);
             audit::read_refused(id, &super::chain(&e));
@@ -48,4 +141,41 @@ pub fn sandbox_target(method: &Method, path: &str, has_body: bool) -> Result<(),
         return Err(ApiError::BodyNotAllowed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_headers_and_etags() {
+        let tag = 0x0123_4567_89ab_cdef_u64;
+        let shown = format_etag(tag);
+        assert_eq!(shown, "\"0123456789abcdef\"");
+        assert_eq!(parse_etag(shown.to_str().unwrap()), Some(tag));
+        assert_eq!(parse_etag("W/\"0123456789abcdef\""), Some(tag));
+        for bad in [
+            "",
+            "*",
+            "\"\"",
+            "0123456789abcdef",
+            "\"0123456789abcdeg\"",
+            "\"123\"",
+        ] {
+            assert_eq!(parse_etag(bad), None, "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        assert_eq!(Watching::from_headers(&h), Watching::default());
+        h.insert(hyper::header::IF_NONE_MATCH, shown);
+        h.insert("prefer", HeaderValue::from_static("respond-async, wait=5"));
+        assert_eq!(
+            Watching::from_headers(&h),
+            Watching {
+                holds: Some(tag),
+                wait: Some(Duration::from_secs(5))
+            }
+        );
+        h.insert("prefer", HeaderValue::from_static("wait=99999"));
+        assert_eq!(Watching::from_headers(&h).wait, Some(MAX_WATCH_WAIT));
+    }
 }

@@ -256,17 +256,41 @@ pub struct KeyStatus {
 
 type Key = (ScopeKind, String, String);
 
+/// A verified sandbox row in memory, kept small (a host holds tens of thousands): the id is the
+/// map's key, the strings are boxed.
 #[derive(Clone, Debug)]
 struct SandboxEntry {
-    row: SandboxRow,
+    user: Box<str>,
+    repo: Box<str>,
+    created: i64,
     version: u64,
     key_id: Arc<str>,
+}
+
+impl SandboxEntry {
+    fn new(row: SandboxRow, version: u64, key_id: Arc<str>) -> Self {
+        Self {
+            user: row.user.into(),
+            repo: row.repo.into(),
+            created: row.created,
+            version,
+            key_id,
+        }
+    }
+    fn row(&self, id: &str) -> SandboxRow {
+        SandboxRow {
+            id: id.to_owned(),
+            user: self.user.to_string(),
+            repo: self.repo.to_string(),
+            created: self.created,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Cache {
     secrets: BTreeMap<Key, Row>,
-    sandboxes: BTreeMap<String, SandboxEntry>,
+    sandboxes: BTreeMap<Box<str>, SandboxEntry>,
 }
 
 impl Cache {
@@ -381,6 +405,50 @@ fn secret_identity(kind: ScopeKind, scope: &str, name: &str) -> String {
 fn sandbox_identity(id: &str) -> String {
     format!("b\0{id}")
 }
+/// A manifest identity in memory: a sandbox's (hex) id as its 16 bytes, no allocation; any other
+/// row as its text. On disk (in the sealed buckets) both are the text form.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ident {
+    Sandbox([u8; 16]),
+    Other(Box<str>),
+}
+
+impl Ident {
+    fn parse(text: &str) -> Self {
+        let hex = text.strip_prefix("b\0").filter(|h| h.len() == 32);
+        let bytes = hex.and_then(|h| {
+            let mut out = [0u8; 16];
+            for (i, o) in out.iter_mut().enumerate() {
+                let pair = h.get(2 * i..2 * i + 2)?;
+                if pair.bytes().any(|c| c.is_ascii_uppercase()) {
+                    return None; // only the lower-case form round-trips
+                }
+                *o = u8::from_str_radix(pair, 16).ok()?;
+            }
+            Some(out)
+        });
+        match bytes {
+            Some(b) => Ident::Sandbox(b),
+            None => Ident::Other(text.into()),
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            Ident::Sandbox(b) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut out = String::with_capacity(34);
+                out.push_str("b\0");
+                for x in b {
+                    out.push(HEX[usize::from(x >> 4)] as char);
+                    out.push(HEX[usize::from(x & 15)] as char);
+                }
+                out
+            }
+            Ident::Other(s) => s.to_string(),
+        }
+    }
+}
+
 /// A manifest identity as a person would name the row.
 fn shown_identity(identity: &str) -> String {
     let parts: Vec<&str> = identity.split('\0').collect();
@@ -422,7 +490,7 @@ struct BucketBody {
 struct Manifest {
     generation: u64,
     bucket_versions: Vec<u64>,
-    buckets: Vec<BTreeMap<String, u64>>,
+    buckets: Vec<BTreeMap<Ident, u64>>,
 }
 
 impl Manifest {
@@ -437,8 +505,8 @@ impl Manifest {
     fn set(&mut self, identity: String, version: Option<u64>, g: u64) -> usize {
         let b = bucket_of(&identity);
         match version {
-            Some(v) => self.buckets[b].insert(identity, v),
-            None => self.buckets[b].remove(&identity),
+            Some(v) => self.buckets[b].insert(Ident::parse(&identity), v),
+            None => self.buckets[b].remove(&Ident::parse(&identity)),
         };
         self.bucket_versions[b] = g;
         b
@@ -455,7 +523,7 @@ impl Manifest {
                 version: self.bucket_versions[b],
                 rows: self.buckets[b]
                     .iter()
-                    .map(|(k, v)| (k.clone(), *v))
+                    .map(|(k, v)| (k.text(), *v))
                     .collect(),
             };
             let plain = serde_json::to_vec(&body).unwrap_or_default();
@@ -509,6 +577,35 @@ struct Queue {
     next: u64,
     pending: Vec<(u64, Op)>,
     done: HashMap<u64, Result<Outcome, StoreError>>,
+    /// True while a waiter is committing a batch; the others wait on `Store::turn`.
+    leading: bool,
+}
+
+/// The lead of a group commit. Dropping it hands out the batch's results (an error for each
+/// change if the commit never finished) and lets the next waiter lead.
+struct Lead<'a> {
+    store: &'a Store,
+    tickets: Vec<u64>,
+    results: Vec<(u64, Result<Outcome, StoreError>)>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut q = self.store.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if self.results.is_empty() {
+            for t in &self.tickets {
+                q.done.insert(
+                    *t,
+                    Err(StoreError::Untrusted(
+                        "the commit of this change did not finish".into(),
+                    )),
+                );
+            }
+        }
+        q.done.extend(self.results.drain(..));
+        q.leading = false;
+        self.store.turn.notify_all();
+    }
 }
 
 /// What only the writer touches: the backend and the manifest.
@@ -534,6 +631,9 @@ pub struct Store {
     description: String,
     writer: Mutex<Writer>,
     queue: Mutex<Queue>,
+    /// Signalled when a batch is committed: its waiters take their results, and one waiter
+    /// with a change still queued leads the next batch.
+    turn: std::sync::Condvar,
     cache: RwLock<Cache>,
     keys: RwLock<KeyRing>,
     /// Bumped by every change, under the write lock: answers built at an older generation are
@@ -773,7 +873,11 @@ impl Store {
                 };
                 match body {
                     Ok(body) if body.version == want => {
-                        manifest.buckets[b] = body.rows.into_iter().collect();
+                        manifest.buckets[b] = body
+                            .rows
+                            .into_iter()
+                            .map(|(k, v)| (Ident::parse(&k), v))
+                            .collect();
                     }
                     Ok(body) => {
                         bad_buckets[b] = true;
@@ -800,7 +904,7 @@ impl Store {
                     "its manifest bucket {b} does not verify, so its version cannot be checked"
                 ));
             }
-            match manifest.buckets[b].get(identity) {
+            match manifest.buckets[b].get(&Ident::parse(identity)) {
                 None => Err("it is not in the manifest (a deleted row put back, or a row this daemon never wrote)".to_owned()),
                 Some(v) if *v != version => Err(format!(
                     "replayed: version {version}, the current one is {v}"
@@ -912,12 +1016,8 @@ impl Store {
             }
             seen.push((identity, rec.version));
             cache.sandboxes.insert(
-                rec.id,
-                SandboxEntry {
-                    row,
-                    version: rec.version,
-                    key_id: Arc::from(rec.key_id.as_str()),
-                },
+                rec.id.into(),
+                SandboxEntry::new(row, rec.version, Arc::from(rec.key_id.as_str())),
             );
         }
         if rebuild {
@@ -943,9 +1043,10 @@ impl Store {
                 }
                 for identity in bucket
                     .keys()
-                    .filter(|i| !present.contains(*i) && !malformed.contains(&shown_identity(i)))
+                    .map(Ident::text)
+                    .filter(|i| !present.contains(i) && !malformed.contains(&shown_identity(i)))
                 {
-                    tracing::warn!(row = %shown_identity(identity), "row missing from the database (deleted outside the daemon?)");
+                    tracing::warn!(row = %shown_identity(&identity), "row missing from the database (deleted outside the daemon?)");
                 }
             }
         }
@@ -1010,6 +1111,7 @@ impl Store {
             description: writer.backend.describe(),
             writer: Mutex::new(writer),
             queue: Mutex::new(Queue::default()),
+            turn: std::sync::Condvar::new(),
             cache: RwLock::new(cache),
             keys: RwLock::new(ring),
             generation: AtomicU64::new(1),
@@ -1054,18 +1156,31 @@ impl Store {
             t
         };
         blocking(|| {
-            let mut writer = self.lock_writer();
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                let batch = {
-                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(r) = q.done.remove(&ticket) {
-                        return r;
-                    }
-                    std::mem::take(&mut q.pending)
+                if let Some(r) = q.done.remove(&ticket) {
+                    return r;
+                }
+                if q.leading {
+                    q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                // Lead: take everything queued by now (this change included) and commit it.
+                q.leading = true;
+                let batch = std::mem::take(&mut q.pending);
+                drop(q);
+                // Hands the lead back even if the commit panics, so no waiter waits forever.
+                let mut lead = Lead {
+                    store: self,
+                    tickets: batch.iter().map(|(t, _)| *t).collect(),
+                    results: Vec::new(),
                 };
-                let results = self.commit(&mut writer, batch);
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.done.extend(results);
+                lead.results = {
+                    let mut writer = self.lock_writer();
+                    self.commit(&mut writer, batch)
+                };
+                drop(lead);
+                q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             }
         })
     }
@@ -1106,7 +1221,7 @@ impl Store {
         }
         // Changed in place; the touched buckets are saved first so a failed commit restores them.
         let manifest = &mut writer.manifest;
-        let mut saved: BTreeMap<usize, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+        let mut saved: BTreeMap<usize, (BTreeMap<Ident, u64>, u64)> = BTreeMap::new();
         let old_generation = manifest.generation;
         for change in &changes {
             let (identity, version) = match change {
@@ -1154,8 +1269,8 @@ impl Store {
             }
             for (id, entry) in sandboxes {
                 match entry {
-                    Some(entry) => cache.sandboxes.insert(id, entry),
-                    None => cache.sandboxes.remove(&id),
+                    Some(entry) => cache.sandboxes.insert(id.into(), entry),
+                    None => cache.sandboxes.remove(id.as_str()),
                 };
             }
         }
@@ -1249,14 +1364,14 @@ impl Store {
     pub fn sandboxes(&self) -> Vec<SandboxRow> {
         self.read()
             .sandboxes
-            .values()
-            .map(|e| e.row.clone())
+            .iter()
+            .map(|(id, e)| e.row(id))
             .collect()
     }
 
     /// One sandbox.
     pub fn sandbox(&self, id: &str) -> Option<SandboxRow> {
-        self.read().sandboxes.get(id).map(|e| e.row.clone())
+        self.read().sandboxes.get(id).map(|e| e.row(id))
     }
 
     /// The authorized secrets of a sandbox, opened. A value that does not open is an error naming
@@ -1267,7 +1382,7 @@ impl Store {
         let sandbox = cache
             .sandboxes
             .get(id)
-            .map(|e| e.row.clone())
+            .map(|e| e.row(id))
             .ok_or_else(|| StoreError::SandboxNotFound(id.to_owned()))?;
         let entries = plan_in(&cache, &sandbox.user, &sandbox.repo);
         let ring = self.ring();
@@ -1352,7 +1467,11 @@ impl Store {
                 changes.push(Change::PutSecret(rec));
             }
             for (id, e) in &cache.sandboxes {
-                changes.push(Change::PutSandbox(seal_sandbox(&new, &e.row, e.version)?));
+                changes.push(Change::PutSandbox(seal_sandbox(
+                    &new,
+                    &e.row(id),
+                    e.version,
+                )?));
                 new_sandboxes.insert(
                     id.clone(),
                     SandboxEntry {
@@ -1571,7 +1690,7 @@ fn decide(
         Op::AddSandbox(row) => {
             let exists = match sandboxes.get(&row.id) {
                 Some(e) => e.is_some(),
-                None => cache.sandboxes.contains_key(&row.id),
+                None => cache.sandboxes.contains_key(row.id.as_str()),
             };
             if exists {
                 return Err(StoreError::SandboxExists(row.id));
@@ -1580,25 +1699,22 @@ fn decide(
             changes.push(Change::PutSandbox(rec));
             sandboxes.insert(
                 row.id.clone(),
-                Some(SandboxEntry {
-                    row,
-                    version: g,
-                    key_id: Arc::clone(key.id()),
-                }),
+                Some(SandboxEntry::new(row, g, Arc::clone(key.id()))),
             );
             Ok(Outcome::Done)
         }
         Op::RemoveSandbox(id) => {
             let existing = match sandboxes.get(&id) {
                 Some(e) => e.clone(),
-                None => cache.sandboxes.get(&id).cloned(),
+                None => cache.sandboxes.get(id.as_str()).cloned(),
             };
             let Some(entry) = existing else {
                 return Err(StoreError::SandboxNotFound(id));
             };
             sandboxes.insert(id.clone(), None);
+            let row = entry.row(&id);
             changes.push(Change::DeleteSandbox(id));
-            Ok(Outcome::Removed(entry.row))
+            Ok(Outcome::Removed(row))
         }
     }
 }
@@ -2050,5 +2166,22 @@ mod tests {
                 "{name}: a backup never overwrites"
             );
         }
+    }
+
+    #[test]
+    fn manifest_identities_round_trip_through_their_text() {
+        for text in [
+            sandbox_identity(&"0123456789abcdef".repeat(2)),
+            sandbox_identity(&"0123456789ABCDEF".repeat(2)),
+            sandbox_identity("short"),
+            secret_identity(ScopeKind::User, "mona", "TOKEN"),
+            secret_identity(ScopeKind::Repo, "o/r", "X"),
+        ] {
+            assert_eq!(Ident::parse(&text).text(), text);
+        }
+        assert!(matches!(
+            Ident::parse(&sandbox_identity(&"ab".repeat(16))),
+            Ident::Sandbox(_)
+        ));
     }
 }

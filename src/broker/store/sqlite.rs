@@ -39,7 +39,9 @@ fn sql(step: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 }
 
 impl Sqlite {
-    /// Opens (creating if needed) the database at `path` in WAL mode with full syncs.
+    /// Opens (creating if needed) the database at `path` in WAL mode with full syncs. The page
+    /// cache is kept small (256 KiB): every read is served from the store's own copy, so SQLite
+    /// only needs the pages a write touches, and memory does not grow with the store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open = |error| StoreError::Open {
             path: path.to_owned(),

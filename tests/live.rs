@@ -1,0 +1,523 @@
+//! Live secrets (issue 11) with the real daemon and the real init as PID 1 of a new PID
+//! namespace: no fail-open window while the broker restarts, `sandbox-init exec` and the `env`
+//! formats, and what a start that fails leaves behind.
+
+#![cfg(feature = "broker")]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::daemon::{run, Daemon, Run};
+
+const INIT: &str = env!("CARGO_BIN_EXE_sandbox-init");
+
+/// Root and `unshare` are needed for PID 1 in a namespace.
+fn can_be_pid1() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root (PID namespaces need it)");
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("unshare not installed");
+    }
+    None
+}
+
+/// The init as PID 1 of a new PID namespace, on a clean environment plus `env`, logging at trace.
+fn pid1_command(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-pf", "--mount-proc", "--kill-child", INIT])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", socket)
+        .env("SANDBOX_INIT_LOG", "trace");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+const VALUE: &str = "live-value-3f9c1";
+const PASSWORD: &str = "live-registry-pw-77aa";
+
+/// A broker serving mona's sandbox of octo/hello with one plain secret and a registry triplet.
+fn broker_with_sandbox() -> (Daemon, std::path::PathBuf) {
+    let broker = Daemon::traced();
+    broker.set_user("TOKEN", "mona", "octo/hello", VALUE);
+    broker.set_repo("REG_CONTAINER_REGISTRY_SERVER", "octo/hello", "reg.example");
+    broker.set_repo("REG_CONTAINER_REGISTRY_USER", "octo/hello", "mona");
+    broker.set_repo("REG_CONTAINER_REGISTRY_PASSWORD", "octo/hello", PASSWORD);
+    let (_, dir) = broker.sandbox("mona", "octo/hello");
+    (broker, dir)
+}
+
+#[test]
+fn a_broker_restarted_within_the_timeout_delivers_the_secrets() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (mut broker, dir) = broker_with_sandbox();
+    assert!(
+        dir.join("broker").is_file(),
+        "no marker in {}",
+        dir.display()
+    );
+    broker.stop();
+    assert!(
+        !dir.join("secrets.sock").exists(),
+        "socket left after a clean stop"
+    );
+    assert!(
+        dir.join("broker").is_file(),
+        "the marker must outlive the socket"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let script = format!("printf %s \"$TOKEN\" > {}", seen.display());
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    let mut cmd = pid1_command(
+        &dir.join("secrets.sock"),
+        &[("DOCKER_CONFIG", &docker_s)],
+        &["--secrets-timeout", "20", "--", "sh", "-c", &script],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !seen.exists(),
+        "the command started before the broker was back"
+    );
+    broker.start().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let r = Run {
+        cmd: format!("{cmd:?}"),
+        out: output,
+    };
+    assert!(r.out.status.success(), "{}", r.explain());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), VALUE);
+    assert!(docker.join("config.json").is_file(), "{}", r.explain());
+    assert!(r.stderr().contains("waiting up to"), "{}", r.explain());
+    for v in [VALUE, PASSWORD] {
+        assert!(!contains(&r.out.stderr, v), "{v} in the init's log");
+    }
+}
+
+#[test]
+fn a_broker_down_longer_than_the_timeout_fails_closed_and_nothing_starts_or_is_written() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (mut broker, dir) = broker_with_sandbox();
+    broker.stop();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let docker = out.path().join("docker");
+    let spill = out.path().join("spill");
+    let script = format!("touch {}", seen.display());
+    let started = Instant::now();
+    let r = run(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[
+                ("DOCKER_CONFIG", &docker.display().to_string()),
+                ("SANDBOX_INIT_SECRETS_DIR", &spill.display().to_string()),
+            ],
+            &["--secrets-timeout", "1", "--", "sh", "-c", &script],
+        ),
+        None,
+    );
+    assert_eq!(r.out.status.code(), Some(1), "{}", r.explain());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let want = format!(
+        "sandbox-init: secrets: broker not serving {}: start `sandbox-secrets serve`, or pass \
+         --secrets optional",
+        dir.display()
+    );
+    assert!(r.stderr().contains(&want), "{}", r.explain());
+    assert!(!seen.exists(), "the command started");
+    assert!(!docker.exists() && !spill.exists(), "something was written");
+
+    // `--secrets optional` starts at once without secrets, saying why.
+    let r = run(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[],
+            &[
+                "--secrets",
+                "optional",
+                "--",
+                "sh",
+                "-c",
+                "echo \"[$TOKEN]\"",
+            ],
+        ),
+        None,
+    )
+    .ok();
+    assert_eq!(r.stdout().trim(), "[]");
+    assert!(r.stderr().contains("broker not serving"), "{}", r.explain());
+
+    // Without the marker (an image run with no sandbox mounted) nothing changes.
+    let empty = tempfile::tempdir().unwrap();
+    let r = run(
+        pid1_command(
+            &empty.path().join("secrets.sock"),
+            &[],
+            &["--secrets-timeout", "30", "--", "true"],
+        ),
+        None,
+    )
+    .ok();
+    assert!(
+        r.stderr().contains("starting without secrets"),
+        "{}",
+        r.explain()
+    );
+}
+
+/// `sandbox-init exec` run directly (not PID 1), on a clean environment plus `env`.
+fn exec_command(socket: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(INIT);
+    cmd.arg("exec")
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", socket);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn exec_replaces_itself_with_the_command_which_sees_the_secrets() {
+    let (broker, dir) = broker_with_sandbox();
+    let socket = dir.join("secrets.sock");
+    let out = tempfile::tempdir().unwrap();
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    // No fork: the command has the pid `exec` was started with.
+    let mut cmd = exec_command(
+        &socket,
+        &[("DOCKER_CONFIG", &docker_s), ("SANDBOX_INIT_LOG", "trace")],
+        &["--", "sh", "-c", "echo \"$$ $TOKEN\""],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let r = Run {
+        cmd: format!("{cmd:?}"),
+        out: child.wait_with_output().unwrap(),
+    }
+    .ok();
+    assert_eq!(
+        r.stdout().trim(),
+        format!("{pid} {VALUE}"),
+        "{}",
+        r.explain()
+    );
+    let cfg = std::fs::read_to_string(docker.join("config.json")).unwrap();
+    assert!(cfg.contains("reg.example"), "{cfg}");
+    for v in [VALUE, PASSWORD] {
+        assert!(!contains(&r.out.stderr, v), "{v} in exec's trace log");
+    }
+    assert!(
+        !broker.log_text().contains(VALUE),
+        "value in the broker's log"
+    );
+
+    // Exit codes as for PID 1's child: 127 not found, 126 not executable.
+    let r = run(exec_command(&socket, &[], &["no-such-command-x"]), None);
+    assert_eq!(r.out.status.code(), Some(127), "{}", r.explain());
+    assert!(
+        r.stderr().contains("exec no-such-command-x"),
+        "{}",
+        r.explain()
+    );
+    let plain = out.path().join("plain");
+    std::fs::write(&plain, "x").unwrap();
+    let r = run(exec_command(&socket, &[], &[plain.to_str().unwrap()]), None);
+    assert_eq!(r.out.status.code(), Some(126), "{}", r.explain());
+
+    // A failed fetch fails closed: the command never runs.
+    let r = run(
+        exec_command(
+            &out.path().join("gone/secrets.sock"),
+            &[],
+            &[
+                "--secrets",
+                "required",
+                "--",
+                "touch",
+                plain.to_str().unwrap(),
+            ],
+        ),
+        None,
+    );
+    assert_eq!(r.out.status.code(), Some(1), "{}", r.explain());
+}
+
+#[test]
+fn exec_drops_privileges_only_as_root_and_never_when_already_the_target() {
+    if let Some(why) = support::daemon::nobody_unavailable() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    // The sandbox directory is reachable for nobody, as it is inside a container.
+    std::fs::set_permissions(
+        broker.run_dir().join("sandboxes"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let socket = dir.join("secrets.sock");
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    let script = "echo \"$(id -u):$(id -g):$(id -G) $TOKEN\"";
+
+    // Root with SANDBOX_INIT_USER: drops to it as PID 1 would, credentials owned by it.
+    let r = run(
+        exec_command(
+            &socket,
+            &[
+                ("SANDBOX_INIT_USER", "nobody"),
+                ("DOCKER_CONFIG", &docker_s),
+            ],
+            &["--", "sh", "-c", script],
+        ),
+        None,
+    )
+    .ok();
+    let nobody_gid = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("nobody:x:65534:"))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        r.stdout().starts_with(&format!("65534:{nobody_gid}:")) && r.stdout().contains(VALUE),
+        "{}",
+        r.explain()
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(docker.join("config.json")).unwrap().uid(),
+        65534
+    );
+    std::fs::remove_dir_all(&docker).unwrap();
+
+    // Already the target user (`docker exec -u nobody` in an image with SANDBOX_INIT_USER=nobody),
+    // or another user without root: no identity change, nothing said, the secrets arrive.
+    for target in ["nobody", "root"] {
+        let mut cmd = support::daemon::as_nobody(&[INIT, "exec", "--", "sh", "-c", script]);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("SANDBOX_INIT_USER", target)
+            .env("DOCKER_CONFIG", &docker_s);
+        let r = run(cmd, None).ok();
+        assert_eq!(
+            r.stdout().trim(),
+            format!("65534:65534:65534 {VALUE}"),
+            "{}",
+            r.explain()
+        );
+        assert_eq!(r.stderr(), "", "{}", r.explain());
+        assert_eq!(
+            std::fs::metadata(docker.join("config.json")).unwrap().uid(),
+            65534
+        );
+    }
+}
+
+#[test]
+fn env_unsets_what_is_no_longer_authorised_and_speaks_dotenv_and_json() {
+    let (broker, dir) = broker_with_sandbox();
+    broker.set_user("MULTI", "mona", "octo/hello", "a \"b\"\nc\\d $X");
+    let socket = dir.join("secrets.sock");
+    // One shell: eval, delete, eval again: the deleted name is gone.
+    let script = format!(
+        "eval \"$({init} env)\" && echo \"1 [$TOKEN] [$SANDBOX_SECRETS_NAMES]\" && \
+         {cli} delete TOKEN --user mona >/dev/null && eval \"$({init} env)\" && \
+         echo \"2 [${{TOKEN-unset}}] [$SANDBOX_SECRETS_NAMES]\"",
+        init = INIT,
+        cli = support::daemon::BIN,
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script])
+        .env("SANDBOX_SECRETS_SOCKET", &socket)
+        .env("SANDBOX_SECRETS_RUN_DIR", broker.run_dir())
+        .env_remove("SANDBOX_SECRETS_NAMES")
+        .env_remove("TOKEN");
+    let r = run(cmd, None).ok();
+    let all = "MULTI REG_CONTAINER_REGISTRY_PASSWORD REG_CONTAINER_REGISTRY_SERVER \
+               REG_CONTAINER_REGISTRY_USER";
+    let names_before = format!("{all} TOKEN");
+    assert_eq!(
+        r.stdout(),
+        format!("1 [{VALUE}] [{names_before}]\n2 [unset] [{all}]\n"),
+        "{}",
+        r.explain()
+    );
+
+    let formats = |format: &str| {
+        let mut cmd = Command::new(INIT);
+        cmd.args(["env", "--format", format])
+            .env("SANDBOX_SECRETS_SOCKET", &socket);
+        run(cmd, None).ok().stdout()
+    };
+    let json: serde_json::Value = serde_json::from_str(&formats("json")).unwrap();
+    assert_eq!(json["MULTI"], "a \"b\"\nc\\d $X");
+    assert_eq!(json["REG_CONTAINER_REGISTRY_PASSWORD"], PASSWORD);
+    assert!(json.get("TOKEN").is_none());
+    let dotenv = formats("dotenv");
+    assert!(
+        dotenv.contains("MULTI=\"a \\\"b\\\"\\nc\\\\d $X\"\n"),
+        "{dotenv}"
+    );
+    assert!(!dotenv.contains("export") && !dotenv.contains("SANDBOX_SECRETS_NAMES"));
+}
+
+#[test]
+fn a_start_that_fails_after_the_fetch_leaves_no_new_credentials_on_disk() {
+    let (broker, dir) = broker_with_sandbox();
+    // Three values of 48 KiB do not fit a 128 KiB exec budget: they must go to files, and the
+    // spill directory cannot be made (under a regular file).
+    for n in ["BIG_A", "BIG_B", "BIG_C"] {
+        broker.set_user(n, "mona", "octo/hello", &"v".repeat(48 * 1024));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let docker = out.path().join("docker");
+    let blocker = out.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let seen = out.path().join("seen");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -s 256 && exec \"$@\"", "sh", INIT])
+        .args(["--", "touch", seen.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", dir.join("secrets.sock"))
+        .env("DOCKER_CONFIG", &docker)
+        .env("SANDBOX_INIT_SECRETS_DIR", blocker.join("spill"));
+    let r = run(cmd, None);
+    assert_eq!(r.out.status.code(), Some(1), "{}", r.explain());
+    assert!(r.stderr().contains("oversized secrets"), "{}", r.explain());
+    assert!(!seen.exists(), "the command started");
+    assert!(
+        !docker.exists(),
+        "registry credentials were written by a start that failed"
+    );
+}
+
+/// One `GET /v1/secrets` with `extra` headers, read to the end: (status, head, body, time).
+fn get(socket: &Path, extra: &str) -> (u16, String, String, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /v1/secrets HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned(), started.elapsed())
+}
+
+fn etag_of(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
+}
+
+#[test]
+fn a_watch_waits_for_a_change_of_its_own_answer_and_nothing_else() {
+    let (broker, dir) = broker_with_sandbox();
+    let (_, other) = broker.sandbox("hubot", "octo/elsewhere");
+    let socket = dir.join("secrets.sock");
+    let (status, head, body, _) = get(&socket, "");
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains(VALUE));
+    let tag = etag_of(&head);
+    // The same answer again has the same tag; an old tag gets the answer at once.
+    assert_eq!(etag_of(&get(&socket, "").1), tag);
+    let (status, _, body, took) = get(&socket, "If-None-Match: \"0000000000000001\"\r\n");
+    assert!(status == 200 && body.contains(VALUE) && took < Duration::from_secs(1));
+
+    // Holding the current answer: 304 at the deadline, with the tag, no body.
+    let (status, head, body, took) = get(
+        &socket,
+        &format!("If-None-Match: {tag}\r\nPrefer: wait=1\r\n"),
+    );
+    assert_eq!((status, body.as_str()), (304, ""), "{head}");
+    assert_eq!(etag_of(&head), tag);
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+
+    // A change to another sandbox's secrets wakes nobody here; a change to ours answers at once.
+    let other_tag = etag_of(&get(&other.join("secrets.sock"), "").1);
+    let watch = |socket: std::path::PathBuf, tag: String, wait: u32| {
+        std::thread::spawn(move || {
+            get(
+                &socket,
+                &format!("If-None-Match: {tag}\r\nPrefer: wait={wait}\r\n"),
+            )
+        })
+    };
+    let mine = watch(socket.clone(), tag.clone(), 20);
+    let theirs = watch(other.join("secrets.sock"), other_tag, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.set_user("HUBOT_ONLY", "hubot", "octo/elsewhere-not", "hubot-x-value");
+    broker.set_user("MONA_ELSEWHERE", "mona", "octo/other", "not-for-hello");
+    let set_done = Instant::now();
+    broker.set_user("TOKEN", "mona", "octo/hello", "rotated-token-value-5e1");
+    let answered_after_set = set_done.elapsed();
+    let (status, head, body, _) = mine.join().unwrap();
+    let latency = set_done.elapsed();
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains("rotated-token-value-5e1") && !body.contains(VALUE));
+    assert_ne!(etag_of(&head), tag);
+    assert!(
+        latency < answered_after_set + Duration::from_millis(200),
+        "change reached the watch {latency:?} after the set began ({answered_after_set:?} for the set)"
+    );
+    let (status, _, _, took) = theirs.join().unwrap();
+    assert_eq!(status, 304, "another sandbox's watch was woken");
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    // No value in the broker's log through the watch path.
+    for v in [VALUE, "rotated-token-value-5e1", PASSWORD] {
+        assert!(!broker.log_text().contains(v), "{v} in the broker's log");
+    }
+}
