@@ -4,11 +4,16 @@
 //! It checks each answer is 200 and counts anything else as an error; it never prints a body.
 //! With `--create USER:REPO` it sends `POST /v1/admin/sandboxes/create` to the admin socket
 //! instead (sandbox creation throughput; every request creates a sandbox).
+//! `--count N` stops after N answered requests (e.g. create exactly N sandboxes; `--seconds`
+//! then only caps the run, one hour unless given). `--spread DIR` sends each fetch to the next
+//! sandbox socket under DIR (`<run dir>/sandboxes`) in turn instead of to `--socket`, as a host
+//! full of starting sandboxes does.
 //!
 //! `cargo run --release --example loadgen -- --socket S [--clients N] [--seconds D]
-//!  [--threads T] [--new-conn | --keep-alive] [--create USER:REPO]`
+//!  [--threads T] [--new-conn | --keep-alive] [--create USER:REPO] [--count N] [--spread DIR]`
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,10 @@ struct Options {
     new_conn: bool,
     /// JSON body of a create request, when measuring creates.
     create: Option<Arc<str>>,
+    /// Answered requests after which the run stops.
+    count: Option<usize>,
+    /// Directory of sandbox directories whose sockets take turns.
+    spread: Option<PathBuf>,
 }
 
 fn parse() -> Result<Options, lexopt::Error> {
@@ -36,13 +45,21 @@ fn parse() -> Result<Options, lexopt::Error> {
         threads: 2,
         new_conn: true,
         create: None,
+        count: None,
+        spread: None,
     };
+    let mut seconds_given = false;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
             Long("socket") => o.socket = parser.value()?.into(),
             Long("clients") | Short('c') => o.clients = parser.value()?.parse()?,
-            Long("seconds") | Short('d') => o.seconds = parser.value()?.parse()?,
+            Long("seconds") | Short('d') => {
+                o.seconds = parser.value()?.parse()?;
+                seconds_given = true;
+            }
+            Long("count") | Short('n') => o.count = Some(parser.value()?.parse()?),
+            Long("spread") => o.spread = Some(parser.value()?.into()),
             Long("threads") | Short('t') => o.threads = parser.value()?.parse()?,
             Long("new-conn") => o.new_conn = true,
             Long("keep-alive") => o.new_conn = false,
@@ -55,14 +72,17 @@ fn parse() -> Result<Options, lexopt::Error> {
                 o.create = Some(Arc::from(body));
             }
             Long("help") | Short('h') => {
-                println!("loadgen --socket S [--clients N] [--seconds D] [--threads T] [--new-conn | --keep-alive]");
+                println!("loadgen --socket S [--clients N] [--seconds D] [--threads T] [--new-conn | --keep-alive] [--create USER:REPO] [--count N] [--spread DIR]");
                 std::process::exit(0);
             }
             _ => return Err(arg.unexpected()),
         }
     }
-    if o.socket.as_os_str().is_empty() {
-        return Err("--socket is required".into());
+    if o.socket.as_os_str().is_empty() && o.spread.is_none() {
+        return Err("--socket or --spread is required".into());
+    }
+    if o.count.is_some() && !seconds_given {
+        o.seconds = 3600.0;
     }
     Ok(o)
 }
@@ -115,19 +135,58 @@ async fn one(sender: &mut Sender, create: Option<&str>) -> Result<(), String> {
     }
 }
 
+/// What every client shares: the sockets taking turns, and the requests left to answer.
+struct Plan {
+    targets: Vec<PathBuf>,
+    next: AtomicUsize,
+    /// Requests still to answer (`--count`); `usize::MAX` without a count.
+    left: AtomicUsize,
+}
+
+impl Plan {
+    fn target(&self) -> &PathBuf {
+        &self.targets[self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()]
+    }
+    /// Takes one request from the budget; false once it is spent.
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    /// Gives back the request a failure did not use.
+    fn give_back(&self) {
+        self.left.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The sandbox sockets under `dir` (each `<dir>/<id>/secrets.sock`), in a fixed order.
+fn sandbox_sockets(dir: &PathBuf) -> Result<Vec<PathBuf>, String> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().join("secrets.sock"))
+        .collect();
+    all.sort();
+    if all.is_empty() {
+        return Err(format!("no sandbox directory under {}", dir.display()));
+    }
+    Ok(all)
+}
+
 async fn client(
-    socket: Arc<PathBuf>,
+    plan: Arc<Plan>,
     until: Instant,
     new_conn: bool,
     create: Option<Arc<str>>,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut kept: Option<Sender> = None;
-    while Instant::now() < until {
+    while Instant::now() < until && plan.take() {
         let start = Instant::now();
         let result = async {
             if new_conn || kept.is_none() {
-                kept = Some(connect(&socket).await?);
+                kept = Some(connect(plan.target()).await?);
             }
             let sender = kept.as_mut().expect("connected above");
             sender.ready().await.map_err(|e| e.to_string())?;
@@ -141,6 +200,7 @@ async fn client(
             Err(_) => {
                 tally.errors += 1;
                 kept = None;
+                plan.give_back();
             }
         }
         if new_conn {
@@ -158,15 +218,30 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let socket = Arc::new(o.socket.clone());
+    let targets = match &o.spread {
+        Some(dir) => match sandbox_sockets(dir) {
+            Ok(all) => all,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => vec![o.socket.clone()],
+    };
+    // Turns between sockets only make sense with a connection per request.
+    let new_conn = o.new_conn || o.spread.is_some();
+    let plan = Arc::new(Plan {
+        targets,
+        next: AtomicUsize::new(0),
+        left: AtomicUsize::new(o.count.unwrap_or(usize::MAX)),
+    });
     let threads = o.threads.max(1);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(o.seconds);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let socket = Arc::clone(&socket);
+            let plan = Arc::clone(&plan);
             let clients = o.clients / threads + usize::from(t < o.clients % threads);
-            let new_conn = o.new_conn;
             let create = o.create.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -176,12 +251,7 @@ fn main() {
                 rt.block_on(async move {
                     let tasks: Vec<_> = (0..clients)
                         .map(|_| {
-                            tokio::spawn(client(
-                                Arc::clone(&socket),
-                                until,
-                                new_conn,
-                                create.clone(),
-                            ))
+                            tokio::spawn(client(Arc::clone(&plan), until, new_conn, create.clone()))
                         })
                         .collect();
                     let mut all = Tally::default();
@@ -216,11 +286,12 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "mode": match (&o.create, o.new_conn) {
+            "mode": match (&o.create, new_conn) {
                 (Some(_), _) => "create",
                 (None, true) => "new-conn",
                 (None, false) => "keep-alive",
             },
+            "sockets": plan.targets.len(),
             "clients": o.clients,
             "threads": threads,
             "seconds": (elapsed * 1000.0).round() / 1000.0,

@@ -308,6 +308,12 @@ impl Daemon {
         Ok(())
     }
 
+    /// How many more sandboxes fit under the descriptor ceiling now.
+    pub fn sandbox_room(&self) -> usize {
+        let in_use = self.fd_base + self.sandbox_count() + self.connections.load(Ordering::Acquire);
+        (self.fd_limit as usize).saturating_sub(in_use + DESCRIPTOR_RESERVE)
+    }
+
     /// Binds a sandbox's socket and starts serving it. A bind that fails for want of
     /// descriptors is the descriptor ceiling, named as such.
     pub fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<(), DaemonError> {
@@ -319,10 +325,19 @@ impl Daemon {
             return Err(DaemonError::ShuttingDown);
         }
         self.check_descriptors(sandboxes)?;
-        let std_listener = self.layout.bind_sandbox(id).map_err(|e| match &e {
+        let std_listener = self.bind_sandbox(id)?;
+        self.start_bound(id, std_listener)
+    }
+
+    /// The filesystem half of a start: makes (or reuses) the sandbox's directory and binds its
+    /// socket there, without serving it yet, so a restart can bind many at once on several
+    /// threads. A bind that fails for want of descriptors is the descriptor ceiling.
+    pub fn bind_sandbox(&self, id: &str) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+        self.layout.bind_sandbox(id).map_err(|e| match &e {
             SandboxError::Bind { source, .. } | SandboxError::OpenDir { source, .. }
                 if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
             {
+                let sandboxes = self.sandbox_count();
                 DaemonError::DescriptorCeiling {
                     limit: self.fd_limit,
                     in_use: self.fd_base + sandboxes,
@@ -330,7 +345,16 @@ impl Daemon {
                 }
             }
             _ => DaemonError::Sandbox(e),
-        })?;
+        })
+    }
+
+    /// Serves a listener bound by [`Daemon::bind_sandbox`] (refused, and the socket removed,
+    /// once the daemon is closing).
+    pub fn start_bound(
+        self: &Arc<Self>,
+        id: &str,
+        std_listener: std::os::unix::net::UnixListener,
+    ) -> Result<(), DaemonError> {
         let listener =
             UnixListener::from_std(std_listener).map_err(|source| DaemonError::Register {
                 id: id.to_owned(),

@@ -135,41 +135,50 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), SandboxError> {
 /// directory of ours is reused (restart); anything else at `path` is refused and left alone.
 pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    match std::fs::DirBuilder::new().mode(mode).create(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(SandboxError::CreateDir {
-                path: path.to_owned(),
-                source: e,
-            })
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    // An existing directory (every sandbox at a restart) is opened at once; only a missing one
+    // is made first.
+    let opened = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(mode).create(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(SandboxError::CreateDir {
+                        path: path.to_owned(),
+                        source: e,
+                    })
+                }
+                _ => open(),
+            }
         }
-        _ => {}
-    }
+        other => other,
+    };
     let refuse = |what: String| SandboxError::NotOwnDirectory {
         path: path.to_owned(),
         what,
     };
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|source| match source.raw_os_error() {
-            // Linux answers ENOTDIR rather than ELOOP for a symlink under O_DIRECTORY.
-            Some(libc::ELOOP | libc::ENOTDIR) => {
-                let symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
-                refuse(
-                    if symlink {
-                        "a symlink"
-                    } else {
-                        "another kind of file"
-                    }
-                    .into(),
-                )
-            }
-            _ => SandboxError::OpenDir {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+    let dir = opened.map_err(|source| match source.raw_os_error() {
+        // Linux answers ENOTDIR rather than ELOOP for a symlink under O_DIRECTORY.
+        Some(libc::ELOOP | libc::ENOTDIR) => {
+            let symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink());
+            refuse(
+                if symlink {
+                    "a symlink"
+                } else {
+                    "another kind of file"
+                }
+                .into(),
+            )
+        }
+        _ => SandboxError::OpenDir {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
     let meta = dir.metadata().map_err(|source| SandboxError::OpenDir {
         path: path.to_owned(),
         source,
@@ -177,6 +186,9 @@ pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
     let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != euid {
         return Err(refuse(format!("a directory of uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o7777 == mode {
+        return Ok(());
     }
     dir.set_permissions(Permissions::from_mode(mode))
         .map_err(|source| SandboxError::Chmod {
@@ -307,8 +319,16 @@ impl Layout {
         mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
         self.place_marker(id, &dir)?;
         let staging = self.staging_socket(id)?;
-        remove_file_quietly(&staging)?;
-        let listener = bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE)?;
+        // A staging socket left by a daemon killed mid-create is removed and the bind retried.
+        let listener = match bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE) {
+            Err(SandboxError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                remove_file_quietly(&staging)?;
+                bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE)?
+            }
+            other => other?,
+        };
         let to = dir.join(SOCKET_NAME);
         if let Err(source) = std::fs::rename(&staging, &to) {
             let _ = std::fs::remove_file(&staging);

@@ -69,16 +69,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fd_limit,
     );
 
-    let mut started = 0usize;
-    for sandbox in daemon.store().sandboxes() {
-        match daemon.start_sandbox(&sandbox.id) {
-            Ok(()) => started += 1,
-            Err(e) => {
-                // One broken sandbox must not keep the others down; say which.
-                tracing::error!(sandbox = %sandbox.id, error = %http::chain(&e), "cannot re-create sandbox socket");
-            }
-        }
-    }
+    let ids: Vec<String> = daemon
+        .store()
+        .sandboxes()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let started = restart_sandboxes(&daemon, &ids);
     let admin_slot = Arc::new(Slot::new(""));
     if let Some(guard) = daemon.drain_guard() {
         tokio::spawn(serve(
@@ -118,6 +115,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-creates the sockets of the stored sandboxes at start and serves them; returns how many
+/// run. The filesystem half (directory, bind, rename: most of a restart's time) runs on a few
+/// threads at once for as many sandboxes as fit under the descriptor ceiling; the rest meet the
+/// ceiling one by one. One sandbox that fails is logged by id and skipped; the others run.
+fn restart_sandboxes(daemon: &Arc<Daemon>, ids: &[String]) -> usize {
+    let room = daemon.sandbox_room().min(ids.len());
+    let (now, over) = ids.split_at(room);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = now.len().div_ceil(threads).max(1);
+    let bound: Vec<_> = std::thread::scope(|scope| {
+        let parts: Vec<_> = now
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|id| daemon.bind_sandbox(id))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut started = 0usize;
+    let results = now
+        .iter()
+        .zip(bound)
+        .map(|(id, bound)| (id, bound.and_then(|l| daemon.start_bound(id, l))))
+        .chain(over.iter().map(|id| (id, daemon.start_sandbox(id))));
+    for (id, result) in results {
+        match result {
+            Ok(()) => started += 1,
+            // One broken sandbox must not keep the others down; say which.
+            Err(e) => {
+                tracing::error!(sandbox = %id, error = %http::chain(&e), "cannot re-create sandbox socket")
+            }
+        }
+    }
+    started
 }
 
 /// Keeps plaintext that passes through this process out of core dumps and away from same-uid
@@ -169,25 +211,30 @@ async fn serve(
     };
     let mut backoff = Duration::from_millis(10);
     loop {
+        // The rare waits are boxed, so the future that every live sandbox keeps while it waits
+        // in accept stays small (it is most of a sandbox's memory).
         while !slot.try_enter(cap) {
-            tokio::select! {
-                _ = slot.freed() => {}
-                _ = slot.stopped() => return,
+            if Box::pin(wait_for_place(&slot)).await {
+                return;
             }
         }
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => { backoff = Duration::from_millis(10); stream }
-                Err(e) => {
-                    slot.leave();
-                    // Out of descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = slot.stopped() => { slot.leave(); return }
+        let stream = match next_connection(&listener, &slot).await {
+            Some(Ok(stream)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Some(Err(e)) => {
+                slot.leave();
+                // Out of descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                Box::pin(tokio::time::sleep(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            None => {
+                slot.leave();
+                return;
+            }
         };
         if !daemon.try_connection() {
             slot.leave();
@@ -203,6 +250,34 @@ async fn serve(
             slot.leave();
             drop(drain);
         });
+    }
+}
+
+/// The next connection on `listener`, or `None` once `slot` is stopped. Polls the listener
+/// directly rather than through `accept()`, whose future would double the size of the state
+/// every idle sandbox keeps.
+async fn next_connection(
+    listener: &UnixListener,
+    slot: &Slot,
+) -> Option<std::io::Result<tokio::net::UnixStream>> {
+    let stopped = slot.stopped();
+    tokio::pin!(stopped);
+    std::future::poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        listener
+            .poll_accept(cx)
+            .map(|r| Some(r.map(|(stream, _)| stream)))
+    })
+    .await
+}
+
+/// Waits until a connection place of `slot` may be free (false) or the slot is stopped (true).
+async fn wait_for_place(slot: &Slot) -> bool {
+    tokio::select! {
+        _ = slot.freed() => false,
+        _ = slot.stopped() => true,
     }
 }
 
@@ -287,5 +362,43 @@ async fn connection(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every live sandbox keeps one accept loop waiting: its future is most of what a sandbox
+    /// costs the daemon (the task holding it is rounded up to 128 bytes), so it must stay small.
+    #[test]
+    fn the_state_an_idle_sandbox_keeps_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("state")).unwrap();
+            let layout = Layout::new(dir.path().join("run"));
+            layout.prepare().unwrap();
+            let (daemon, _drained) = Daemon::new(
+                store,
+                layout.clone(),
+                Config::new(dir.path().join("state"), dir.path().join("run")),
+                Box::new(|_, _, _, _| {}),
+                1024,
+            );
+            let listener = UnixListener::bind(dir.path().join("s.sock")).unwrap();
+            let serving = serve(
+                listener,
+                Kind::Sandbox,
+                Arc::new(Slot::new("x")),
+                Arc::clone(&daemon),
+                daemon.drain_guard().unwrap(),
+            );
+            let size = std::mem::size_of_val(&serving);
+            assert!(size <= 384, "the accept loop's future is {size} bytes");
+        });
     }
 }
