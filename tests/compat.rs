@@ -305,6 +305,19 @@ fn command_pid(init: i32) -> i32 {
     await_some("the init's child", || children(init).first().copied())
 }
 
+/// Waits until `pid` has exec'd `comm`. A signal for the command is only sent after this: the
+/// real dumb-init forwards to the group `-child` as soon as it has forked, and a signal that
+/// arrives before its child's `setsid()` finds no such group (ESRCH) and is lost for good
+/// (seen under load: `dumb-init sleep 1000` never ended after SIGTERM). Ours waits for the
+/// exec before it takes any signal, so it has no such window.
+fn await_exec(pid: i32, comm: &str) {
+    await_some(&format!("{pid} runs {comm}"), || {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .filter(|c| c.trim() == comm)
+    });
+}
+
 fn gone_or_zombie(pid: i32) -> bool {
     match stat(pid) {
         None => true,
@@ -644,11 +657,7 @@ fn tstp_then_cont(who: Who, program: PathBuf, args: &[&str], mode: Mode) -> (boo
     let init = init_pid(&child, mode);
     let cmd = command_pid(init);
     // The command must have exec'd sleep before it is stopped.
-    await_some("the command runs sleep", || {
-        fs::read_to_string(format!("/proc/{cmd}/comm"))
-            .ok()
-            .filter(|c| c.trim() == "sleep")
-    });
+    await_exec(cmd, "sleep");
     kill(init, "TSTP");
     let stopped = |pid| stat(pid).is_some_and(|(s, _)| s == 'T');
     await_some("the command stops", || stopped(cmd).then_some(()));
@@ -796,8 +805,9 @@ fn the_init_leaves_its_directory_and_the_command_keeps_it() {
             assert_eq!(
                 cwd(cmd),
                 Some(want),
-                "{mode:?} {program:?}: the command's directory"
+                "{mode:?} {who:?} {program:?}: the command's directory"
             );
+            await_exec(cmd, "sleep");
             kill(init, "TERM");
             wait(&mut child, &run.argv());
         }
