@@ -271,6 +271,32 @@ fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// For a failure message: a process's state, its signal masks and its process group and
+/// session (fields 5 and 6 of `stat`).
+fn signal_state(pid: i32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mut out: Vec<String> = status
+        .lines()
+        .filter(|l| {
+            [
+                "State:", "SigQ:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if let Some(r) = s.rfind(')') {
+            let f: Vec<&str> = s[r + 2..].split(' ').collect();
+            if f.len() > 3 {
+                out.push(format!("ppid {} pgid {} sid {}", f[1], f[2], f[3]));
+            }
+        }
+    }
+    out.join(", ")
+}
+
 fn children(pid: i32) -> Vec<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -303,6 +329,19 @@ fn init_pid(child: &Child, mode: Mode) -> i32 {
 /// The command's host pid: the init's only child.
 fn command_pid(init: i32) -> i32 {
     await_some("the init's child", || children(init).first().copied())
+}
+
+/// Waits until `pid` has exec'd `comm`. A signal for the command is only sent after this: the
+/// real dumb-init forwards to the group `-child` as soon as it has forked, and a signal that
+/// arrives before its child's `setsid()` finds no such group (ESRCH) and is lost for good
+/// (seen under load: `dumb-init sleep 1000` never ended after SIGTERM). Ours waits for the
+/// exec before it takes any signal, so it has no such window.
+fn await_exec(pid: i32, comm: &str) {
+    await_some(&format!("{pid} runs {comm}"), || {
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .filter(|c| c.trim() == comm)
+    });
 }
 
 fn gone_or_zombie(pid: i32) -> bool {
@@ -644,14 +683,23 @@ fn tstp_then_cont(who: Who, program: PathBuf, args: &[&str], mode: Mode) -> (boo
     let init = init_pid(&child, mode);
     let cmd = command_pid(init);
     // The command must have exec'd sleep before it is stopped.
-    await_some("the command runs sleep", || {
-        fs::read_to_string(format!("/proc/{cmd}/comm"))
-            .ok()
-            .filter(|c| c.trim() == "sleep")
-    });
+    await_exec(cmd, "sleep");
     kill(init, "TSTP");
     let stopped = |pid| stat(pid).is_some_and(|(s, _)| s == 'T');
-    await_some("the command stops", || stopped(cmd).then_some(()));
+    // Not `await_some`: a failure names the run and shows where the signal went (pending,
+    // blocked, ignored, or gone) and the process groups (a stop signal to an orphaned group
+    // is discarded by the kernel).
+    let deadline = Instant::now() + GUARD;
+    while !stopped(cmd) {
+        assert!(
+            Instant::now() < deadline,
+            "never happened: the command stops: {who:?} {:?}\ninit {init}: {}\ncommand {cmd}: {}",
+            run.argv(),
+            signal_state(init),
+            signal_state(cmd)
+        );
+        sleep(Duration::from_millis(10));
+    }
     sleep(Duration::from_millis(200));
     let seen = (stopped(init), stopped(cmd));
     kill(init, "CONT");
@@ -796,8 +844,9 @@ fn the_init_leaves_its_directory_and_the_command_keeps_it() {
             assert_eq!(
                 cwd(cmd),
                 Some(want),
-                "{mode:?} {program:?}: the command's directory"
+                "{mode:?} {who:?} {program:?}: the command's directory"
             );
+            await_exec(cmd, "sleep");
             kill(init, "TERM");
             wait(&mut child, &run.argv());
         }
