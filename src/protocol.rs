@@ -541,7 +541,7 @@ pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
     let mut doc = match serde_json::from_slice::<serde_json::Value>(body) {
         // serde_json's syntax messages hold a line and column, never input text.
         Err(e) => return Err(AnswerError::Shape(e.to_string())),
-        Ok(v) => Scrubbed(v),
+        Ok(v) => ScrubbedJson(v),
     };
     let pairs = decode_shape(&mut doc.0).map_err(AnswerError::Shape)?;
     let mut out = Vec::with_capacity(pairs.len());
@@ -568,14 +568,15 @@ pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
 /// The message of an error answer (`{"error": "..."}`), if the body is one. By contract it never
 /// holds a value; the caller still escapes and bounds what it shows.
 pub fn decode_error(body: &[u8]) -> Option<String> {
-    let doc = Scrubbed(serde_json::from_slice::<serde_json::Value>(body).ok()?);
+    let doc = ScrubbedJson(serde_json::from_slice::<serde_json::Value>(body).ok()?);
     doc.0.get("error")?.as_str().map(str::to_owned)
 }
 
-/// A parsed JSON document whose strings are zeroized when dropped.
-struct Scrubbed(serde_json::Value);
+/// A parsed JSON document whose strings (values, `auth` entries) are zeroized when dropped: the
+/// answer's decoder and the init's `config.json` merge both hold secrets in one.
+pub struct ScrubbedJson(pub serde_json::Value);
 
-impl Drop for Scrubbed {
+impl Drop for ScrubbedJson {
     fn drop(&mut self) {
         fn scrub(v: &mut serde_json::Value) {
             use serde_json::Value;

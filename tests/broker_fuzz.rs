@@ -306,45 +306,8 @@ fn name_oracle(raw: &str, allow_dangerous: bool) -> Option<String> {
         && !raw.starts_with(|c: char| c.is_ascii_digit())
         && !upper.starts_with("GITHUB_")
         && !upper.starts_with("SANDBOX_")
-        && (allow_dangerous || !dangerous_oracle(&upper));
+        && (allow_dangerous || !support::dangerous_oracle(&upper));
     ok.then_some(upper)
-}
-
-/// The dangerous-name policy of issue 10, written out independently of `protocol::DANGEROUS`.
-fn dangerous_oracle(up: &str) -> bool {
-    const PREFIXES: [&str; 13] = [
-        "LD_", "BASH", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_",
-        "DOTNET_", "SSL_", "CURL_CA_",
-    ];
-    const NAMES: [&str; 26] = [
-        "GCONV_PATH",
-        "SHELLOPTS",
-        "PS0",
-        "PS1",
-        "PS2",
-        "PS3",
-        "PS4",
-        "ENV",
-        "PROMPT_COMMAND",
-        "ZDOTDIR",
-        "IFS",
-        "XDG_CONFIG_HOME",
-        "REQUESTS_CA_BUNDLE",
-        "BROWSER",
-        "EDITOR",
-        "VISUAL",
-        "PAGER",
-        "MANPAGER",
-        "LESSOPEN",
-        "LESSCLOSE",
-        "TMPDIR",
-        "PATH",
-        "HOME",
-        "SHELL",
-        "USER",
-        "LOGNAME",
-    ];
-    PREFIXES.iter().any(|p| up.starts_with(p)) || NAMES.contains(&up) || up.ends_with("_PROXY")
 }
 
 #[test]

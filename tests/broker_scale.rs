@@ -230,16 +230,27 @@ fn past_the_global_connection_cap_a_connection_gets_503_and_others_stay_served()
             held.push(s);
         }
     }
+    // The cap is reached once the daemon has accepted 40; a half-sent connection may still sit
+    // in a backlog when the first fetch comes (one of the 40 was seen not yet accepted on a
+    // loaded host), so each fetch that is still served adds one more half-sent connection, up
+    // to 8: past the cap the daemon must answer 503, however the 40 were spread.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut extra = 0;
     let busy = loop {
         let (status, body) = fetch(&b);
         if status == 503 {
             break body;
         }
         assert!(
-            Instant::now() < deadline,
-            "no 503 past the cap: {status} {body}"
+            Instant::now() < deadline && extra < 8,
+            "no 503 past the cap ({extra} extra connections held): {status} {body}\n{}",
+            d.log_text()
         );
+        let mut s = std::os::unix::net::UnixStream::connect(b.join("secrets.sock")).unwrap();
+        s.write_all(b"GET /v1/secrets HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        held.push(s);
+        extra += 1;
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(busy.contains("too many connections"), "{busy}");

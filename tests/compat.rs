@@ -39,26 +39,8 @@ enum Who {
     Ours,
 }
 
-fn pid1_unavailable() -> Option<String> {
-    static WHY: OnceLock<Option<String>> = OnceLock::new();
-    WHY.get_or_init(|| {
-        match Command::new("unshare")
-            .args(["-pf", "--mount-proc", "true"])
-            .output()
-        {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(format!(
-                "unshare -pf --mount-proc failed (not root?): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Some(format!("unshare not available: {e}")),
-        }
-    })
-    .clone()
-}
-
 fn modes(test: &str) -> Vec<Mode> {
-    match pid1_unavailable() {
+    match support::pid1_unavailable() {
         None => vec![Mode::Pid1, Mode::Plain],
         Some(why) => {
             support::skip(&format!("{test} as PID 1: {why}"));

@@ -179,45 +179,8 @@ fn model_name(raw: &str) -> Option<String> {
         && !up.starts_with(|c: char| c.is_ascii_digit())
         && !up.starts_with("GITHUB_")
         && !up.starts_with("SANDBOX_")
-        && !dangerous_oracle(&up);
+        && !support::dangerous_oracle(&up);
     ok.then_some(up)
-}
-
-/// The dangerous-name policy of issue 10, written out independently of `protocol::DANGEROUS`.
-fn dangerous_oracle(up: &str) -> bool {
-    const PREFIXES: [&str; 13] = [
-        "LD_", "BASH", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_",
-        "DOTNET_", "SSL_", "CURL_CA_",
-    ];
-    const NAMES: [&str; 26] = [
-        "GCONV_PATH",
-        "SHELLOPTS",
-        "PS0",
-        "PS1",
-        "PS2",
-        "PS3",
-        "PS4",
-        "ENV",
-        "PROMPT_COMMAND",
-        "ZDOTDIR",
-        "IFS",
-        "XDG_CONFIG_HOME",
-        "REQUESTS_CA_BUNDLE",
-        "BROWSER",
-        "EDITOR",
-        "VISUAL",
-        "PAGER",
-        "MANPAGER",
-        "LESSOPEN",
-        "LESSCLOSE",
-        "TMPDIR",
-        "PATH",
-        "HOME",
-        "SHELL",
-        "USER",
-        "LOGNAME",
-    ];
-    PREFIXES.iter().any(|p| up.starts_with(p)) || NAMES.contains(&up) || up.ends_with("_PROXY")
 }
 
 /// What the init must accept from an answer: `Some(sorted pairs)` or `None` (refused).

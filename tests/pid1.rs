@@ -10,7 +10,6 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -28,28 +27,10 @@ enum Mode {
     Subreaper,
 }
 
-fn pid1_unavailable() -> Option<String> {
-    static WHY: OnceLock<Option<String>> = OnceLock::new();
-    WHY.get_or_init(|| {
-        match Command::new("unshare")
-            .args(["-pf", "--mount-proc", "true"])
-            .output()
-        {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(format!(
-                "unshare -pf --mount-proc failed (not root?): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Some(format!("unshare not available: {e}")),
-        }
-    })
-    .clone()
-}
-
 /// The modes a scenario runs in; PID-1 mode is skipped (with a `skipped:` line) only when
 /// `unshare` cannot make a PID namespace here.
 fn modes(test: &str) -> Vec<Mode> {
-    match pid1_unavailable() {
+    match support::pid1_unavailable() {
         None => vec![Mode::Pid1, Mode::Subreaper],
         Some(why) => {
             support::skip(&format!("{test} as PID 1: {why}"));

@@ -20,7 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use super::{spill, ScrubbedJson};
+use super::spill;
+use crate::protocol::ScrubbedJson;
 
 /// Suffixes of the three parts of a triplet, in the order they are reported.
 pub const SERVER_SUFFIX: &str = "_CONTAINER_REGISTRY_SERVER";

@@ -200,24 +200,6 @@ fn awaited(opts: &Options) -> Result<bool, Error> {
     })
 }
 
-/// A parsed JSON document whose strings (values, `auth` entries) are zeroized when dropped.
-pub struct ScrubbedJson(pub serde_json::Value);
-
-impl Drop for ScrubbedJson {
-    fn drop(&mut self) {
-        fn scrub(v: &mut serde_json::Value) {
-            use serde_json::Value;
-            match v {
-                Value::String(s) => zeroize::Zeroize::zeroize(s),
-                Value::Array(a) => a.iter_mut().for_each(scrub),
-                Value::Object(m) => m.values_mut().for_each(scrub),
-                _ => {}
-            }
-        }
-        scrub(&mut self.0);
-    }
-}
-
 /// Every warning of this module goes through one call site (a smaller static init). Messages
 /// hold names and paths, never a value.
 #[inline(never)]

@@ -56,3 +56,60 @@ pub fn bad_answers() -> Vec<BadAnswer> {
         })
         .collect()
 }
+
+/// The dangerous-name policy of issue 10, written out independently of `protocol::DANGEROUS`.
+pub fn dangerous_oracle(up: &str) -> bool {
+    const PREFIXES: [&str; 13] = [
+        "LD_", "BASH", "GIT_", "PYTHON", "PERL", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_",
+        "DOTNET_", "SSL_", "CURL_CA_",
+    ];
+    const NAMES: [&str; 26] = [
+        "GCONV_PATH",
+        "SHELLOPTS",
+        "PS0",
+        "PS1",
+        "PS2",
+        "PS3",
+        "PS4",
+        "ENV",
+        "PROMPT_COMMAND",
+        "ZDOTDIR",
+        "IFS",
+        "XDG_CONFIG_HOME",
+        "REQUESTS_CA_BUNDLE",
+        "BROWSER",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "MANPAGER",
+        "LESSOPEN",
+        "LESSCLOSE",
+        "TMPDIR",
+        "PATH",
+        "HOME",
+        "SHELL",
+        "USER",
+        "LOGNAME",
+    ];
+    PREFIXES.iter().any(|p| up.starts_with(p)) || NAMES.contains(&up) || up.ends_with("_PROXY")
+}
+
+/// Why the init cannot run as real PID 1 here (`unshare -pf --mount-proc` fails), or `None`;
+/// asked once per test binary.
+pub fn pid1_unavailable() -> Option<String> {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(|| {
+        match std::process::Command::new("unshare")
+            .args(["-pf", "--mount-proc", "true"])
+            .output()
+        {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(format!(
+                "unshare -pf --mount-proc failed (not root?): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Some(format!("unshare not available: {e}")),
+        }
+    })
+    .clone()
+}
