@@ -389,12 +389,7 @@ fn seal_meta(key: &Sealer, name: &str, plain: &[u8]) -> Result<MetaRecord, Store
 }
 
 fn open_meta(ring: &KeyRing, m: &MetaRecord) -> Result<Zeroizing<Vec<u8>>, String> {
-    let key = ring.get(&m.key_id).ok_or_else(|| {
-        format!(
-            "sealed with key id {}, which this host does not hold",
-            m.key_id
-        )
-    })?;
+    let key = ring.held(&m.key_id)?;
     key.open(&m.sealed, &meta_aad(&m.name, &m.key_id), &m.name)
         .map_err(|_| "its seal does not verify (edited or replaced)".to_owned())
 }
@@ -953,12 +948,7 @@ impl Store {
             let name = what(rec.kind, &rec.scope, &rec.name);
             let identity = secret_identity(rec.kind, &rec.scope, &rec.name);
             let verdict = check_version(&identity, rec.version).and_then(|()| {
-                let key = ring.get(&rec.key_id).ok_or_else(|| {
-                    format!(
-                        "sealed with key id {}, which this host does not hold",
-                        rec.key_id
-                    )
-                })?;
+                let key = ring.held(&rec.key_id)?;
                 key.open(
                     &rec.sealed,
                     &secret_aad(
@@ -1017,12 +1007,7 @@ impl Store {
             };
             let identity = sandbox_identity(&rec.id);
             let verdict = check_version(&identity, rec.version).and_then(|()| {
-                let key = ring.get(&rec.key_id).ok_or_else(|| {
-                    format!(
-                        "sealed with key id {}, which this host does not hold",
-                        rec.key_id
-                    )
-                })?;
+                let key = ring.held(&rec.key_id)?;
                 key.open(
                     &rec.sealed,
                     &sandbox_aad(&row, rec.version, &rec.key_id),

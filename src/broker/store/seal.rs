@@ -281,6 +281,11 @@ impl KeyRing {
     pub fn get(&self, id: &str) -> Option<&Arc<Sealer>> {
         self.all.get(id)
     }
+    /// The key of `id`, or the reason a row sealed with it is refused (this host lacks it).
+    pub fn held(&self, id: &str) -> Result<&Arc<Sealer>, String> {
+        self.get(id)
+            .ok_or_else(|| format!("sealed with key id {id}, which this host does not hold"))
+    }
     /// Every key id this host holds.
     pub fn ids(&self) -> Vec<String> {
         self.all.keys().map(|k| k.to_string()).collect()
