@@ -30,6 +30,28 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-m
     echo "setup: musl target unavailable; scripts/build-static.sh falls back to static glibc"
 fi
 
+# The docker engine: the registry image, the smoke tests and the container tests need it. A CI
+# run may find it stopped (the session that started it has ended): start it and wait for it.
+ensure_docker() {
+  docker info >/dev/null 2>&1 && return 0
+  if ! command -v dockerd >/dev/null; then
+    echo "setup: installing docker.io"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  fi
+  echo "setup: the docker engine does not answer; starting dockerd (log: /var/log/sandbox-init-dockerd.log)"
+  setsid dockerd >>/var/log/sandbox-init-dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 120); do
+    docker info >/dev/null 2>&1 && { echo "setup: docker engine up"; return 0; }
+    sleep 0.5
+  done
+  echo "setup: dockerd did not come up in 60 s; last lines of its log:" >&2
+  tail -n 20 /var/log/sandbox-init-dockerd.log >&2
+  return 1
+}
+ensure_docker
+
 [[ "${1:-}" == "--deps" ]] && exit 0
 
 cargo build --quiet --release --bins
