@@ -27,8 +27,11 @@ const VICTIM_REPO: &str = "victim/app";
 
 /// The daemon's default global byte budget: its peak RSS must stay under it.
 const RSS_BOUND_KIB: u64 = 256 * 1024;
-/// The victim's fetch p99 under attack.
-const P99_BOUND: Duration = Duration::from_millis(50);
+/// The slowest victim fetch allowed under attack: a fifth of the init's 5 s fetch deadline. A
+/// daemon that blocks its workers (the 5.2 s stall of a large delete) or dies fails it; a busy
+/// host's scheduling does not. The p99 is printed as a figure, not asserted: latency is measured
+/// in scripts/bench-scale.sh, never as a timed assertion here.
+const STALL_BOUND: Duration = Duration::from_secs(1);
 
 /// A daemon logging at its default level (`info`, as a host runs it) with the victim's secret
 /// and sandbox; returns (daemon, victim's directory).
@@ -288,7 +291,10 @@ fn a_deep_tree_in_a_deleted_sandbox_leaves_the_daemon_up_and_the_victim_served()
         sample.len()
     );
     victim_unharmed(&mut d, &victim);
-    assert!(p99 < P99_BOUND, "victim p99 {p99:?} during the delete");
+    assert!(
+        max < STALL_BOUND,
+        "a victim fetch took {max:?} during the delete (p99 {p99:?})"
+    );
     assert!(
         !attacker.exists(),
         "the deleted sandbox's directory is still there"
@@ -405,10 +411,10 @@ fn clients_that_never_read_a_large_answer_cost_bounded_memory() {
     // over the bound: a busy host's scheduling hiccup passes, a daemon that stalls does not).
     let done = AtomicBool::new(true);
     let mut sample = victim_sample(&d, &victim, Duration::from_millis(10), 100, &done);
-    if p99_max(&sample).0 >= P99_BOUND {
+    if p99_max(&sample).1 >= STALL_BOUND {
         println!(
-            "victim p99 {:?} in a first sample; sampling again",
-            p99_max(&sample).0
+            "victim max {:?} in a first sample; sampling again",
+            p99_max(&sample).1
         );
         sample = victim_sample(&d, &victim, Duration::from_millis(10), 100, &done);
     }
@@ -420,7 +426,10 @@ fn clients_that_never_read_a_large_answer_cost_bounded_memory() {
         sample.len()
     );
     assert!(hwm < RSS_BOUND_KIB, "daemon peak RSS {hwm} KiB");
-    assert!(p99 < P99_BOUND, "victim p99 {p99:?}");
+    assert!(
+        max < STALL_BOUND,
+        "a victim fetch took {max:?} (p99 {p99:?})"
+    );
     victim_unharmed(&mut d, &victim);
     drop(clients);
     victim_unharmed(&mut d, &victim);
@@ -504,7 +513,10 @@ fn an_audit_flood_is_rate_limited_and_says_what_it_suppressed() {
         tail(&flood)
     );
     println!("the log says {said} read lines were suppressed");
-    assert!(p99 < P99_BOUND, "victim p99 {p99:?}");
+    assert!(
+        max < STALL_BOUND,
+        "a victim fetch took {max:?} (p99 {p99:?})"
+    );
     victim_unharmed(&mut d, &victim);
 }
 
@@ -568,10 +580,9 @@ fn deleting_sandboxes_full_of_files_does_not_stall_another_sandbox() {
         runs.iter().map(|r| r.1).collect::<Vec<_>>()
     );
     assert!(
-        max < Duration::from_millis(500),
-        "a victim fetch took {max:?} while sandboxes were deleted (the init gives up at 5 s)"
+        max < STALL_BOUND,
+        "a victim fetch took {max:?} while sandboxes were deleted (p99 {p99:?}; the init gives up at 5 s)"
     );
-    assert!(p99 < P99_BOUND, "victim p99 {p99:?}");
     for (_, dir) in &attackers {
         assert!(!dir.exists(), "{} still there", dir.display());
     }
