@@ -666,3 +666,291 @@ fn a_shared_secrets_dir_keeps_its_own_files_and_its_mode() {
     }
     assert_eq!(support::daemon::mode(shared.path()), 0o755);
 }
+
+/// Waits up to `within` for `path` to hold at least `lines` lines; returns them.
+fn lines_of(path: &Path, lines: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<String> = text.lines().map(str::to_owned).collect();
+        if got.len() >= lines || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The init as PID 1, started in the background with its stderr to a file (read at the end).
+struct Watching {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    cmd: String,
+}
+
+impl Watching {
+    fn start(mut cmd: Command, log: std::path::PathBuf) -> Watching {
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdout(Stdio::null()).stderr(file);
+        let shown = format!("{cmd:?}");
+        Watching {
+            child: cmd.spawn().unwrap(),
+            log,
+            cmd: shown,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The init's exit code within `within` (None: still running, then killed).
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn explain(&self) -> String {
+        format!("command: {}\nstderr:\n{}", self.cmd, self.log())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // unshare --kill-child: the init (and its namespace) goes with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A dev-server stand-in: prints its environment's TOKEN and EXTRA as one line per start, and
+/// exits 7 on SIGUSR1 (so the init's exit code is seen to be the command's).
+const DEV_SERVER: &str = r#"
+trap 'exit 0' TERM
+trap 'exit 7' USR1
+printf '%s|%s\n' "${TOKEN-unset}" "${EXTRA-unset}" >> "$OUT"
+while :; do sleep 1 & wait $!; done
+"#;
+
+#[test]
+fn on_change_restart_gives_the_command_new_values_and_drops_deleted_ones() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    broker.set_user("EXTRA", "mona", "octo/hello", "extra-value-81c");
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &[
+                "--on-change",
+                "restart",
+                "--restart-grace",
+                "3",
+                "--",
+                "sh",
+                "-c",
+                DEV_SERVER,
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    let first = lines_of(&seen, 1, Duration::from_secs(10));
+    assert_eq!(
+        first,
+        [format!("{VALUE}|extra-value-81c")],
+        "{}",
+        init.explain()
+    );
+
+    broker.set_user("TOKEN", "mona", "octo/hello", "rotated-live-4d2");
+    let got = lines_of(&seen, 2, Duration::from_secs(10));
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("rotated-live-4d2|extra-value-81c"),
+        "{}",
+        init.explain()
+    );
+    broker
+        .cli(&["delete", "EXTRA", "--user", "mona"], None)
+        .ok();
+    let got = lines_of(&seen, 3, Duration::from_secs(10));
+    assert_eq!(
+        got.get(2).map(String::as_str),
+        Some("rotated-live-4d2|unset"),
+        "{}",
+        init.explain()
+    );
+
+    // A burst of changes gives one restart, with the last value.
+    for n in 0..5 {
+        broker.set_user("TOKEN", "mona", "octo/hello", &format!("burst-{n}-c0"));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let got = lines_of(&seen, 5, Duration::from_millis(1));
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("burst-4-c0|unset"),
+        "{}",
+        init.explain()
+    );
+    assert!(
+        got.len() <= 5,
+        "a burst of 5 changes gave {} restarts: {got:?}",
+        got.len() - 3
+    );
+
+    // The command ending by itself still ends the init with its code.
+    signal_command(&init, libc::SIGUSR1);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(7),
+        "{}",
+        init.explain()
+    );
+    let log = init.log();
+    assert!(log.contains("restarting the command"), "{}", init.explain());
+    for v in [
+        VALUE,
+        "rotated-live-4d2",
+        "extra-value-81c",
+        "burst-4-c0",
+        PASSWORD,
+    ] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}
+
+/// Sends `sig` to the init of `w` (PID 1 of its namespace, the child of `unshare`): it forwards
+/// it to the command.
+fn signal_command(w: &Watching, sig: i32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id())).unwrap();
+    let init: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The same dev server for `signal:HUP`: on HUP it appends the registry credentials file it
+/// reads (as a server re-reading its files would) to `$OUT`.
+const HUP_SERVER: &str = r#"
+trap 'exit 7' USR1
+trap 'echo "hup $(cat "$DOCKER_CONFIG/config.json")" >> "$OUT"' HUP
+printf 'start %s\n' "${TOKEN-unset}" >> "$OUT"
+while :; do sleep 1 & wait $!; done
+"#;
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[test]
+fn on_change_signal_keeps_the_process_and_its_files_are_current() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[
+                ("OUT", &seen_s),
+                ("DOCKER_CONFIG", &docker),
+                ("SANDBOX_INIT_ON_CHANGE", "signal:HUP"),
+            ],
+            &["--", "sh", "-c", HUP_SERVER],
+        ),
+        out.path().join("init.log"),
+    );
+    let first = lines_of(&seen, 1, Duration::from_secs(10));
+    assert_eq!(first, [format!("start {VALUE}")], "{}", init.explain());
+    broker.set_repo(
+        "REG_CONTAINER_REGISTRY_PASSWORD",
+        "octo/hello",
+        "rotated-pw-9e0",
+    );
+    let got = lines_of(&seen, 2, Duration::from_secs(10));
+    let hup = got.get(1).cloned().unwrap_or_default();
+    assert!(hup.starts_with("hup "), "{got:?}\n{}", init.explain());
+    assert!(hup.contains(&basic("mona", "rotated-pw-9e0")), "{hup}");
+    assert!(!hup.contains(&basic("mona", PASSWORD)), "{hup}");
+    // Still the first process: no second start line.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = lines_of(&seen, 3, Duration::from_millis(1));
+    assert_eq!(got.len(), 2, "{got:?}");
+    signal_command(&init, libc::SIGUSR1);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(7),
+        "{}",
+        init.explain()
+    );
+    for v in [VALUE, "rotated-pw-9e0", PASSWORD] {
+        assert!(!init.log().contains(v), "{v} in the init's log");
+    }
+}
+
+#[test]
+fn a_change_made_while_the_broker_restarts_arrives_when_it_is_back() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (mut broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &["--on-change", "restart", "--", "sh", "-c", DEV_SERVER],
+        ),
+        out.path().join("init.log"),
+    );
+    assert_eq!(
+        lines_of(&seen, 1, Duration::from_secs(10)).len(),
+        1,
+        "{}",
+        init.explain()
+    );
+    broker.stop();
+    // The watcher retries with backoff meanwhile; the command keeps running with its values.
+    std::thread::sleep(Duration::from_secs(2));
+    broker.start().unwrap();
+    broker.set_user("TOKEN", "mona", "octo/hello", "after-restart-0b7");
+    let got = lines_of(&seen, 2, Duration::from_secs(15));
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("after-restart-0b7|unset"),
+        "{got:?}\n{}",
+        init.explain()
+    );
+    assert_eq!(got[0], format!("{VALUE}|unset"));
+    let log = init.log();
+    assert!(log.contains("reconnected"), "{}", init.explain());
+    for v in [VALUE, "after-restart-0b7", PASSWORD] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}

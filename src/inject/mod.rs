@@ -13,6 +13,7 @@ pub mod env;
 pub mod fetch;
 pub mod quote;
 pub mod spill;
+pub mod watch;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -63,6 +64,8 @@ pub struct Prepared {
     /// Inherited variables to remove from the child: secrets of that name went to a file
     /// (`NAME_FILE` is in `vars`), so a stale inherited `NAME` must not stay.
     pub unset: Vec<String>,
+    /// The answer's entity tag, for the watch (`--on-change`); `None` when nothing was fetched.
+    pub etag: Option<String>,
 }
 
 /// Why the secrets step stopped the init. Never holds a value.
@@ -116,7 +119,7 @@ pub fn on_failure(policy: SecretsPolicy) -> Decision {
 
 /// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
 /// With no socket this is one `stat`: no connection is tried.
-fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
+fn obtain(opts: &Options) -> Result<Option<fetch::Fetched>, Error> {
     if !fetch::socket_present(&opts.socket) && !awaited(opts)? {
         return match on_missing_socket(opts.policy) {
             Decision::Stop => Err(Error::NoSocket {
@@ -131,8 +134,9 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
             }
         };
     }
-    match fetch::fetch(&opts.socket, opts.timeout) {
-        Ok(secrets) => {
+    match fetch::fetch_tagged(&opts.socket, opts.timeout) {
+        Ok(fetched) => {
+            let secrets = &fetched.secrets;
             if tracing::enabled!(tracing::Level::INFO) {
                 let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
                 info(format_args!(
@@ -148,7 +152,7 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
                     s.name
                 ));
             }
-            Ok(Some(secrets))
+            Ok(Some(fetched))
         }
         Err(source) => {
             let err = Error::Fetch {
@@ -300,10 +304,22 @@ pub fn prepare(
     target: &Target,
     inherited: &[(OsString, OsString)],
 ) -> Result<Prepared, Error> {
-    let Some(secrets) = obtain(opts)? else {
+    let Some(fetched) = obtain(opts)? else {
         return Ok(Prepared::default());
     };
+    let mut prepared = place_secrets(opts, target, inherited, fetched.secrets)?;
+    prepared.etag = fetched.etag;
+    Ok(prepared)
+}
 
+/// Places fetched `secrets` for `target`: spill files, registry credentials (last), and the
+/// variables the child gets on top of `inherited`. Also the watch's step for a changed answer.
+pub fn place_secrets(
+    opts: &Options,
+    target: &Target,
+    inherited: &[(OsString, OsString)],
+    secrets: Vec<Secret>,
+) -> Result<Prepared, Error> {
     for s in &secrets {
         if lookup(inherited, &s.name).is_some() {
             warn(format_args!(
@@ -560,7 +576,7 @@ pub fn write_env(
     env: &[(OsString, OsString)],
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let Some(secrets) = obtain(opts)? else {
+    let Some(fetched) = obtain(opts)? else {
         if format == EnvFormat::Json {
             return out
                 .write_all(b"{}\n")
@@ -569,6 +585,7 @@ pub fn write_env(
         }
         return Ok(());
     };
+    let secrets = fetched.secrets;
     let (placement, chosen) = place_and_choose(&secrets, env);
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
