@@ -31,6 +31,10 @@ pub const ENV_SOCKET: &str = "SANDBOX_SECRETS_SOCKET";
 pub const ENV_ON_CHANGE: &str = "SANDBOX_INIT_ON_CHANGE";
 /// Environment variable for `--restart-grace`.
 pub const ENV_RESTART_GRACE: &str = "SANDBOX_INIT_RESTART_GRACE";
+/// Environment variable for `--registry-credentials`.
+pub const ENV_REGISTRY_CREDENTIALS: &str = "SANDBOX_INIT_REGISTRY_CREDENTIALS";
+/// argv[0] that makes this binary docker's credential helper `sandbox`.
+pub const CREDENTIAL_HELPER: &str = "docker-credential-sandbox";
 /// Default `--secrets-timeout`.
 pub const DEFAULT_SECRETS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,6 +68,11 @@ pub enum Invocation {
     Exec(Options),
     /// Supervise a command (or the login shell).
     Run(Options),
+    /// Invoked as `docker-credential-sandbox ACTION`: docker's credential-helper protocol.
+    CredentialHelper {
+        action: String,
+        secrets: inject::Options,
+    },
 }
 
 /// Every option, parsed and validated.
@@ -79,6 +88,8 @@ pub struct Options {
     pub log_format: LogFormat,
     /// `sandbox-init env --format`.
     pub env_format: inject::EnvFormat,
+    /// `--registry-credentials`, `--secrets-dir`.
+    pub files: inject::Files,
 }
 
 pub const USAGE: &str = "\
@@ -130,6 +141,15 @@ Secrets:
                       optional: any failure only warns
       --secrets-timeout SECS
                       connect and fetch deadline (default 5)
+      --registry-credentials file|helper
+                      file (default): registry triplets as auths in config.json;
+                      helper: credHelpers entries naming `sandbox`, so docker runs
+                      docker-credential-sandbox (this binary by that name), which
+                      asks the socket on every pull: no password in any file
+                      (env SANDBOX_INIT_REGISTRY_CREDENTIALS)
+      --secrets-dir DIR
+                      also keep one file per secret in DIR (0400, owned by the
+                      target user, replaced atomically, removed when the secret is)
       --on-change none|restart|signal:SIG
                       when the sandbox's secrets change while the command runs
                       (env SANDBOX_INIT_ON_CHANGE): none (default, no watch);
@@ -292,6 +312,8 @@ where
     let mut env_format = None;
     let mut on_change = None;
     let mut restart_grace = None;
+    let mut registry = None;
+    let mut secrets_dir = None;
 
     loop {
         // An explicit `--` ends the options: everything after it is the command, even `env`.
@@ -361,6 +383,16 @@ where
             Long("secrets") => policy = parse_policy(&value_str(&mut parser, "--secrets")?)?,
             Long("secrets-timeout") => {
                 timeout = parse_timeout(&value_str(&mut parser, "--secrets-timeout")?)?
+            }
+            Long("registry-credentials") => {
+                registry = Some(value_str(&mut parser, "--registry-credentials")?)
+            }
+            Long("secrets-dir") => {
+                let v = parser.value()?;
+                if v.is_empty() {
+                    return Err(UsageError("--secrets-dir: the path is empty".into()));
+                }
+                secrets_dir = Some(PathBuf::from(v));
             }
             Long("on-change") => on_change = Some(value_str(&mut parser, "--on-change")?),
             Long("restart-grace") => {
@@ -448,6 +480,17 @@ where
         |s, from| parse_seconds(s, from, true),
     )?
     .unwrap_or(init::DEFAULT_RESTART_GRACE);
+    let registry = flag_or_env(
+        registry,
+        "--registry-credentials",
+        ENV_REGISTRY_CREDENTIALS,
+        env,
+        |s, from| {
+            s.parse()
+                .map_err(|e: String| UsageError(format!("{from}: {e}")))
+        },
+    )?
+    .unwrap_or_default();
     let opts = Options {
         init: init::Options {
             voice: Voice::Ours,
@@ -476,6 +519,10 @@ where
         verbosity,
         log_format,
         env_format: env_format.unwrap_or_default(),
+        files: inject::Files {
+            registry,
+            secrets_dir,
+        },
     };
     if env_format.is_some() && !env_subcommand {
         return Err(UsageError(
@@ -530,6 +577,8 @@ pub enum Mode {
     SandboxInit,
     Tini,
     DumbInit,
+    /// `docker-credential-sandbox`.
+    CredentialHelper,
 }
 
 /// The mode argv[0]'s file name selects: `tini` and `tini-static` are tini, `dumb-init` is
@@ -543,6 +592,7 @@ pub fn mode_of(argv0: &OsStr) -> Mode {
     match base {
         b"tini" | b"tini-static" => Mode::Tini,
         b"dumb-init" => Mode::DumbInit,
+        b"docker-credential-sandbox" => Mode::CredentialHelper,
         _ => Mode::SandboxInit,
     }
 }
@@ -596,6 +646,18 @@ pub fn parse_argv(
         Mode::SandboxInit => parse(rest, env),
         Mode::Tini => Ok(parse_tini(&name, rest, env)),
         Mode::DumbInit => Ok(parse_dumb_init(&name, rest, env)),
+        // One action, else the helper's usage (an empty action).
+        Mode::CredentialHelper => Ok(Invocation::CredentialHelper {
+            action: match rest.as_slice() {
+                [one] => one.to_string_lossy().into_owned(),
+                _ => String::new(),
+            },
+            secrets: inject::Options {
+                socket: socket_from(None, env),
+                policy: SecretsPolicy::Auto,
+                timeout: DEFAULT_SECRETS_TIMEOUT,
+            },
+        }),
     }
 }
 
@@ -912,6 +974,7 @@ fn peer_run(mut o: init::Options, env: &dyn Fn(&str) -> Option<OsString>) -> Inv
         verbosity: 0,
         log_format: LogFormat::Text,
         env_format: inject::EnvFormat::Sh,
+        files: inject::Files::default(),
     })
 }
 

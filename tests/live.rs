@@ -954,3 +954,284 @@ fn a_change_made_while_the_broker_restarts_arrives_when_it_is_back() {
         assert!(!log.contains(v), "{v} in the init's log");
     }
 }
+
+/// Waits up to `within` for `check` to hold.
+fn eventually(within: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn secrets_dir_files_and_our_config_json_entries_follow_set_and_delete() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    // The secrets directory on tmpfs, as the spill rules want; a file of the user's in it.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let files = shm.path().join("secrets");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("NOTES"), "mine").unwrap();
+    // A config.json holding the user's own login, which must survive everything.
+    let docker = out.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        r#"{"auths":{"theirs.example":{"auth":"dGhlaXI6b3du"}}}"#,
+    )
+    .unwrap();
+    let (files_s, docker_s) = (files.display().to_string(), docker.display().to_string());
+    let init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("DOCKER_CONFIG", &docker_s)],
+            &[
+                "--on-change",
+                "signal:HUP",
+                "--secrets-dir",
+                &files_s,
+                "--",
+                "sh",
+                "-c",
+                "trap : HUP; while :; do sleep 1 & wait $!; done",
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    let read = |name: &str| std::fs::read_to_string(files.join(name)).ok();
+    let config = || std::fs::read_to_string(docker.join("config.json")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || read("TOKEN").as_deref()
+            == Some(VALUE)),
+        "{}",
+        init.explain()
+    );
+    let meta = std::fs::metadata(files.join("TOKEN")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o400);
+    assert_eq!(
+        read("REG_CONTAINER_REGISTRY_PASSWORD").as_deref(),
+        Some(PASSWORD)
+    );
+    assert!(config().contains(&basic("mona", PASSWORD)), "{}", config());
+
+    broker.set_user("TOKEN", "mona", "octo/hello", "files-rotated-6a1");
+    broker.set_user("LATER", "mona", "octo/hello", "later-value-22f");
+    broker.set_repo(
+        "REG_CONTAINER_REGISTRY_PASSWORD",
+        "octo/hello",
+        "pw-rotated-e3c",
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            read("TOKEN").as_deref() == Some("files-rotated-6a1")
+                && read("LATER").as_deref() == Some("later-value-22f")
+                && config().contains(&basic("mona", "pw-rotated-e3c"))
+        }),
+        "{:?} {:?}\n{}\n{}",
+        read("TOKEN"),
+        read("LATER"),
+        config(),
+        init.explain()
+    );
+    assert!(
+        !config().contains(&basic("mona", PASSWORD)),
+        "the old password stayed"
+    );
+
+    broker
+        .cli(&["delete", "TOKEN", "--user", "mona"], None)
+        .ok();
+    broker
+        .cli(
+            &[
+                "delete",
+                "REG_CONTAINER_REGISTRY_USER",
+                "--repo",
+                "octo/hello",
+            ],
+            None,
+        )
+        .ok();
+    assert!(
+        eventually(Duration::from_secs(10), || read("TOKEN").is_none()
+            && !config().contains("reg.example")),
+        "{:?}\n{}\n{}",
+        read("TOKEN"),
+        config(),
+        init.explain()
+    );
+    // Theirs stays: the user's file, the user's login; ours is gone with its record.
+    assert_eq!(read("NOTES").as_deref(), Some("mine"));
+    assert_eq!(read("LATER").as_deref(), Some("later-value-22f"));
+    let cfg: serde_json::Value = serde_json::from_str(&config()).unwrap();
+    assert_eq!(
+        cfg["auths"]["theirs.example"]["auth"], "dGhlaXI6b3du",
+        "{cfg}"
+    );
+    assert_eq!(cfg["auths"].as_object().unwrap().len(), 1, "{cfg}");
+    assert!(!docker.join("config.json.sandbox-init").exists());
+    let log = init.log();
+    for v in [
+        VALUE,
+        "files-rotated-6a1",
+        "later-value-22f",
+        PASSWORD,
+        "pw-rotated-e3c",
+    ] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}
+
+#[test]
+fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let Some([registry, user, password, image]) = support::registry::registry_env() else {
+        support::skip("no test registry (run scripts/registry.sh start)");
+        return;
+    };
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        support::skip("skopeo not installed");
+        return;
+    }
+    let broker = Daemon::traced();
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_SERVER",
+        "mona",
+        "octo/hello",
+        &registry,
+    );
+    broker.set_user("PRIV_CONTAINER_REGISTRY_USER", "mona", "octo/hello", &user);
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_PASSWORD",
+        "mona",
+        "octo/hello",
+        "wrong-pw-51d",
+    );
+    let (_, dir) = broker.sandbox("mona", "octo/hello");
+    let out = tempfile::tempdir().unwrap();
+    // docker-credential-sandbox: this binary under that name, on PATH.
+    let bin = out.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(INIT, bin.join("docker-credential-sandbox")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    let socket = dir.join("secrets.sock");
+    let init = Watching::start(
+        {
+            let mut c = pid1_command(
+                &socket,
+                &[("DOCKER_CONFIG", &docker_s)],
+                &[
+                    "--registry-credentials",
+                    "helper",
+                    "--",
+                    "sh",
+                    "-c",
+                    "while :; do sleep 1 & wait $!; done",
+                ],
+            );
+            c.env("PATH", &path);
+            c
+        },
+        out.path().join("init.log"),
+    );
+    let config = docker.join("config.json");
+    assert!(
+        eventually(Duration::from_secs(10), || config.exists()),
+        "{}",
+        init.explain()
+    );
+    // What a process in the sandbox runs: skopeo, reading the config the init wrote.
+    let skopeo = || {
+        let mut c = Command::new("skopeo");
+        c.args(["inspect", "--tls-verify=false", "--authfile"])
+            .arg(&config)
+            .arg(format!("docker://{image}"))
+            .env("PATH", &path)
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("DOCKER_CONFIG", &docker);
+        run(c, None)
+    };
+    let r = skopeo();
+    assert!(
+        !r.out.status.success(),
+        "the wrong password worked\n{}",
+        r.explain()
+    );
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_PASSWORD",
+        "mona",
+        "octo/hello",
+        &password,
+    );
+    let r = skopeo();
+    assert!(
+        r.out.status.success(),
+        "{}\n{}",
+        r.explain(),
+        init.explain()
+    );
+    // docker pull through the same helper, when a docker engine answers here.
+    if Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let mut pull = Command::new("docker");
+        pull.args(["pull", "-q", &image])
+            .env("PATH", &path)
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("DOCKER_CONFIG", &docker);
+        let r = run(pull, None);
+        assert!(r.out.status.success(), "{}", r.explain());
+    } else {
+        support::skip("no docker engine: docker pull through the helper not tried");
+    }
+
+    // No password in any file the init wrote; the helper speaks the protocol.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let host = registry.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(cfg["credHelpers"][host], "sandbox", "{text}");
+    for entry in std::fs::read_dir(&docker).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!contains(&bytes, &password) && !contains(&bytes, "wrong-pw-51d"));
+        assert!(!contains(&bytes, &basic(&user, &password)));
+    }
+    let mut get = Command::new(bin.join("docker-credential-sandbox"));
+    get.arg("get").env("SANDBOX_SECRETS_SOCKET", &socket);
+    let r = run(get, Some(format!("{host}\n").as_bytes()));
+    let answer: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(answer["Username"], user.as_str());
+    assert_eq!(answer["Secret"], password.as_str());
+    assert_eq!(answer["ServerURL"], host);
+    let mut list = Command::new(bin.join("docker-credential-sandbox"));
+    list.arg("list").env("SANDBOX_SECRETS_SOCKET", &socket);
+    assert_eq!(run(list, None).stdout(), "{}\n");
+    let mut miss = Command::new(bin.join("docker-credential-sandbox"));
+    miss.arg("get").env("SANDBOX_SECRETS_SOCKET", &socket);
+    let r = run(miss, Some(b"elsewhere.example\n"));
+    assert_eq!(r.out.status.code(), Some(1));
+    assert_eq!(r.stdout(), "credentials not found in native keychain\n");
+    let log = init.log();
+    assert!(!log.contains(&password) && !log.contains("wrong-pw-51d"));
+}

@@ -65,6 +65,17 @@ fn main() -> ExitCode {
                 Err(e) => fail("secrets: ", &e),
             }
         }
+        Invocation::CredentialHelper { action, secrets } => {
+            let _ = sys::set_mask(&masks.original);
+            logging::install(init::log_level(0), logging::LogFormat::Text);
+            let code = inject::helper::run(
+                &secrets,
+                &action,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            );
+            ExitCode::from(code)
+        }
         Invocation::Run(opts) => start(opts, masks, core, false),
         Invocation::Exec(opts) => start(opts, masks, core, true),
     }
@@ -99,8 +110,8 @@ fn run(
         gid: who.gid,
         home: who.home.clone(),
     };
-    let mut prepared =
-        inject::prepare(&opts.secrets, &target, &inherited).map_err(Failed::Secrets)?;
+    let mut prepared = inject::prepare_with(&opts.secrets, &opts.files, &target, &inherited)
+        .map_err(Failed::Secrets)?;
     let etag = prepared.etag.take();
     let extra = extra_env(prepared);
     if exec {
@@ -130,6 +141,7 @@ fn watch(
     };
     match inject::watch::start(
         opts.secrets.clone(),
+        opts.files.clone(),
         target,
         inherited.to_vec(),
         tag,

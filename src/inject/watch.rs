@@ -9,11 +9,12 @@
 //! and logs names, never values.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fetch;
-use super::{chain, info, place_secrets, warn, Options, Prepared, Target};
+use super::{chain, info, place_secrets, warn, Files, Options, Prepared, Target};
 
 /// How long one watch asks the broker to hold it (`Prefer: wait=300`): one wakeup per wait
 /// while nothing changes.
@@ -64,6 +65,7 @@ impl Watch {
 /// against `inherited` (as at start) and then `wake` is called.
 pub fn start(
     opts: Options,
+    files: Files,
     target: Target,
     inherited: Vec<(OsString, OsString)>,
     holds: String,
@@ -74,29 +76,34 @@ pub fn start(
     std::thread::Builder::new()
         .name("watch".into())
         .stack_size(256 * 1024)
-        .spawn(move || watch_loop(&opts, &target, &inherited, holds, &theirs, wake))?;
+        .spawn(move || {
+            let place = |secrets| place_secrets(&opts, &files, &target, &inherited, secrets);
+            watch_loop(&opts.socket, &place, holds, &theirs, wake)
+        })?;
     Ok(Watch { mailbox })
 }
 
+/// How a changed answer is placed (files written, variables returned).
+type Place<'a> = dyn Fn(Vec<fetch::Secret>) -> Result<Prepared, super::Error> + 'a;
+
 fn watch_loop(
-    opts: &Options,
-    target: &Target,
-    inherited: &[(OsString, OsString)],
+    socket: &Path,
+    place: &Place<'_>,
     mut holds: String,
     mailbox: &Mutex<Option<Prepared>>,
     wake: fn(),
 ) {
     info(format_args!(
         "watching {} for changes of the secrets",
-        opts.socket.display()
+        socket.display()
     ));
     let mut failures: u32 = 0;
     loop {
-        let failed = match fetch::watch(&opts.socket, &holds, WAIT, SLACK) {
+        let failed = match fetch::watch(socket, &holds, WAIT, SLACK) {
             Ok(None) => None,
             Ok(Some(f)) => match f.etag {
                 Some(tag) if tag != holds => {
-                    changed(opts, target, inherited, f.secrets, mailbox, wake);
+                    changed(place, f.secrets, mailbox, wake);
                     holds = tag;
                     None
                 }
@@ -109,10 +116,7 @@ fn watch_loop(
         match failed {
             None => {
                 if failures > 0 {
-                    info(format_args!(
-                        "watch of {} reconnected",
-                        opts.socket.display()
-                    ));
+                    info(format_args!("watch of {} reconnected", socket.display()));
                 }
                 failures = 0;
             }
@@ -123,7 +127,7 @@ fn watch_loop(
                     warn(format_args!(
                         "watch of {}: {why}; the command keeps its values, retrying with \
                          backoff (at most {}ms apart)",
-                        opts.socket.display(),
+                        socket.display(),
                         BACKOFF_CAP.as_millis()
                     ));
                 } else {
@@ -142,15 +146,13 @@ fn watch_loop(
 /// Places a changed answer and reports it; a change that cannot be placed is said and the
 /// command keeps its values.
 fn changed(
-    opts: &Options,
-    target: &Target,
-    inherited: &[(OsString, OsString)],
+    place: &Place<'_>,
     secrets: Vec<fetch::Secret>,
     mailbox: &Mutex<Option<Prepared>>,
     wake: fn(),
 ) {
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-    match place_secrets(opts, target, inherited, secrets) {
+    match place(secrets) {
         Ok(prepared) => {
             info(format_args!(
                 "secrets changed; now {}: {}",
