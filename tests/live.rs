@@ -1023,7 +1023,13 @@ fn secrets_dir_files_and_our_config_json_entries_follow_set_and_delete() {
         read("REG_CONTAINER_REGISTRY_PASSWORD").as_deref(),
         Some(PASSWORD)
     );
-    assert!(config().contains(&basic("mona", PASSWORD)), "{}", config());
+    // config.json is written last, just after the files.
+    assert!(
+        eventually(Duration::from_secs(5), || config()
+            .contains(&basic("mona", PASSWORD))),
+        "{}",
+        config()
+    );
 
     broker.set_user("TOKEN", "mona", "octo/hello", "files-rotated-6a1");
     broker.set_user("LATER", "mona", "octo/hello", "later-value-22f");

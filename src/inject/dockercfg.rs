@@ -423,17 +423,19 @@ impl std::str::FromStr for CredentialMode {
 /// The helper's name in `credHelpers` (docker runs `docker-credential-<name>`).
 pub const HELPER_NAME: &str = "sandbox";
 /// The file beside `config.json` recording which of its entries sandbox-init wrote: `auth
-/// <server> <fingerprint>` and `helper <host>` lines. Only those are ever removed, and an
-/// `auths` entry only while it still holds what sandbox-init wrote (a `docker login` since
-/// then made it the user's).
+/// <server fingerprint> <auth fingerprint>` and `helper <host fingerprint>` lines (no server
+/// name: a server is a secret's value too). Only those entries are ever removed, and an `auths`
+/// entry only while it still holds what sandbox-init wrote (a `docker login` since then made it
+/// the user's).
 pub const OURS_MANIFEST: &str = "config.json.sandbox-init";
 
 /// What sandbox-init wrote into a `config.json`, by [`OURS_MANIFEST`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ours {
-    /// `auths` server -> fingerprint of the `auth` string written ([`fingerprint`]).
+    /// Fingerprint of an `auths` server -> fingerprint of the `auth` string written
+    /// ([`fingerprint`]).
     pub auths: BTreeMap<String, String>,
-    /// `credHelpers` hosts set to [`HELPER_NAME`].
+    /// Fingerprints of the `credHelpers` hosts set to [`HELPER_NAME`].
     pub helpers: Vec<String>,
 }
 
@@ -473,8 +475,9 @@ impl Ours {
     }
 }
 
-/// A fingerprint of an `auth` string (FNV-1a, 64 bits, hex): enough to see that an entry still
-/// holds what sandbox-init wrote. It sits beside the file that holds the string itself.
+/// A fingerprint of a server name or an `auth` string (FNV-1a, 64 bits, hex): enough to know an
+/// entry again and to see that it still holds what sandbox-init wrote. It sits beside the file
+/// that holds the strings themselves, and goes with them.
 pub fn fingerprint(auth: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in auth.bytes() {
@@ -500,24 +503,26 @@ pub fn reconcile(
     let mut warnings = Vec::new();
     let file = mode == CredentialMode::File;
     if let Some(Value::Object(auths)) = config.get_mut("auths") {
-        for (server, fp) in &ours.auths {
-            let wanted = file && entries.iter().any(|e| &e.server == server);
-            let unchanged = auths
-                .get(server)
-                .and_then(|v| v.get("auth"))
-                .and_then(Value::as_str)
-                .is_some_and(|a| &fingerprint(a) == fp);
-            if !wanted && unchanged {
-                if let Some(mut old) = auths.remove(server) {
-                    scrub_value(&mut old);
-                }
+        let stale: Vec<String> = auths
+            .iter()
+            .filter(|(server, v)| {
+                let wanted = file && entries.iter().any(|e| &e.server == *server);
+                let held = v.get("auth").and_then(Value::as_str).map(fingerprint);
+                !wanted && held.is_some() && ours.auths.get(&fingerprint(server)) == held.as_ref()
+            })
+            .map(|(server, _)| server.clone())
+            .collect();
+        for server in stale {
+            if let Some(mut old) = auths.remove(&server) {
+                scrub_value(&mut old);
             }
         }
     }
     if file {
         warnings = merge(config, entries, path);
         for e in entries {
-            now.auths.insert(e.server.clone(), fingerprint(&e.auth));
+            now.auths
+                .insert(fingerprint(&e.server), fingerprint(&e.auth));
         }
     }
     let wanted: Vec<String> = if file {
@@ -533,11 +538,17 @@ pub fn reconcile(
             *helpers = Value::Object(Map::new());
         }
         if let Value::Object(helpers) = helpers {
-            for host in &ours.helpers {
-                let ours_still = helpers.get(host).and_then(Value::as_str) == Some(HELPER_NAME);
-                if !wanted.contains(host) && ours_still {
-                    helpers.remove(host);
-                }
+            let stale: Vec<String> = helpers
+                .iter()
+                .filter(|(host, v)| {
+                    v.as_str() == Some(HELPER_NAME)
+                        && !wanted.contains(host)
+                        && ours.helpers.contains(&fingerprint(host))
+                })
+                .map(|(host, _)| host.clone())
+                .collect();
+            for host in stale {
+                helpers.remove(&host);
             }
             for host in &wanted {
                 if let Some(other) = helpers.get(host).and_then(Value::as_str) {
@@ -555,7 +566,7 @@ pub fn reconcile(
                 config.remove("credHelpers");
             }
         }
-        now.helpers = wanted;
+        now.helpers = wanted.iter().map(|h| fingerprint(h)).collect();
     }
     (now, warnings)
 }
@@ -1097,7 +1108,12 @@ mod tests {
             "not ours any more: kept"
         );
         assert_eq!(auths["theirs.example"]["auth"], "dGhlaXJz");
-        assert_eq!(ours.auths.keys().collect::<Vec<_>>(), ["a.example"]);
+        let fp = fingerprint("a.example");
+        assert_eq!(ours.auths.keys().collect::<Vec<_>>(), [&fp]);
+        assert!(
+            !ours.render().contains("example"),
+            "no server name in the manifest"
+        );
         // Helper mode: our auths entry goes, credHelpers names our helper, no password written.
         let (ours, warnings) = reconcile(
             &mut config,
@@ -1111,7 +1127,7 @@ mod tests {
         assert_eq!(config["credHelpers"]["a.example"], HELPER_NAME);
         assert_eq!(config["credHelpers"]["gcr.io"], "gcloud");
         assert!(!serde_json::to_string(&config).unwrap().contains("YToz"));
-        assert_eq!(ours.helpers, ["a.example"]);
+        assert_eq!(ours.helpers, [fingerprint("a.example")]);
         // The triplet is deleted: our helper entry goes, theirs stay; nothing is ours.
         let (ours, _) = reconcile(&mut config, &[], CredentialMode::Helper, &ours, path);
         assert_eq!(ours, Ours::default());

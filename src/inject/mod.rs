@@ -574,11 +574,11 @@ fn registry_credentials(
             // The triplets' IDs, not their servers: a server is a secret's value too.
             let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
             let how = match files.registry {
-                dockercfg::CredentialMode::File => "registry credentials",
-                dockercfg::CredentialMode::Helper => "the credential helper `sandbox`",
+                dockercfg::CredentialMode::File => "registry credentials written to",
+                dockercfg::CredentialMode::Helper => "credential helper `sandbox` named in",
             };
             info(format_args!(
-                "{how} in {} for: {}",
+                "{how} {} for {}",
                 written.path.display(),
                 ids.join(" ")
             ));
