@@ -121,7 +121,7 @@ pub fn sigwaitinfo(set: &SigSet) -> Result<Received, Errno> {
 /// passed with nothing pending. EINTR is returned to the caller.
 pub fn sigtimedwait(set: &SigSet, timeout: std::time::Duration) -> Result<Option<Received>, Errno> {
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as _,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();

@@ -678,8 +678,17 @@ pub fn write_config_as(
                 Err(e) => Err(io::Error::from(e)),
             }
         } else {
-            spill::write_atomic(&d, OURS_MANIFEST, now.render().as_bytes(), 0o600, uid, gid)
-                .map(drop)
+            // Not synced: lost in a crash, it only makes sandbox-init forget what it wrote
+            // (nothing is removed then), and a start saves an fsync.
+            spill::write_atomic_unsynced(
+                &d,
+                OURS_MANIFEST,
+                now.render().as_bytes(),
+                0o600,
+                uid,
+                gid,
+            )
+            .map(drop)
         };
         written.map_err(|source| ConfigError::Write {
             path: dir.join(OURS_MANIFEST),
