@@ -1241,3 +1241,59 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
     let log = init.log();
     assert!(!log.contains(&password) && !log.contains("wrong-pw-51d"));
 }
+
+#[test]
+fn docker_stop_during_a_restart_ends_the_init_with_the_commands_status() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    // A command that ignores SIGTERM: the restart waits out its grace (30 s) before SIGKILL.
+    let script = r#"trap '' TERM; echo start >> "$OUT"; while :; do sleep 1 & wait $!; done"#;
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &[
+                "--on-change",
+                "restart",
+                "--restart-grace",
+                "30",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    assert_eq!(lines_of(&seen, 1, Duration::from_secs(10)).len(), 1);
+    broker.set_user("TOKEN", "mona", "octo/hello", "during-stop-8d3");
+    assert!(
+        eventually(Duration::from_secs(10), || init
+            .log()
+            .contains("restarting the command")),
+        "{}",
+        init.explain()
+    );
+    // docker stop: SIGTERM to PID 1. The command ignores it, so it gets SIGHUP as on a hang-up;
+    // the init ends with its status instead of starting it again.
+    signal_command(&init, libc::SIGTERM);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(128 + libc::SIGHUP),
+        "{}",
+        init.explain()
+    );
+    assert_eq!(lines_of(&seen, 2, Duration::from_millis(1)), ["start"]);
+    assert!(
+        init.log().contains("restart is abandoned"),
+        "{}",
+        init.explain()
+    );
+}

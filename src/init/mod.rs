@@ -370,6 +370,7 @@ pub fn run(
         launcher: &launcher,
         pending: None,
         stopping: None,
+        ended: false,
         last_start: std::time::Instant::now(),
     });
     Ok(supervise(child, opts, &masks.blocked, handoff, live))
@@ -443,6 +444,8 @@ struct Live<'a> {
     pending: Option<ExtraEnv>,
     /// A restart under way: when SIGTERM was sent, and whether SIGKILL followed.
     stopping: Option<(std::time::Instant, bool)>,
+    /// Asked to stop from outside ([`Live::on_signal`]): no more restarts or change signals.
+    ended: bool,
     last_start: std::time::Instant,
 }
 
@@ -461,6 +464,11 @@ impl Live<'_> {
     /// Takes a reported change, and acts on it and on the clock: signal, or begin the restart
     /// (SIGTERM), or SIGKILL at the end of the grace.
     fn step(&mut self, child: i32, opts: &Options) {
+        if self.ended {
+            // Going down: changes are no longer acted on (the files stay current).
+            drop(self.changes.take());
+            return;
+        }
         if let Some(extra) = self.changes.take() {
             match opts.on_change {
                 OnChange::Signal(sig) => {
@@ -489,6 +497,20 @@ impl Live<'_> {
                 self.stopping = Some((since, true));
             }
             _ => {}
+        }
+    }
+
+    /// A signal from outside: SIGTERM, SIGINT or SIGQUIT (`docker stop`, Ctrl-C) ends the
+    /// restarts. A restart under way or pending is abandoned, so the command's end is the init's
+    /// end, with its status, and no timer is left.
+    fn on_signal(&mut self, sig: i32) {
+        if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
+            if self.stopping.is_some() || self.pending.is_some() {
+                tracing::info!("{}: the pending restart is abandoned", SigName(sig));
+            }
+            self.stopping = None;
+            self.pending = None;
+            self.ended = true;
         }
     }
 
@@ -587,6 +609,9 @@ fn supervise(
                 l.step(child, opts);
             }
             continue;
+        }
+        if let Some(l) = live.as_mut() {
+            l.on_signal(got.sig);
         }
         forward(got, child, opts);
         if opts.job_control && signals::is_job_control_stop(got.sig) {
