@@ -26,6 +26,10 @@ build() { # name dir
   echo "images: building sandbox-init/$name:latest"
   docker build --network host -q -t "sandbox-init/$name:latest" "$dir" > "$dir/build.log" 2>&1 ||
     { cat "$dir/build.log" >&2; exit 1; }
+  # The credential helper link answers docker's protocol (`list` needs no socket).
+  [[ $(docker run --rm --entrypoint /usr/local/bin/docker-credential-sandbox \
+      "sandbox-init/$name:latest" list) == "{}" ]] ||
+    { echo "images: docker-credential-sandbox missing or broken in sandbox-init/$name" >&2; exit 1; }
 }
 
 base() {

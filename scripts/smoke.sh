@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke tests in real containers on this machine's Docker engine, against the real broker on the
 # host: both images (scripts/images.sh builds them), secrets in, fail-closed, docker stop, zombies,
-# docker exec through profile.d, registry credentials, --user. Prints `smoke: N passed, N failed`.
+# docker exec through profile.d and `sandbox-init exec`, a change reaching a running container
+# (--on-change restart), registry credentials, --user. Prints `smoke: N passed, N failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -111,7 +112,31 @@ run_suite() { # image user shell
   out=$(docker exec -u "$user" "$c" "$sh" -lc 'id -un; printf %s "$SMOKE_TOKEN"')
   expect "$1: docker exec -u $user login shell sees it too" "$user
 $VALUE" "$out"
+  # Agents run commands through docker exec: `sandbox-init exec` gives them the secrets too.
+  out=$(docker exec "$c" sandbox-init exec -- "$sh" -c 'printf %s "$SMOKE_TOKEN"')
+  expect "$1: docker exec sandbox-init exec -- sees the secret as root" "$VALUE" "$out"
+  out=$(docker exec -u "$user" "$c" sandbox-init exec -- "$sh" -c 'id -un; printf %s "$SMOKE_TOKEN"')
+  expect "$1: docker exec -u $user sandbox-init exec -- sees it too" "$user
+$VALUE" "$out"
   docker rm -f "$c" >/dev/null
+
+  # --on-change restart: a `set` on the host reaches the running container's command.
+  printf '%s' "live-$1-before" | "$SECRETS" set LIVE_TOKEN --user mona --repos octo/hello >/dev/null
+  c=$(docker run -d -e SANDBOX_INIT_ON_CHANGE=restart -e SANDBOX_INIT_RESTART_GRACE=2 \
+    -v "$dir:/run/sandbox:ro" "$img" "$sh" -c \
+    'trap "exit 0" TERM; printf %s "$LIVE_TOKEN" > /tmp/seen; while :; do sleep 1 & wait $!; done')
+  containers+=("$c")
+  for _ in $(seq 50); do
+    [[ $(docker exec "$c" cat /tmp/seen 2>/dev/null) == "live-$1-before" ]] && break; sleep 0.1
+  done
+  printf '%s' "live-$1-after" | "$SECRETS" set LIVE_TOKEN --user mona --repos octo/hello >/dev/null
+  for _ in $(seq 100); do
+    out=$(docker exec "$c" cat /tmp/seen 2>/dev/null)
+    [[ $out == "live-$1-after" ]] && break; sleep 0.1
+  done
+  expect "$1: --on-change restart: a set reaches the running command" "live-$1-after" "$out"
+  docker rm -f "$c" >/dev/null
+  "$SECRETS" delete LIVE_TOKEN --user mona >/dev/null
 
   # --user: the command runs as the image's user, config.json is its own.
   out=$(docker run --rm -e SANDBOX_INIT_USER="$user" -v "$dir:/run/sandbox:ro" "$img" "$sh" -c \

@@ -27,6 +27,14 @@ pub const ENV_TINI_GROUP: &str = "TINI_KILL_PROCESS_GROUP";
 pub const ENV_TINI_VERBOSITY: &str = "TINI_VERBOSITY";
 /// Environment variable naming the broker socket when `--socket` is absent.
 pub const ENV_SOCKET: &str = "SANDBOX_SECRETS_SOCKET";
+/// Environment variable for `--on-change`.
+pub const ENV_ON_CHANGE: &str = "SANDBOX_INIT_ON_CHANGE";
+/// Environment variable for `--restart-grace`.
+pub const ENV_RESTART_GRACE: &str = "SANDBOX_INIT_RESTART_GRACE";
+/// Environment variable for `--registry-credentials`.
+pub const ENV_REGISTRY_CREDENTIALS: &str = "SANDBOX_INIT_REGISTRY_CREDENTIALS";
+/// argv[0] that makes this binary docker's credential helper `sandbox`.
+pub const CREDENTIAL_HELPER: &str = "docker-credential-sandbox";
 /// Default `--secrets-timeout`.
 pub const DEFAULT_SECRETS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +68,11 @@ pub enum Invocation {
     Exec(Options),
     /// Supervise a command (or the login shell).
     Run(Options),
+    /// Invoked as `docker-credential-sandbox ACTION`: docker's credential-helper protocol.
+    CredentialHelper {
+        action: String,
+        secrets: inject::Options,
+    },
 }
 
 /// Every option, parsed and validated.
@@ -75,6 +88,8 @@ pub struct Options {
     pub log_format: LogFormat,
     /// `sandbox-init env --format`.
     pub env_format: inject::EnvFormat,
+    /// `--registry-credentials`, `--secrets-dir`.
+    pub files: inject::Files,
 }
 
 pub const USAGE: &str = "\
@@ -126,6 +141,25 @@ Secrets:
                       optional: any failure only warns
       --secrets-timeout SECS
                       connect and fetch deadline (default 5)
+      --registry-credentials file|helper
+                      file (default): registry triplets as auths in config.json;
+                      helper: credHelpers entries naming `sandbox`, so docker runs
+                      docker-credential-sandbox (this binary by that name), which
+                      asks the socket on every pull: no password in any file
+                      (env SANDBOX_INIT_REGISTRY_CREDENTIALS)
+      --secrets-dir DIR
+                      also keep one file per secret in DIR (0400, owned by the
+                      target user, replaced atomically, removed when the secret is)
+      --on-change none|restart|signal:SIG
+                      when the sandbox's secrets change while the command runs
+                      (env SANDBOX_INIT_ON_CHANGE): none (default, no watch);
+                      restart: SIGTERM to the command's group, SIGKILL after the
+                      grace, then the command again with the new values (at most
+                      one restart a second); signal:SIG (e.g. signal:HUP): SIG to
+                      the command's group, which reads the refreshed files
+      --restart-grace SECS
+                      restart: wait this long after SIGTERM (default 10; env
+                      SANDBOX_INIT_RESTART_GRACE)
 
 Output:
       --log-format text|json
@@ -153,11 +187,12 @@ fn value_str(parser: &mut lexopt::Parser, flag: &str) -> Result<String, UsageErr
 /// `SECS` as a decimal number of seconds (`5`, `0.25`), to the millisecond, more than 0 and at
 /// most 3600. Parsed by hand: float parsing and printing would add 15 KB to the static init.
 fn parse_timeout(s: &str) -> Result<Duration, UsageError> {
-    let not_a_number = || {
-        UsageError(format!(
-            "--secrets-timeout: {s:?} is not a number of seconds"
-        ))
-    };
+    parse_seconds(s, "--secrets-timeout", false)
+}
+
+/// `SECS` as [`parse_timeout`] reads it, for `flag`; `zero`: 0 is allowed too.
+fn parse_seconds(s: &str, flag: &str, zero: bool) -> Result<Duration, UsageError> {
+    let not_a_number = || UsageError(format!("{flag}: {s:?} is not a number of seconds"));
     let t = s.trim();
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
     let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
@@ -176,9 +211,10 @@ fn parse_timeout(s: &str) -> Result<Duration, UsageError> {
         .take(3)
         .fold(0, |m, b| m * 10 + u64::from(b - b'0'));
     let total = whole.saturating_mul(1000).saturating_add(millis);
-    if total == 0 || total > 3_600_000 {
+    if (total == 0 && !zero) || total > 3_600_000 {
+        let least = if zero { "at least 0" } else { "more than 0" };
         return Err(UsageError(format!(
-            "--secrets-timeout: {s:?} must be more than 0 and at most 3600 seconds"
+            "{flag}: {s:?} must be {least} and at most 3600 seconds"
         )));
     }
     Ok(Duration::from_millis(total))
@@ -192,6 +228,52 @@ fn parse_policy(s: &str) -> Result<SecretsPolicy, UsageError> {
         other => Err(UsageError(format!(
             "--secrets: {other:?} is not one of auto, required, optional"
         ))),
+    }
+}
+
+/// `none`, `restart` or `signal:SIG` (a name with or without `SIG`, or a number), for `from`
+/// (the flag or the variable).
+fn parse_on_change(s: &str, from: &str) -> Result<init::OnChange, UsageError> {
+    match s {
+        "none" => Ok(init::OnChange::None),
+        "restart" => Ok(init::OnChange::Restart),
+        other => match other.strip_prefix("signal:") {
+            Some(sig) => match signals::parse_signal(sig) {
+                Some(n) if n != libc::SIGKILL && n != libc::SIGSTOP => {
+                    Ok(init::OnChange::Signal(n))
+                }
+                Some(_) => Err(UsageError(format!(
+                    "{from}: {sig:?} cannot be caught; use restart to replace the command"
+                ))),
+                None => Err(UsageError(format!("{from}: {sig:?} is not a signal"))),
+            },
+            None => Err(UsageError(format!(
+                "{from}: {other:?} is not one of none, restart, signal:SIG"
+            ))),
+        },
+    }
+}
+
+/// A flag's value, else its environment variable's (an empty value counts as unset), parsed
+/// by `parse` and named by where it came from.
+fn flag_or_env<T>(
+    flag: Option<String>,
+    name: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<OsString>,
+    parse: impl Fn(&str, &str) -> Result<T, UsageError>,
+) -> Result<Option<T>, UsageError> {
+    if let Some(v) = flag {
+        return parse(&v, name).map(Some);
+    }
+    match env(var).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => {
+            let v = v
+                .into_string()
+                .map_err(|v| UsageError(format!("{var}: {v:?} is not valid UTF-8")))?;
+            parse(&v, var).map(Some)
+        }
     }
 }
 
@@ -228,6 +310,10 @@ where
     let mut env_subcommand = false;
     let mut exec_subcommand = false;
     let mut env_format = None;
+    let mut on_change = None;
+    let mut restart_grace = None;
+    let mut registry = None;
+    let mut secrets_dir = None;
 
     loop {
         // An explicit `--` ends the options: everything after it is the command, even `env`.
@@ -298,6 +384,20 @@ where
             Long("secrets-timeout") => {
                 timeout = parse_timeout(&value_str(&mut parser, "--secrets-timeout")?)?
             }
+            Long("registry-credentials") => {
+                registry = Some(value_str(&mut parser, "--registry-credentials")?)
+            }
+            Long("secrets-dir") => {
+                let v = parser.value()?;
+                if v.is_empty() {
+                    return Err(UsageError("--secrets-dir: the path is empty".into()));
+                }
+                secrets_dir = Some(PathBuf::from(v));
+            }
+            Long("on-change") => on_change = Some(value_str(&mut parser, "--on-change")?),
+            Long("restart-grace") => {
+                restart_grace = Some(value_str(&mut parser, "--restart-grace")?)
+            }
             Long("log-format") => {
                 let v = value_str(&mut parser, "--log-format")?;
                 log_format = v
@@ -364,6 +464,33 @@ where
         Some(u) => Some(u),
         None => user_from_env(env)?,
     };
+    let on_change = flag_or_env(
+        on_change,
+        "--on-change",
+        ENV_ON_CHANGE,
+        env,
+        parse_on_change,
+    )?
+    .unwrap_or_default();
+    let restart_grace = flag_or_env(
+        restart_grace,
+        "--restart-grace",
+        ENV_RESTART_GRACE,
+        env,
+        |s, from| parse_seconds(s, from, true),
+    )?
+    .unwrap_or(init::DEFAULT_RESTART_GRACE);
+    let registry = flag_or_env(
+        registry,
+        "--registry-credentials",
+        ENV_REGISTRY_CREDENTIALS,
+        env,
+        |s, from| {
+            s.parse()
+                .map_err(|e: String| UsageError(format!("{from}: {e}")))
+        },
+    )?
+    .unwrap_or_default();
     let opts = Options {
         init: init::Options {
             voice: Voice::Ours,
@@ -381,6 +508,8 @@ where
             drop_caps,
             command,
             notes: Vec::new(),
+            on_change,
+            restart_grace,
         },
         secrets: inject::Options {
             socket: socket_from(socket, env),
@@ -390,6 +519,10 @@ where
         verbosity,
         log_format,
         env_format: env_format.unwrap_or_default(),
+        files: inject::Files {
+            registry,
+            secrets_dir,
+        },
     };
     if env_format.is_some() && !env_subcommand {
         return Err(UsageError(
@@ -409,9 +542,10 @@ where
                 "exec needs a command: sandbox-init exec -- CMD".into(),
             ));
         }
-        // Not an init: no subreaper, nothing to supervise.
+        // Not an init: no subreaper, nothing to supervise, nothing to watch.
         let mut opts = opts;
         opts.init.subreaper = false;
+        opts.init.on_change = init::OnChange::None;
         Invocation::Exec(opts)
     } else {
         Invocation::Run(opts)
@@ -443,6 +577,8 @@ pub enum Mode {
     SandboxInit,
     Tini,
     DumbInit,
+    /// `docker-credential-sandbox`.
+    CredentialHelper,
 }
 
 /// The mode argv[0]'s file name selects: `tini` and `tini-static` are tini, `dumb-init` is
@@ -456,6 +592,7 @@ pub fn mode_of(argv0: &OsStr) -> Mode {
     match base {
         b"tini" | b"tini-static" => Mode::Tini,
         b"dumb-init" => Mode::DumbInit,
+        b"docker-credential-sandbox" => Mode::CredentialHelper,
         _ => Mode::SandboxInit,
     }
 }
@@ -509,6 +646,18 @@ pub fn parse_argv(
         Mode::SandboxInit => parse(rest, env),
         Mode::Tini => Ok(parse_tini(&name, rest, env)),
         Mode::DumbInit => Ok(parse_dumb_init(&name, rest, env)),
+        // One action, else the helper's usage (an empty action).
+        Mode::CredentialHelper => Ok(Invocation::CredentialHelper {
+            action: match rest.as_slice() {
+                [one] => one.to_string_lossy().into_owned(),
+                _ => String::new(),
+            },
+            secrets: inject::Options {
+                socket: socket_from(None, env),
+                policy: SecretsPolicy::Auto,
+                timeout: DEFAULT_SECRETS_TIMEOUT,
+            },
+        }),
     }
 }
 
@@ -825,6 +974,7 @@ fn peer_run(mut o: init::Options, env: &dyn Fn(&str) -> Option<OsString>) -> Inv
         verbosity: 0,
         log_format: LogFormat::Text,
         env_format: inject::EnvFormat::Sh,
+        files: inject::Files::default(),
     })
 }
 
@@ -1246,6 +1396,69 @@ mod tests {
         let bad = |k: &str| (k == ENV_USER).then(|| OsString::from("a:"));
         let e = parse(["x"], &bad).unwrap_err();
         assert!(e.0.starts_with("SANDBOX_INIT_USER: invalid user"), "{e}");
+    }
+
+    #[test]
+    fn on_change_and_restart_grace_from_flags_or_environment() {
+        let o = run(&["x"]);
+        assert_eq!(o.init.on_change, init::OnChange::None);
+        assert_eq!(o.init.restart_grace, init::DEFAULT_RESTART_GRACE);
+        let o = run(&["--on-change", "restart", "--restart-grace", "0.5", "x"]);
+        assert_eq!(o.init.on_change, init::OnChange::Restart);
+        assert_eq!(o.init.restart_grace, Duration::from_millis(500));
+        for (v, sig) in [
+            ("signal:HUP", libc::SIGHUP),
+            ("signal:sigusr1", libc::SIGUSR1),
+        ] {
+            assert_eq!(
+                run(&["--on-change", v, "x"]).init.on_change,
+                init::OnChange::Signal(sig)
+            );
+        }
+        assert_eq!(
+            run(&["--restart-grace", "0", "x"]).init.restart_grace,
+            Duration::ZERO
+        );
+        let env = |k: &str| match k {
+            ENV_ON_CHANGE => Some(OsString::from("signal:TERM")),
+            ENV_RESTART_GRACE => Some(OsString::from("3")),
+            _ => None,
+        };
+        let o = match parse(["x"], &env) {
+            Ok(Invocation::Run(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(o.init.on_change, init::OnChange::Signal(libc::SIGTERM));
+        assert_eq!(o.init.restart_grace, Duration::from_secs(3));
+        let o = match parse(["--on-change", "none", "x"], &env) {
+            Ok(Invocation::Run(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(o.init.on_change, init::OnChange::None, "the flag wins");
+        for (args, want) in [
+            (
+                &["--on-change", "sometimes", "x"][..],
+                "not one of none, restart, signal:SIG",
+            ),
+            (
+                &["--on-change", "signal:NOPE", "x"][..],
+                "\"NOPE\" is not a signal",
+            ),
+            (&["--on-change", "signal:KILL", "x"][..], "cannot be caught"),
+            (&["--restart-grace", "-1", "x"][..], "--restart-grace"),
+            (&["--restart-grace", "4000", "x"][..], "at most 3600"),
+        ] {
+            let e = err(args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let bad = |k: &str| (k == ENV_ON_CHANGE).then(|| OsString::from("later"));
+        let e = parse(["x"], &bad).unwrap_err();
+        assert!(e.0.starts_with("SANDBOX_INIT_ON_CHANGE: "), "{e}");
+        // `exec` is not an init: nothing to watch.
+        match parse(["--on-change", "restart", "exec", "x"], &no_env) {
+            Ok(Invocation::Exec(o)) => assert_eq!(o.init.on_change, init::OnChange::None),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -117,6 +117,28 @@ pub fn sigwaitinfo(set: &SigSet) -> Result<Received, Errno> {
     Ok(Received { sig, pid })
 }
 
+/// Waits for one of `set` (which must be blocked) for at most `timeout`: `Ok(None)` when it
+/// passed with nothing pending. EINTR is returned to the caller.
+pub fn sigtimedwait(set: &SigSet, timeout: std::time::Duration) -> Result<Option<Received>, Errno> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as _,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `set` is initialised, `info` is writable storage for one siginfo_t, `ts` is a
+    // valid timespec living across the call.
+    let sig = unsafe { libc::sigtimedwait(&set.0, info.as_mut_ptr(), &ts) };
+    match Errno::result(sig) {
+        Ok(sig) => {
+            // SAFETY: as in `sigwaitinfo`: filled on success, zeroed before.
+            let pid = unsafe { info.assume_init().si_pid() };
+            Ok(Some(Received { sig, pid }))
+        }
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `kill(pid, sig)`; a negative pid names a process group. Takes raw numbers so realtime
 /// signals can be forwarded.
 pub fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
@@ -142,11 +164,12 @@ pub enum Forked {
 /// Forks.
 ///
 /// # Safety
-/// The process must be single-threaded, and the caller's child branch must only call
-/// async-signal-safe, allocation-free code until it execs or `_exit`s (`init::spawn` keeps
-/// that promise).
+/// The caller's child branch must only call async-signal-safe, allocation-free code until it
+/// execs or `_exit`s (`init::spawn` keeps that promise). That is also what makes a fork safe
+/// while another thread runs (the watcher of `--on-change`, which may hold a lock of the
+/// allocator or of stderr at that instant: the child never takes either).
 pub unsafe fn fork() -> Result<Forked, Errno> {
-    // SAFETY: the caller keeps the conditions above (single thread, async-signal-safe child).
+    // SAFETY: the caller keeps the condition above (an async-signal-safe, allocation-free child).
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {

@@ -487,11 +487,13 @@ fn a_triplet_merges_into_config_json_keeping_other_auths() {
     let dmeta = std::fs::metadata(&docker).unwrap();
     assert_eq!(dmeta.mode() & 0o7777, 0o700);
     assert_eq!((dmeta.uid(), dmeta.gid()), (t.uid, t.gid));
+    // config.json and the record of what sandbox-init wrote into it, no temporary file.
     assert_eq!(
         std::fs::read_dir(&docker).unwrap().count(),
-        1,
+        2,
         "a temp file was left"
     );
+    assert!(docker.join("config.json.sandbox-init").is_file());
     // The triplet variables stay in the environment too (Codespaces behaviour).
     assert_eq!(got.vars.len(), 7);
     assert!(logs.contains("registry credentials written"), "{logs}");

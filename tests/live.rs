@@ -666,3 +666,634 @@ fn a_shared_secrets_dir_keeps_its_own_files_and_its_mode() {
     }
     assert_eq!(support::daemon::mode(shared.path()), 0o755);
 }
+
+/// Waits up to `within` for `path` to hold at least `lines` lines; returns them.
+fn lines_of(path: &Path, lines: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let got: Vec<String> = text.lines().map(str::to_owned).collect();
+        if got.len() >= lines || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The init as PID 1, started in the background with its stderr to a file (read at the end).
+struct Watching {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    cmd: String,
+}
+
+impl Watching {
+    fn start(mut cmd: Command, log: std::path::PathBuf) -> Watching {
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdout(Stdio::null()).stderr(file);
+        let shown = format!("{cmd:?}");
+        Watching {
+            child: cmd.spawn().unwrap(),
+            log,
+            cmd: shown,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The init's exit code within `within` (None: still running, then killed).
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn explain(&self) -> String {
+        format!("command: {}\nstderr:\n{}", self.cmd, self.log())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // unshare --kill-child: the init (and its namespace) goes with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A dev-server stand-in: prints its environment's TOKEN and EXTRA as one line per start, and
+/// exits 7 on SIGUSR1 (so the init's exit code is seen to be the command's).
+const DEV_SERVER: &str = r#"
+trap 'exit 0' TERM
+trap 'exit 7' USR1
+printf '%s|%s\n' "${TOKEN-unset}" "${EXTRA-unset}" >> "$OUT"
+while :; do sleep 1 & wait $!; done
+"#;
+
+#[test]
+fn on_change_restart_gives_the_command_new_values_and_drops_deleted_ones() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    broker.set_user("EXTRA", "mona", "octo/hello", "extra-value-81c");
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &[
+                "--on-change",
+                "restart",
+                "--restart-grace",
+                "3",
+                "--",
+                "sh",
+                "-c",
+                DEV_SERVER,
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    let first = lines_of(&seen, 1, Duration::from_secs(10));
+    assert_eq!(
+        first,
+        [format!("{VALUE}|extra-value-81c")],
+        "{}",
+        init.explain()
+    );
+
+    broker.set_user("TOKEN", "mona", "octo/hello", "rotated-live-4d2");
+    let got = lines_of(&seen, 2, Duration::from_secs(10));
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("rotated-live-4d2|extra-value-81c"),
+        "{}",
+        init.explain()
+    );
+    broker
+        .cli(&["delete", "EXTRA", "--user", "mona"], None)
+        .ok();
+    let got = lines_of(&seen, 3, Duration::from_secs(10));
+    assert_eq!(
+        got.get(2).map(String::as_str),
+        Some("rotated-live-4d2|unset"),
+        "{}",
+        init.explain()
+    );
+
+    // A burst of changes gives one restart, with the last value.
+    for n in 0..5 {
+        broker.set_user("TOKEN", "mona", "octo/hello", &format!("burst-{n}-c0"));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let got = lines_of(&seen, 5, Duration::from_millis(1));
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("burst-4-c0|unset"),
+        "{}",
+        init.explain()
+    );
+    assert!(
+        got.len() <= 5,
+        "a burst of 5 changes gave {} restarts: {got:?}",
+        got.len() - 3
+    );
+
+    // The command ending by itself still ends the init with its code.
+    signal_command(&init, libc::SIGUSR1);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(7),
+        "{}",
+        init.explain()
+    );
+    let log = init.log();
+    assert!(log.contains("restarting the command"), "{}", init.explain());
+    for v in [
+        VALUE,
+        "rotated-live-4d2",
+        "extra-value-81c",
+        "burst-4-c0",
+        PASSWORD,
+    ] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}
+
+/// Sends `sig` to the init of `w` (PID 1 of its namespace, the child of `unshare`): it forwards
+/// it to the command.
+fn signal_command(w: &Watching, sig: i32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id())).unwrap();
+    let init: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The same dev server for `signal:HUP`: on HUP it appends the registry credentials file it
+/// reads (as a server re-reading its files would) to `$OUT`.
+const HUP_SERVER: &str = r#"
+trap 'exit 7' USR1
+trap 'echo "hup $(cat "$DOCKER_CONFIG/config.json")" >> "$OUT"' HUP
+printf 'start %s\n' "${TOKEN-unset}" >> "$OUT"
+while :; do sleep 1 & wait $!; done
+"#;
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[test]
+fn on_change_signal_keeps_the_process_and_its_files_are_current() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[
+                ("OUT", &seen_s),
+                ("DOCKER_CONFIG", &docker),
+                ("SANDBOX_INIT_ON_CHANGE", "signal:HUP"),
+            ],
+            &["--", "sh", "-c", HUP_SERVER],
+        ),
+        out.path().join("init.log"),
+    );
+    let first = lines_of(&seen, 1, Duration::from_secs(10));
+    assert_eq!(first, [format!("start {VALUE}")], "{}", init.explain());
+    broker.set_repo(
+        "REG_CONTAINER_REGISTRY_PASSWORD",
+        "octo/hello",
+        "rotated-pw-9e0",
+    );
+    let got = lines_of(&seen, 2, Duration::from_secs(10));
+    let hup = got.get(1).cloned().unwrap_or_default();
+    assert!(hup.starts_with("hup "), "{got:?}\n{}", init.explain());
+    assert!(hup.contains(&basic("mona", "rotated-pw-9e0")), "{hup}");
+    assert!(!hup.contains(&basic("mona", PASSWORD)), "{hup}");
+    // Still the first process: no second start line.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = lines_of(&seen, 3, Duration::from_millis(1));
+    assert_eq!(got.len(), 2, "{got:?}");
+    signal_command(&init, libc::SIGUSR1);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(7),
+        "{}",
+        init.explain()
+    );
+    for v in [VALUE, "rotated-pw-9e0", PASSWORD] {
+        assert!(!init.log().contains(v), "{v} in the init's log");
+    }
+}
+
+#[test]
+fn a_change_made_while_the_broker_restarts_arrives_when_it_is_back() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (mut broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    let init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &["--on-change", "restart", "--", "sh", "-c", DEV_SERVER],
+        ),
+        out.path().join("init.log"),
+    );
+    assert_eq!(
+        lines_of(&seen, 1, Duration::from_secs(10)).len(),
+        1,
+        "{}",
+        init.explain()
+    );
+    broker.stop();
+    // The watcher retries with backoff meanwhile; the command keeps running with its values.
+    std::thread::sleep(Duration::from_secs(2));
+    broker.start().unwrap();
+    broker.set_user("TOKEN", "mona", "octo/hello", "after-restart-0b7");
+    let got = lines_of(&seen, 2, Duration::from_secs(15));
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("after-restart-0b7|unset"),
+        "{got:?}\n{}",
+        init.explain()
+    );
+    assert_eq!(got[0], format!("{VALUE}|unset"));
+    let log = init.log();
+    assert!(log.contains("reconnected"), "{}", init.explain());
+    for v in [VALUE, "after-restart-0b7", PASSWORD] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}
+
+/// Waits up to `within` for `check` to hold.
+fn eventually(within: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn secrets_dir_files_and_our_config_json_entries_follow_set_and_delete() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    // The secrets directory on tmpfs, as the spill rules want; a file of the user's in it.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let files = shm.path().join("secrets");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("NOTES"), "mine").unwrap();
+    // A config.json holding the user's own login, which must survive everything.
+    let docker = out.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        r#"{"auths":{"theirs.example":{"auth":"dGhlaXI6b3du"}}}"#,
+    )
+    .unwrap();
+    let (files_s, docker_s) = (files.display().to_string(), docker.display().to_string());
+    let init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("DOCKER_CONFIG", &docker_s)],
+            &[
+                "--on-change",
+                "signal:HUP",
+                "--secrets-dir",
+                &files_s,
+                "--",
+                "sh",
+                "-c",
+                "trap : HUP; while :; do sleep 1 & wait $!; done",
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    let read = |name: &str| std::fs::read_to_string(files.join(name)).ok();
+    let config = || std::fs::read_to_string(docker.join("config.json")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || read("TOKEN").as_deref()
+            == Some(VALUE)),
+        "{}",
+        init.explain()
+    );
+    let meta = std::fs::metadata(files.join("TOKEN")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o400);
+    assert_eq!(
+        read("REG_CONTAINER_REGISTRY_PASSWORD").as_deref(),
+        Some(PASSWORD)
+    );
+    // config.json is written last, just after the files.
+    assert!(
+        eventually(Duration::from_secs(5), || config()
+            .contains(&basic("mona", PASSWORD))),
+        "{}",
+        config()
+    );
+
+    broker.set_user("TOKEN", "mona", "octo/hello", "files-rotated-6a1");
+    broker.set_user("LATER", "mona", "octo/hello", "later-value-22f");
+    broker.set_repo(
+        "REG_CONTAINER_REGISTRY_PASSWORD",
+        "octo/hello",
+        "pw-rotated-e3c",
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            read("TOKEN").as_deref() == Some("files-rotated-6a1")
+                && read("LATER").as_deref() == Some("later-value-22f")
+                && config().contains(&basic("mona", "pw-rotated-e3c"))
+        }),
+        "{:?} {:?}\n{}\n{}",
+        read("TOKEN"),
+        read("LATER"),
+        config(),
+        init.explain()
+    );
+    assert!(
+        !config().contains(&basic("mona", PASSWORD)),
+        "the old password stayed"
+    );
+
+    broker
+        .cli(&["delete", "TOKEN", "--user", "mona"], None)
+        .ok();
+    broker
+        .cli(
+            &[
+                "delete",
+                "REG_CONTAINER_REGISTRY_USER",
+                "--repo",
+                "octo/hello",
+            ],
+            None,
+        )
+        .ok();
+    assert!(
+        eventually(Duration::from_secs(10), || read("TOKEN").is_none()
+            && !config().contains("reg.example")),
+        "{:?}\n{}\n{}",
+        read("TOKEN"),
+        config(),
+        init.explain()
+    );
+    // Theirs stays: the user's file, the user's login; ours is gone with its record.
+    assert_eq!(read("NOTES").as_deref(), Some("mine"));
+    assert_eq!(read("LATER").as_deref(), Some("later-value-22f"));
+    let cfg: serde_json::Value = serde_json::from_str(&config()).unwrap();
+    assert_eq!(
+        cfg["auths"]["theirs.example"]["auth"], "dGhlaXI6b3du",
+        "{cfg}"
+    );
+    assert_eq!(cfg["auths"].as_object().unwrap().len(), 1, "{cfg}");
+    assert!(!docker.join("config.json.sandbox-init").exists());
+    let log = init.log();
+    for v in [
+        VALUE,
+        "files-rotated-6a1",
+        "later-value-22f",
+        PASSWORD,
+        "pw-rotated-e3c",
+    ] {
+        assert!(!log.contains(v), "{v} in the init's log");
+    }
+}
+
+#[test]
+fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let Some([registry, user, password, image]) = support::registry::registry_env() else {
+        support::skip("no test registry (run scripts/registry.sh start)");
+        return;
+    };
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        support::skip("skopeo not installed");
+        return;
+    }
+    let broker = Daemon::traced();
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_SERVER",
+        "mona",
+        "octo/hello",
+        &registry,
+    );
+    broker.set_user("PRIV_CONTAINER_REGISTRY_USER", "mona", "octo/hello", &user);
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_PASSWORD",
+        "mona",
+        "octo/hello",
+        "wrong-pw-51d",
+    );
+    let (_, dir) = broker.sandbox("mona", "octo/hello");
+    let out = tempfile::tempdir().unwrap();
+    // docker-credential-sandbox: this binary under that name, on PATH.
+    let bin = out.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(INIT, bin.join("docker-credential-sandbox")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let docker = out.path().join("docker");
+    let docker_s = docker.display().to_string();
+    let socket = dir.join("secrets.sock");
+    let init = Watching::start(
+        {
+            let mut c = pid1_command(
+                &socket,
+                &[("DOCKER_CONFIG", &docker_s)],
+                &[
+                    "--registry-credentials",
+                    "helper",
+                    "--",
+                    "sh",
+                    "-c",
+                    "while :; do sleep 1 & wait $!; done",
+                ],
+            );
+            c.env("PATH", &path);
+            c
+        },
+        out.path().join("init.log"),
+    );
+    let config = docker.join("config.json");
+    assert!(
+        eventually(Duration::from_secs(10), || config.exists()),
+        "{}",
+        init.explain()
+    );
+    // What a process in the sandbox runs: skopeo, reading the config the init wrote.
+    let skopeo = || {
+        let mut c = Command::new("skopeo");
+        c.args(["inspect", "--tls-verify=false", "--authfile"])
+            .arg(&config)
+            .arg(format!("docker://{image}"))
+            .env("PATH", &path)
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("DOCKER_CONFIG", &docker);
+        run(c, None)
+    };
+    let r = skopeo();
+    assert!(
+        !r.out.status.success(),
+        "the wrong password worked\n{}",
+        r.explain()
+    );
+    broker.set_user(
+        "PRIV_CONTAINER_REGISTRY_PASSWORD",
+        "mona",
+        "octo/hello",
+        &password,
+    );
+    let r = skopeo();
+    assert!(
+        r.out.status.success(),
+        "{}\n{}",
+        r.explain(),
+        init.explain()
+    );
+    // docker pull through the same helper, when a docker engine answers here.
+    if Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let mut pull = Command::new("docker");
+        pull.args(["pull", "-q", &image])
+            .env("PATH", &path)
+            .env("SANDBOX_SECRETS_SOCKET", &socket)
+            .env("DOCKER_CONFIG", &docker);
+        let r = run(pull, None);
+        assert!(r.out.status.success(), "{}", r.explain());
+    } else {
+        support::skip("no docker engine: docker pull through the helper not tried");
+    }
+
+    // No password in any file the init wrote; the helper speaks the protocol.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let host = registry.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(cfg["credHelpers"][host], "sandbox", "{text}");
+    for entry in std::fs::read_dir(&docker).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!contains(&bytes, &password) && !contains(&bytes, "wrong-pw-51d"));
+        assert!(!contains(&bytes, &basic(&user, &password)));
+    }
+    let mut get = Command::new(bin.join("docker-credential-sandbox"));
+    get.arg("get").env("SANDBOX_SECRETS_SOCKET", &socket);
+    let r = run(get, Some(format!("{host}\n").as_bytes()));
+    let answer: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(answer["Username"], user.as_str());
+    assert_eq!(answer["Secret"], password.as_str());
+    assert_eq!(answer["ServerURL"], host);
+    let mut list = Command::new(bin.join("docker-credential-sandbox"));
+    list.arg("list").env("SANDBOX_SECRETS_SOCKET", &socket);
+    assert_eq!(run(list, None).stdout(), "{}\n");
+    let mut miss = Command::new(bin.join("docker-credential-sandbox"));
+    miss.arg("get").env("SANDBOX_SECRETS_SOCKET", &socket);
+    let r = run(miss, Some(b"elsewhere.example\n"));
+    assert_eq!(r.out.status.code(), Some(1));
+    assert_eq!(r.stdout(), "credentials not found in native keychain\n");
+    let log = init.log();
+    assert!(!log.contains(&password) && !log.contains("wrong-pw-51d"));
+}
+
+#[test]
+fn docker_stop_during_a_restart_ends_the_init_with_the_commands_status() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let seen_s = seen.display().to_string();
+    let docker = out.path().join("docker").display().to_string();
+    // A command that ignores SIGTERM: the restart waits out its grace (30 s) before SIGKILL.
+    let script = r#"trap '' TERM; echo start >> "$OUT"; while :; do sleep 1 & wait $!; done"#;
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("OUT", &seen_s), ("DOCKER_CONFIG", &docker)],
+            &[
+                "--on-change",
+                "restart",
+                "--restart-grace",
+                "30",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    assert_eq!(lines_of(&seen, 1, Duration::from_secs(10)).len(), 1);
+    broker.set_user("TOKEN", "mona", "octo/hello", "during-stop-8d3");
+    assert!(
+        eventually(Duration::from_secs(10), || init
+            .log()
+            .contains("restarting the command")),
+        "{}",
+        init.explain()
+    );
+    // docker stop: SIGTERM to PID 1. The command ignores it, so it gets SIGHUP as on a hang-up;
+    // the init ends with its status instead of starting it again.
+    signal_command(&init, libc::SIGTERM);
+    assert_eq!(
+        init.wait(Duration::from_secs(10)),
+        Some(128 + libc::SIGHUP),
+        "{}",
+        init.explain()
+    );
+    assert_eq!(lines_of(&seen, 2, Duration::from_millis(1)), ["start"]);
+    assert!(
+        init.log().contains("restart is abandoned"),
+        "{}",
+        init.explain()
+    );
+}

@@ -65,6 +65,17 @@ fn main() -> ExitCode {
                 Err(e) => fail("secrets: ", &e),
             }
         }
+        Invocation::CredentialHelper { action, secrets } => {
+            let _ = sys::set_mask(&masks.original);
+            logging::install(init::log_level(0), logging::LogFormat::Text);
+            let code = inject::helper::run(
+                &secrets,
+                &action,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+            );
+            ExitCode::from(code)
+        }
         Invocation::Run(opts) => start(opts, masks, core, false),
         Invocation::Exec(opts) => start(opts, masks, core, true),
     }
@@ -99,14 +110,58 @@ fn run(
         gid: who.gid,
         home: who.home.clone(),
     };
-    let prepared = inject::prepare(&opts.secrets, &target, &inherited).map_err(Failed::Secrets)?;
+    let mut prepared = inject::prepare_with(&opts.secrets, &opts.files, &target, &inherited)
+        .map_err(Failed::Secrets)?;
+    let etag = prepared.etag.take();
     let extra = extra_env(prepared);
     if exec {
         return Err(Failed::Setup(init::exec(
             &opts.init, who, &inherited, extra, masks, core,
         )));
     }
-    init::run(&opts.init, who, &inherited, extra, masks, core).map_err(Failed::Setup)
+    let mut watch = watch(&opts, target, &inherited, etag);
+    let changes = watch.as_mut().map(|w| w as &mut dyn init::Changes);
+    init::run(&opts.init, who, &inherited, extra, masks, core, changes).map_err(Failed::Setup)
+}
+
+/// The `--on-change` watch, when asked for and there is an answer to watch (a start without
+/// secrets has none: said at info level).
+fn watch(
+    opts: &cli::Options,
+    target: inject::Target,
+    inherited: &[(OsString, OsString)],
+    etag: Option<String>,
+) -> Option<Refresh> {
+    if opts.init.on_change == init::OnChange::None {
+        return None;
+    }
+    let Some(tag) = etag else {
+        tracing::info!("--on-change: no answer from a broker to watch; the command starts once");
+        return None;
+    };
+    match inject::watch::start(
+        opts.secrets.clone(),
+        opts.files.clone(),
+        target,
+        inherited.to_vec(),
+        tag,
+        init::wake,
+    ) {
+        Ok(w) => Some(Refresh(w)),
+        Err(e) => {
+            tracing::warn!("--on-change: cannot start the watch thread: {e}; changes are not seen");
+            None
+        }
+    }
+}
+
+/// The watch as the supervisor's source of changes.
+struct Refresh(inject::watch::Watch);
+
+impl init::Changes for Refresh {
+    fn take(&mut self) -> Option<init::ExtraEnv> {
+        self.0.take().map(extra_env)
+    }
 }
 
 /// The secrets step's variables as the init's extra environment (the values move into the

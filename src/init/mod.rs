@@ -23,6 +23,7 @@ pub mod voice;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -69,6 +70,10 @@ pub struct Options {
     pub drop_caps: bool,
     /// The command and its arguments; empty means the target user's login shell.
     pub command: Vec<OsString>,
+    /// `--on-change`: what a change of the secrets does to the running command.
+    pub on_change: OnChange,
+    /// `--restart-grace`: how long a restart waits after SIGTERM before SIGKILL.
+    pub restart_grace: Duration,
     /// Debug lines the peer prints about its own parsing (dumb-init's "Running in debug
     /// mode."), said by [`setup`] in the peer's voice.
     pub notes: Vec<&'static str>,
@@ -330,8 +335,9 @@ pub fn exec(
 }
 
 /// Starts the child as `who` with `inherited` (the init's own environment) plus `extra`, then
-/// supervises it. Everything up to the fork can fail (exit 1); after the fork the init never
-/// fails and returns the child's exit code.
+/// supervises it; with `changes` (the binary's `--on-change` watch) it restarts or signals the
+/// command when a change is reported ([`OnChange`]). Everything up to the first fork can fail
+/// (exit 1); after it the init never fails and returns the child's exit code.
 pub fn run(
     opts: &Options,
     who: Identity,
@@ -339,32 +345,204 @@ pub fn run(
     extra: ExtraEnv,
     masks: sys::Masks,
     core: CoreLimit,
+    changes: Option<&mut dyn Changes>,
 ) -> Result<u8, SetupError> {
-    let user_vars = who.user_vars();
-    let env = spawn::compose_env(inherited, &user_vars, &extra.add, &extra.remove);
-    // The composed environment now holds the only copy the init needs; wipe the rest.
-    drop(extra);
-    let mut spec = spawn::exec_spec(&opts.command, &who.shell, env).map_err(SetupError::Spawn)?;
-    let plan = privdrop::Plan::new(who.account.as_ref(), opts.no_new_privs, opts.drop_caps);
-    let setup = spawn::ChildSetup {
-        take_terminal: !opts.setsid && spawn::owns_terminal(),
-        setsid: opts.setsid,
-        core_limit: Some(core),
-        voice: opts.voice,
+    let launcher = Launcher {
+        opts,
+        user_vars: who.user_vars(),
+        plan: privdrop::Plan::new(who.account.as_ref(), opts.no_new_privs, opts.drop_caps),
+        who: &who,
+        inherited,
+        masks: &masks,
+        setup: spawn::ChildSetup {
+            take_terminal: !opts.setsid && spawn::owns_terminal(),
+            setsid: opts.setsid,
+            core_limit: Some(core),
+            voice: opts.voice,
+        },
     };
     // dumb-init's hand-off: a session leader that gives up its terminal gets one SIGHUP and
     // one SIGCONT from the kernel for it; those are not the user's and are not forwarded.
     let handoff = opts.setsid && spawn::release_terminal(opts.voice);
-    let child = spawn::spawn(&mut spec, &plan, &masks, setup).map_err(SetupError::Spawn)?;
-    drop(spec);
-    Ok(supervise(child, opts, &masks.blocked, handoff))
+    let child = launcher.launch(extra)?;
+    let live = changes.map(|changes| Live {
+        changes,
+        launcher: &launcher,
+        pending: None,
+        stopping: None,
+        ended: false,
+        last_start: std::time::Instant::now(),
+    });
+    Ok(supervise(child, opts, &masks.blocked, handoff, live))
+}
+
+/// What the init does when the binary reports a change of the command's variables
+/// (`--on-change`, env `SANDBOX_INIT_ON_CHANGE`). The files are current in every mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnChange {
+    /// Nothing: no watch is kept (the default).
+    #[default]
+    None,
+    /// SIGTERM to the command's group, SIGKILL after `--restart-grace`, then the command again
+    /// with the new variables. Restarts are at least [`MIN_RESTART_INTERVAL`] apart.
+    Restart,
+    /// The signal to the command's group; the command keeps running (and reads the files).
+    Signal(i32),
+}
+
+/// Default `--restart-grace`.
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(10);
+/// Two restarts are at least this far apart: a burst of changes gives one restart, with the
+/// last values.
+pub const MIN_RESTART_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The binary's source of changes while the command runs (the `--on-change` watch). The watch
+/// calls [`wake`] (from its own thread) when it has one.
+pub trait Changes {
+    /// The latest change not yet taken, if any: the variables the command gets when it is
+    /// started again (the files are already current when a change is reported).
+    fn take(&mut self) -> Option<ExtraEnv>;
+}
+
+/// Wakes the supervisor from another thread: SIGCHLD to the init itself, on which it reaps
+/// (finding nothing) and asks [`Changes::take`]. Standard signals coalesce, so a burst of
+/// wakes is one.
+pub fn wake() {
+    let _ = sys::kill(std::process::id() as i32, libc::SIGCHLD);
+}
+
+/// Everything needed to start the command again, kept for the restarts.
+struct Launcher<'a> {
+    opts: &'a Options,
+    who: &'a Identity,
+    user_vars: Vec<(&'static str, OsString)>,
+    plan: privdrop::Plan,
+    inherited: &'a [(OsString, OsString)],
+    masks: &'a sys::Masks,
+    setup: spawn::ChildSetup,
+}
+
+impl Launcher<'_> {
+    /// Forks and execs the command with `extra` on top of the inherited environment.
+    fn launch(&self, extra: ExtraEnv) -> Result<i32, SetupError> {
+        let env = spawn::compose_env(self.inherited, &self.user_vars, &extra.add, &extra.remove);
+        // The composed environment now holds the only copy the init needs; wipe the rest.
+        drop(extra);
+        let mut spec = spawn::exec_spec(&self.opts.command, &self.who.shell, env)
+            .map_err(SetupError::Spawn)?;
+        let child = spawn::spawn(&mut spec, &self.plan, self.masks, self.setup)
+            .map_err(SetupError::Spawn)?;
+        Ok(child)
+    }
+}
+
+/// The `--on-change` state of the supervisor.
+struct Live<'a> {
+    changes: &'a mut dyn Changes,
+    launcher: &'a Launcher<'a>,
+    /// Variables of a change not yet applied by a restart (the latest wins).
+    pending: Option<ExtraEnv>,
+    /// A restart under way: when SIGTERM was sent, and whether SIGKILL followed.
+    stopping: Option<(std::time::Instant, bool)>,
+    /// Asked to stop from outside ([`Live::on_signal`]): no more restarts or change signals.
+    ended: bool,
+    last_start: std::time::Instant,
+}
+
+impl Live<'_> {
+    /// When the supervisor must wake up without a signal: the end of a restart's grace, or the
+    /// end of the rate limit that holds a pending restart back. `None`: only signals.
+    fn deadline(&self, grace: Duration) -> Option<std::time::Instant> {
+        match self.stopping {
+            Some((since, false)) => Some(since + grace),
+            Some((_, true)) => None,
+            None if self.pending.is_some() => Some(self.last_start + MIN_RESTART_INTERVAL),
+            None => None,
+        }
+    }
+
+    /// Takes a reported change, and acts on it and on the clock: signal, or begin the restart
+    /// (SIGTERM), or SIGKILL at the end of the grace.
+    fn step(&mut self, child: i32, opts: &Options) {
+        if self.ended {
+            // Going down: changes are no longer acted on (the files stay current).
+            drop(self.changes.take());
+            return;
+        }
+        if let Some(extra) = self.changes.take() {
+            match opts.on_change {
+                OnChange::Signal(sig) => {
+                    tracing::info!("secrets changed: {} to the command's group", SigName(sig));
+                    send(-child, sig, "the child's process group");
+                }
+                OnChange::Restart => self.pending = Some(extra),
+                OnChange::None => {}
+            }
+        }
+        let now = std::time::Instant::now();
+        match self.stopping {
+            None if self.pending.is_some() && now >= self.last_start + MIN_RESTART_INTERVAL => {
+                tracing::info!(
+                    grace_ms = opts.restart_grace.as_millis() as u64,
+                    "secrets changed: restarting the command (SIGTERM to its group)"
+                );
+                send(-child, libc::SIGTERM, "the child's process group");
+                self.stopping = Some((now, false));
+            }
+            Some((since, false)) if now >= since + opts.restart_grace => {
+                tracing::warn!(
+                    "the command did not end within the restart grace: SIGKILL to its group"
+                );
+                send(-child, libc::SIGKILL, "the child's process group");
+                self.stopping = Some((since, true));
+            }
+            _ => {}
+        }
+    }
+
+    /// A signal from outside: SIGTERM, SIGINT or SIGQUIT (`docker stop`, Ctrl-C) ends the
+    /// restarts. A restart under way or pending is abandoned, so the command's end is the init's
+    /// end, with its status, and no timer is left.
+    fn on_signal(&mut self, sig: i32) {
+        if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
+            if self.stopping.is_some() || self.pending.is_some() {
+                tracing::info!("{}: the pending restart is abandoned", SigName(sig));
+            }
+            self.stopping = None;
+            self.pending = None;
+            self.ended = true;
+        }
+    }
+
+    /// The command ended during a restart: start it again with the pending variables. `None`
+    /// when it ended by itself (the init exits with its status) or the new start failed.
+    fn restarted(&mut self) -> Option<Result<i32, SetupError>> {
+        self.stopping.take()?;
+        let extra = self.pending.take().unwrap_or_default();
+        self.last_start = std::time::Instant::now();
+        Some(self.launcher.launch(extra))
+    }
+}
+
+/// `kill(pid, sig)`, an already-gone target ignored, other failures logged.
+fn send(pid: i32, sig: i32, to: &str) {
+    match sys::kill(pid, sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("send {} to the {to}: {e}", SigName(sig)),
+    }
 }
 
 /// The supervision loop: waits for signals (all blocked, so nothing is lost between waits),
 /// reaps on SIGCHLD, forwards everything else. Returns the exit code once the child has been
-/// reaped. Errors are logged and the loop goes on. `handoff`: ignore the first SIGHUP and
-/// SIGCONT (dumb-init's terminal hand-off, see [`run`]).
-pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: bool) -> u8 {
+/// reaped (and, with `live`, not during a restart). Errors are logged and the loop goes on.
+/// `handoff`: ignore the first SIGHUP and SIGCONT (dumb-init's terminal hand-off, see [`run`]).
+fn supervise(
+    mut child: i32,
+    opts: &Options,
+    blocked: &sys::SigSet,
+    handoff: bool,
+    mut live: Option<Live<'_>>,
+) -> u8 {
     let voice = opts.voice;
     let mut ignore_once = if handoff {
         vec![libc::SIGHUP, libc::SIGCONT]
@@ -372,8 +550,23 @@ pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: boo
         Vec::new()
     };
     loop {
-        let got = match sys::sigwaitinfo(blocked) {
-            Ok(got) => got,
+        let deadline = live.as_ref().and_then(|l| l.deadline(opts.restart_grace));
+        let waited = match deadline {
+            None => sys::sigwaitinfo(blocked).map(Some),
+            Some(at) => sys::sigtimedwait(
+                blocked,
+                at.saturating_duration_since(std::time::Instant::now()),
+            ),
+        };
+        let got = match waited {
+            Ok(Some(got)) => got,
+            Ok(None) => {
+                // A deadline of the restart passed.
+                if let Some(l) = live.as_mut() {
+                    l.step(child, opts);
+                }
+                continue;
+            }
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 tracing::error!("sigwaitinfo: {e}");
@@ -389,6 +582,20 @@ pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: boo
         if got.sig == libc::SIGCHLD {
             voice.tini(Level::Debug, format_args!("Received SIGCHLD"));
             if let Some(ended) = reap::reap_all(child, opts.warn_zombies, voice) {
+                match live.as_mut().and_then(Live::restarted) {
+                    Some(Ok(next)) => {
+                        tracing::info!(pid = next, "command restarted (the last one {ended})");
+                        child = next;
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        let cause = std::error::Error::source(&e)
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default();
+                        tracing::error!("restart the command: {e}{cause}");
+                    }
+                    None => {}
+                }
                 let code = reap::exit_code(ended, &opts.remaps);
                 if opts.term_group_on_exit || matches!(voice, Voice::DumbInit { .. }) {
                     end_group(child, opts);
@@ -398,7 +605,13 @@ pub fn supervise(child: i32, opts: &Options, blocked: &sys::SigSet, handoff: boo
                 tracing::info!(code, "exiting: child {ended}");
                 return code;
             }
+            if let Some(l) = live.as_mut() {
+                l.step(child, opts);
+            }
             continue;
+        }
+        if let Some(l) = live.as_mut() {
+            l.on_signal(got.sig);
         }
         forward(got, child, opts);
         if opts.job_control && signals::is_job_control_stop(got.sig) {

@@ -191,9 +191,9 @@ pub fn spawn(
     setup: ChildSetup,
 ) -> Result<i32, SpawnError> {
     let (read_end, write_end) = unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    // SAFETY: the init is single-threaded here (the fetch is one blocking exchange on this
-    // thread, done before `init::run`), and the child branch (`child`) only makes async-signal-safe calls and does
-    // not allocate until it execs or `_exit`s.
+    // SAFETY: the child branch (`child`) only makes async-signal-safe calls and does not
+    // allocate until it execs or `_exit`s, so a fork while the `--on-change` watcher thread runs
+    // (a restart) is as safe as the first one, made single-threaded.
     let forked = unsafe { sys::fork() };
     match forked {
         Ok(Forked::Child) => {

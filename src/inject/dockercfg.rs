@@ -343,7 +343,10 @@ pub enum ConfigError {
 /// The init's filesystem identity while it works on the target's docker config: the target's
 /// uid and gid, no supplementary groups (the kernel then drops the init's `CAP_DAC_OVERRIDE`,
 /// `CAP_FOWNER` and `CAP_CHOWN` for file access). Only switched when the init is root and the
-/// target is not; restored on drop. Per thread, and the init is single-threaded here.
+/// target is not; restored on drop. The fs ids are per thread; the groups are the process's (libc
+/// sets them on every thread), which the `--on-change` watcher thread may change while the
+/// command restarts: harmless, as this only switches with `--user`, and then the child sets its
+/// groups from scratch.
 struct AsTarget {
     saved_groups: Option<Vec<Gid>>,
 }
@@ -384,18 +387,205 @@ impl Drop for AsTarget {
     }
 }
 
-/// Merges `entries` into `dir/config.json` for `uid:gid`, as that user (see [`AsTarget`]):
-/// directories missing on the way are created as the target (so only where it may), the
-/// directory must belong to the target and is made 0700, the file is replaced atomically, 0600,
-/// owned by them. A directory of anyone else (`/etc`, `/etc/docker`, another user's `.docker`)
-/// is refused, and so is a `config.json` the target cannot read: the init never hands the
-/// target what it could not reach itself. A corrupt file (not JSON, not an object, `auths` not
-/// an object, a symlink) is renamed to `config.json.corrupt-<unix-ts>` with a warning.
+/// Merges `entries` into `dir/config.json` for `uid:gid` as files (`auths`), see
+/// [`write_config_as`].
 pub fn write_config(
     dir: &Path,
     entries: &[Entry],
     uid: u32,
     gid: u32,
+) -> Result<Written, ConfigError> {
+    write_config_as(dir, entries, uid, gid, CredentialMode::File)
+}
+
+/// How registry credentials reach docker (`--registry-credentials`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CredentialMode {
+    /// `auths[server] = {"auth": base64(user:password)}` in `config.json` (the default).
+    #[default]
+    File,
+    /// `credHelpers[host] = "sandbox"`: docker runs `docker-credential-sandbox get`, which asks
+    /// the sandbox socket each time; no password in any file.
+    Helper,
+}
+
+impl std::str::FromStr for CredentialMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(CredentialMode::File),
+            "helper" => Ok(CredentialMode::Helper),
+            other => Err(format!("{other:?} is not one of file, helper")),
+        }
+    }
+}
+
+/// The helper's name in `credHelpers` (docker runs `docker-credential-<name>`).
+pub const HELPER_NAME: &str = "sandbox";
+/// The file beside `config.json` recording which of its entries sandbox-init wrote: `auth
+/// <server fingerprint> <auth fingerprint>` and `helper <host fingerprint>` lines (no server
+/// name: a server is a secret's value too). Only those entries are ever removed, and an `auths`
+/// entry only while it still holds what sandbox-init wrote (a `docker login` since then made it
+/// the user's).
+pub const OURS_MANIFEST: &str = "config.json.sandbox-init";
+
+/// What sandbox-init wrote into a `config.json`, by [`OURS_MANIFEST`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ours {
+    /// Fingerprint of an `auths` server -> fingerprint of the `auth` string written
+    /// ([`fingerprint`]).
+    pub auths: BTreeMap<String, String>,
+    /// Fingerprints of the `credHelpers` hosts set to [`HELPER_NAME`].
+    pub helpers: Vec<String>,
+}
+
+impl Ours {
+    /// Reads the manifest's lines; anything else is ignored.
+    pub fn parse(text: &str) -> Ours {
+        let mut ours = Ours::default();
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("auth"), Some(server), Some(fp), None) if !server.is_empty() => {
+                    ours.auths.insert(server.to_owned(), fp.to_owned());
+                }
+                (Some("helper"), Some(host), None, None) if !host.is_empty() => {
+                    ours.helpers.push(host.to_owned())
+                }
+                _ => {}
+            }
+        }
+        ours
+    }
+
+    /// The manifest's text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (server, fp) in &self.auths {
+            out.push_str(&format!("auth {server} {fp}\n"));
+        }
+        for host in &self.helpers {
+            out.push_str(&format!("helper {host}\n"));
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.auths.is_empty() && self.helpers.is_empty()
+    }
+}
+
+/// A fingerprint of a server name or an `auth` string (FNV-1a, 64 bits, hex): enough to know an
+/// entry again and to see that it still holds what sandbox-init wrote. It sits beside the file
+/// that holds the strings themselves, and goes with them.
+pub fn fingerprint(auth: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in auth.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Brings `config` to `entries` in `mode`, given what sandbox-init wrote before (`ours`), and
+/// returns what it owns now, with warnings. File mode merges `entries` into `auths` ([`merge`]);
+/// helper mode sets `credHelpers[host] = "sandbox"` and writes no password. In both, an entry of
+/// ours that is no longer wanted is removed (an `auths` entry only while it holds what we
+/// wrote, a `credHelpers` entry only while it names our helper); nothing else is touched.
+pub fn reconcile(
+    config: &mut Map<String, Value>,
+    entries: &[Entry],
+    mode: CredentialMode,
+    ours: &Ours,
+    path: &Path,
+) -> (Ours, Vec<String>) {
+    let mut now = Ours::default();
+    let mut warnings = Vec::new();
+    let file = mode == CredentialMode::File;
+    if let Some(Value::Object(auths)) = config.get_mut("auths") {
+        let stale: Vec<String> = auths
+            .iter()
+            .filter(|(server, v)| {
+                let wanted = file && entries.iter().any(|e| &e.server == *server);
+                let held = v.get("auth").and_then(Value::as_str).map(fingerprint);
+                !wanted && held.is_some() && ours.auths.get(&fingerprint(server)) == held.as_ref()
+            })
+            .map(|(server, _)| server.clone())
+            .collect();
+        for server in stale {
+            if let Some(mut old) = auths.remove(&server) {
+                scrub_value(&mut old);
+            }
+        }
+    }
+    if file {
+        warnings = merge(config, entries, path);
+        for e in entries {
+            now.auths
+                .insert(fingerprint(&e.server), fingerprint(&e.auth));
+        }
+    }
+    let wanted: Vec<String> = if file {
+        Vec::new()
+    } else {
+        entries.iter().map(|e| hostname(&e.server)).collect()
+    };
+    if !ours.helpers.is_empty() || !wanted.is_empty() {
+        let helpers = config
+            .entry("credHelpers")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !helpers.is_object() {
+            *helpers = Value::Object(Map::new());
+        }
+        if let Value::Object(helpers) = helpers {
+            let stale: Vec<String> = helpers
+                .iter()
+                .filter(|(host, v)| {
+                    v.as_str() == Some(HELPER_NAME)
+                        && !wanted.contains(host)
+                        && ours.helpers.contains(&fingerprint(host))
+                })
+                .map(|(host, _)| host.clone())
+                .collect();
+            for host in stale {
+                helpers.remove(&host);
+            }
+            for host in &wanted {
+                if let Some(other) = helpers.get(host).and_then(Value::as_str) {
+                    if other != HELPER_NAME {
+                        warnings.push(format!(
+                            "{} sets credHelpers[{host:?}] = {other:?}: replaced by {HELPER_NAME:?} \
+                             (--registry-credentials helper)",
+                            path.display()
+                        ));
+                    }
+                }
+                helpers.insert(host.clone(), Value::String(HELPER_NAME.into()));
+            }
+            if helpers.is_empty() {
+                config.remove("credHelpers");
+            }
+        }
+        now.helpers = wanted.iter().map(|h| fingerprint(h)).collect();
+    }
+    (now, warnings)
+}
+
+/// Brings `dir/config.json` for `uid:gid` to `entries` in `mode` ([`reconcile`]), as that user
+/// (see [`AsTarget`]): directories missing on the way are created as the target (so only where
+/// it may), the directory must belong to the target and is made 0700, the file is replaced
+/// atomically, 0600, owned by them, and only when its content changes; then [`OURS_MANIFEST`]
+/// beside it, the same way. A directory of anyone else (`/etc`, `/etc/docker`, another user's
+/// `.docker`) is refused, and so is a `config.json` the target cannot read: the init never
+/// hands the target what it could not reach itself. A corrupt file (not JSON, not an object,
+/// `auths` not an object, a symlink) is renamed to `config.json.corrupt-<unix-ts>` with a
+/// warning.
+pub fn write_config_as(
+    dir: &Path,
+    entries: &[Entry],
+    uid: u32,
+    gid: u32,
+    mode: CredentialMode,
 ) -> Result<Written, ConfigError> {
     let mut warnings = Vec::new();
     let dir_err = |source| ConfigError::Dir {
@@ -418,9 +608,13 @@ pub fn write_config(
     }
     d.make_private(uid, gid).map_err(dir_err)?;
     let path = dir.join("config.json");
+    let mut existed = true;
     let mut config = match read_existing(&d) {
         Ok(Some(c)) => c,
-        Ok(None) => Config(Map::new()),
+        Ok(None) => {
+            existed = false;
+            Config(Map::new())
+        }
         Err(Corrupt::Io(source)) => {
             return Err(ConfigError::Read {
                 path: path.clone(),
@@ -438,21 +632,93 @@ pub fn write_config(
                 path.display(),
                 aside.display()
             ));
+            existed = false;
             Config(Map::new())
         }
     };
-    warnings.extend(merge(&mut config.0, entries, &path));
-    let bytes = serialise(&config.0).map_err(|source| ConfigError::Serialise {
+    let ours = read_ours(&d, uid);
+    let serialise_err = |source| ConfigError::Serialise {
         path: path.clone(),
         source,
-    })?;
-    spill::write_atomic(&d, CONFIG, &bytes, 0o600, uid, gid).map_err(|source| {
-        ConfigError::Write {
-            path: path.clone(),
+    };
+    let before = if existed {
+        Some(serialise(&config.0).map_err(serialise_err)?)
+    } else {
+        None
+    };
+    let (now, more) = reconcile(&mut config.0, entries, mode, &ours, &path);
+    warnings.extend(more);
+    let bytes = serialise(&config.0).map_err(serialise_err)?;
+    // Unchanged content is not written again (no fsync), unless the file is not yet 0600 and
+    // the target's.
+    let private = || {
+        nix::sys::stat::fstatat(Some(d.raw()), CONFIG, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & 0o7777 == 0o600 && st.st_uid == uid)
+    };
+    let changed = !(before
+        .as_ref()
+        .is_some_and(|b| b.as_slice() == bytes.as_slice())
+        && private());
+    if changed && (existed || !config.0.is_empty()) {
+        spill::write_atomic(&d, CONFIG, &bytes, 0o600, uid, gid).map_err(|source| {
+            ConfigError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    if now != ours {
+        let written = if now.is_empty() {
+            match nix::unistd::unlinkat(
+                Some(d.raw()),
+                OURS_MANIFEST,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(io::Error::from(e)),
+            }
+        } else {
+            // Not synced: lost in a crash, it only makes sandbox-init forget what it wrote
+            // (nothing is removed then), and a start saves an fsync.
+            spill::write_atomic_unsynced(
+                &d,
+                OURS_MANIFEST,
+                now.render().as_bytes(),
+                0o600,
+                uid,
+                gid,
+            )
+            .map(drop)
+        };
+        written.map_err(|source| ConfigError::Write {
+            path: dir.join(OURS_MANIFEST),
             source,
-        }
-    })?;
+        })?;
+    }
     Ok(Written { path, warnings })
+}
+
+/// What [`OURS_MANIFEST`] in `d` records, believed only from a regular file of the target
+/// (`uid`), the owner of the directory and of `config.json` itself; else nothing is ours.
+fn read_ours(d: &spill::Dir, uid: u32) -> Ours {
+    match open_regular(d, OURS_MANIFEST) {
+        Ok(Some((mut file, len))) if len <= 64 * 1024 => {
+            let owned = nix::sys::stat::fstat(file.as_raw_fd()).is_ok_and(|st| st.st_uid == uid);
+            let mut text = String::new();
+            if owned && file.read_to_string(&mut text).is_ok() {
+                Ours::parse(&text)
+            } else {
+                Ours::default()
+            }
+        }
+        _ => Ours::default(),
+    }
+}
+
+/// Whether `dir` holds an [`OURS_MANIFEST`] (one `lstat`): with no registry triplet now, the
+/// config is only worth reading when sandbox-init wrote into it before.
+pub fn has_ours(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(OURS_MANIFEST)).is_ok()
 }
 
 const CONFIG: &str = "config.json";
@@ -812,6 +1078,86 @@ mod tests {
         let mut config: Map<String, Value> = serde_json::from_str(r#"{"credsStore":""}"#).unwrap();
         assert!(merge(&mut config, &[entry(DOCKER_HUB, "eA==")], Path::new("c")).is_empty());
         assert_eq!(config["auths"][DOCKER_HUB]["auth"], "eA==");
+    }
+
+    #[test]
+    fn reconcile_removes_only_what_it_wrote_and_still_holds_and_helper_mode_writes_no_password() {
+        let path = Path::new("/h/.docker/config.json");
+        let mut config: Map<String, Value> = serde_json::from_str(
+            r#"{"auths":{"theirs.example":{"auth":"dGhlaXJz"}},"credHelpers":{"gcr.io":"gcloud"}}"#,
+        )
+        .unwrap();
+        // File mode: two entries of ours.
+        let (ours, _) = reconcile(
+            &mut config,
+            &[entry("a.example", "YTox"), entry("b.example", "Yjox")],
+            CredentialMode::File,
+            &Ours::default(),
+            path,
+        );
+        assert_eq!(ours.auths.len(), 2);
+        assert_eq!(
+            Ours::parse(&ours.render()),
+            ours,
+            "the manifest round-trips"
+        );
+        // A rotation replaces ours; the user re-logs into b by hand (b is theirs from now on).
+        config["auths"]["b.example"] = serde_json::json!({"auth": "YnktaGFuZA=="});
+        let (ours, _) = reconcile(
+            &mut config,
+            &[entry("a.example", "YToy")],
+            CredentialMode::File,
+            &ours,
+            path,
+        );
+        let auths = config["auths"].as_object().unwrap();
+        assert_eq!(auths["a.example"]["auth"], "YToy");
+        assert_eq!(
+            auths["b.example"]["auth"], "YnktaGFuZA==",
+            "not ours any more: kept"
+        );
+        assert_eq!(auths["theirs.example"]["auth"], "dGhlaXJz");
+        let fp = fingerprint("a.example");
+        assert_eq!(ours.auths.keys().collect::<Vec<_>>(), [&fp]);
+        assert!(
+            !ours.render().contains("example"),
+            "no server name in the manifest"
+        );
+        // Helper mode: our auths entry goes, credHelpers names our helper, no password written.
+        let (ours, warnings) = reconcile(
+            &mut config,
+            &[entry("a.example", "YToz")],
+            CredentialMode::Helper,
+            &ours,
+            path,
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(config["auths"].get("a.example").is_none());
+        assert_eq!(config["credHelpers"]["a.example"], HELPER_NAME);
+        assert_eq!(config["credHelpers"]["gcr.io"], "gcloud");
+        assert!(!serde_json::to_string(&config).unwrap().contains("YToz"));
+        assert_eq!(ours.helpers, [fingerprint("a.example")]);
+        // The triplet is deleted: our helper entry goes, theirs stay; nothing is ours.
+        let (ours, _) = reconcile(&mut config, &[], CredentialMode::Helper, &ours, path);
+        assert_eq!(ours, Ours::default());
+        assert!(config["credHelpers"].get("a.example").is_none());
+        assert_eq!(config["credHelpers"]["gcr.io"], "gcloud");
+        assert_eq!(config["auths"]["theirs.example"]["auth"], "dGhlaXJz");
+        assert_eq!(config["auths"]["b.example"]["auth"], "YnktaGFuZA==");
+    }
+
+    #[test]
+    fn the_manifest_ignores_what_it_does_not_know() {
+        let ours = Ours::parse("auth a.example 0011\nhelper h\njunk\nauth  x\nauth a b c\n");
+        assert_eq!(ours.auths.len(), 1);
+        assert_eq!(ours.helpers, ["h"]);
+        assert_eq!(fingerprint("x"), fingerprint("x"));
+        assert_ne!(fingerprint("x"), fingerprint("y"));
+        assert_eq!("helper".parse(), Ok(CredentialMode::Helper));
+        assert!("vault"
+            .parse::<CredentialMode>()
+            .unwrap_err()
+            .contains("file, helper"));
     }
 
     #[test]

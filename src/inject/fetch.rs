@@ -68,21 +68,73 @@ pub fn wait_for_socket(socket: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// A checked answer and its entity tag (`ETag`, kept as sent; `None` from a broker without
+/// watches).
+#[derive(Debug)]
+pub struct Fetched {
+    pub secrets: Vec<Secret>,
+    pub etag: Option<String>,
+}
+
 /// `GET /v1/secrets` on `socket`, the whole exchange (connect included) bounded by `timeout`
 /// and the answer by [`protocol::MAX_RESPONSE_BYTES`], then checked by [`parse_answer`].
 pub fn fetch(socket: &Path, timeout: Duration) -> Result<Vec<Secret>, FetchError> {
+    fetch_tagged(socket, timeout).map(|f| f.secrets)
+}
+
+/// [`fetch`], with the answer's `ETag`.
+pub fn fetch_tagged(socket: &Path, timeout: Duration) -> Result<Fetched, FetchError> {
+    match exchange(socket, &[], timeout)? {
+        Some(f) => Ok(f),
+        None => Err(FetchError::Status {
+            status: http::StatusCode::NOT_MODIFIED,
+            message: "(not modified, but no tag was sent)".into(),
+        }),
+    }
+}
+
+/// The watch: `GET /v1/secrets` with `If-None-Match: holds` and `Prefer: wait=SECS`. The
+/// broker answers when the answer's tag differs from `holds` (`Some`) or when `wait` passed
+/// (`304`: `None`). The exchange is bounded by `wait` plus `slack`: one wakeup per wait while
+/// nothing changes, none between.
+pub fn watch(
+    socket: &Path,
+    holds: &str,
+    wait: Duration,
+    slack: Duration,
+) -> Result<Option<Fetched>, FetchError> {
+    let secs = wait.as_secs().to_string();
+    let prefer = format!("wait={secs}");
+    exchange(
+        socket,
+        &[("if-none-match", holds), ("prefer", &prefer)],
+        wait + slack,
+    )
+}
+
+/// One exchange: `None` for `304 Not Modified`, else the checked answer with its tag.
+fn exchange(
+    socket: &Path,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Option<Fetched>, FetchError> {
     let deadline = Instant::now() + timeout;
     let answer = match protocol::http1::get(
         socket,
         protocol::SECRETS_PATH,
-        &[],
+        headers,
         deadline,
         protocol::MAX_RESPONSE_BYTES,
     ) {
         Err(protocol::ClientError::Deadline { .. }) => return Err(FetchError::Timeout(timeout)),
         answer => answer?,
     };
-    parse_answer(answer.status, &answer.body)
+    if answer.status == http::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    let etag = answer.header("etag").map(str::to_owned);
+    let secrets = parse_answer(answer.status, &answer.body)?;
+    Ok(Some(Fetched { secrets, etag }))
 }
 
 /// Longest broker error message shown; a hostile peer cannot flood the terminal.

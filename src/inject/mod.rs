@@ -11,8 +11,10 @@
 pub mod dockercfg;
 pub mod env;
 pub mod fetch;
+pub mod helper;
 pub mod quote;
 pub mod spill;
+pub mod watch;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -47,6 +49,15 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// Where and how the secrets are written besides the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Files {
+    /// `--registry-credentials file|helper`.
+    pub registry: dockercfg::CredentialMode,
+    /// `--secrets-dir DIR`: one file per secret, kept current.
+    pub secrets_dir: Option<PathBuf>,
+}
+
 /// The user the child will run as: credentials files are written for and owned by it.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -63,6 +74,8 @@ pub struct Prepared {
     /// Inherited variables to remove from the child: secrets of that name went to a file
     /// (`NAME_FILE` is in `vars`), so a stale inherited `NAME` must not stay.
     pub unset: Vec<String>,
+    /// The answer's entity tag, for the watch (`--on-change`); `None` when nothing was fetched.
+    pub etag: Option<String>,
 }
 
 /// Why the secrets step stopped the init. Never holds a value.
@@ -84,6 +97,11 @@ pub enum Error {
     #[error("cannot write secret {name} to {}", path.display())]
     Spill {
         name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the secrets directory {}", path.display())]
+    SecretsDir {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -116,7 +134,7 @@ pub fn on_failure(policy: SecretsPolicy) -> Decision {
 
 /// Fetches per policy: `Ok(None)` when going on without secrets (already said so in the log).
 /// With no socket this is one `stat`: no connection is tried.
-fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
+fn obtain(opts: &Options) -> Result<Option<fetch::Fetched>, Error> {
     if !fetch::socket_present(&opts.socket) && !awaited(opts)? {
         return match on_missing_socket(opts.policy) {
             Decision::Stop => Err(Error::NoSocket {
@@ -131,8 +149,9 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
             }
         };
     }
-    match fetch::fetch(&opts.socket, opts.timeout) {
-        Ok(secrets) => {
+    match fetch::fetch_tagged(&opts.socket, opts.timeout) {
+        Ok(fetched) => {
+            let secrets = &fetched.secrets;
             if tracing::enabled!(tracing::Level::INFO) {
                 let names: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
                 info(format_args!(
@@ -148,7 +167,7 @@ fn obtain(opts: &Options) -> Result<Option<Vec<Secret>>, Error> {
                     s.name
                 ));
             }
-            Ok(Some(secrets))
+            Ok(Some(fetched))
         }
         Err(source) => {
             let err = Error::Fetch {
@@ -300,10 +319,33 @@ pub fn prepare(
     target: &Target,
     inherited: &[(OsString, OsString)],
 ) -> Result<Prepared, Error> {
-    let Some(secrets) = obtain(opts)? else {
+    prepare_with(opts, &Files::default(), target, inherited)
+}
+
+/// [`prepare`], writing `files` too.
+pub fn prepare_with(
+    opts: &Options,
+    files: &Files,
+    target: &Target,
+    inherited: &[(OsString, OsString)],
+) -> Result<Prepared, Error> {
+    let Some(fetched) = obtain(opts)? else {
         return Ok(Prepared::default());
     };
+    let mut prepared = place_secrets(opts, files, target, inherited, fetched.secrets)?;
+    prepared.etag = fetched.etag;
+    Ok(prepared)
+}
 
+/// Places fetched `secrets` for `target`: spill files, registry credentials (last), and the
+/// variables the child gets on top of `inherited`. Also the watch's step for a changed answer.
+pub fn place_secrets(
+    opts: &Options,
+    files: &Files,
+    target: &Target,
+    inherited: &[(OsString, OsString)],
+    secrets: Vec<Secret>,
+) -> Result<Prepared, Error> {
     for s in &secrets {
         if lookup(inherited, &s.name).is_some() {
             warn(format_args!(
@@ -327,13 +369,14 @@ pub fn prepare(
     // Registry credentials are written last (below): a spill that fails stops the start with no
     // new credentials on disk. Their triplets are taken now, before the values move.
     let (entries, entry_warnings) = registry_entries(&secrets);
-    for (secret, spilled) in secrets.into_iter().zip(placement.spilled.iter().copied()) {
+    for (secret, spilled) in secrets.iter().zip(placement.spilled.iter().copied()) {
         if !spilled {
-            prepared.vars.push((secret.name, secret.value));
+            let value = SecretString::from(secret.value.expose_secret().to_owned());
+            prepared.vars.push((secret.name.clone(), value));
             continue;
         }
         let written = match &dir_ready {
-            Some(Ok(d)) => write_spill(d, &secret, target.uid, target.gid),
+            Some(Ok(d)) => write_spill(d, secret, target.uid, target.gid),
             Some(Err(e)) => Err(Error::SpillDir {
                 path: placement.dir.clone(),
                 source: std::io::Error::new(e.kind(), e.to_string()),
@@ -387,6 +430,16 @@ pub fn prepare(
         prepared.vars.push((file_var, SecretString::from(path)));
     }
     let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
+    if let Some(dir) = &files.secrets_dir {
+        if let Err(e) = write_secrets_dir(dir, &placement.dir, &secrets, target) {
+            match on_failure(opts.policy) {
+                Decision::Stop => return Err(e),
+                Decision::Proceed => {
+                    warn(format_args!("{}; going on (--secrets optional)", chain(&e)))
+                }
+            }
+        }
+    }
     clean_stale(&placement.dir, &keep);
     if explicit_spill_dir(lookup(inherited, spill::SPILL_DIR_ENV)).is_none() {
         // The other of the two places an earlier start may have used (before /run/sandbox-init
@@ -397,9 +450,52 @@ pub fn prepare(
             }
         }
     }
-    registry_credentials(opts, target, inherited, entries, entry_warnings)?;
+    registry_credentials(opts, files, target, inherited, entries, entry_warnings)?;
     prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
+}
+
+/// `--secrets-dir`: every secret as `dir/NAME` (0400, the target's, replaced atomically, on the
+/// spill directory's rules: memory-backed storage, a directory of the target's or a new one),
+/// and the files of secrets no longer served removed (only those the init wrote, by the
+/// directory's manifest). It must not be the spill directory, whose manifest is another list.
+fn write_secrets_dir(
+    dir: &Path,
+    spill_dir: &Path,
+    secrets: &[Secret],
+    target: &Target,
+) -> Result<(), Error> {
+    let dir_err = |source| Error::SecretsDir {
+        path: dir.to_owned(),
+        source,
+    };
+    if dir == spill_dir {
+        return Err(dir_err(std::io::Error::other(format!(
+            "it is also the directory of values too large for the environment \
+             ({}); choose another",
+            spill::SPILL_DIR_ENV
+        ))));
+    }
+    let d = spill::open_spill_dir(dir, target.uid, target.gid).map_err(dir_err)?;
+    for secret in secrets {
+        write_spill(&d, secret, target.uid, target.gid)?;
+    }
+    let keep: Vec<&str> = secrets.iter().map(|s| s.name.as_str()).collect();
+    match spill::remove_stale(dir, &keep) {
+        Ok(removed) if !removed.is_empty() => info(format_args!(
+            "removed files of secrets no longer served from {}: {}",
+            dir.display(),
+            removed.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => return Err(dir_err(e)),
+    }
+    info(format_args!(
+        "{} secrets written as files to {}",
+        secrets.len(),
+        dir.display()
+    ));
+    Ok(())
 }
 
 /// Removes spill files of secrets not in `keep` from `dir`, saying what it removed.
@@ -447,6 +543,7 @@ fn registry_entries(secrets: &[Secret]) -> (Vec<dockercfg::Entry>, Vec<String>) 
 /// `--secrets optional`.
 fn registry_credentials(
     opts: &Options,
+    files: &Files,
     target: &Target,
     inherited: &[(OsString, OsString)],
     entries: Vec<dockercfg::Entry>,
@@ -455,10 +552,11 @@ fn registry_credentials(
     for w in warnings {
         warn(format_args!("{w}"));
     }
-    if entries.is_empty() {
+    let (dir, explicit) = dockercfg::config_dir(lookup(inherited, "DOCKER_CONFIG"), &target.home);
+    // No triplet now: only a config sandbox-init wrote into before has entries to remove.
+    if entries.is_empty() && !dockercfg::has_ours(&dir) {
         return Ok(());
     }
-    let (dir, explicit) = dockercfg::config_dir(lookup(inherited, "DOCKER_CONFIG"), &target.home);
     if !explicit && !target.home.is_dir() {
         warn(format_args!(
             "home {} of uid {} does not exist and DOCKER_CONFIG is not set: registry \
@@ -468,15 +566,19 @@ fn registry_credentials(
         ));
         return Ok(());
     }
-    match dockercfg::write_config(&dir, &entries, target.uid, target.gid) {
+    match dockercfg::write_config_as(&dir, &entries, target.uid, target.gid, files.registry) {
         Ok(written) => {
             for w in written.warnings {
                 warn(format_args!("{w}"));
             }
             // The triplets' IDs, not their servers: a server is a secret's value too.
             let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+            let how = match files.registry {
+                dockercfg::CredentialMode::File => "registry credentials written to",
+                dockercfg::CredentialMode::Helper => "credential helper `sandbox` named in",
+            };
             info(format_args!(
-                "registry credentials written to {} for {}",
+                "{how} {} for {}",
                 written.path.display(),
                 ids.join(" ")
             ));
@@ -560,7 +662,7 @@ pub fn write_env(
     env: &[(OsString, OsString)],
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    let Some(secrets) = obtain(opts)? else {
+    let Some(fetched) = obtain(opts)? else {
         if format == EnvFormat::Json {
             return out
                 .write_all(b"{}\n")
@@ -569,6 +671,7 @@ pub fn write_env(
         }
         return Ok(());
     };
+    let secrets = fetched.secrets;
     let (placement, chosen) = place_and_choose(&secrets, env);
     let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();

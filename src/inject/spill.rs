@@ -374,11 +374,36 @@ pub fn write_atomic(
     uid: u32,
     gid: u32,
 ) -> io::Result<PathBuf> {
+    write_atomic_with(dir, name, bytes, (mode, uid, gid), true)
+}
+
+/// [`write_atomic`] without the fsync, for a file whose loss after a crash is harmless (the
+/// record of what sandbox-init wrote into `config.json`: lost, nothing is removed).
+pub fn write_atomic_unsynced(
+    dir: &Dir,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> io::Result<PathBuf> {
+    write_atomic_with(dir, name, bytes, (mode, uid, gid), false)
+}
+
+fn write_atomic_with(
+    dir: &Dir,
+    name: &str,
+    bytes: &[u8],
+    (mode, uid, gid): (u32, u32, u32),
+    sync: bool,
+) -> io::Result<PathBuf> {
     let (tmp, mut file) = create_temp(dir, name, mode)?;
     let written = (|| {
         file.write_all(bytes)?;
         fchown(file.as_raw_fd(), uid, gid)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         nix::fcntl::renameat(Some(dir.raw()), tmp.as_str(), Some(dir.raw()), name)
             .map_err(io::Error::from)
     })();
