@@ -130,7 +130,7 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
     d.start().unwrap();
     let log = d.log_text();
     assert!(
-        log.contains("migrating the store from schema 1 to 2"),
+        log.contains("migrating the store from schema 1 to 3"),
         "{log}"
     );
 

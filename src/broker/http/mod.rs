@@ -30,8 +30,8 @@ pub const MAX_SANDBOX_REQUEST: usize = 16 * 1024;
 /// Most repositories one user secret may list.
 pub const MAX_REPOS_PER_SECRET: usize = 1000;
 
-/// Shortest and longest life of an API token (`token create --expires`): a minute, a year.
-pub const MIN_TOKEN_TTL: i64 = 60;
+/// Shortest and longest life of an API token (`token create --expires`): a second, a year.
+pub const MIN_TOKEN_TTL: i64 = 1;
 pub const MAX_TOKEN_TTL: i64 = 366 * 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]

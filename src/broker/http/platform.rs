@@ -484,6 +484,7 @@ fn changed(a: ChangeAnswer) -> Response {
 
 /// `PUT /v1/users/{user}/secrets/{name}`. The value is zeroized once used.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PutUserSecret {
     #[schema(value_type = Option<String>)]
     #[serde(default, deserialize_with = "opt_secret")]
@@ -494,20 +495,27 @@ pub struct PutUserSecret {
 
 /// `PUT /v1/repos/{owner}/{repo}/secrets/{name}`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PutRepoSecret {
     #[schema(value_type = String)]
     #[serde(deserialize_with = "secret")]
     pub value: SecretString,
+    /// Refused (rule `repositories-on-repository-secret`): every sandbox of the repository
+    /// reads its secrets.
+    #[serde(default)]
+    pub repositories: Option<Vec<String>>,
 }
 
 /// `PUT /v1/users/{user}/secrets/{name}/repositories`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PutRepositories {
     pub repositories: Vec<String>,
 }
 
 /// `POST /v1/sandboxes`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewSandbox {
     pub user: String,
     pub repo: String,
@@ -881,7 +889,7 @@ async fn repo_put(
         &repo,
         &name,
         Some(&req.value),
-        None,
+        req.repositories.as_deref(),
     )
     .await?;
     Ok(changed(a))
