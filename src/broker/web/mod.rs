@@ -160,7 +160,8 @@ impl Sessions {
     }
 }
 
-/// A form body: fields in order; the `value` and `password` fields are secrets, zeroized on drop.
+/// A form body: fields in order; the value, password, server, username and token fields are
+/// secrets, zeroized on drop. The value textarea's CRLF line breaks become LF.
 struct Form {
     fields: Vec<(String, String)>,
     secrets: HashMap<String, SecretString>,
@@ -173,6 +174,13 @@ impl Form {
         for (k, v) in form_urlencoded::parse(&raw) {
             if matches!(&*k, "value" | "password" | "token" | "server" | "username") {
                 let mut v = v.into_owned();
+                if k == "value" && v.contains("\r\n") {
+                    // A browser sends a textarea's line breaks as CRLF (HTML's form encoding);
+                    // the value typed had LF, as the CLI and the API store it.
+                    let lf = v.replace("\r\n", "\n");
+                    v.zeroize();
+                    v = lf;
+                }
                 secrets.insert(k.into_owned(), SecretString::from(v.clone()));
                 v.zeroize();
             } else {
