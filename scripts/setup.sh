@@ -12,6 +12,7 @@ PACKAGES=(
   busybox-static debootstrap              # images built without pulling anything
   util-linux procps file bsdextrautils    # unshare, script, ps, file
   bash ca-certificates curl iproute2 python3 git   # git: the GIT_CONFIG_* attack test
+  chromium chromium-driver fonts-dejavu-core       # the settings page in a real browser (scripts/browser.sh)
 )
 
 need=()

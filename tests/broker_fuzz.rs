@@ -104,6 +104,11 @@ fn check_parsed(
                 AdminCommand::DeleteSandbox { id } => {
                     prop_assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 }
+                AdminCommand::TokenCreate { .. } => prop_assert_eq!(route, Route::TokensCreate),
+                AdminCommand::TokenList => prop_assert_eq!(route, Route::TokensList),
+                AdminCommand::TokenRevoke { id } => {
+                    prop_assert!(id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                }
             }
         }
         Err(e) => {

@@ -72,6 +72,15 @@ enum Command {
         /// Serve a store older than the last one this host wrote (a restored backup), once.
         #[arg(long, env = "SANDBOX_SECRETS_ACCEPT_ROLLBACK")]
         accept_rollback: bool,
+        /// Serve the platform API and the settings page on this address (host:port; off by
+        /// default). Every request needs a token (`token create`).
+        #[arg(long, env = "SANDBOX_SECRETS_HTTP")]
+        http: Option<std::net::SocketAddr>,
+    },
+    /// Manage the platform API's tokens (shown once, stored as a hash, expiring).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -144,6 +153,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TokenFor {
+    /// May manage this user's secrets only.
+    #[arg(long)]
+    user: Option<String>,
+    /// May manage this repository's secrets only (owner/name).
+    #[arg(long)]
+    repo_admin: Option<String>,
+    /// May do everything, sandboxes included.
+    #[arg(long)]
+    platform: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed alone on the last line of stdout, once.
+    Create {
+        #[command(flatten)]
+        scope: TokenFor,
+        /// How long it is valid: 30d, 12h, 90m, 3600s (at most 366d).
+        #[arg(long, default_value = "30d")]
+        expires: String,
+    },
+    /// List tokens: id, scope, created, expires (never the token).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id: it authenticates nothing from the next request on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -223,8 +265,10 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             max_connections,
             accept_rollback,
+            http,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
+            config.http = http;
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
             cli::serve(config)
@@ -264,6 +308,19 @@ fn run(cli: Cli) -> Result<()> {
             KeyCommand::Status { json } => cli::key_status(&admin()?, json),
         },
         Command::Backup { file } => cli::backup(&admin()?, &file),
+        Command::Token { command } => match command {
+            TokenCommand::Create { scope, expires } => cli::tokens::create(
+                &admin()?,
+                cli::tokens::TokenFor {
+                    user: scope.user,
+                    repo_admin: scope.repo_admin,
+                    platform: scope.platform,
+                },
+                &expires,
+            ),
+            TokenCommand::List { json } => cli::tokens::list(&admin()?, json),
+            TokenCommand::Revoke { id } => cli::tokens::revoke(&admin()?, id),
+        },
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo } => cli::sandbox_create(&admin()?, user, repo),
             SandboxCommand::List { json } => cli::sandbox_list(&admin()?, json),

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::acl::PlanEntry;
+pub use super::store::tokens::TokenInfo;
 pub use super::store::KeyStatus;
 use super::store::{ScopeKind, SecretInfo};
 
@@ -30,11 +31,14 @@ pub enum Route {
     KeyStatus,
     KeyRotate,
     StoreBackup,
+    TokensCreate,
+    TokensList,
+    TokensRevoke,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 14] = [
         Route::SecretsSet,
         Route::SecretsAccess,
         Route::SecretsDelete,
@@ -46,6 +50,9 @@ impl Route {
         Route::KeyStatus,
         Route::KeyRotate,
         Route::StoreBackup,
+        Route::TokensCreate,
+        Route::TokensList,
+        Route::TokensRevoke,
     ];
 
     /// The one method every admin route takes.
@@ -65,6 +72,9 @@ impl Route {
             Route::KeyStatus => "key/status",
             Route::KeyRotate => "key/rotate",
             Route::StoreBackup => "store/backup",
+            Route::TokensCreate => "tokens/create",
+            Route::TokensList => "tokens/list",
+            Route::TokensRevoke => "tokens/revoke",
         }
     }
 
@@ -113,6 +123,9 @@ call!(DeleteSandboxRequest, Route::SandboxesDelete, SandboxInfo);
 call!(KeyStatusRequest, Route::KeyStatus, KeyStatus);
 call!(KeyRotateRequest, Route::KeyRotate, KeyRotateAnswer);
 call!(BackupRequest, Route::StoreBackup, BackupAnswer);
+call!(TokenCreateRequest, Route::TokensCreate, TokenCreated);
+call!(TokenListRequest, Route::TokensList, TokenList);
+call!(TokenRevokeRequest, Route::TokensRevoke, TokenInfo);
 
 // ---------- requests ----------
 
@@ -220,7 +233,53 @@ pub struct BackupRequest {
     pub path: String,
 }
 
+/// `tokens/create`: exactly one of `user`, `repo_admin`, `platform`; valid for `expires_in`
+/// seconds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenCreateRequest {
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub repo_admin: Option<String>,
+    #[serde(default)]
+    pub platform: bool,
+    pub expires_in: i64,
+}
+
+/// `tokens/list`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TokenListRequest {}
+
+/// `tokens/revoke`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenRevokeRequest {
+    pub id: String,
+}
+
 // ---------- answers ----------
+
+/// Answer of `tokens/create`: the only time the token is shown. `Debug` hides it.
+#[derive(Serialize, Deserialize)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("info", &self.info)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Answer of `tokens/list`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
 
 /// Answer of `key/rotate`.
 #[derive(Debug, Serialize, Deserialize)]

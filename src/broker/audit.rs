@@ -150,6 +150,16 @@ pub fn admin_change(uid: u32, action: &str, what: &str) {
     tracing::info!(audit = "admin", uid, action, what, "admin change");
 }
 
+/// A change made through the platform API, by the token of `token` (its id, never the token).
+pub fn api_change(token: &str, action: &str, what: &str) {
+    tracing::info!(audit = "api", token, action, what, "api change");
+}
+
+/// A platform API request whose token did not authenticate (never the token itself).
+pub fn api_refused(peer: &str, reason: &str) {
+    tracing::warn!(audit = "api-refused", peer, reason, "api request refused");
+}
+
 /// An admin connection was refused for its uid.
 pub fn admin_refused(uid: u32) {
     tracing::warn!(audit = "admin-refused", uid, "admin connection refused");

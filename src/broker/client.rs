@@ -131,6 +131,14 @@ impl AdminClient {
         if !answer.status.is_success() {
             let message = protocol::decode_error(&answer.body)
                 .unwrap_or_else(|| format!("the daemon answered {}", answer.status));
+            // The rule's name, as the platform API's `{"rule"}` gives it.
+            let rule = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|v| v.get("rule")?.as_str().map(str::to_owned));
+            let message = match rule {
+                Some(rule) if rule != "internal" => format!("{message} (rule: {rule})"),
+                _ => message,
+            };
             return Err(AdminError::Refused {
                 status: answer.status,
                 message,

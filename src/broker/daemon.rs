@@ -45,6 +45,8 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Bytes of built answers alive at once (cached, or held by responses being written).
     pub answer_budget: usize,
+    /// Where the platform API and settings page listen (`serve --http`); off when `None`.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -61,6 +63,7 @@ impl Config {
             accept_rollback: false,
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             answer_budget: limits::DEFAULT_ANSWER_BUDGET,
+            http: None,
         }
     }
 }

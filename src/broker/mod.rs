@@ -32,3 +32,4 @@ pub mod limits;
 pub mod sandboxes;
 pub mod server;
 pub mod store;
+pub mod web;

@@ -27,6 +27,12 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error("cannot listen for the platform API on {addr}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot register listener {path} with the runtime")]
     Listener {
         path: PathBuf,
@@ -95,8 +101,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "sandbox-secrets listening (descriptor limit {fd_limit}: raise LimitNOFILE for more sandboxes)"
     );
 
+    // The platform API and settings page (`--http`): off unless asked for.
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let mut http_task = None;
+    if let Some(addr) = config.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Http { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Http { addr, source })?;
+        tracing::info!(address = %bound, "platform API listening on http://{bound}");
+        let mut stopped = http_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        http_task = Some(tokio::spawn(http::platform::serve(
+            listener,
+            Arc::clone(&daemon),
+            stop,
+        )));
+    }
+
     shutdown.await;
     tracing::info!("shutting down: no new connections or sandboxes, draining open ones");
+    let _ = http_stop.send(true);
+    if let Some(task) = http_task {
+        if tokio::time::timeout(config.drain_timeout, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("platform API connections still open after the drain timeout");
+        }
+    }
     admin_slot.stop();
     let ids = daemon.close();
     // Sockets go first so no client connects to a daemon that will not answer.

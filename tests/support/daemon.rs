@@ -97,6 +97,8 @@ pub struct Daemon {
     pub dirs_by_env: bool,
     /// Daemon and CLI run as `nobody` through `setpriv`, with a clean environment.
     pub nobody: bool,
+    /// More arguments of `serve` (e.g. `--http 127.0.0.1:0`).
+    pub serve_args: Vec<String>,
 }
 
 impl Daemon {
@@ -121,6 +123,7 @@ impl Daemon {
             log_level: "debug",
             dirs_by_env: false,
             nobody: false,
+            serve_args: Vec::new(),
         }
     }
 
@@ -190,6 +193,7 @@ impl Daemon {
             .arg(&self.state)
             .arg("--run-dir")
             .arg(self.run_dir())
+            .args(&self.serve_args)
             .env("SANDBOX_SECRETS_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -215,6 +219,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// `http://127.0.0.1:PORT` of the platform API of a daemon started with `--http`, from its
+    /// log line.
+    pub fn http_base(&self) -> String {
+        let log = self.log_text();
+        let at = log
+            .find("platform API listening on ")
+            .unwrap_or_else(|| panic!("no platform API in the log:\n{log}"));
+        let rest = &log[at + "platform API listening on ".len()..];
+        rest.split_whitespace().next().unwrap().to_owned()
     }
 
     pub fn log_text(&self) -> String {
@@ -536,4 +551,89 @@ impl Rng {
 /// True when running as root (mounts, other uids).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// One answer of [`tcp_http`].
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over TCP to `base` (`http://host:port`), `Connection: close`, with the
+/// extra header lines given; reads the whole answer.
+pub fn tcp_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    let host = base.strip_prefix("http://").expect("http:// base");
+    let mut s = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }

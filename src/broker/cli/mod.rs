@@ -22,6 +22,7 @@ macro_rules! eprint {
 }
 
 pub mod table;
+pub mod tokens;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;

@@ -13,16 +13,21 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{ok_json, shown, ApiError, SecretBody, MAX_ADMIN_BODY, MAX_REPOS_PER_SECRET};
+use super::{
+    ok_json, shown, ApiError, SecretBody, MAX_ADMIN_BODY, MAX_REPOS_PER_SECRET, MAX_TOKEN_TTL,
+    MIN_TOKEN_TTL,
+};
 use crate::broker::acl::Level;
 use crate::broker::admin::{
     AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest,
     DeleteSandboxRequest, KeyRotateAnswer, ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route,
-    SandboxInfo, SandboxList, SetRequest,
+    SandboxInfo, SandboxList, SetRequest, TokenCreateRequest, TokenCreated, TokenInfo, TokenList,
+    TokenRevokeRequest,
 };
 use crate::broker::audit;
 use crate::broker::daemon::{self, Daemon};
 use crate::broker::sandboxes;
+use crate::broker::store::tokens::TokenScope;
 use crate::broker::store::{SandboxRow, ScopeKind};
 use crate::protocol;
 
@@ -82,23 +87,90 @@ pub async fn answer(
         Err(e) => return e.response(),
     };
     drop(body);
+    match carry_out(daemon, Actor::Uid(uid), command).await {
+        Ok(answer) => answer.response(),
+        Err(e) => e.response(),
+    }
+}
+
+/// Who asked: a uid on the admin socket, or a token (by id) of the platform API. Audit lines
+/// name it; nothing else depends on it (access was decided before).
+#[derive(Clone, Debug)]
+pub enum Actor {
+    Uid(u32),
+    Token(String),
+}
+
+fn audit_change(actor: &Actor, action: &str, what: &str) {
+    match actor {
+        Actor::Uid(uid) => audit::admin_change(*uid, action, what),
+        Actor::Token(id) => audit::api_change(id, action, what),
+    }
+}
+
+/// The typed answer of one command: the admin socket sends it as it is, the platform API
+/// shapes it its own way. Neither ever holds a secret value (a created token, once, is not one).
+#[derive(Debug)]
+pub enum Answer {
+    Change(ChangeAnswer),
+    List(ListAnswer),
+    Plan(PlanAnswer),
+    Sandbox(SandboxInfo),
+    Sandboxes(SandboxList),
+    KeyStatus(crate::broker::admin::KeyStatus),
+    KeyRotate(KeyRotateAnswer),
+    Backup(BackupAnswer),
+    TokenCreated(TokenCreated),
+    Tokens(TokenList),
+    Token(TokenInfo),
+}
+
+impl Answer {
+    /// The admin socket's `200` answer.
+    pub fn response(&self) -> Response<SecretBody> {
+        match self {
+            Answer::Change(a) => ok_json(a),
+            Answer::List(a) => ok_json(a),
+            Answer::Plan(a) => ok_json(a),
+            Answer::Sandbox(a) => ok_json(a),
+            Answer::Sandboxes(a) => ok_json(a),
+            Answer::KeyStatus(a) => ok_json(a),
+            Answer::KeyRotate(a) => ok_json(a),
+            Answer::Backup(a) => ok_json(a),
+            Answer::TokenCreated(a) => ok_json(a),
+            Answer::Tokens(a) => ok_json(a),
+            Answer::Token(a) => ok_json(a),
+        }
+    }
+}
+
+/// Carries out a validated command for `actor`: the one implementation of every operation,
+/// shared by the admin socket and the platform API. Every command touches the filesystem (the
+/// store's files, a sandbox's directory and socket) and may open and encode values: it runs on
+/// a blocking thread, so a slow disk or a large plan never holds an async worker other
+/// sandboxes' fetches need.
+pub async fn carry_out(
+    daemon: &Arc<Daemon>,
+    actor: Actor,
+    command: AdminCommand,
+) -> Result<Answer, ApiError> {
     let worker = Arc::clone(daemon);
     // Any change (or failed attempt) moved the generation: every cached answer is dropped, then
     // the watched sandboxes whose answer changed are woken (which may rebuild answers: on the
     // same blocking thread).
     let done = tokio::task::spawn_blocking(move || {
-        let answer = run_admin(&worker, uid, command);
+        let answer = execute(&worker, &actor, command);
         worker.answers().sync(worker.store().generation());
         worker.wake_watchers();
         answer
     })
     .await;
     match done {
-        Ok(answer) => answer.unwrap_or_else(|e| e.response()),
+        Ok(answer) => answer,
         Err(e) => {
             daemon.answers().sync(daemon.store().generation());
             tracing::error!(error = %e, "admin command did not complete");
-            ApiError::Incomplete.response()
+            Err(ApiError::Incomplete)
         }
     }
 }
@@ -193,6 +265,15 @@ pub enum AdminCommand {
     DeleteSandbox {
         id: String,
     },
+    TokenCreate {
+        scope: TokenScope,
+        /// Seconds the token stays valid.
+        ttl: i64,
+    },
+    TokenList,
+    TokenRevoke {
+        id: String,
+    },
 }
 
 impl std::fmt::Debug for AdminCommand {
@@ -246,6 +327,15 @@ impl std::fmt::Debug for AdminCommand {
             AdminCommand::DeleteSandbox { id } => {
                 f.debug_struct("DeleteSandbox").field("id", id).finish()
             }
+            AdminCommand::TokenCreate { scope, ttl } => f
+                .debug_struct("TokenCreate")
+                .field("scope", scope)
+                .field("ttl", ttl)
+                .finish(),
+            AdminCommand::TokenList => f.write_str("TokenList"),
+            AdminCommand::TokenRevoke { id } => {
+                f.debug_struct("TokenRevoke").field("id", id).finish()
+            }
         }
     }
 }
@@ -272,20 +362,14 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
         Route::SecretsSet => {
             let req: SetRequest = parse(route, body)?;
             let (kind, scope) = one_scope(&req.user, &req.repo)?;
-            let name = protocol::normalize_name(&req.name, req.allow_dangerous)?;
-            let value = protocol::check_value(req.value.expose_secret().as_bytes())?;
-            let repos = match (&kind, &req.repos) {
-                (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
-                (_, Some(r)) => Some(normalize_repos(r)?),
-                (_, None) => None,
-            };
-            Ok(AdminCommand::Set {
+            set_command(
                 kind,
-                scope,
-                name,
-                value: SecretString::from(value.to_owned()),
-                repos,
-            })
+                &scope,
+                &req.name,
+                &req.value,
+                req.repos.as_deref(),
+                req.allow_dangerous,
+            )
         }
         Route::SecretsAccess => {
             let req: AccessRequest = parse(route, body)?;
@@ -334,7 +418,62 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
             let id = sandboxes::check_id(&req.id)?.to_owned();
             Ok(AdminCommand::DeleteSandbox { id })
         }
+        Route::TokensCreate => {
+            let req: TokenCreateRequest = parse(route, body)?;
+            let scope = match (&req.user, &req.repo_admin, req.platform) {
+                (Some(u), None, false) => TokenScope::User(protocol::normalize_user(u)?),
+                (None, Some(r), false) => TokenScope::RepoAdmin(protocol::normalize_repo(r)?),
+                (None, None, true) => TokenScope::Platform,
+                _ => return Err(ApiError::TokenScope),
+            };
+            if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&req.expires_in) {
+                return Err(ApiError::TokenExpiry(req.expires_in));
+            }
+            Ok(AdminCommand::TokenCreate {
+                scope,
+                ttl: req.expires_in,
+            })
+        }
+        Route::TokensList => Ok(AdminCommand::TokenList),
+        Route::TokensRevoke => {
+            let req: TokenRevokeRequest = parse(route, body)?;
+            let ok = req.id.len() == 12
+                && req
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !ok {
+                return Err(ApiError::TokenId(shown(&req.id)));
+            }
+            Ok(AdminCommand::TokenRevoke { id: req.id })
+        }
     }
+}
+
+/// Validates a create-or-update of secret `name` of (`kind`, `scope`), `scope` already
+/// normalized: the one check of name, value and repositories every door uses.
+pub fn set_command(
+    kind: ScopeKind,
+    scope: &str,
+    name: &str,
+    value: &SecretString,
+    repos: Option<&[String]>,
+    allow_dangerous: bool,
+) -> Result<AdminCommand, ApiError> {
+    let name = protocol::normalize_name(name, allow_dangerous)?;
+    let value = protocol::check_value(value.expose_secret().as_bytes())?;
+    let repos = match (&kind, repos) {
+        (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
+        (_, Some(r)) => Some(normalize_repos(r)?),
+        (_, None) => None,
+    };
+    Ok(AdminCommand::Set {
+        kind,
+        scope: scope.to_owned(),
+        name,
+        value: SecretString::from(value.to_owned()),
+        repos,
+    })
 }
 
 /// Normalizes exactly one of a user and a repository.
@@ -381,12 +520,13 @@ fn sandbox_info(daemon: &Daemon, row: SandboxRow) -> SandboxInfo {
     }
 }
 
-/// Carries out a validated admin command for `uid` and builds its answer.
-fn run_admin(
+/// Carries out a validated command for `actor` and builds its answer (on the calling thread:
+/// see [`carry_out`]).
+pub fn execute(
     daemon: &Arc<Daemon>,
-    uid: u32,
+    actor: &Actor,
     command: AdminCommand,
-) -> Result<Response<SecretBody>, ApiError> {
+) -> Result<Answer, ApiError> {
     let store = daemon.store();
     match command {
         AdminCommand::Set {
@@ -402,12 +542,12 @@ fn run_admin(
             let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;
             let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, true);
             let result = if created { "created" } else { "updated" };
-            audit::admin_change(
-                uid,
+            audit_change(
+                actor,
                 result,
                 &format!("{} secret {name} of {scope}", kind.as_str()),
             );
-            Ok(ok_json(&ChangeAnswer {
+            Ok(Answer::Change(ChangeAnswer {
                 name,
                 scope: kind,
                 owner: scope,
@@ -423,12 +563,12 @@ fn run_admin(
             store.set_access(&user, &name, repos)?;
             let (sandboxes, watching) =
                 affected(daemon, &before, &pick, &name, ScopeKind::User, false);
-            audit::admin_change(
-                uid,
+            audit_change(
+                actor,
                 "access",
                 &format!("user secret {name} of {user} -> [{shown}]"),
             );
-            Ok(ok_json(&ChangeAnswer {
+            Ok(Answer::Change(ChangeAnswer {
                 name,
                 scope: ScopeKind::User,
                 owner: user,
@@ -442,12 +582,12 @@ fn run_admin(
             let before = daemon.live_sources(&pick, &name);
             store.delete_secret(kind, &scope, &name)?;
             let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, false);
-            audit::admin_change(
-                uid,
+            audit_change(
+                actor,
                 "deleted",
                 &format!("{} secret {name} of {scope}", kind.as_str()),
             );
-            Ok(ok_json(&ChangeAnswer {
+            Ok(Answer::Change(ChangeAnswer {
                 name,
                 scope: kind,
                 owner: scope,
@@ -456,12 +596,12 @@ fn run_admin(
                 watching,
             }))
         }
-        AdminCommand::List { kind, scope } => Ok(ok_json(&ListAnswer {
+        AdminCommand::List { kind, scope } => Ok(Answer::List(ListAnswer {
             secrets: store.list(kind, &scope),
         })),
         AdminCommand::Plan { user, repo } => {
             let secrets = store.plan(&user, &repo);
-            Ok(ok_json(&PlanAnswer {
+            Ok(Answer::Plan(PlanAnswer {
                 user,
                 repository: repo,
                 secrets,
@@ -469,14 +609,14 @@ fn run_admin(
         }
         AdminCommand::CreateSandbox { user, repo } => {
             let row = daemon.create_sandbox(&user, &repo)?;
-            audit::admin_change(
-                uid,
+            audit_change(
+                actor,
                 "sandbox-created",
                 &format!("{} for {user} on {repo}", row.id),
             );
-            Ok(ok_json(&sandbox_info(daemon, row)))
+            Ok(Answer::Sandbox(sandbox_info(daemon, row)))
         }
-        AdminCommand::ListSandboxes => Ok(ok_json(&SandboxList {
+        AdminCommand::ListSandboxes => Ok(Answer::Sandboxes(SandboxList {
             sandboxes: store
                 .sandboxes()
                 .into_iter()
@@ -485,25 +625,49 @@ fn run_admin(
         })),
         AdminCommand::DeleteSandbox { id } => {
             let row = daemon.delete_sandbox(&id)?;
-            audit::admin_change(uid, "sandbox-deleted", &row.id);
-            Ok(ok_json(&sandbox_info(daemon, row)))
+            audit_change(actor, "sandbox-deleted", &row.id);
+            Ok(Answer::Sandbox(sandbox_info(daemon, row)))
         }
-        AdminCommand::KeyStatus => Ok(ok_json(&store.key_status())),
+        AdminCommand::KeyStatus => Ok(Answer::KeyStatus(store.key_status())),
         AdminCommand::KeyRotate => {
             let previous = store.key_status().active;
             let key_id = store.rotate_key()?;
-            audit::admin_change(uid, "key-rotated", &format!("{previous} -> {key_id}"));
-            Ok(ok_json(&KeyRotateAnswer { previous, key_id }))
+            audit_change(actor, "key-rotated", &format!("{previous} -> {key_id}"));
+            Ok(Answer::KeyRotate(KeyRotateAnswer { previous, key_id }))
+        }
+        AdminCommand::TokenCreate { scope, ttl } => {
+            let (info, token) = store.create_token(&scope, ttl)?;
+            audit_change(
+                actor,
+                "token-created",
+                &format!("{} ({}, expires {})", info.id, info.scope, info.expires),
+            );
+            Ok(Answer::TokenCreated(TokenCreated {
+                info,
+                token: token.expose_secret().to_owned(),
+            }))
+        }
+        AdminCommand::TokenList => Ok(Answer::Tokens(TokenList {
+            tokens: store.list_tokens(),
+        })),
+        AdminCommand::TokenRevoke { id } => {
+            let info = store.revoke_token(&id)?;
+            audit_change(
+                actor,
+                "token-revoked",
+                &format!("{} ({})", info.id, info.scope),
+            );
+            Ok(Answer::Token(info))
         }
         AdminCommand::Backup { path } => {
             let generation = store.backup(&path)?;
             let shown = path.display().to_string();
-            audit::admin_change(
-                uid,
+            audit_change(
+                actor,
                 "backup",
                 &format!("generation {generation} to {shown}"),
             );
-            Ok(ok_json(&BackupAnswer {
+            Ok(Answer::Backup(BackupAnswer {
                 path: shown,
                 generation,
             }))

@@ -4,6 +4,7 @@
 //! directly. No error or log line here holds a value.
 
 pub mod admin;
+pub mod platform;
 pub mod sandbox;
 
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use super::admin::{ADMIN_METHOD_NAME, ADMIN_PREFIX};
 use super::daemon::DaemonError;
 use super::sandboxes::SandboxError;
 use super::store::StoreError;
-use crate::protocol::{ErrorBody, NameError, ScopeError, ValueError, MAX_VALUE_BYTES};
+use crate::protocol::{NameError, ScopeError, ValueError, MAX_VALUE_BYTES};
 
 /// Largest admin request body (a value at the limit, JSON-escaped, with room to spare).
 pub const MAX_ADMIN_BODY: usize = 8 * MAX_VALUE_BYTES;
@@ -28,6 +29,10 @@ pub const MAX_ADMIN_BODY: usize = 8 * MAX_VALUE_BYTES;
 pub const MAX_SANDBOX_REQUEST: usize = 16 * 1024;
 /// Most repositories one user secret may list.
 pub const MAX_REPOS_PER_SECRET: usize = 1000;
+
+/// Shortest and longest life of an API token (`token create --expires`): a second, a year.
+pub const MIN_TOKEN_TTL: i64 = 1;
+pub const MAX_TOKEN_TTL: i64 = 366 * 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -71,13 +76,21 @@ pub enum ApiError {
     Busy(usize),
     #[error("the request did not complete (see the daemon's log)")]
     Incomplete,
+    #[error("give exactly one of --user, --repo-admin or --platform")]
+    TokenScope,
+    #[error("a token expires between {MIN_TOKEN_TTL} seconds and {MAX_TOKEN_TTL} seconds (366 days) after it is made, not {0} seconds")]
+    TokenExpiry(i64),
+    #[error("token id {0:?} is not 12 lower-case hex digits")]
+    TokenId(String),
 }
 
 fn store_status(e: &StoreError) -> StatusCode {
     match e {
         StoreError::ReposRequired { .. } => StatusCode::BAD_REQUEST,
         StoreError::Limit { .. } => StatusCode::CONFLICT,
-        StoreError::NotFound { .. } | StoreError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::NotFound { .. }
+        | StoreError::SandboxNotFound(_)
+        | StoreError::TokenNotFound(_) => StatusCode::NOT_FOUND,
         StoreError::RefusedNeedsRepos { .. } => StatusCode::BAD_REQUEST,
         StoreError::Backup { .. } => StatusCode::BAD_REQUEST,
         StoreError::Sql { error, .. }
@@ -101,6 +114,9 @@ impl ApiError {
             | ApiError::BackupPath(_)
             | ApiError::BodyNotAllowed
             | ApiError::BadJson { .. }
+            | ApiError::TokenScope
+            | ApiError::TokenExpiry(_)
+            | ApiError::TokenId(_)
             | ApiError::Sandbox(SandboxError::BadId(_))
             | ApiError::Daemon(DaemonError::Sandbox(SandboxError::BadId(_))) => {
                 StatusCode::BAD_REQUEST
@@ -124,10 +140,75 @@ impl ApiError {
         }
     }
 
-    /// The answer for this error: its status and `{"error": ...}`, the message with its causes
-    /// (each printed once).
+    /// The name of the rule this error enforces, the same on every door (`{"rule"}` of an error
+    /// answer, the CLI's `(rule: ...)`): stable words a platform can match on.
+    pub fn rule(&self) -> &'static str {
+        let store = |e: &StoreError| match e {
+            StoreError::Limit { .. } => "secrets-per-scope",
+            StoreError::NotFound { .. }
+            | StoreError::SandboxNotFound(_)
+            | StoreError::TokenNotFound(_) => "not-found",
+            StoreError::ReposRequired { .. } | StoreError::RefusedNeedsRepos { .. } => {
+                "repositories-required"
+            }
+            StoreError::Backup { .. } => "backup-path",
+            _ => "internal",
+        };
+        match self {
+            ApiError::Name(NameError::Empty) => "name-empty",
+            ApiError::Name(NameError::TooLong) => "name-length",
+            ApiError::Name(NameError::BadCharacter(_)) => "name-characters",
+            ApiError::Name(NameError::LeadingDigit(_)) => "name-leading-digit",
+            ApiError::Name(NameError::ReservedGithub(_)) => "name-reserved-github",
+            ApiError::Name(NameError::ReservedSandbox(_)) => "name-reserved-sandbox",
+            ApiError::Name(NameError::Dangerous(_)) => "name-dangerous",
+            ApiError::Value(ValueError::TooLarge { .. }) => "value-size",
+            ApiError::Value(ValueError::Nul { .. }) => "value-nul",
+            ApiError::Value(ValueError::NotUtf8 { .. }) => "value-utf8",
+            ApiError::Value(ValueError::Empty) => "value-empty",
+            ApiError::Scope(ScopeError::BadRepository(_)) => "repository-name",
+            ApiError::Scope(ScopeError::BadUser(_)) => "user-name",
+            ApiError::OneScope => "one-scope",
+            ApiError::ReposOnRepoSecret => "repositories-on-repository-secret",
+            ApiError::BadJson { .. } => "request-body",
+            ApiError::TooLarge => "request-size",
+            ApiError::BodyNotAllowed => "request-body",
+            ApiError::BodyTimeout(_) => "request-timeout",
+            ApiError::TooManyRepos(_) => "repositories-per-secret",
+            ApiError::BackupPath(_) => "backup-path",
+            ApiError::Body(_) => "request-body",
+            ApiError::NoRoute(_) => "not-found",
+            ApiError::Method { .. } => "method",
+            ApiError::Forbidden { .. } => "admin-peer",
+            ApiError::Busy(_) => "busy",
+            ApiError::Incomplete => "internal",
+            ApiError::TokenScope => "token-scope",
+            ApiError::TokenExpiry(_) => "token-expiry",
+            ApiError::TokenId(_) => "token-id",
+            ApiError::Store(e) => store(e),
+            ApiError::Sandbox(SandboxError::BadId(_)) => "sandbox-id",
+            ApiError::Sandbox(_) => "internal",
+            ApiError::Daemon(DaemonError::Store(e)) => store(e),
+            ApiError::Daemon(DaemonError::Sandbox(SandboxError::BadId(_))) => "sandbox-id",
+            ApiError::Daemon(DaemonError::SandboxGone(_)) => "not-found",
+            ApiError::Daemon(DaemonError::PlanTooLarge { .. }) => "answer-size",
+            ApiError::Daemon(
+                DaemonError::ShuttingDown
+                | DaemonError::DescriptorCeiling { .. }
+                | DaemonError::Busy(_),
+            ) => "busy",
+            ApiError::Daemon(_) => "internal",
+        }
+    }
+
+    /// The answer for this error: its status and `{"error": ..., "rule": ...}`, the message with
+    /// its causes (each printed once).
     pub fn response(&self) -> Response<SecretBody> {
-        let body = serde_json::to_vec(&ErrorBody { error: chain(self) }).unwrap_or_default();
+        let body = serde_json::to_vec(&RuleBody {
+            error: chain(self),
+            rule: self.rule(),
+        })
+        .unwrap_or_default();
         let mut r = json_response(self.status(), Zeroizing::new(body));
         if let ApiError::Method { path, .. } = self {
             let allow =
@@ -140,6 +221,14 @@ impl ApiError {
         }
         r
     }
+}
+
+/// The body of an error answer of the admin and platform APIs: the message and the rule it
+/// enforces. Never holds a value.
+#[derive(Serialize)]
+pub struct RuleBody {
+    pub error: String,
+    pub rule: &'static str,
 }
 
 /// An error and its sources on one line, `a: b: c`, each cause once: a source whose message

@@ -7,8 +7,9 @@ use std::path::Path;
 use super::seal::Sealed;
 use super::{ScopeKind, StoreError};
 
-/// The schema version this build writes. 1 is the unversioned store of the first release.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema version this build writes. 1 is the unversioned store of the first release; 3 adds
+/// the platform API's tokens (migration "tokens").
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A secret row: who owns it, who may read it, and its sealed value. Everything but `sealed`
 /// is bound into the seal's additional data, so changing any field breaks the seal.
@@ -61,6 +62,22 @@ pub struct Snapshot {
     pub meta: Vec<MetaRecord>,
     pub secrets: Vec<Result<SecretRecord, Malformed>>,
     pub sandboxes: Vec<Result<SandboxRecord, Malformed>>,
+}
+
+/// A platform API token row: never the token, only its SHA-256, what it may do and until when.
+/// Everything is bound into `sealed` (a seal of no plaintext), so an edited or inserted row is
+/// refused when the store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// `user:<login>`, `repo-admin:<owner/name>` or `platform`.
+    pub scope: String,
+    pub created: i64,
+    pub expires: i64,
+    pub key_id: String,
+    pub sealed: Sealed,
 }
 
 /// A secret row of a v1 store: sealed with the v1 additional data (kind, scope, name only).
@@ -118,4 +135,16 @@ pub trait Backend: Send {
     /// Writes a consistent copy of the whole store to `dest` (a new file, mode 0600) while
     /// writers may keep going.
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError>;
+    /// Every API token row, each decoded on its own.
+    fn load_tokens(&mut self) -> Result<Vec<Result<TokenRecord, Malformed>>, StoreError> {
+        Err(StoreError::NoTokens(self.describe()))
+    }
+    /// Adds one API token row, durably.
+    fn put_token(&mut self, _token: &TokenRecord) -> Result<(), StoreError> {
+        Err(StoreError::NoTokens(self.describe()))
+    }
+    /// Removes one API token row; false when there was none.
+    fn delete_token(&mut self, _id: &str) -> Result<bool, StoreError> {
+        Err(StoreError::NoTokens(self.describe()))
+    }
 }

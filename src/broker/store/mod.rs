@@ -8,11 +8,13 @@
 //! - [`sqlite`]: the SQLite backend.
 //! - [`seal`]: key files, key ids, XChaCha20-Poly1305 and the additional data of each row.
 //! - [`keys`]: key rotation files and the generation file beside the key.
+//! - [`tokens`]: the platform API's tokens (hashes under a seal, in memory for every request).
 
 pub mod backend;
 pub mod keys;
 pub mod seal;
 pub mod sqlite;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -166,6 +168,10 @@ pub enum StoreError {
         "{row} was refused when the store was opened: set it again with its repositories (--repos)"
     )]
     RefusedNeedsRepos { row: String },
+    #[error("the store {0} keeps no API tokens (this backend lacks the tokens migration)")]
+    NoTokens(String),
+    #[error("no token {0}")]
+    TokenNotFound(String),
 }
 
 impl StoreError {
@@ -661,6 +667,8 @@ pub struct Store {
     generation: AtomicU64,
     /// Rows refused when the store was opened, with the reason.
     refused: Vec<String>,
+    /// The platform API's tokens that verified, by hash (`tokens.rs`).
+    tokens: RwLock<tokens::TokenCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -781,6 +789,10 @@ impl Store {
             keys::promote_next(state_dir, None).map_err(key_files)?;
         } else if version == 1 {
             migrate_v1(state_dir, backend.as_mut())?;
+        } else if version < SCHEMA_VERSION {
+            // Additive migrations only (the tokens table): no row is resealed.
+            tracing::info!("migrating the store from schema {version} to {SCHEMA_VERSION}");
+            backend.migrate(version, &[])?;
         }
 
         let snap = backend.load()?;
@@ -1104,6 +1116,7 @@ impl Store {
                 )))
             }
         }
+        let token_cache = tokens::load(backend.as_mut(), &ring)?;
         let mut writer = Writer { backend, manifest };
         if rebuild {
             let g = writer.manifest.generation;
@@ -1126,6 +1139,7 @@ impl Store {
             keys: RwLock::new(ring),
             generation: AtomicU64::new(1),
             refused,
+            tokens: RwLock::new(token_cache),
         })
     }
 

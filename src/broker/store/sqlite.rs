@@ -9,8 +9,8 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::backend::{
-    Backend, Change, Malformed, MetaRecord, SandboxRecord, SecretRecord, Snapshot, V1Secret,
-    V1Snapshot, SCHEMA_VERSION,
+    Backend, Change, Malformed, MetaRecord, SandboxRecord, SecretRecord, Snapshot, TokenRecord,
+    V1Secret, V1Snapshot, SCHEMA_VERSION,
 };
 use super::seal::Sealed;
 use super::{what, ScopeKind, StoreError};
@@ -27,6 +27,40 @@ CREATE TABLE sandboxes (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, repo TEXT NOT NULL, created INTEGER NOT NULL,
     version INTEGER NOT NULL, key_id TEXT NOT NULL, nonce BLOB NOT NULL, mac BLOB NOT NULL);
 ";
+
+/// Migration "tokens" (schema 3): the platform API's token rows. Self-contained: it only adds
+/// its table, whatever migrations ran before it.
+fn migrate_tokens(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tokens (
+            id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, scope TEXT NOT NULL,
+            created INTEGER NOT NULL, expires INTEGER NOT NULL, key_id TEXT NOT NULL,
+            nonce BLOB NOT NULL, mac BLOB NOT NULL);",
+    )
+    .map_err(sql("migrate: create tokens table"))
+}
+
+fn decode_token(row: &Row<'_>) -> Result<TokenRecord, Malformed> {
+    let bad = |reason: String| Malformed {
+        row: match text(row, 0) {
+            Ok(id) => format!("token {id}"),
+            Err(_) => "token row with an unreadable id".to_owned(),
+        },
+        reason,
+    };
+    Ok(TokenRecord {
+        id: text(row, 0).map_err(bad)?,
+        hash: text(row, 1).map_err(bad)?,
+        scope: text(row, 2).map_err(bad)?,
+        created: int(row, 3).map_err(bad)?,
+        expires: int(row, 4).map_err(bad)?,
+        key_id: text(row, 5).map_err(bad)?,
+        sealed: Sealed {
+            nonce: blob(row, 6).map_err(bad)?,
+            ciphertext: blob(row, 7).map_err(bad)?,
+        },
+    })
+}
 
 /// The SQLite store file.
 pub struct Sqlite {
@@ -348,8 +382,13 @@ impl Backend for Sqlite {
             )
             .map_err(sql("migrate: drop v1 tables"))?;
         }
-        tx.execute_batch(SCHEMA_V2)
-            .map_err(sql("migrate: create v2 tables"))?;
+        if from < 2 {
+            tx.execute_batch(SCHEMA_V2)
+                .map_err(sql("migrate: create v2 tables"))?;
+        }
+        if from < 3 {
+            migrate_tokens(&tx)?;
+        }
         for change in rows {
             write(&tx, change).map_err(sql("migrate: write rows"))?;
         }
@@ -421,6 +460,46 @@ impl Backend for Sqlite {
             write(&tx, change).map_err(sql(step))?;
         }
         tx.commit().map_err(sql(step))
+    }
+
+    fn load_tokens(&mut self) -> Result<Vec<Result<TokenRecord, Malformed>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, hash, scope, created, expires, key_id, nonce, mac FROM tokens")
+            .map_err(sql("load tokens"))?;
+        let mut rows = stmt.query([]).map_err(sql("load tokens"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql("load tokens"))? {
+            out.push(decode_token(row));
+        }
+        Ok(out)
+    }
+
+    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    t.id,
+                    t.hash,
+                    t.scope,
+                    t.created,
+                    t.expires,
+                    t.key_id,
+                    t.sealed.nonce,
+                    t.sealed.ciphertext
+                ],
+            )
+            .map(drop)
+            .map_err(sql("add token"))
+    }
+
+    fn delete_token(&mut self, id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .execute("DELETE FROM tokens WHERE id = ?1", [id])
+            .map(|n| n > 0)
+            .map_err(sql("revoke token"))
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {

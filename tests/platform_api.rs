@@ -1,0 +1,779 @@
+//! The platform API (`serve --http`) against the real daemon on 127.0.0.1:<free port>: every
+//! route, each token scope (another user's token gets the very 404 a missing secret gets), the
+//! rules as `{"error","rule"}` with the names the CLI prints, authentication (missing, unknown,
+//! revoked, expired, rate-limited), the OpenAPI document against the routes that answer, and no
+//! value in any answer or in the daemon's trace-level log.
+
+#![cfg(feature = "broker")]
+
+mod support;
+
+use support::daemon::{served, tcp_http, Daemon, HttpAnswer};
+
+/// A daemon logging at trace with the platform API on a free port of 127.0.0.1.
+fn daemon() -> (Daemon, String) {
+    let mut d = Daemon::unstarted(None);
+    d.log_level = "trace";
+    d.serve_args = vec!["--http".into(), "127.0.0.1:0".into()];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let base = d.http_base();
+    (d, base)
+}
+
+/// `token create ARGS`: the token (last line of stdout).
+fn token(d: &Daemon, args: &[&str]) -> String {
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    let out = d.cli(&all, None).ok();
+    let stdout = out.stdout();
+    let last = stdout.lines().last().unwrap().to_owned();
+    assert!(
+        last.starts_with("sst_") && last.len() > 40,
+        "{}",
+        out.explain()
+    );
+    last
+}
+
+/// Every answer a test got, to grep for values at the end.
+#[derive(Default)]
+struct Client {
+    base: String,
+    seen: std::cell::RefCell<String>,
+}
+
+impl Client {
+    fn call(&self, token: &str, method: &str, path: &str, body: &str) -> HttpAnswer {
+        let auth = format!("Bearer {token}");
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", auth.as_str())]
+        };
+        let a = tcp_http(&self.base, method, path, &headers, body.as_bytes());
+        self.seen.borrow_mut().push_str(&format!(
+            "{method} {path} -> {} {:?} {}\n",
+            a.status, a.headers, a.body
+        ));
+        a
+    }
+    #[track_caller]
+    fn expect(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+        status: u16,
+    ) -> serde_json::Value {
+        let a = self.call(token, method, path, body);
+        assert_eq!(a.status, status, "{method} {path}: {}", a.body);
+        assert_eq!(
+            a.header("content-type"),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        assert_eq!(
+            a.header("cache-control"),
+            Some("no-store"),
+            "{method} {path}"
+        );
+        a.json()
+    }
+    /// A refusal: its status and rule, and a message that is not empty.
+    #[track_caller]
+    fn refused(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+        status: u16,
+        rule: &str,
+    ) -> String {
+        let v = self.expect(token, method, path, body, status);
+        assert_eq!(v["rule"], rule, "{method} {path}: {v}");
+        let msg = v["error"].as_str().unwrap().to_owned();
+        assert!(!msg.is_empty());
+        msg
+    }
+}
+
+const V1: &str = "v1-value-<script>alert('x')</script>\"q\"-Zq81";
+const V2: &str = "v2-value-multi\nline-Zq82";
+const V3: &str = "v3-repo-value-Zq83";
+const HUBOT_V: &str = "hubot-own-value-Zq84";
+
+#[test]
+fn every_route_with_its_scopes_and_no_value_out() {
+    let (d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    let platform = token(&d, &["--platform"]);
+    let mona = token(&d, &["--user", "mona", "--expires", "1h"]);
+    let hubot = token(&d, &["--user", "hubot"]);
+    let admin = token(&d, &["--repo-admin", "octo/hello"]);
+
+    // --- user secrets, as mona ---
+    let body = format!(
+        r#"{{"value":{},"repositories":["octo/hello","Octo/Other"]}}"#,
+        serde_json::to_string(V1).unwrap()
+    );
+    let v = c.expect(&mona, "PUT", "/v1/users/mona/secrets/api_token", &body, 201);
+    assert_eq!(v["name"], "API_TOKEN");
+    assert_eq!(v["result"], "created");
+    let v = c.expect(&mona, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 1);
+    assert_eq!(v["secrets"][0]["name"], "API_TOKEN");
+    assert_eq!(
+        v["secrets"][0]["repositories"],
+        serde_json::json!(["octo/hello", "octo/other"])
+    );
+    let v = c.expect(&mona, "GET", "/v1/users/mona/secrets/API_TOKEN", "", 200);
+    assert!(v["updated_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert!(v.get("value").is_none(), "{v}");
+    let v = c.expect(
+        &mona,
+        "GET",
+        "/v1/users/mona/secrets/API_TOKEN/repositories",
+        "",
+        200,
+    );
+    assert_eq!(v["total_count"], 2);
+    assert_eq!(v["repositories"][1]["full_name"], "octo/other");
+    // Replace the list, add one, remove one.
+    c.expect(
+        &mona,
+        "PUT",
+        "/v1/users/mona/secrets/API_TOKEN/repositories",
+        r#"{"repositories":["octo/other"]}"#,
+        200,
+    );
+    let v = c.expect(
+        &mona,
+        "PUT",
+        "/v1/users/mona/secrets/API_TOKEN/repositories/octo/hello",
+        "",
+        200,
+    );
+    assert_eq!(v["result"], "access");
+    c.expect(
+        &mona,
+        "DELETE",
+        "/v1/users/mona/secrets/API_TOKEN/repositories/octo/other",
+        "",
+        200,
+    );
+    let v = c.expect(
+        &mona,
+        "GET",
+        "/v1/users/mona/secrets/API_TOKEN/repositories",
+        "",
+        200,
+    );
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!([{"full_name": "octo/hello"}])
+    );
+    // A sandbox of mona on octo/hello sees the value; an update of the value alone keeps the list.
+    let v = c.expect(
+        &platform,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"user":"mona","repo":"octo/hello"}"#,
+        201,
+    );
+    let id = v["id"].as_str().unwrap().to_owned();
+    let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
+    assert_eq!(served(&dir), vec![("API_TOKEN".to_owned(), V1.to_owned())]);
+    let body = format!(r#"{{"value":{}}}"#, serde_json::to_string(V2).unwrap());
+    let v = c.expect(&mona, "PUT", "/v1/users/mona/secrets/API_TOKEN", &body, 200);
+    assert_eq!(v["result"], "updated");
+    assert_eq!(
+        v["sandboxes"], 1,
+        "the change notice counts the live sandbox: {v}"
+    );
+    assert_eq!(served(&dir), vec![("API_TOKEN".to_owned(), V2.to_owned())]);
+    // `value` omitted: repositories only.
+    let v = c.expect(
+        &mona,
+        "PUT",
+        "/v1/users/mona/secrets/API_TOKEN",
+        r#"{"repositories":["octo/hello","a/b"]}"#,
+        200,
+    );
+    assert_eq!(v["result"], "access");
+    assert_eq!(served(&dir), vec![("API_TOKEN".to_owned(), V2.to_owned())]);
+
+    // --- another user's token: the 404 of a missing secret, byte for byte ---
+    let body = format!(r#"{{"value":"{HUBOT_V}","repositories":["octo/hello"]}}"#);
+    c.expect(
+        &hubot,
+        "PUT",
+        "/v1/users/hubot/secrets/HUBOT_ONLY",
+        &body,
+        201,
+    );
+    for (method, path, body) in [
+        ("GET", "/v1/users/mona/secrets/API_TOKEN", ""),
+        ("DELETE", "/v1/users/mona/secrets/API_TOKEN", ""),
+        ("GET", "/v1/users/mona/secrets/API_TOKEN/repositories", ""),
+        (
+            "PUT",
+            "/v1/users/mona/secrets/API_TOKEN/repositories",
+            r#"{"repositories":[]}"#,
+        ),
+        (
+            "PUT",
+            "/v1/users/mona/secrets/API_TOKEN/repositories/octo/x",
+            "",
+        ),
+        (
+            "DELETE",
+            "/v1/users/mona/secrets/API_TOKEN/repositories/octo/hello",
+            "",
+        ),
+    ] {
+        let real = c.call(&hubot, method, path, body);
+        let missing_path = path.replace("API_TOKEN", "NO_SUCH_ONE");
+        let missing = c.call(&mona, method, &missing_path, body);
+        assert_eq!(real.status, 404, "{method} {path}: {}", real.body);
+        assert_eq!(
+            missing.status, 404,
+            "{method} {missing_path}: {}",
+            missing.body
+        );
+        assert_eq!(
+            real.body.replace("API_TOKEN", "X"),
+            missing.body.replace("NO_SUCH_ONE", "X"),
+            "{method} {path}: another user's secret answers like a missing one"
+        );
+    }
+    let msg = c.refused(
+        &hubot,
+        "PUT",
+        "/v1/users/mona/secrets/API_TOKEN",
+        r#"{"value":"stolen-Zq85"}"#,
+        404,
+        "not-found",
+    );
+    assert_eq!(msg, "no user secret API_TOKEN for mona");
+    c.refused(
+        &hubot,
+        "GET",
+        "/v1/users/mona/secrets",
+        "",
+        404,
+        "not-found",
+    );
+    c.refused(
+        &mona,
+        "GET",
+        "/v1/users/hubot/secrets",
+        "",
+        404,
+        "not-found",
+    );
+    c.refused(
+        &mona,
+        "GET",
+        "/v1/plan?user=hubot&repo=octo/hello",
+        "",
+        404,
+        "not-found",
+    );
+    c.refused(
+        &admin,
+        "GET",
+        "/v1/users/mona/secrets",
+        "",
+        404,
+        "not-found",
+    );
+    c.refused(
+        &mona,
+        "GET",
+        "/v1/repos/octo/hello/secrets",
+        "",
+        404,
+        "not-found",
+    );
+    // Nothing of mona's changed.
+    assert_eq!(served(&dir), vec![("API_TOKEN".to_owned(), V2.to_owned())]);
+
+    // --- repository secrets, as the repository's admin ---
+    let body = format!(r#"{{"value":"{V3}"}}"#);
+    let v = c.expect(
+        &admin,
+        "PUT",
+        "/v1/repos/octo/hello/secrets/DB_URL",
+        &body,
+        201,
+    );
+    assert_eq!(v["sandboxes"], 1);
+    c.expect(
+        &admin,
+        "PUT",
+        "/v1/repos/octo/hello/secrets/DB_URL",
+        &body,
+        200,
+    );
+    let v = c.expect(&admin, "GET", "/v1/repos/octo/hello/secrets", "", 200);
+    assert_eq!(v["secrets"][0]["name"], "DB_URL");
+    assert!(v["secrets"][0].get("repositories").is_none(), "{v}");
+    c.expect(
+        &admin,
+        "GET",
+        "/v1/repos/Octo/Hello/secrets/db_url",
+        "",
+        200,
+    );
+    let other = c.call(&admin, "GET", "/v1/repos/octo/other/secrets/DB_URL", "");
+    let missing = c.call(&platform, "GET", "/v1/repos/octo/other/secrets/DB_URL", "");
+    assert_eq!((other.status, &other.body), (missing.status, &missing.body));
+    c.refused(
+        &admin,
+        "PUT",
+        "/v1/repos/octo/other/secrets/X",
+        &body,
+        404,
+        "not-found",
+    );
+    let mut got = served(&dir);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("API_TOKEN".to_owned(), V2.to_owned()),
+            ("DB_URL".to_owned(), V3.to_owned())
+        ]
+    );
+
+    // --- plan and sandboxes ---
+    let v = c.expect(&mona, "GET", "/v1/plan?user=mona&repo=octo/hello", "", 200);
+    let names: Vec<_> = v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
+    assert_eq!(names, vec!["API_TOKEN", "DB_URL"]);
+    assert_eq!(v["secrets"][1]["from"], "repository");
+    let v = c.expect(&platform, "GET", "/v1/sandboxes", "", 200);
+    assert_eq!(v["total_count"], 1);
+    assert_eq!(v["sandboxes"][0]["id"], id.as_str());
+    for t in [&mona, &admin] {
+        c.refused(t, "GET", "/v1/sandboxes", "", 403, "token-scope");
+        c.refused(
+            t,
+            "POST",
+            "/v1/sandboxes",
+            r#"{"user":"mona","repo":"octo/hello"}"#,
+            403,
+            "token-scope",
+        );
+        c.refused(
+            t,
+            "DELETE",
+            &format!("/v1/sandboxes/{id}"),
+            "",
+            403,
+            "token-scope",
+        );
+    }
+    c.refused(
+        &platform,
+        "DELETE",
+        "/v1/sandboxes/nothex",
+        "",
+        400,
+        "sandbox-id",
+    );
+    c.expect(&platform, "DELETE", &format!("/v1/sandboxes/{id}"), "", 200);
+    c.refused(
+        &platform,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}"),
+        "",
+        404,
+        "not-found",
+    );
+
+    // --- deletes ---
+    c.expect(
+        &admin,
+        "DELETE",
+        "/v1/repos/octo/hello/secrets/DB_URL",
+        "",
+        200,
+    );
+    c.refused(
+        &admin,
+        "GET",
+        "/v1/repos/octo/hello/secrets/DB_URL",
+        "",
+        404,
+        "not-found",
+    );
+    let v = c.expect(&mona, "DELETE", "/v1/users/mona/secrets/API_TOKEN", "", 200);
+    assert_eq!(v["result"], "deleted");
+    c.refused(
+        &mona,
+        "GET",
+        "/v1/users/mona/secrets/API_TOKEN",
+        "",
+        404,
+        "not-found",
+    );
+
+    // No value in any answer, header or the daemon's trace-level log; no token in the log.
+    let seen = c.seen.borrow().clone();
+    for v in [V1, V2, V3, HUBOT_V, "stolen-Zq85", "Zq8"] {
+        assert!(!seen.contains(v), "an answer holds {v:?}:\n{seen}");
+    }
+    let log = d.log_text();
+    for v in [
+        V1,
+        V2,
+        V3,
+        HUBOT_V,
+        "stolen-Zq85",
+        "Zq8",
+        "<script>",
+        &platform,
+        &mona,
+        &hubot,
+        &admin,
+    ] {
+        assert!(!log.contains(v), "the trace log holds {v:?}");
+    }
+    assert!(
+        log.contains("audit=\"api\""),
+        "api changes are audited:\n{log}"
+    );
+}
+
+#[test]
+fn rules_answer_with_the_names_the_cli_prints() {
+    let (d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    let t = token(&d, &["--platform"]);
+    let user = |name: &str, body: &str, status, rule| {
+        c.refused(
+            &t,
+            "PUT",
+            &format!("/v1/users/mona/secrets/{name}"),
+            body,
+            status,
+            rule,
+        )
+    };
+    user(
+        "GITHUB_TOKEN",
+        r#"{"value":"x","repositories":["o/r"]}"#,
+        400,
+        "name-reserved-github",
+    );
+    user(
+        "SANDBOX_X",
+        r#"{"value":"x","repositories":["o/r"]}"#,
+        400,
+        "name-reserved-sandbox",
+    );
+    user(
+        "1ABC",
+        r#"{"value":"x","repositories":["o/r"]}"#,
+        400,
+        "name-leading-digit",
+    );
+    user(
+        "BAD-NAME",
+        r#"{"value":"x","repositories":["o/r"]}"#,
+        400,
+        "name-characters",
+    );
+    user(
+        "LD_PRELOAD",
+        r#"{"value":"x","repositories":["o/r"]}"#,
+        400,
+        "name-dangerous",
+    );
+    user("NEW_ONE", r#"{"value":"x"}"#, 400, "repositories-required");
+    user(
+        "OK_NAME",
+        r#"{"value":"x","repositories":["no-slash"]}"#,
+        400,
+        "repository-name",
+    );
+    user("OK_NAME", r#"{"value":""}"#, 400, "value-empty");
+    user(
+        "OK_NAME",
+        r#"{"value":"a\u0000b","repositories":["o/r"]}"#,
+        400,
+        "value-nul",
+    );
+    user("OK_NAME", r#"{}"#, 400, "request-body");
+    user(
+        "OK_NAME",
+        r#"{"value":"unterminated-Zq86"#,
+        400,
+        "request-body",
+    );
+    let big = format!(
+        r#"{{"value":"{}","repositories":["o/r"]}}"#,
+        "x".repeat(48 * 1024 + 1)
+    );
+    user("BIG", &big, 400, "value-size");
+    c.refused(
+        &t,
+        "PUT",
+        "/v1/users/-bad-/secrets/X",
+        r#"{"value":"x"}"#,
+        400,
+        "user-name",
+    );
+    c.refused(&t, "GET", "/v1/nope", "", 404, "not-found");
+    c.refused(&t, "PATCH", "/v1/users/mona/secrets", "", 405, "method");
+    let at_limit = format!(
+        r#"{{"value":"{}","repositories":["o/r"]}}"#,
+        "y".repeat(48 * 1024)
+    );
+    c.expect(&t, "PUT", "/v1/users/mona/secrets/AT_LIMIT", &at_limit, 201);
+    // 100 per scope.
+    for i in 1..100 {
+        c.expect(
+            &t,
+            "PUT",
+            &format!("/v1/repos/o/r/secrets/S{i}"),
+            r#"{"value":"v"}"#,
+            201,
+        );
+    }
+    c.expect(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/S100",
+        r#"{"value":"v"}"#,
+        201,
+    );
+    c.refused(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/S101",
+        r#"{"value":"v"}"#,
+        409,
+        "secrets-per-scope",
+    );
+    c.expect(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/S100",
+        r#"{"value":"w"}"#,
+        200,
+    );
+    c.refused(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/S1",
+        r#"{"value":"w","repositories":["a/b"]}"#,
+        400,
+        "repositories-on-repository-secret",
+    );
+    // The CLI names the same rules.
+    d.cli(&["set", "GITHUB_TOKEN", "--repo", "o/r"], Some(b"x"))
+        .fails_with("(rule: name-reserved-github)");
+    d.cli(&["set", "S101", "--repo", "o/r"], Some(b"x"))
+        .fails_with("(rule: secrets-per-scope)");
+    d.cli(&["set", "NEW_ONE", "--user", "mona"], Some(b"x"))
+        .fails_with("(rule: repositories-required)");
+    assert!(!c.seen.borrow().contains("Zq86"));
+    assert!(!d.log_text().contains("Zq86"));
+}
+
+#[test]
+fn tokens_authenticate_until_revoked_or_expired_and_failures_are_rate_limited() {
+    let (d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    let path = "/v1/users/mona/secrets";
+    let a = c.call("", "GET", path, "");
+    assert_eq!(a.status, 401);
+    assert!(a.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(a.json()["rule"], "token");
+    let t = token(&d, &["--user", "mona"]);
+    c.expect(&t, "GET", path, "", 200);
+    // Revoked: the next request fails.
+    let list = d.cli(&["token", "list", "--json"], None).ok().stdout();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(!list.contains(&t) && !list.contains("hash"), "{list}");
+    let id = v["tokens"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["tokens"][0]["scope"], "user:mona");
+    let out = d.cli(&["token", "revoke", &id], None).ok();
+    assert!(out.stdout().contains(&id));
+    c.refused(&t, "GET", path, "", 401, "token");
+    d.cli(&["token", "revoke", &id], None)
+        .fails_with("(rule: not-found)");
+    d.cli(&["token", "revoke", "../x"], None)
+        .fails_with("(rule: token-id)");
+    // Scope and expiry are checked where the token is made.
+    d.cli(&["token", "create", "--user", "mona", "--platform"], None)
+        .fails_with("cannot be used with");
+    d.cli(
+        &["token", "create", "--platform", "--expires", "400d"],
+        None,
+    )
+    .fails_with("(rule: token-expiry)");
+    d.cli(&["token", "create", "--repo-admin", "bad"], None)
+        .fails_with("(rule: repository-name)");
+    // Expired.
+    let short = token(&d, &["--user", "mona", "--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let msg = c.refused(&short, "GET", path, "", 401, "token");
+    assert!(msg.contains("expired"), "{msg}");
+    // Tokens survive a restart (stored as hashes, sealed); a restart loses no revocation.
+    let kept = token(&d, &["--platform"]);
+    let mut d = d;
+    d.stop();
+    d.start().unwrap();
+    let c = Client {
+        base: d.http_base(),
+        ..Default::default()
+    };
+    c.expect(&kept, "GET", path, "", 200);
+    c.refused(&t, "GET", path, "", 401, "token");
+    let db = std::fs::read(d.state.join("secrets.db")).unwrap();
+    assert!(
+        !db.windows(kept.len()).any(|w| w == kept.as_bytes()),
+        "the token is stored"
+    );
+    // Failed authentications: after 10 from one address (the revoked token above was one), even
+    // a good token waits.
+    for i in 0..9 {
+        let a = c.call(&format!("sst_wrong{i}"), "GET", path, "");
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    let a = c.call(&kept, "GET", path, "");
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.json()["rule"], "auth-rate");
+    assert!(a.header("retry-after").is_some());
+    assert!(
+        !d.log_text().contains("sst_wrong"),
+        "a presented token is logged"
+    );
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_that_answer() {
+    let (d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    let t = token(&d, &["--platform"]);
+    c.refused("", "GET", "/v1/openapi.json", "", 401, "token");
+    let doc = c.expect(&t, "GET", "/v1/openapi.json", "", 200);
+    assert_eq!(doc["openapi"].as_str().unwrap().chars().next(), Some('3'));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut listed = Vec::new();
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{user}", "mona")
+            .replace("{owner}", "octo")
+            .replace("{repo}", "hello")
+            .replace("{name}", "SOME_NAME")
+            .replace("{id}", &"0".repeat(32));
+        for method in ["get", "put", "post", "delete", "patch"] {
+            let a = c.call(&t, &method.to_uppercase(), &concrete, "{}");
+            let in_doc = item.get(method).is_some();
+            // A listed method is routed (whatever it answers, it is not "no route" or 405); an
+            // unlisted one on a listed path is 405.
+            if in_doc {
+                listed.push(format!("{method} {path}"));
+                assert_ne!(
+                    a.status, 405,
+                    "{method} {path} is documented but not routed"
+                );
+                assert!(
+                    !a.body.contains("no route"),
+                    "{method} {path} is documented but not routed: {}",
+                    a.body
+                );
+            } else {
+                assert_eq!(
+                    a.status, 405,
+                    "{method} {path} is routed but not documented: {}",
+                    a.body
+                );
+            }
+        }
+    }
+    assert_eq!(listed.len(), 17, "{listed:#?}");
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[test]
+fn a_v2_store_gains_the_tokens_table_and_keeps_its_secrets() {
+    let (mut d, _) = daemon();
+    d.set_user("KEEP", "mona", "octo/hello", "kept-value-Zq87");
+    d.stop();
+    // Back to what a v2 daemon wrote: no tokens table, schema version 2.
+    let db = rusqlite::Connection::open(d.state.join("secrets.db")).unwrap();
+    db.execute_batch(
+        "DROP TABLE tokens; DELETE FROM schema_migrations;
+         INSERT INTO schema_migrations (version, applied) VALUES (2, 0);",
+    )
+    .unwrap();
+    drop(db);
+    d.start().unwrap();
+    let log = d.log_text();
+    assert!(
+        log.contains("migrating the store from schema 2 to 3"),
+        "{log}"
+    );
+    let c = Client {
+        base: d.http_base(),
+        ..Default::default()
+    };
+    let t = token(&d, &["--user", "mona"]);
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["secrets"][0]["name"], "KEEP");
+    d.stop();
+    d.start().unwrap();
+    assert!(!d.log_text().contains("migrating"), "{}", d.log_text());
+}
+
+#[test]
+fn an_edited_token_row_is_refused() {
+    let (mut d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    let t = token(&d, &["--user", "mona"]);
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    d.stop();
+    // Someone with write access to the database widens the token's scope.
+    let db = rusqlite::Connection::open(d.state.join("secrets.db")).unwrap();
+    db.execute("UPDATE tokens SET scope = 'platform'", [])
+        .unwrap();
+    drop(db);
+    d.start().unwrap();
+    assert!(
+        d.log_text().contains("token row refused"),
+        "{}",
+        d.log_text()
+    );
+    let c = Client {
+        base: d.http_base(),
+        ..Default::default()
+    };
+    c.refused(&t, "GET", "/v1/sandboxes", "", 401, "token");
+    c.refused(&t, "GET", "/v1/users/mona/secrets", "", 401, "token");
+}
