@@ -486,3 +486,40 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible subcommand has an EXAMPLES section and every argument a help line.
+    #[test]
+    fn every_subcommand_has_examples_and_every_argument_is_documented() {
+        fn walk(cmd: &clap::Command, path: String) {
+            for arg in cmd.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{path}: argument {} has no help",
+                    arg.get_id()
+                );
+            }
+            let subs: Vec<_> = cmd
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let after = cmd.get_after_help().map(|s| s.to_string()).unwrap_or_default();
+                assert!(after.starts_with("EXAMPLES:"), "{path} has no EXAMPLES");
+            }
+            for sub in subs {
+                walk(sub, format!("{path} {}", sub.get_name()));
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd.debug_assert();
+        walk(&cmd, "sandbox-secrets".into());
+    }
+}
