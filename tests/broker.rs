@@ -64,7 +64,10 @@ fn set_update_list_delete_round_trip() {
     assert_eq!(json["secrets"][0]["repos"][0], "octo/app");
     // RFC 3339 UTC in JSON, as in the table.
     let updated = json["secrets"][0]["updated"].as_str().unwrap();
-    assert!(updated.starts_with("20") && updated.ends_with('Z'), "{updated}");
+    assert!(
+        updated.starts_with("20") && updated.ends_with('Z'),
+        "{updated}"
+    );
     let rlist = d.cli(&["list", "--repo", "octo/app"], None).ok();
     assert!(rlist.stdout().contains("DB_URL"));
     for out in [&list, &rlist] {

@@ -25,7 +25,11 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 fn health_answers_while_serving_and_fails_clearly_without_a_daemon() {
     let d = Daemon::new();
     let out = d.cli(&["health"], None).ok();
-    assert!(out.stdout().starts_with("ok: sandbox-secrets "), "{}", out.explain());
+    assert!(
+        out.stdout().starts_with("ok: sandbox-secrets "),
+        "{}",
+        out.explain()
+    );
     let h = json(&d.cli(&["health", "--json"], None).ok().stdout());
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
@@ -45,7 +49,9 @@ fn health_answers_while_serving_and_fails_clearly_without_a_daemon() {
         out.explain()
     );
     let mut c = Command::new(BIN);
-    c.arg("--run-dir").arg(gone.path()).args(["health", "--json"]);
+    c.arg("--run-dir")
+        .arg(gone.path())
+        .args(["health", "--json"]);
     let out = run(c, None);
     let e = json(&out.stdout());
     assert_eq!(e["rule"], "daemon-unreachable", "{}", out.explain());
@@ -69,7 +75,10 @@ fn a_piped_trailing_newline_is_kept_with_a_warning_or_trimmed_and_refused_for_re
     assert_eq!(served(&dir), pairs(&[("NL_TOKEN", "nl-VALUE\n")]));
 
     let out = d
-        .cli(&["set", "NL_TOKEN", "--user", "mona", "--trim"], Some(b"nl-VALUE\n"))
+        .cli(
+            &["set", "NL_TOKEN", "--user", "mona", "--trim"],
+            Some(b"nl-VALUE\n"),
+        )
         .ok();
     assert!(!out.stderr().contains("warning"), "{}", out.explain());
     assert_eq!(served(&dir), pairs(&[("NL_TOKEN", "nl-VALUE")]));
@@ -104,7 +113,13 @@ fn a_piped_trailing_newline_is_kept_with_a_warning_or_trimmed_and_refused_for_re
     }
     assert_eq!(d.list_json("--repo", "octo/nl"), before);
     d.cli(
-        &["set", "CI_CONTAINER_REGISTRY_PASSWORD", "--repo", "octo/nl", "--trim"],
+        &[
+            "set",
+            "CI_CONTAINER_REGISTRY_PASSWORD",
+            "--repo",
+            "octo/nl",
+            "--trim",
+        ],
         Some(b"pw-SECRET\n"),
     )
     .ok();
@@ -120,35 +135,60 @@ fn an_incomplete_registry_triplet_is_warned_at_set_and_plan() {
         )
         .ok();
     assert!(
-        out.stderr().contains("GH_CONTAINER_REGISTRY_USER, GH_CONTAINER_REGISTRY_PASSWORD missing"),
+        out.stderr()
+            .contains("GH_CONTAINER_REGISTRY_USER, GH_CONTAINER_REGISTRY_PASSWORD missing"),
         "{}",
         out.explain()
     );
     d.set_user("GH_CONTAINER_REGISTRY_USER", "mona", "octo/t", "robot");
-    let out = d.cli(&["plan", "--user", "mona", "--repo", "octo/t"], None).ok();
+    let out = d
+        .cli(&["plan", "--user", "mona", "--repo", "octo/t"], None)
+        .ok();
     assert!(
-        out.stderr().contains("GH_CONTAINER_REGISTRY_PASSWORD missing"),
+        out.stderr()
+            .contains("GH_CONTAINER_REGISTRY_PASSWORD missing"),
         "{}",
         out.explain()
     );
     let plan = json(
-        &d.cli(&["plan", "--user", "mona", "--repo", "octo/t", "--json"], None)
-            .ok()
-            .stdout(),
+        &d.cli(
+            &["plan", "--user", "mona", "--repo", "octo/t", "--json"],
+            None,
+        )
+        .ok()
+        .stdout(),
     );
     assert!(plan["warnings"][0]
         .as_str()
         .unwrap()
         .contains("GH_CONTAINER_REGISTRY_PASSWORD missing"));
+    // At set time the check is the scope's own secrets: the user part lives elsewhere, said so.
     let out = d
         .cli(
             &["set", "GH_CONTAINER_REGISTRY_PASSWORD", "--repo", "octo/t"],
             Some(b"pw"),
         )
         .ok();
+    assert!(
+        out.stderr().contains("GH_CONTAINER_REGISTRY_USER missing")
+            && out.stderr().contains("unless a user secret supplies it"),
+        "{}",
+        out.explain()
+    );
+    // The plan merges both levels: complete, no warning.
+    let out = d
+        .cli(&["plan", "--user", "mona", "--repo", "octo/t"], None)
+        .ok();
     assert!(!out.stderr().contains("warning"), "{}", out.explain());
-    let out = d.cli(&["plan", "--user", "mona", "--repo", "octo/t"], None).ok();
-    assert!(!out.stderr().contains("warning"), "{}", out.explain());
+    let plan = json(
+        &d.cli(
+            &["plan", "--user", "mona", "--repo", "octo/t", "--json"],
+            None,
+        )
+        .ok()
+        .stdout(),
+    );
+    assert_eq!(plan["warnings"], serde_json::json!([]));
 }
 
 #[test]
@@ -157,7 +197,10 @@ fn access_adds_and_removes_repositories_and_prints_before_and_after() {
     d.set_user("ACC", "mona", "octo/a", "acc-VALUE");
     let (_, b_dir) = d.sandbox("mona", "octo/b");
     let out = d
-        .cli(&["access", "ACC", "--user", "mona", "--add-repo", "octo/b"], None)
+        .cli(
+            &["access", "ACC", "--user", "mona", "--add-repo", "octo/b"],
+            None,
+        )
         .ok();
     assert!(
         out.stdout().contains("octo/a -> octo/a,octo/b"),
@@ -167,7 +210,15 @@ fn access_adds_and_removes_repositories_and_prints_before_and_after() {
     assert_eq!(served(&b_dir), pairs(&[("ACC", "acc-VALUE")]));
     let a = json(
         &d.cli(
-            &["access", "ACC", "--user", "mona", "--remove-repo", "octo/a", "--json"],
+            &[
+                "access",
+                "ACC",
+                "--user",
+                "mona",
+                "--remove-repo",
+                "octo/a",
+                "--json",
+            ],
             None,
         )
         .ok()
@@ -176,7 +227,14 @@ fn access_adds_and_removes_repositories_and_prints_before_and_after() {
     assert_eq!(a["before"], serde_json::json!(["octo/a", "octo/b"]));
     assert_eq!(a["after"], serde_json::json!(["octo/b"]));
     let out = d.cli(
-        &["access", "ACC", "--user", "mona", "--remove-repo", "octo/zzz"],
+        &[
+            "access",
+            "ACC",
+            "--user",
+            "mona",
+            "--remove-repo",
+            "octo/zzz",
+        ],
         None,
     );
     assert_eq!(out.out.status.code(), Some(1), "{}", out.explain());
@@ -188,11 +246,24 @@ fn access_adds_and_removes_repositories_and_prints_before_and_after() {
     let out = d
         .cli(&["access", "ACC", "--user", "mona", "--repos", ""], None)
         .ok();
-    assert!(out.stdout().contains("octo/b -> (none)"), "{}", out.explain());
+    assert!(
+        out.stdout().contains("octo/b -> (none)"),
+        "{}",
+        out.explain()
+    );
     assert!(served(&b_dir).is_empty());
     // --repos and --add-repo do not mix; one of them is needed.
     let out = d.cli(
-        &["access", "ACC", "--user", "mona", "--repos", "a/b", "--add-repo", "c/d"],
+        &[
+            "access",
+            "ACC",
+            "--user",
+            "mona",
+            "--repos",
+            "a/b",
+            "--add-repo",
+            "c/d",
+        ],
         None,
     );
     assert_eq!(out.out.status.code(), Some(2), "{}", out.explain());
@@ -213,11 +284,21 @@ fn an_env_file_imports_all_or_nothing_and_names_the_refused_line() {
     .unwrap();
     let out = d
         .cli(
-            &["set", "--repo", "octo/env", "--env-file", good.to_str().unwrap()],
+            &[
+                "set",
+                "--repo",
+                "octo/env",
+                "--env-file",
+                good.to_str().unwrap(),
+            ],
             None,
         )
         .ok();
-    assert!(out.stdout().contains("imported 4 secrets"), "{}", out.explain());
+    assert!(
+        out.stdout().contains("imported 4 secrets"),
+        "{}",
+        out.explain()
+    );
     assert_eq!(
         served(&dir),
         pairs(&[
@@ -230,10 +311,22 @@ fn an_env_file_imports_all_or_nothing_and_names_the_refused_line() {
 
     let before = d.list_json("--repo", "octo/env");
     for (text, line, words) in [
-        ("NEW1=ok-VALUE1\nNEW2=ok-VALUE2\nLD_PRELOAD=bad-VALUE3\n", 3, "dangerous"),
+        (
+            "NEW1=ok-VALUE1\nNEW2=ok-VALUE2\nLD_PRELOAD=bad-VALUE3\n",
+            3,
+            "dangerous",
+        ),
         ("NEW1=ok-VALUE1\nGITHUB_X=bad-VALUE3\n", 2, "GITHUB_"),
-        ("NEW1=ok-VALUE1\nNEW2=\"unclosed-VALUE3\n", 2, "never closed"),
-        ("NEW1=ok-VALUE1\nX_CONTAINER_REGISTRY_USER=\"robot-VALUE3\n\"\n", 2, "newline"),
+        (
+            "NEW1=ok-VALUE1\nNEW2=\"unclosed-VALUE3\n",
+            2,
+            "never closed",
+        ),
+        (
+            "NEW1=ok-VALUE1\nX_CONTAINER_REGISTRY_USER=\"robot-VALUE3\n\"\n",
+            2,
+            "newline",
+        ),
         ("NEW1=ok-VALUE1\nNEW3=\n", 2, "empty"),
     ] {
         let bad = files.path().join("bad.env");
@@ -250,12 +343,22 @@ fn an_env_file_imports_all_or_nothing_and_names_the_refused_line() {
             out.explain()
         );
         assert!(err.contains("nothing was stored"), "{}", out.explain());
-        assert!(!err.contains("VALUE"), "no value in the error\n{}", out.explain());
+        assert!(
+            !err.contains("VALUE"),
+            "no value in the error\n{}",
+            out.explain()
+        );
         assert_eq!(d.list_json("--repo", "octo/env"), before, "{text:?}");
     }
     // A new user secret needs --repos; refused before anything is stored.
     let out = d.cli(
-        &["set", "--user", "mona", "--env-file", good.to_str().unwrap()],
+        &[
+            "set",
+            "--user",
+            "mona",
+            "--env-file",
+            good.to_str().unwrap(),
+        ],
         None,
     );
     assert!(out.stderr().contains("needs --repos"), "{}", out.explain());
@@ -270,7 +373,9 @@ fn json_everywhere_with_rfc3339_times_and_errors_naming_their_rule() {
     for args in [
         vec!["list", "--repo", "octo/j", "--json"],
         vec!["plan", "--user", "mona", "--repo", "octo/j", "--json"],
-        vec!["sandbox", "create", "--user", "mona", "--repo", "octo/j", "--json"],
+        vec![
+            "sandbox", "create", "--user", "mona", "--repo", "octo/j", "--json",
+        ],
         vec!["sandbox", "list", "--json"],
         vec!["key", "status", "--json"],
         vec!["health", "--json"],
@@ -278,27 +383,74 @@ fn json_everywhere_with_rfc3339_times_and_errors_naming_their_rule() {
         let out = d.cli(&args, None).ok();
         json(&out.stdout());
     }
-    let list = json(&d.cli(&["list", "--repo", "octo/j", "--json"], None).ok().stdout());
+    let list = json(
+        &d.cli(&["list", "--repo", "octo/j", "--json"], None)
+            .ok()
+            .stdout(),
+    );
     assert_eq!(list["secrets"][0]["scope"], "repository");
     let t = list["secrets"][0]["updated"].as_str().unwrap();
-    assert!(t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    assert!(
+        t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+        "{t}"
+    );
     let sb = json(&d.cli(&["sandbox", "list", "--json"], None).ok().stdout());
-    assert!(sb["sandboxes"][0]["created"].as_str().unwrap().ends_with('Z'));
+    assert!(sb["sandboxes"][0]["created"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     let table = d.cli(&["list", "--repo", "octo/j"], None).ok().stdout();
     assert!(table.contains(&t[..10]), "{table}");
     let id = sb["sandboxes"][0]["id"].as_str().unwrap().to_owned();
-    let del = json(&d.cli(&["sandbox", "delete", &id, "--json"], None).ok().stdout());
+    let del = json(
+        &d.cli(&["sandbox", "delete", &id, "--json"], None)
+            .ok()
+            .stdout(),
+    );
     assert_eq!(del["id"], id.as_str());
-    let out = d.cli(&["set", "J", "--repo", "octo/j", "--json"], Some(b"j2")).ok();
+    let out = d
+        .cli(&["set", "J", "--repo", "octo/j", "--json"], Some(b"j2"))
+        .ok();
     assert_eq!(json(&out.stdout())["result"], "updated");
 
     for (args, stdin, rule) in [
-        (vec!["set", "9BAD", "--repo", "o/r", "--json"], Some(&b"v"[..]), "name-leading-digit"),
-        (vec!["set", "LD_PRELOAD", "--repo", "o/r", "--json"], Some(b"v"), "name-dangerous"),
-        (vec!["set", "OK", "--repo", "nope", "--json"], Some(b"v"), "repository-format"),
-        (vec!["delete", "MISSING", "--repo", "o/r", "--json"], None, "not-found"),
-        (vec!["list", "--user", "mona", "--repo", "o/r", "--json"], None, "usage"),
-        (vec!["audit", "--since", "yesterday", "--json", "--state-dir", "/nonexistent"], None, "usage"),
+        (
+            vec!["set", "9BAD", "--repo", "o/r", "--json"],
+            Some(&b"v"[..]),
+            "name-leading-digit",
+        ),
+        (
+            vec!["set", "LD_PRELOAD", "--repo", "o/r", "--json"],
+            Some(b"v"),
+            "name-dangerous",
+        ),
+        (
+            vec!["set", "OK", "--repo", "nope", "--json"],
+            Some(b"v"),
+            "repository-format",
+        ),
+        (
+            vec!["delete", "MISSING", "--repo", "o/r", "--json"],
+            None,
+            "not-found",
+        ),
+        (
+            vec!["list", "--user", "mona", "--repo", "o/r", "--json"],
+            None,
+            "usage",
+        ),
+        (
+            vec![
+                "audit",
+                "--since",
+                "yesterday",
+                "--json",
+                "--state-dir",
+                "/nonexistent",
+            ],
+            None,
+            "usage",
+        ),
     ] {
         let out = d.cli(&args, stdin);
         assert!(!out.out.status.success(), "{}", out.explain());
@@ -311,7 +463,7 @@ fn json_everywhere_with_rfc3339_times_and_errors_naming_their_rule() {
 #[test]
 fn completions_and_man_pages_are_generated() {
     for (shell, needle) in [
-        ("bash", "_sandbox-secrets()"),
+        ("bash", "complete -F _sandbox__secrets"),
         ("zsh", "#compdef sandbox-secrets"),
         ("fish", "complete -c sandbox-secrets"),
     ] {
@@ -336,7 +488,10 @@ fn completions_and_man_pages_are_generated() {
         assert!(text.contains(".TH"), "{page}");
     }
     let set = std::fs::read_to_string(dir.path().join("sandbox-secrets-set.1")).unwrap();
-    assert!(set.contains("EXAMPLES") && set.contains("env\\-file"), "{set}");
+    assert!(
+        set.contains("EXAMPLES") && set.contains("env\\-file"),
+        "{set}"
+    );
 }
 
 #[test]
@@ -348,7 +503,8 @@ fn the_repo_flag_where_repos_was_meant_gets_a_hint() {
     );
     assert_eq!(out.out.status.code(), Some(2), "{}", out.explain());
     assert!(
-        out.stderr().contains("hint: --repo makes a repository secret")
+        out.stderr()
+            .contains("hint: --repo makes a repository secret")
             && out.stderr().contains("--repos owner/name"),
         "{}",
         out.explain()
@@ -402,13 +558,15 @@ fn audit_queries_the_trail_the_daemon_keeps() {
             .collect::<Vec<serde_json::Value>>()
     };
     let all = audit(&[]);
-    assert!(all.iter().any(|r| r["event"] == "admin"
-        && r["what"].as_str().unwrap().contains("AUD_TOKEN")));
+    assert!(all
+        .iter()
+        .any(|r| r["event"] == "admin" && r["what"].as_str().unwrap().contains("AUD_TOKEN")));
     let reads = audit(&["--sandbox", &id]);
     assert!(!reads.is_empty());
     assert!(reads.iter().all(|r| r["sandbox"] == id.as_str()));
-    assert!(reads.iter().any(|r| r["event"] == "read"
-        && r["names"] == serde_json::json!(["AUD_TOKEN", "OTHER"])));
+    assert!(reads
+        .iter()
+        .any(|r| r["event"] == "read" && r["names"] == serde_json::json!(["AUD_TOKEN", "OTHER"])));
     let named = audit(&["--name", "aud_token"]);
     assert!(named.len() >= 2, "the set and the read: {named:?}");
     assert!(named.iter().all(|r| r.to_string().contains("AUD_TOKEN")));
@@ -418,10 +576,13 @@ fn audit_queries_the_trail_the_daemon_keeps() {
     let file = d.state.join("audit.jsonl");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(!text.contains("VALUE"), "{text}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     // The table.
-    let out = d.cli(&["audit", "--state-dir", &state, "--name", "OTHER"], None).ok();
+    let out = d
+        .cli(&["audit", "--state-dir", &state, "--name", "OTHER"], None)
+        .ok();
     assert!(out.stdout().starts_with("TIME"), "{}", out.explain());
 }
 
@@ -451,7 +612,20 @@ fn ctrl_c_at_the_hidden_prompt_restores_echo_and_cancels() {
         run = d.run_dir().display(),
         r = report.display()
     );
-    tmux(&["new-session", "-d", "-s", &session, "-x", "200", "-y", "20", "sh", "-c", &script]).ok();
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "20",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .ok();
     let wait_pane = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -459,7 +633,10 @@ fn ctrl_c_at_the_hidden_prompt_restores_echo_and_cancels() {
             if pane.contains(needle) {
                 return pane;
             }
-            assert!(Instant::now() < deadline, "no {needle:?} in the pane:\n{pane}");
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the pane:\n{pane}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -468,7 +645,10 @@ fn ctrl_c_at_the_hidden_prompt_restores_echo_and_cancels() {
     tmux(&["send-keys", "-t", &session, "C-c"]).ok();
     let pane = wait_pane("[y/N]");
     assert!(pane.contains("canceled"), "{pane}");
-    assert!(!pane.contains("typed-VALUE"), "no echo of the typed text:\n{pane}");
+    assert!(
+        !pane.contains("typed-VALUE"),
+        "no echo of the typed text:\n{pane}"
+    );
     tmux(&["send-keys", "-t", &session, "n", "Enter"]).ok();
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
@@ -482,7 +662,8 @@ fn ctrl_c_at_the_hidden_prompt_restores_echo_and_cancels() {
     let _ = tmux(&["kill-session", "-t", &session]);
     assert!(text.starts_with("rc=2\n"), "{text}");
     assert!(
-        text.split_whitespace().any(|w| w == "echo") && text.split_whitespace().any(|w| w == "isig"),
+        text.split_whitespace().any(|w| w == "echo")
+            && text.split_whitespace().any(|w| w == "isig"),
         "echo and signals back on after Ctrl-C:\n{text}"
     );
     assert!(text.contains("delete-rc=2"), "{text}");

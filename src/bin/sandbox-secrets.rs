@@ -510,7 +510,10 @@ mod tests {
                 .filter(|s| !s.is_hide_set() && s.get_name() != "help")
                 .collect();
             if subs.is_empty() {
-                let after = cmd.get_after_help().map(|s| s.to_string()).unwrap_or_default();
+                let after = cmd
+                    .get_after_help()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 assert!(after.starts_with("EXAMPLES:"), "{path} has no EXAMPLES");
             }
             for sub in subs {
@@ -519,7 +522,7 @@ mod tests {
         }
         let mut cmd = Cli::command();
         cmd.build();
-        cmd.debug_assert();
+        cmd.clone().debug_assert();
         walk(&cmd, "sandbox-secrets".into());
     }
 }

@@ -198,11 +198,12 @@ pub fn set(
     Ok(())
 }
 
-/// After a registry name was set: warns when its triplet is incomplete in the same scope.
+/// After a registry name was set: warns when its triplet is incomplete among the scope's own
+/// secrets (a part may still come from the other level: `plan` shows a sandbox's whole set).
 fn warn_triplets(admin: &AdminClient, scope: &Scope, name: &str) {
-    if registry_part(name).is_none() {
+    let Some((id, _)) = registry_part(name) else {
         return;
-    }
+    };
     let Ok(list) = admin.call(&ListRequest {
         name: String::new(),
         user: scope.user.clone(),
@@ -210,13 +211,14 @@ fn warn_triplets(admin: &AdminClient, scope: &Scope, name: &str) {
     }) else {
         return;
     };
-    let id = registry_part(name).map(|(id, _)| id);
+    let whose = match (&scope.user, &scope.repo) {
+        (Some(u), _) => format!("user {u}'s secrets; unless a repository secret supplies it"),
+        (_, Some(r)) => format!("repository {r}'s secrets; unless a user secret supplies it"),
+        _ => return,
+    };
     for w in incomplete_triplets(list.secrets.iter().map(|s| s.name.as_str())) {
-        if id
-            .as_deref()
-            .is_some_and(|id| w.contains(&format!(" {id} ")))
-        {
-            eprintln!("warning: {w}");
+        if w.contains(&format!(" {id} ")) {
+            eprintln!("warning: {w} [among {whose}]");
         }
     }
 }
