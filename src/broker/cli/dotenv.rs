@@ -37,7 +37,9 @@ fn refuse(line: usize, why: impl Into<String>) -> ParseError {
 /// Parses `text`. A name given twice is refused (which value was meant is not clear).
 pub fn parse(text: &str) -> Result<Vec<Entry>, ParseError> {
     let mut out: Vec<Entry> = Vec::new();
-    let chars: Vec<char> = text.chars().collect();
+    // The text holds values: its copies are zeroized on drop, and each value's buffer is sized
+    // once so no reallocation leaves a copy behind.
+    let chars: Zeroizing<Vec<char>> = Zeroizing::new(text.chars().collect());
     let mut i = 0;
     let mut line = 1;
     while i < chars.len() {
@@ -95,7 +97,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, ParseError> {
         while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
             i += 1;
         }
-        let mut value = Zeroizing::new(String::new());
+        let mut value = Zeroizing::new(String::with_capacity(text.len()));
         match chars.get(i) {
             Some(&q @ ('\'' | '"')) => {
                 i += 1;

@@ -895,7 +895,8 @@ fn read_hidden_line(stdin: &std::io::Stdin) -> Result<Zeroizing<Vec<u8>>> {
     quiet.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
     quiet.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
     tcsetattr(stdin, SetArg::TCSAFLUSH, &quiet).context("cannot turn off echo")?;
-    let mut line = Zeroizing::new(Vec::new());
+    // Sized once (the value limit and a little): growing would leave copies of what was typed.
+    let mut line = Zeroizing::new(Vec::with_capacity(protocol::MAX_VALUE_BYTES + 64));
     let mut byte = [0u8; 1];
     let outcome = loop {
         match stdin.lock().read(&mut byte) {
@@ -1022,6 +1023,10 @@ pub fn rule_of(message: &str) -> &'static str {
 pub fn error_hint(message: &str, rule: &str, root: bool) -> &'static str {
     match rule {
         "name-dangerous" => " (pass --allow-dangerous to store it anyway)",
+        "daemon-impostor" if root => {
+            "\nhint: a daemon run by the packaged service belongs to the sandbox-secrets user: run \
+             admin commands as that user (sudo -u sandbox-secrets sandbox-secrets ...)"
+        }
         _ if !root
             && (rule == "state-dir"
                 || rule == "run-dir"
