@@ -77,7 +77,7 @@ enum Command {
         accept_rollback: bool,
     },
     /// Create or update a secret; the value is read from stdin or --from-file (byte for byte),
-    /// or many secrets from a dotenv file (--env-file), all or none.
+    /// or many secrets from a dotenv file (--env-file), every line checked before any is stored.
     #[command(after_help = SET_EXAMPLES)]
     Set {
         /// The secret's name ([A-Za-z0-9_], case-insensitive, stored upper-case). Omitted with
@@ -253,7 +253,7 @@ const SET_EXAMPLES: &str = "EXAMPLES:
   sandbox-secrets set DB_URL --repo octo/app --from-file ./db-url.txt
   sandbox-secrets set API_TOKEN --user mona --repos octo/app      # on a terminal: hidden prompt
   echo \"$TOKEN\" | sandbox-secrets set API_TOKEN --user mona --trim  # strip echo's newline
-  sandbox-secrets set --repo octo/app --env-file .env              # many at once, all or none";
+  sandbox-secrets set --repo octo/app --env-file .env              # many at once, all checked first";
 
 const ACCESS_EXAMPLES: &str = "EXAMPLES:
   sandbox-secrets access API_TOKEN --user mona --add-repo octo/new

@@ -434,7 +434,7 @@ fn run_admin(
             audit::admin_change(
                 uid,
                 result,
-                &format!("{} secret {name} of {scope}", kind.as_str()),
+                &format!("{} secret {name} of {scope}", kind.noun()),
             );
             Ok(ok_json(&ChangeAnswer {
                 name,
@@ -474,7 +474,7 @@ fn run_admin(
             audit::admin_change(
                 uid,
                 "deleted",
-                &format!("{} secret {name} of {scope}", kind.as_str()),
+                &format!("{} secret {name} of {scope}", kind.noun()),
             );
             Ok(ok_json(&ChangeAnswer {
                 name,
