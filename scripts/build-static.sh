@@ -3,26 +3,54 @@
 # and checks with `file` that it is static. musl first; static glibc as the fallback.
 # Non-PIE (relocation-model=static), like Debian's tini-static and catatonit: the relocation
 # tables of a static-pie cost ~50 KB, and the init's stack, heap and mmaps stay randomized.
-# Output: target/static/sandbox-init. Prints "<path> <bytes> <libc>".
+#   scripts/build-static.sh                   -> target/static/sandbox-init          (x86_64)
+#   scripts/build-static.sh --target aarch64  -> target/static/aarch64/sandbox-init  (arm64)
+# arm64 is aarch64-unknown-linux-musl (rustup target added when missing), linked by rust-lld
+# with the target's self-contained musl CRT objects: no cross gcc needed. It runs here under
+# qemu-user-static (tests/pid1_arm64.rs). Prints "<path> <bytes> <libc>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=target/static
-mkdir -p "$out"
+arch=x86_64
+case "${1:-}" in
+  "") ;;
+  --target)
+    case "${2:-}" in
+      x86_64 | amd64) arch=x86_64 ;;
+      aarch64 | arm64) arch=aarch64 ;;
+      *) echo "build-static: unknown target '${2:-}' (x86_64 or aarch64)" >&2; exit 2 ;;
+    esac ;;
+  *) echo "usage: scripts/build-static.sh [--target x86_64|aarch64]" >&2; exit 2 ;;
+esac
 
 build() { # target [RUSTFLAGS]
   RUSTFLAGS="${2:-}" cargo build --quiet --profile init --target "$1" \
     --no-default-features --bin sandbox-init
 }
 
-if rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl &&
-  build x86_64-unknown-linux-musl "-C relocation-model=static"; then
+if [[ $arch == aarch64 ]]; then
+  out=target/static/aarch64
+  mkdir -p "$out"
+  t=aarch64-unknown-linux-musl
+  rustup target list --installed 2>/dev/null | grep -qx $t || rustup target add $t >&2
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+    build $t "-C relocation-model=static -C linker-flavor=ld.lld -C link-self-contained=yes"
   libc=musl
-  cp target/x86_64-unknown-linux-musl/init/sandbox-init "$out/sandbox-init"
+  cp target/$t/init/sandbox-init "$out/sandbox-init"
+  desc=$(file -b "$out/sandbox-init")
+  [[ $desc == *"ARM aarch64"* ]] || { echo "build-static: $out/sandbox-init is not aarch64: $desc" >&2; exit 1; }
 else
-  echo "build-static: musl target not available, building static glibc" >&2
-  build x86_64-unknown-linux-gnu "-C target-feature=+crt-static -C relocation-model=static"
-  libc=glibc
-  cp target/x86_64-unknown-linux-gnu/init/sandbox-init "$out/sandbox-init"
+  out=target/static
+  mkdir -p "$out"
+  if rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl &&
+    build x86_64-unknown-linux-musl "-C relocation-model=static"; then
+    libc=musl
+    cp target/x86_64-unknown-linux-musl/init/sandbox-init "$out/sandbox-init"
+  else
+    echo "build-static: musl target not available, building static glibc" >&2
+    build x86_64-unknown-linux-gnu "-C target-feature=+crt-static -C relocation-model=static"
+    libc=glibc
+    cp target/x86_64-unknown-linux-gnu/init/sandbox-init "$out/sandbox-init"
+  fi
 fi
 
 desc=$(file -b "$out/sandbox-init")

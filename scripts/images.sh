@@ -2,12 +2,16 @@
 # Builds the sandbox images on the local Docker engine without pulling anything:
 #   sandbox-init/minimal:latest       FROM scratch + Debian's busybox-static
 #   sandbox-init/devcontainer:latest  FROM a debootstrap'd bookworm base, imported when missing
-#   scripts/images.sh [minimal|devcontainer]...   (default: both)
+#   scripts/images.sh [minimal|devcontainer|base]...   (default: minimal and devcontainer)
+# The debootstrap'd root is kept as a tarball in $BASE_CACHE (default
+# /var/cache/sandbox-init/debian-base-bookworm.tar), so an engine that lost the image re-imports
+# it instead of running debootstrap again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BASE=sandbox-init/debian-base:bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+BASE_CACHE=${BASE_CACHE:-/var/cache/sandbox-init/debian-base-bookworm.tar}
 images=("${@:-minimal devcontainer}")
 # shellcheck disable=SC2206
 images=(${images[*]})
@@ -34,13 +38,19 @@ build() { # name dir
 
 base() {
   docker image inspect "$BASE" >/dev/null 2>&1 && return 0
+  if [[ -s $BASE_CACHE ]]; then
+    echo "images: importing $BASE from $BASE_CACHE"
+    docker import - "$BASE" < "$BASE_CACHE" >/dev/null && return 0
+  fi
   echo "images: making $BASE with debootstrap --variant=minbase (a few minutes, once)"
   local rootfs
   rootfs=$(mktemp -d /var/tmp/sandbox-base.XXXXXX)
   debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" > "$ctx/debootstrap.log" 2>&1 ||
     { tail -20 "$ctx/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb
-  tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
+  mkdir -p "$(dirname "$BASE_CACHE")"
+  tar -C "$rootfs" -c . > "$BASE_CACHE.tmp" && mv "$BASE_CACHE.tmp" "$BASE_CACHE"
+  docker import - "$BASE" < "$BASE_CACHE" >/dev/null
   rm -rf "$rootfs"
 }
 
@@ -49,6 +59,7 @@ for image in "${images[@]}"; do
   case $image in
     minimal) build minimal ;;
     devcontainer) base; build devcontainer ;;
+    base) base ;;
     *) echo "images: unknown image $image" >&2; exit 2 ;;
   esac
 done

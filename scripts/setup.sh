@@ -13,6 +13,7 @@ PACKAGES=(
   util-linux procps file bsdextrautils    # unshare, script, ps, file
   bash ca-certificates curl iproute2 python3 git   # git: the GIT_CONFIG_* attack test
   chromium chromium-driver fonts-dejavu-core       # the settings page in a real browser (scripts/browser.sh)
+  qemu-user-static tmux dpkg-dev systemd  # arm64 PID-1 tests, the hidden-prompt test, .debs, unit verify
 )
 
 need=()

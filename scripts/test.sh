@@ -14,6 +14,12 @@ cargo clippy --all-targets -- -D warnings
 echo "== static init"
 scripts/build-static.sh
 
+# --- pkg (issue 15): the arm64 init for tests/pid1_arm64.rs (run under qemu-aarch64-static) ---
+echo "== static init, arm64"
+scripts/build-static.sh --target aarch64
+export SANDBOX_INIT_ARM64="$PWD/target/static/aarch64/sandbox-init"
+# --- end pkg ---
+
 echo "== test registry"
 scripts/registry.sh start
 trap 'scripts/registry.sh stop >/dev/null 2>&1 || true' EXIT
@@ -30,3 +36,8 @@ if [[ -x scripts/smoke.sh ]]; then
   echo "== docker smoke tests"
   SANDBOX_INIT_REQUIRE_ALL=1 scripts/smoke.sh
 fi
+
+# --- pkg (issue 15): .debs in a clean container, the broker image, the devcontainer Feature ---
+echo "== packages, broker image, devcontainer Feature"
+SANDBOX_INIT_REQUIRE_ALL=1 scripts/test-packages.sh
+# --- end pkg ---

@@ -62,7 +62,12 @@ fn set_update_list_delete_round_trip() {
     let json: serde_json::Value = serde_json::from_str(&d.list_json("--user", "mona")).unwrap();
     assert_eq!(json["secrets"][0]["name"], "API_TOKEN");
     assert_eq!(json["secrets"][0]["repos"][0], "octo/app");
-    assert!(json["secrets"][0]["updated"].as_i64().unwrap() > 1_600_000_000);
+    // RFC 3339 UTC in JSON, as in the table.
+    let updated = json["secrets"][0]["updated"].as_str().unwrap();
+    assert!(
+        updated.starts_with("20") && updated.ends_with('Z'),
+        "{updated}"
+    );
     let rlist = d.cli(&["list", "--repo", "octo/app"], None).ok();
     assert!(rlist.stdout().contains("DB_URL"));
     for out in [&list, &rlist] {
@@ -753,7 +758,9 @@ fn delete_asks_on_a_terminal_unless_yes() {
         "{}",
         out.explain()
     );
-    assert!(out.stdout().contains("not deleted"), "{}", out.explain());
+    // Declined: "canceled", exit 2 (not an error).
+    assert!(out.stdout().contains("canceled"), "{}", out.explain());
+    assert_eq!(out.out.status.code(), Some(2), "{}", out.explain());
     assert!(d.list_json("--repo", "octo/a").contains("GONE"));
     let out = on_tty("delete GONE --repo octo/a --yes", b"");
     assert!(

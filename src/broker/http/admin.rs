@@ -60,6 +60,9 @@ pub async fn answer(
     uid: u32,
     req: Request<Incoming>,
 ) -> Response<SecretBody> {
+    if req.uri().path() == HEALTH_PATH && req.method() == Method::GET {
+        return ok_json(&health(daemon));
+    }
     let route = match admin_target(req.method(), req.uri().path()) {
         Ok(route) => route,
         Err(e) => return e.response(),
@@ -172,6 +175,32 @@ pub async fn carry_out(
             tracing::error!(error = %e, "admin command did not complete");
             Err(ApiError::Incomplete)
         }
+    }
+}
+
+/// The liveness probe: `GET` answers `200` with [`Health`] while the daemon serves. Reads no
+/// store row and no value, so it stays cheap and answers whatever the load.
+pub const HEALTH_PATH: &str = "/v1/health";
+
+/// The answer of [`HEALTH_PATH`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// Always `ok`: a daemon that answers is serving.
+    pub status: String,
+    /// The daemon's version (Cargo's).
+    pub version: String,
+    /// Live sandboxes.
+    pub sandboxes: usize,
+    /// The store's current generation (changes whenever the store does).
+    pub generation: u64,
+}
+
+fn health(daemon: &Daemon) -> Health {
+    Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        sandboxes: daemon.sandbox_count(),
+        generation: daemon.store().generation(),
     }
 }
 
@@ -545,7 +574,7 @@ pub fn execute(
             audit_change(
                 actor,
                 result,
-                &format!("{} secret {name} of {scope}", kind.as_str()),
+                &format!("{} secret {name} of {scope}", kind.noun()),
             );
             Ok(Answer::Change(ChangeAnswer {
                 name,
@@ -585,7 +614,7 @@ pub fn execute(
             audit_change(
                 actor,
                 "deleted",
-                &format!("{} secret {name} of {scope}", kind.as_str()),
+                &format!("{} secret {name} of {scope}", kind.noun()),
             );
             Ok(Answer::Change(ChangeAnswer {
                 name,
