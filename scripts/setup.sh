@@ -12,7 +12,7 @@ PACKAGES=(
   busybox-static debootstrap              # images built without pulling anything
   util-linux procps file bsdextrautils    # unshare, script, ps, file
   bash ca-certificates curl iproute2 python3 git   # git: the GIT_CONFIG_* attack test
-  postgresql                              # the shared store's tests (scripts/postgres.sh)
+  postgresql libssl-dev pkg-config        # the shared store: its tests (scripts/postgres.sh), TLS to it
 )
 
 need=()

@@ -72,6 +72,11 @@ enum Command {
         /// Serve a store older than the last one this host wrote (a restored backup), once.
         #[arg(long, env = "SANDBOX_SECRETS_ACCEPT_ROLLBACK")]
         accept_rollback: bool,
+        /// The store: a `postgres://user@host/db?sslmode=require` URL shared by the brokers of
+        /// many hosts (the password from PGPASSWORD, or the env form of this option, never argv);
+        /// by default the SQLite file in the state directory.
+        #[arg(long, env = "SANDBOX_SECRETS_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -223,10 +228,12 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             max_connections,
             accept_rollback,
+            store,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
+            config.store = store.filter(|s| !s.is_empty());
             cli::serve(config)
         }
         Command::Set {

@@ -45,6 +45,9 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Bytes of built answers alive at once (cached, or held by responses being written).
     pub answer_budget: usize,
+    /// The store: `None` for the SQLite file in the state directory, or a `postgres://` URL
+    /// (`serve --store`, env `SANDBOX_SECRETS_STORE`).
+    pub store: Option<String>,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             accept_rollback: false,
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             answer_budget: limits::DEFAULT_ANSWER_BUDGET,
+            store: None,
         }
     }
 }

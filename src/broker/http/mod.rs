@@ -80,6 +80,7 @@ fn store_status(e: &StoreError) -> StatusCode {
         StoreError::NotFound { .. } | StoreError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
         StoreError::RefusedNeedsRepos { .. } => StatusCode::BAD_REQUEST,
         StoreError::Backup { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         StoreError::Sql { error, .. }
             if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
         {

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use tokio::sync::watch;
+
 use super::seal::Sealed;
 use super::{ScopeKind, StoreError};
 
@@ -58,6 +60,9 @@ pub struct Malformed {
 /// Everything a v2 store holds, each row decoded on its own.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// A shared store's plain generation counter ([`Backend::apply_at`]); `None` for a private
+    /// store.
+    pub head: Option<u64>,
     pub meta: Vec<MetaRecord>,
     pub secrets: Vec<Result<SecretRecord, Malformed>>,
     pub sandboxes: Vec<Result<SandboxRecord, Malformed>>,
@@ -118,4 +123,33 @@ pub trait Backend: Send {
     /// Writes a consistent copy of the whole store to `dest` (a new file, mode 0600) while
     /// writers may keep going.
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError>;
+
+    /// For a store several brokers share: applies `changes` only if the store is still at
+    /// generation `base` (the last commit this broker has seen), moving it to `base + 1`, and
+    /// announces the commit to the other brokers; else nothing is written and the answer is
+    /// [`StoreError::Moved`] (re-read, decide again). A private store has no other writer:
+    /// the default is [`Backend::apply`].
+    fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
+        let _ = base;
+        self.apply(changes)
+    }
+
+    /// For a store several brokers share: the state of the connection and the generation the
+    /// other brokers announced. `None` for a private store.
+    fn link(&self) -> Option<watch::Receiver<Link>> {
+        None
+    }
+}
+
+/// The state of the connection to PostgreSQL, as the listener sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// True while the listening connection is up.
+    pub connected: bool,
+    /// Why it is down (the last error), when it is.
+    pub reason: Option<String>,
+    /// The highest generation announced by a commit (or read when the connection came up).
+    pub head: u64,
+    /// Bumped each time the connection comes (back) up: the store re-reads then.
+    pub epoch: u64,
 }
