@@ -97,6 +97,8 @@ pub struct Daemon {
     pub dirs_by_env: bool,
     /// Daemon and CLI run as `nobody` through `setpriv`, with a clean environment.
     pub nobody: bool,
+    /// Extra environment of the daemon (e.g. `SANDBOX_SECRETS_STORE` for a PostgreSQL store).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -121,6 +123,7 @@ impl Daemon {
             log_level: "debug",
             dirs_by_env: false,
             nobody: false,
+            env: Vec::new(),
         }
     }
 
@@ -191,6 +194,7 @@ impl Daemon {
             .arg("--run-dir")
             .arg(self.run_dir())
             .env("SANDBOX_SECRETS_LOG", self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
