@@ -10,64 +10,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::daemon::*;
+use support::postgres::TestDb;
 
 /// Where the store of a test lives.
 enum Db {
     Sqlite,
     /// A database of its own on the test cluster, dropped at the end.
-    Postgres {
-        url: String,
-        name: String,
-    },
-}
-
-/// The test cluster's URL: `SANDBOX_TEST_POSTGRES`, else the env file `scripts/postgres.sh`
-/// writes.
-fn cluster_url() -> Option<String> {
-    if let Ok(url) = std::env::var("SANDBOX_TEST_POSTGRES") {
-        return Some(url);
-    }
-    let dir = std::env::var("SANDBOX_TEST_DIR").unwrap_or_else(|_| "/run/sandbox-init-test".into());
-    let text = std::fs::read_to_string(Path::new(&dir).join("postgres.env")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("SANDBOX_TEST_POSTGRES="))
-        .map(str::to_owned)
-}
-
-/// psql for `url`, the connection given through the environment (the password never in argv).
-fn psql(url: &str, db: Option<&str>) -> Command {
-    let rest = url.split_once("://").expect("a postgres:// URL").1;
-    let (auth, rest) = rest.rsplit_once('@').expect("user and password in the URL");
-    let (user, password) = auth.split_once(':').expect("a password in the URL");
-    let (hostport, path) = rest.split_once('/').expect("a database in the URL");
-    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
-    let dbname = path.split('?').next().unwrap();
-    let mut c = Command::new("psql");
-    c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .env("PGHOST", host)
-        .env("PGPORT", port)
-        .env("PGUSER", user)
-        .env("PGPASSWORD", password)
-        .env("PGDATABASE", db.unwrap_or(dbname))
-        .env("PGCONNECT_TIMEOUT", "10");
-    c
-}
-
-fn run_sql(mut cmd: Command, sql: &str) -> String {
-    let out = output(
-        cmd.arg("-f").arg("-").stdout(Stdio::piped()),
-        Some(sql.as_bytes()),
-    );
-    assert!(
-        out.status.success(),
-        "psql failed on {sql}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    Postgres(TestDb),
 }
 
 impl Db {
@@ -77,40 +29,15 @@ impl Db {
 
     /// A fresh database on the test cluster; skipped (failed in CI) without one.
     fn postgres() -> Option<Self> {
-        let Some(cluster) = cluster_url() else {
-            support::skip(
-                "no PostgreSQL: run scripts/postgres.sh start (or set SANDBOX_TEST_POSTGRES)",
-            );
-            return None;
-        };
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
-            "suite_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        run_sql(psql(&cluster, None), &format!("CREATE DATABASE {name};"));
-        let (base, query) = match cluster.split_once('?') {
-            Some((b, q)) => (b.to_owned(), format!("?{q}")),
-            None => (cluster.clone(), String::new()),
-        };
-        let base = base.rsplit_once('/').unwrap().0;
-        Some(Db::Postgres {
-            url: format!("{base}/{name}{query}"),
-            name,
-        })
+        TestDb::new().map(Db::Postgres)
     }
 
     /// A daemon (not started) on this store.
     fn daemon(&self) -> Daemon {
         let mut d = Daemon::unstarted(None);
         d.log_level = "trace";
-        if let Db::Postgres { url, .. } = self {
-            d.env.push(("SANDBOX_SECRETS_STORE".into(), url.clone()));
+        if let Db::Postgres(db) = self {
+            d.env.push(("SANDBOX_SECRETS_STORE".into(), db.url.clone()));
         }
         d
     }
@@ -129,8 +56,8 @@ impl Db {
                 db.execute_batch(sql)
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
-            Db::Postgres { url, .. } => {
-                run_sql(psql(url, None), &format!("BEGIN;\n{sql};\nCOMMIT;"));
+            Db::Postgres(db) => {
+                db.sql(&format!("BEGIN;\n{sql};\nCOMMIT;"));
             }
         }
     }
@@ -154,26 +81,12 @@ impl Db {
                     .unwrap();
                 rows
             }
-            Db::Postgres { url, .. } => run_sql(psql(url, None), sql)
+            Db::Postgres(db) => db
+                .sql(sql)
                 .lines()
                 .filter(|l| !l.is_empty())
                 .map(str::to_owned)
                 .collect(),
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Db::Postgres { name, .. } = self {
-            if let Some(cluster) = cluster_url() {
-                let mut c = psql(&cluster, None);
-                c.stderr(Stdio::null());
-                let _ = output(
-                    c.arg("-f").arg("-"),
-                    Some(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE);").as_bytes()),
-                );
-            }
         }
     }
 }

@@ -130,7 +130,7 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
     d.start().unwrap();
     let log = d.log_text();
     assert!(
-        log.contains("migrating the store from schema 1 to 2"),
+        log.contains("migrating the store from schema 1 to 3"),
         "{log}"
     );
 
@@ -204,9 +204,9 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
         )
         .unwrap();
     assert_eq!(versioned, 0);
-    // The store itself is v2 now; a second start does not migrate again.
+    // The store itself is v3 now (v2, then hosts); a second start does not migrate again.
     let v = column(&d.state, "SELECT max(version) FROM schema_migrations");
-    assert_eq!(v, rusqlite::types::Value::Integer(2));
+    assert_eq!(v, rusqlite::types::Value::Integer(3));
     d.start().unwrap();
     assert!(!d.log_text().contains("migrating"), "{}", d.log_text());
     check_answers(&d);
@@ -702,4 +702,62 @@ fn a_store_error_prints_its_cause_once() {
         "{}",
         r.explain()
     );
+}
+
+/// Schema 3 ("hosts"): a store of schema 2 (its sandboxes have no host) is migrated once after
+/// a backup; its sandboxes stay served by this, its only, broker and list with no host; new
+/// ones carry this host's id.
+#[test]
+fn a_v2_store_gains_hosts_once_and_its_sandboxes_stay_served_here() {
+    let mut d = Daemon::new();
+    d.set_repo("DB", "octo/a", "a-db-VALUE");
+    let (old, dir) = d.sandbox("mona", "octo/a");
+    d.stop();
+    // Back to schema 2 as the previous release wrote it.
+    edit(
+        &d.state,
+        "ALTER TABLE sandboxes DROP COLUMN host; DELETE FROM schema_migrations WHERE version = 3;",
+    );
+    d.start().unwrap();
+    let log = d.log_text();
+    assert!(
+        log.contains("migrating the store from schema 2 to 3"),
+        "{log}"
+    );
+    assert_eq!(served(&dir), pairs(&[("DB", "a-db-VALUE")]));
+    let backups: Vec<_> = std::fs::read_dir(&d.state)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("secrets.db.v2-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1, "one backup before the migration");
+    let (new, _) = d.sandbox("mona", "octo/a");
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.cli(&["sandbox", "list", "--json"], None).ok().stdout()).unwrap();
+    let host_of = |id: &str| {
+        listed["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["host"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(host_of(&old), "");
+    assert!(!host_of(&new).is_empty());
+    let versions = column(
+        &d.state,
+        "SELECT group_concat(version) FROM schema_migrations",
+    );
+    assert_eq!(versions, rusqlite::types::Value::Text("2,3".into()));
+    // Once: the next start migrates nothing.
+    d.stop();
+    d.start().unwrap();
+    assert!(!d.log_text().contains("migrating"), "{}", d.log_text());
+    assert_eq!(served(&dir), pairs(&[("DB", "a-db-VALUE")]));
+    d.stop();
 }

@@ -77,6 +77,16 @@ enum Command {
         /// by default the SQLite file in the state directory.
         #[arg(long, env = "SANDBOX_SECRETS_STORE", hide_env_values = true)]
         store: Option<String>,
+        /// This broker's host id (default: the hostname). Sandboxes belong to the host that
+        /// created them; a broker serves and deletes only its own host's.
+        #[arg(long, env = "SANDBOX_SECRETS_HOST_ID")]
+        host_id: Option<String>,
+    },
+    /// Show the store (kind, connection), schema version, generation, this host's sandboxes
+    /// and the key ids it holds.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Create or update a secret; the value is read from stdin or --from-file.
     Set {
@@ -229,11 +239,17 @@ fn run(cli: Cli) -> Result<()> {
             max_connections,
             accept_rollback,
             store,
+            host_id,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
             config.store = store.filter(|s| !s.is_empty());
+            if let Some(id) = host_id {
+                sandbox_init::broker::daemon::check_host_id(&id)
+                    .map_err(|e| anyhow::anyhow!("--host-id: {e}"))?;
+                config.host_id = id;
+            }
             cli::serve(config)
         }
         Command::Set {
@@ -271,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             KeyCommand::Status { json } => cli::key_status(&admin()?, json),
         },
         Command::Backup { file } => cli::backup(&admin()?, &file),
+        Command::Status { json } => cli::status(&admin()?, json),
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo } => cli::sandbox_create(&admin()?, user, repo),
             SandboxCommand::List { json } => cli::sandbox_list(&admin()?, json),

@@ -30,11 +30,12 @@ pub enum Route {
     KeyStatus,
     KeyRotate,
     StoreBackup,
+    Status,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 12] = [
         Route::SecretsSet,
         Route::SecretsAccess,
         Route::SecretsDelete,
@@ -46,6 +47,7 @@ impl Route {
         Route::KeyStatus,
         Route::KeyRotate,
         Route::StoreBackup,
+        Route::Status,
     ];
 
     /// The one method every admin route takes.
@@ -65,6 +67,7 @@ impl Route {
             Route::KeyStatus => "key/status",
             Route::KeyRotate => "key/rotate",
             Route::StoreBackup => "store/backup",
+            Route::Status => "status",
         }
     }
 
@@ -113,6 +116,7 @@ call!(DeleteSandboxRequest, Route::SandboxesDelete, SandboxInfo);
 call!(KeyStatusRequest, Route::KeyStatus, KeyStatus);
 call!(KeyRotateRequest, Route::KeyRotate, KeyRotateAnswer);
 call!(BackupRequest, Route::StoreBackup, BackupAnswer);
+call!(StatusRequest, Route::Status, StatusAnswer);
 
 // ---------- requests ----------
 
@@ -210,6 +214,10 @@ pub struct DeleteSandboxRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeyStatusRequest {}
 
+/// `status`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StatusRequest {}
+
 /// `key/rotate`: no field.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeyRotateRequest {}
@@ -221,6 +229,26 @@ pub struct BackupRequest {
 }
 
 // ---------- answers ----------
+
+/// Answer of `status`: the store and this host as the daemon sees them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    /// Where: the database file, or the URL without its password.
+    pub location: String,
+    /// `local` (SQLite), `connected`, or `disconnected: <reason>` (answers cached so far are
+    /// served; admin changes are refused).
+    pub connection: String,
+    pub schema_version: u32,
+    /// The store generation this daemon serves.
+    pub generation: u64,
+    pub host_id: String,
+    /// Sandboxes this host serves (of all in the store).
+    pub sandboxes_here: usize,
+    pub sandboxes_total: usize,
+    pub keys: KeyStatus,
+}
 
 /// Answer of `key/rotate`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -290,6 +318,9 @@ pub struct SandboxInfo {
     pub created: i64,
     /// The directory to bind-mount at `/run/sandbox`.
     pub dir: String,
+    /// The broker host that serves it (empty: created before hosts, served by its only host).
+    #[serde(default)]
+    pub host: String,
 }
 
 /// Answer of sandbox list.

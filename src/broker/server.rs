@@ -70,10 +70,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fd_limit,
     );
 
+    let host = config.host_id.clone();
     let ids: Vec<String> = daemon
         .store()
         .sandboxes()
         .into_iter()
+        .filter(|s| s.served_by(&host))
         .map(|s| s.id)
         .collect();
     let started = restart_sandboxes(&daemon, &ids);
@@ -93,6 +95,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         admin = %admin_path.display(),
         state = %config.state_dir.display(),
+        store = %daemon.store().describe(),
+        host = %host,
         sandboxes = started,
         descriptor_limit = fd_limit,
         sandbox_ceiling = (fd_limit as usize).saturating_sub(daemon::open_descriptors() + DESCRIPTOR_RESERVE),

@@ -18,7 +18,7 @@ use crate::broker::acl::Level;
 use crate::broker::admin::{
     AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest,
     DeleteSandboxRequest, KeyRotateAnswer, ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route,
-    SandboxInfo, SandboxList, SetRequest,
+    SandboxInfo, SandboxList, SetRequest, StatusAnswer,
 };
 use crate::broker::audit;
 use crate::broker::daemon::{self, Daemon};
@@ -187,6 +187,7 @@ pub enum AdminCommand {
     ListSandboxes,
     KeyStatus,
     KeyRotate,
+    Status,
     Backup {
         path: std::path::PathBuf,
     },
@@ -242,6 +243,7 @@ impl std::fmt::Debug for AdminCommand {
             AdminCommand::ListSandboxes => f.write_str("ListSandboxes"),
             AdminCommand::KeyStatus => f.write_str("KeyStatus"),
             AdminCommand::KeyRotate => f.write_str("KeyRotate"),
+            AdminCommand::Status => f.write_str("Status"),
             AdminCommand::Backup { path } => f.debug_struct("Backup").field("path", path).finish(),
             AdminCommand::DeleteSandbox { id } => {
                 f.debug_struct("DeleteSandbox").field("id", id).finish()
@@ -321,6 +323,7 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
         Route::SandboxesList => Ok(AdminCommand::ListSandboxes),
         Route::KeyStatus => Ok(AdminCommand::KeyStatus),
         Route::KeyRotate => Ok(AdminCommand::KeyRotate),
+        Route::Status => Ok(AdminCommand::Status),
         Route::StoreBackup => {
             let req: BackupRequest = parse(route, body)?;
             let path = std::path::PathBuf::from(&req.path);
@@ -378,6 +381,7 @@ fn sandbox_info(daemon: &Daemon, row: SandboxRow) -> SandboxInfo {
         repository: row.repo,
         created: row.created,
         dir,
+        host: row.host,
     }
 }
 
@@ -489,6 +493,32 @@ fn run_admin(
             Ok(ok_json(&sandbox_info(daemon, row)))
         }
         AdminCommand::KeyStatus => Ok(ok_json(&store.key_status())),
+        AdminCommand::Status => {
+            let host = &daemon.config().host_id;
+            let all = store.sandboxes();
+            let connection = match store.link() {
+                None => "local".to_owned(),
+                Some(link) => {
+                    let l = link.borrow();
+                    match (&l.reason, l.connected) {
+                        (_, true) => "connected".to_owned(),
+                        (Some(why), false) => format!("disconnected: {why}"),
+                        (None, false) => "connecting".to_owned(),
+                    }
+                }
+            };
+            Ok(ok_json(&StatusAnswer {
+                store: store.kind().to_owned(),
+                location: store.describe().to_owned(),
+                connection,
+                schema_version: crate::broker::store::backend::SCHEMA_VERSION,
+                generation: store.stored_generation(),
+                host_id: host.clone(),
+                sandboxes_here: all.iter().filter(|s| s.served_by(host)).count(),
+                sandboxes_total: all.len(),
+                keys: store.key_status(),
+            }))
+        }
         AdminCommand::KeyRotate => {
             let previous = store.key_status().active;
             let key_id = store.rotate_key()?;

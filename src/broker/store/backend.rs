@@ -9,8 +9,9 @@ use tokio::sync::watch;
 use super::seal::Sealed;
 use super::{ScopeKind, StoreError};
 
-/// The schema version this build writes. 1 is the unversioned store of the first release.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema version this build writes. 1 is the unversioned store of the first release; 2
+/// sealed every row; 3 ("hosts") records the broker host of each sandbox.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A secret row: who owns it, who may read it, and its sealed value. Everything but `sealed`
 /// is bound into the seal's additional data, so changing any field breaks the seal.
@@ -38,6 +39,10 @@ pub struct SandboxRecord {
     pub version: u64,
     pub key_id: String,
     pub sealed: Sealed,
+    /// The broker host that created it and serves its socket (`serve --host-id`); empty for a
+    /// sandbox of a store that had no hosts yet (schema 2). Not sealed: it places a socket,
+    /// it grants nothing (see ARCHITECTURE.md).
+    pub host: String,
 }
 
 /// A sealed row of bookkeeping: the key check, the manifest root, one manifest bucket.

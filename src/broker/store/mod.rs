@@ -161,6 +161,8 @@ pub enum StoreError {
     SandboxNotFound(String),
     #[error("sandbox {0} already exists")]
     SandboxExists(String),
+    #[error("sandbox {id} belongs to host {host}: delete it through the broker of {host}")]
+    OtherHost { id: String, host: String },
     #[error("{row} is sealed with key id {id}, which this host does not hold")]
     RowKey { row: String, id: String },
     #[error("database step {step} failed: {error}")]
@@ -243,12 +245,23 @@ pub struct SecretInfo {
 }
 
 /// A sandbox as the store keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxRow {
     pub id: String,
     pub user: String,
     pub repo: String,
     pub created: i64,
+    /// The broker host that serves it (`serve --host-id`); empty for a sandbox created before
+    /// the store had hosts (a single-host store: its broker serves it).
+    #[serde(default)]
+    pub host: String,
+}
+
+impl SandboxRow {
+    /// True when the broker of `host` serves this sandbox: its own, or one from before hosts.
+    pub fn served_by(&self, host: &str) -> bool {
+        self.host.is_empty() || self.host == host
+    }
 }
 
 /// The result of a sandbox fetch: the values, in name order, zeroized on drop.
@@ -278,6 +291,7 @@ type Key = (ScopeKind, String, String);
 struct SandboxEntry {
     user: Arc<str>,
     repo: Arc<str>,
+    host: Arc<str>,
     created: i64,
     version: u64,
     key_id: Arc<str>,
@@ -288,6 +302,7 @@ impl SandboxEntry {
         Self {
             user: row.user.into(),
             repo: row.repo.into(),
+            host: row.host.into(),
             created: row.created,
             version,
             key_id,
@@ -299,6 +314,7 @@ impl SandboxEntry {
             user: self.user.to_string(),
             repo: self.repo.to_string(),
             created: self.created,
+            host: self.host.to_string(),
         }
     }
 }
@@ -314,7 +330,7 @@ struct Cache {
 impl Cache {
     /// Adds a sandbox, its user and repository names shared with other sandboxes.
     fn put_sandbox(&mut self, id: Box<str>, mut entry: SandboxEntry) {
-        for name in [&mut entry.user, &mut entry.repo] {
+        for name in [&mut entry.user, &mut entry.repo, &mut entry.host] {
             match self.names.get(&**name) {
                 Some(shared) => *name = Arc::clone(shared),
                 None => {
@@ -424,6 +440,7 @@ fn seal_sandbox(key: &Sealer, row: &SandboxRow, version: u64) -> Result<SandboxR
         version,
         key_id: key.id().to_string(),
         sealed,
+        host: row.host.clone(),
     })
 }
 
@@ -595,7 +612,8 @@ enum Op {
         name: String,
     },
     AddSandbox(SandboxRow),
-    RemoveSandbox(String),
+    /// A sandbox to forget; with a host, only when it is that host's.
+    RemoveSandbox(String, Option<String>),
 }
 
 enum Outcome {
@@ -833,6 +851,15 @@ impl Store {
             keys::promote_next(state_dir, None).map_err(key_files)?;
         } else if version == 1 {
             migrate_v1(state_dir, backend.as_mut())?;
+        } else if version < SCHEMA_VERSION {
+            if backend.link().is_none() {
+                let backup = state_dir.join(format!("{DB_FILE}.v{version}-{}.bak", now()));
+                backend
+                    .backup(&backup)
+                    .map_err(|e| StoreError::MigrationBackup(Box::new(e)))?;
+                tracing::info!(backup = %backup.display(), "migrating the store from schema {version} to {SCHEMA_VERSION}");
+            }
+            backend.migrate(version, &[])?;
         }
 
         let snap = backend.load()?;
@@ -1050,6 +1077,22 @@ impl Store {
         let snap = writer.backend.load()?;
         if snap.head.is_some_and(|h| h == writer.manifest.generation) {
             return Ok(false);
+        }
+        {
+            // Keys provisioned since (docs/operations.md, "Keys on many hosts"): retired key
+            // files are picked up, and the key another broker rotated to becomes the active one
+            // here too once this host holds it.
+            let mut ring = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            keys::add_retired(&self.state_dir, &mut ring);
+            let check = snap.meta.iter().find(|m| m.name == "keycheck");
+            if let Some(check) = check {
+                if **ring.active().id() != *check.key_id {
+                    if let Some(key) = ring.get(&check.key_id).cloned() {
+                        tracing::info!(key_id = %check.key_id, "the store was rotated to a key this host holds; sealing with it from now on");
+                        ring.promote_shared(key);
+                    }
+                }
+            }
         }
         let verified = {
             let ring = self.ring();
@@ -1352,7 +1395,17 @@ impl Store {
 
     /// Forgets a sandbox.
     pub fn remove_sandbox(&self, id: &str) -> Result<SandboxRow, StoreError> {
-        match self.submit(Op::RemoveSandbox(id.to_owned()))? {
+        self.remove_sandbox_on(id, None)
+    }
+
+    /// Forgets a sandbox if it is served by `host` (see [`SandboxRow::served_by`]); a sandbox
+    /// of another host is refused naming that host, in the same decision as the removal.
+    pub fn remove_sandbox_on(
+        &self,
+        id: &str,
+        host: Option<&str>,
+    ) -> Result<SandboxRow, StoreError> {
+        match self.submit(Op::RemoveSandbox(id.to_owned(), host.map(str::to_owned)))? {
             Outcome::Removed(row) => Ok(row),
             _ => Err(StoreError::SandboxNotFound(id.to_owned())),
         }
@@ -1706,7 +1759,7 @@ fn decide(
             );
             Ok(Outcome::Done)
         }
-        Op::RemoveSandbox(id) => {
+        Op::RemoveSandbox(id, host) => {
             let existing = match sandboxes.get(&id) {
                 Some(e) => e.clone(),
                 None => cache.sandboxes.get(id.as_str()).cloned(),
@@ -1714,6 +1767,14 @@ fn decide(
             let Some(entry) = existing else {
                 return Err(StoreError::SandboxNotFound(id));
             };
+            if let Some(host) = host {
+                if !entry.host.is_empty() && *entry.host != *host {
+                    return Err(StoreError::OtherHost {
+                        id,
+                        host: entry.host.to_string(),
+                    });
+                }
+            }
             sandboxes.insert(id.clone(), None);
             let row = entry.row(&id);
             changes.push(Change::DeleteSandbox(id));
@@ -1909,6 +1970,7 @@ fn verify(
             user: rec.user,
             repo: rec.repo,
             created: rec.created,
+            host: rec.host,
         };
         let identity = sandbox_identity(&rec.id);
         let verdict = check_version(&identity, rec.version).and_then(|()| {
@@ -2061,6 +2123,7 @@ fn migrate_v1(state_dir: &Path, backend: &mut dyn Backend) -> Result<(), StoreEr
             user,
             repo,
             created,
+            host: String::new(),
         };
         manifest.set(sandbox_identity(&row.id), Some(g), g);
         rows.push(Change::PutSandbox(seal_sandbox(&key, &row, g)?));
@@ -2142,6 +2205,7 @@ mod tests {
                 .unwrap();
         }
         let sb = SandboxRow {
+            host: String::new(),
             id: "a".repeat(32),
             user: "mona".into(),
             repo: "o/r".into(),
@@ -2171,7 +2235,7 @@ mod tests {
             ),
             (3, Op::AddSandbox(sb.clone())),
             (4, Op::AddSandbox(sb.clone())),
-            (5, Op::RemoveSandbox(sb.id.clone())),
+            (5, Op::RemoveSandbox(sb.id.clone(), None)),
         ];
         let results = store.commit(&mut writer, ops);
         drop(writer);
@@ -2204,6 +2268,7 @@ mod tests {
             .unwrap();
         store
             .add_sandbox(SandboxRow {
+                host: String::new(),
                 id: "b".repeat(32),
                 user: "mona".into(),
                 repo: "o/r".into(),
@@ -2356,6 +2421,7 @@ mod tests {
             assert_eq!(b.schema_version().unwrap(), 0, "{name}");
             let key = Sealer::from_key(&[3u8; 32]);
             let sb = SandboxRow {
+                host: String::new(),
                 id: "c".repeat(32),
                 user: "mona".into(),
                 repo: "o/r".into(),
@@ -2442,6 +2508,7 @@ mod tests {
                     for i in 0..per {
                         store
                             .add_sandbox(SandboxRow {
+                                host: String::new(),
                                 id: format!("{t:016x}{i:016x}"),
                                 user: "mona".into(),
                                 repo: "o/r".into(),

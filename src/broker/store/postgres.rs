@@ -52,6 +52,8 @@ CREATE TABLE sandboxes (
 CREATE TABLE head (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
     generation BIGINT NOT NULL);
 INSERT INTO head (generation) VALUES (1);
+INSERT INTO schema_migrations (version, name, applied)
+    VALUES (2, 'v2', extract(epoch from now())::bigint);
 ";
 
 /// The PostgreSQL store.
@@ -412,7 +414,19 @@ fn decode_sandbox(row: &Row) -> Result<SandboxRecord, Malformed> {
             nonce: get(row, 6).map_err(bad)?,
             ciphertext: get(row, 7).map_err(bad)?,
         },
+        host: get(row, 8).map_err(bad)?,
     })
+}
+
+/// Migration 3, "hosts": each sandbox records the broker host that serves it.
+async fn migrate_hosts(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(
+        "ALTER TABLE sandboxes ADD COLUMN host TEXT NOT NULL DEFAULT '';
+         INSERT INTO schema_migrations (version, name, applied)
+             VALUES (3, 'hosts', extract(epoch from now())::bigint);",
+    )
+    .await
+    .map_err(pg("migrate: hosts"))
 }
 
 async fn write(
@@ -458,11 +472,11 @@ async fn write(
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO sandboxes (id, \"user\", repo, created, version, key_id, nonce,
-                         mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         mac, host) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET \"user\" = excluded.\"user\",
                          repo = excluded.repo, created = excluded.created,
                          version = excluded.version, key_id = excluded.key_id,
-                         nonce = excluded.nonce, mac = excluded.mac",
+                         nonce = excluded.nonce, mac = excluded.mac, host = excluded.host",
                 )
                 .await?;
             tx.execute(
@@ -476,6 +490,7 @@ async fn write(
                     &r.key_id,
                     &r.sealed.nonce,
                     &r.sealed.ciphertext,
+                    &r.host,
                 ],
             )
             .await?;
@@ -573,18 +588,15 @@ impl Backend for Postgres {
                     .await
                     .map_err(pg("migrate: create v2 tables"))?;
             }
+            if from <= 2 {
+                migrate_hosts(&tx).await?;
+            }
+            debug_assert_eq!(SCHEMA_VERSION, 3, "a new migration goes above");
             for change in &rows {
                 write(&tx, change)
                     .await
                     .map_err(pg("migrate: write rows"))?;
             }
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied)
-                 VALUES ($1, 'v2', extract(epoch from now())::bigint)",
-                &[&(SCHEMA_VERSION as i32)],
-            )
-            .await
-            .map_err(pg("migrate: record version"))?;
             tx.commit().await.map_err(pg("migrate: commit"))
         })
     }
@@ -628,7 +640,7 @@ impl Backend for Postgres {
                 .collect();
             snap.sandboxes = tx
                 .query(
-                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac
+                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac, host
                      FROM sandboxes",
                     &[],
                 )

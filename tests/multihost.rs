@@ -1,0 +1,393 @@
+//! Many broker hosts on one PostgreSQL store: real daemons, each with its own state directory,
+//! run directory and `--host-id`, sharing a fresh database of the test cluster
+//! (`scripts/postgres.sh`). A change made through one broker reaches the sandboxes and watchers
+//! of the others; each broker serves and deletes only its own host's sandboxes; a broker cut
+//! off from the store (a TCP relay between it and PostgreSQL, closed) keeps serving its answers,
+//! refuses admin changes with a 503 and converges when the connection is back; a key rotated on
+//! one host is refused by another, naming the key id, until the key is provisioned there.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::daemon::*;
+use support::postgres::{parts, TestDb};
+
+const VALUES: [&str; 4] = ["v1-VALUE", "v2-VALUE", "v3-VALUE", "from-b-VALUE"];
+
+/// A broker "host" on `url`, not started; its state directory holds `key` when given (every
+/// broker of one store needs the same key set: docs/operations.md).
+fn host(url: &str, id: &str, key: Option<&Path>) -> Daemon {
+    let mut d = Daemon::unstarted(None);
+    d.log_level = "trace";
+    d.env.push(("SANDBOX_SECRETS_STORE".into(), url.to_owned()));
+    d.env
+        .push(("SANDBOX_SECRETS_HOST_ID".into(), id.to_owned()));
+    if let Some(key) = key {
+        std::fs::create_dir(&d.state).unwrap();
+        std::fs::set_permissions(&d.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::copy(key, d.state.join("key")).unwrap();
+    }
+    d
+}
+
+/// Host A started on a new store, and host B (not started) holding A's key.
+fn two_hosts(db: &TestDb, b_url: &str) -> (Daemon, Daemon) {
+    let mut a = host(&db.url, "host-a", None);
+    a.start().unwrap_or_else(|e| panic!("{e}"));
+    let b = host(b_url, "host-b", Some(&a.state.join("key")));
+    (a, b)
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.cli(&["status", "--json"], None).ok().stdout()).unwrap()
+}
+
+/// `GET /v1/secrets` with extra header lines: (status, head, body).
+fn get(socket: &Path, extra: &str) -> (u16, String, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    write!(
+        s,
+        "GET /v1/secrets HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_owned(), body.to_owned())
+}
+
+fn etag(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
+}
+
+fn logs_hold_no_value(hosts: &[&Daemon]) {
+    for d in hosts {
+        for log in d.logs() {
+            let text = std::fs::read(&log).unwrap_or_default();
+            assert_no_values(&log.display().to_string(), &text, &VALUES);
+        }
+    }
+}
+
+#[test]
+fn a_change_on_one_host_reaches_the_sandboxes_and_watchers_of_another() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    // A watcher on B holds the current answer; a set through A wakes it with the new one.
+    let socket = on_b.join("secrets.sock");
+    let (code, head, _) = get(&socket, "");
+    assert_eq!(code, 200);
+    let tag = etag(&head);
+    let watcher = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = get(
+            &socket,
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=30\r\n"),
+        );
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let set = Instant::now();
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    let ((code, _, body), waited) = watcher.join().unwrap();
+    assert_eq!(
+        code, 200,
+        "the watch on host B ended without the change: {body}"
+    );
+    assert!(body.contains("v2-VALUE"), "{body}");
+    eprintln!(
+        "change on host A seen by a watcher on host B {:?} after the set began (watch open {waited:?})",
+        set.elapsed()
+    );
+    // And the other way: a set through B reaches A's sandbox.
+    b.set_user("TOKEN", "mona", "octo/a", "from-b-VALUE");
+    assert!(
+        eventually(Duration::from_secs(10), || served(&on_a)
+            == pairs(&[("DB", "v2-VALUE"), ("TOKEN", "from-b-VALUE")])),
+        "host A still serves {:?}",
+        served(&on_a)
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+#[test]
+fn a_broker_serves_only_its_hosts_sandboxes_and_refuses_deleting_anothers() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    let (sa, dir_a) = a.sandbox("mona", "octo/a");
+    let (sb, dir_b) = b.sandbox("mona", "octo/a");
+    // Each socket lives on its own host only.
+    assert!(dir_a.join("secrets.sock").exists());
+    assert!(!b.run_dir().join("sandboxes").join(&sa).exists());
+    assert!(!a.run_dir().join("sandboxes").join(&sb).exists());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            b.cli(&["sandbox", "list"], None)
+                .ok()
+                .stdout()
+                .contains(&sa)
+        }),
+        "host B never listed host A's sandbox"
+    );
+    let table = b.cli(&["sandbox", "list"], None).ok().stdout();
+    assert!(table.lines().next().unwrap().contains("HOST"), "{table}");
+    let line_a = table.lines().find(|l| l.contains(&sa)).unwrap();
+    assert!(line_a.contains("host-a"), "{table}");
+    let line_b = table.lines().find(|l| l.contains(&sb)).unwrap();
+    assert!(line_b.contains("host-b"), "{table}");
+
+    // Deleting A's sandbox through B is refused naming host A; nothing changes.
+    b.cli(&["sandbox", "delete", &sa], None)
+        .fails_with("belongs to host host-a");
+    assert_eq!(served(&dir_a), pairs(&[("DB", "v1-VALUE")]));
+
+    let st = status(&b);
+    assert_eq!(st["store"], "postgres", "{st}");
+    assert_eq!(st["connection"], "connected", "{st}");
+    assert_eq!(st["schema_version"], 3, "{st}");
+    assert_eq!(st["host_id"], "host-b", "{st}");
+    assert_eq!(st["sandboxes_here"], 1, "{st}");
+    assert_eq!(st["sandboxes_total"], 2, "{st}");
+    let held: Vec<&str> = st["keys"]["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(held.contains(&status(&a)["keys"]["active"].as_str().unwrap()));
+    assert!(
+        !st["location"]
+            .as_str()
+            .unwrap()
+            .contains(&parts(&db.url).password),
+        "the store's password shown in status: {st}"
+    );
+    let text = b.cli(&["status"], None).ok().stdout();
+    for word in ["postgres", "connected", "host-b", "1 on this host"] {
+        assert!(text.contains(word), "{word} not in:\n{text}");
+    }
+
+    // A restart of B brings its own socket back, not A's.
+    b.stop();
+    b.start().unwrap();
+    assert_eq!(served(&dir_b), pairs(&[("DB", "v1-VALUE")]));
+    assert!(!b.run_dir().join("sandboxes").join(&sa).exists());
+    // B deletes its own sandbox; A sees it gone.
+    b.cli(&["sandbox", "delete", &sb], None).ok();
+    assert!(eventually(Duration::from_secs(10), || {
+        !a.cli(&["sandbox", "list"], None)
+            .ok()
+            .stdout()
+            .contains(&sb)
+    }));
+    let log = a.stop();
+    assert!(
+        !log.contains(&parts(&db.url).password),
+        "password in the log"
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+/// A TCP relay to PostgreSQL that can be cut (every connection shut, new ones dropped) and
+/// restored: the network between one broker and the store.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: (String, u16)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (o, c) = (Arc::clone(&open), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect((target.0.as_str(), target.1)) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, open, conns }
+    }
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn cut_off_from_the_store_a_broker_serves_its_answers_refuses_changes_and_converges() {
+    let Some(db) = TestDb::new() else { return };
+    let p = parts(&db.url);
+    let relay = Relay::to((p.host.clone(), p.port));
+    let mut via = parts(&db.url);
+    via.host = "127.0.0.1".into();
+    via.port = relay.port;
+    let (a, mut b) = two_hosts(&db, &via.url());
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    relay.cut();
+    assert!(
+        eventually(Duration::from_secs(20), || status(&b)["connection"]
+            .as_str()
+            .unwrap()
+            .starts_with("disconnected")),
+        "host B never noticed: {}",
+        status(&b)
+    );
+    // Its sandboxes keep their answers; an admin change through it fails clearly, 503.
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    b.cli(&["set", "DB", "--repo", "octo/a"], Some(b"v3-VALUE"))
+        .fails_with("store unavailable");
+    let (code, body) = admin_post(
+        &b.run_dir(),
+        "secrets/set",
+        br#"{"name":"DB","repo":"octo/a","value":"v3-VALUE"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+    // Meanwhile a change through A.
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    relay.restore();
+    assert!(
+        eventually(Duration::from_secs(30), || served(&on_b)
+            == pairs(&[("DB", "v2-VALUE")])),
+        "host B did not converge: {:?}\n{}",
+        served(&on_b),
+        b.log_text()
+    );
+    assert_eq!(status(&b)["connection"], "connected");
+    // Nothing of the refused change was applied anywhere; B writes again.
+    assert_eq!(a.list_json("--repo", "octo/a").matches("\"DB\"").count(), 1);
+    b.set_repo("DB", "octo/a", "v3-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert!(eventually(Duration::from_secs(10), || served(&on_a)
+        == pairs(&[("DB", "v3-VALUE")])));
+    let log = b.log_text();
+    assert!(log.contains("store connection lost"), "{log}");
+    assert!(log.contains("store connection back"), "{log}");
+    logs_hold_no_value(&[&a, &b]);
+}
+
+#[test]
+fn a_key_rotated_on_one_host_is_refused_by_another_naming_it_until_provisioned() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    let out = a.cli(&["key", "rotate"], None).ok().stdout();
+    let new = status(&a)["keys"]["active"].as_str().unwrap().to_owned();
+    assert!(out.contains(&new), "{out}");
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    // B does not hold the new key: it says which, keeps serving what it had, and refuses
+    // changes rather than sealing over rows it cannot read.
+    assert!(
+        eventually(Duration::from_secs(15), || b.log_text().contains(&new)),
+        "host B never named key id {new}:\n{}",
+        b.log_text()
+    );
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    let refused = b.cli(&["set", "X", "--repo", "octo/a"], Some(b"v3-VALUE"));
+    assert!(!refused.out.status.success(), "{}", refused.explain());
+    assert!(refused.stderr().contains(&new), "{}", refused.explain());
+
+    // Provisioned (docs/operations.md): the new key copied to B as a retired key file. B
+    // converges without a restart and seals with the new key from then on.
+    std::fs::copy(
+        a.state.join("key"),
+        b.state.join(format!("key.retired-{new}")),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || served(&on_b)
+            == pairs(&[("DB", "v2-VALUE")])),
+        "host B did not converge after the key arrived: {:?}",
+        served(&on_b)
+    );
+    assert_eq!(status(&b)["keys"]["active"], new.as_str());
+    b.set_repo("DB", "octo/a", "v3-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert!(eventually(Duration::from_secs(10), || served(&on_a)
+        == pairs(&[("DB", "v3-VALUE")])));
+    let st = status(&a);
+    assert_eq!(
+        st["keys"]["rows"][&new],
+        st["keys"]["rows"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        "{st}"
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
