@@ -1820,6 +1820,16 @@ fn verify(
     // The manifest: root, then each bucket against the root.
     let mut refused = Vec::new();
     let mut rebuild = false;
+    if let Some(root) = meta.get("root") {
+        if ring.get(&root.key_id).is_none() {
+            // Not tampering: another broker of a shared store rotated to a key not yet
+            // provisioned here (docs/operations.md, "Keys on many hosts").
+            return Err(StoreError::RowKey {
+                row: "the store's manifest".into(),
+                id: root.key_id.clone(),
+            });
+        }
+    }
     let root = meta
         .get("root")
         .ok_or_else(|| "the manifest root is missing".to_owned())
