@@ -3,8 +3,13 @@
 //! (`scripts/postgres.sh`). A change made through one broker reaches the sandboxes and watchers
 //! of the others; each broker serves and deletes only its own host's sandboxes; a broker cut
 //! off from the store (a TCP relay between it and PostgreSQL, closed) keeps serving its answers,
-//! refuses admin changes with a 503 and converges when the connection is back; a key rotated on
-//! one host is refused by another, naming the key id, until the key is provisioned there.
+//! refuses admin changes with a 503 and converges when the connection is back; a killed host
+//! leaves the others served and comes back with its sockets; `kill -9` during writes through two
+//! hosts loses no acknowledged write; a key rotated on one host is refused by another, naming
+//! the key id, until the key is provisioned there. The last test runs cases 1 and 4 with each
+//! host a docker container on a private network (`pg-net-<pid>`, an image `FROM scratch` with
+//! this build's binaries, nothing pulled) and the real init in containers mounting their
+//! sandbox directory.
 #![cfg(feature = "postgres")]
 
 mod support;
@@ -233,7 +238,12 @@ struct Relay {
 
 impl Relay {
     fn to(target: (String, u16)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::to_from("127.0.0.1".into(), target)
+    }
+
+    /// A relay listening on `addr` (any port).
+    fn to_from(addr: String, target: (String, u16)) -> Self {
+        let listener = TcpListener::bind((addr.as_str(), 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let conns = Arc::new(Mutex::new(Vec::new()));
@@ -494,4 +504,327 @@ fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_
         acked.len()
     );
     assert!(!a.log_text().contains("row refused"), "{}", a.log_text());
+}
+
+// ------------------------------------------------------------------------------------------
+// The same, with each broker host a docker container on a private network
+
+/// Docker resources of one test, all named `pg-...-<pid>`, removed on drop.
+struct Docker {
+    tag: String,
+    image: String,
+    network: String,
+    containers: Mutex<Vec<String>>,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    out
+}
+
+#[track_caller]
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Docker {
+    /// An image (no pull: `FROM scratch` with this build's binaries, the libraries they link and
+    /// Debian's static busybox) and a private network; `None` (after `skip`) without docker.
+    fn new() -> Option<Self> {
+        if !docker(&["info"]).status.success() {
+            support::skip("docker is not available");
+            return None;
+        }
+        if !Path::new("/bin/busybox").exists() {
+            support::skip("busybox-static is not installed");
+            return None;
+        }
+        let tag = format!("{}", std::process::id());
+        let ctx = tempfile::tempdir().unwrap();
+        let mut files: Vec<(String, String)> = vec![
+            (
+                env!("CARGO_BIN_EXE_sandbox-secrets").into(),
+                "/bin/sandbox-secrets".into(),
+            ),
+            (
+                env!("CARGO_BIN_EXE_sandbox-init").into(),
+                "/bin/sandbox-init".into(),
+            ),
+            ("/bin/busybox".into(), "/bin/busybox".into()),
+        ];
+        for bin in [
+            env!("CARGO_BIN_EXE_sandbox-secrets"),
+            env!("CARGO_BIN_EXE_sandbox-init"),
+        ] {
+            let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line
+                        .split_whitespace()
+                        .next()
+                        .filter(|p| p.starts_with('/')),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    let real = std::fs::canonicalize(p).unwrap();
+                    files.push((real.display().to_string(), p.to_owned()));
+                }
+            }
+        }
+        // One tree, one layer.
+        let root = ctx.path().join("root");
+        for (from, to) in &files {
+            let dest = root.join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(from, &dest).unwrap();
+        }
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY root/ /\n",
+        )
+        .unwrap();
+        let image = format!("pg-multihost:{tag}");
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            &image,
+            &ctx.path().display().to_string(),
+        ]);
+        let network = format!("pg-net-{tag}");
+        docker_ok(&["network", "create", &network]);
+        Some(Docker {
+            tag,
+            image,
+            network,
+            containers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn gateway(&self) -> String {
+        docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &self.network,
+        ])
+    }
+
+    /// A broker host: a container on the network, its state and run directories from `dir`.
+    fn broker(&self, id: &str, url: &str, dir: &Path) -> String {
+        let name = format!("pg-{id}-{}", self.tag);
+        for sub in ["state", "run"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(dir.join("state"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        self.containers.lock().unwrap().push(name.clone());
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            id,
+            "--network",
+            &self.network,
+            "-v",
+            &format!("{}:/var/lib/sandbox-secrets", dir.join("state").display()),
+            "-v",
+            &format!("{}:/run/sandbox-secrets", dir.join("run").display()),
+            "-e",
+            &format!("SANDBOX_SECRETS_STORE={url}"),
+            "-e",
+            "SANDBOX_SECRETS_LOG=debug",
+            &self.image,
+            "/bin/sandbox-secrets",
+            "serve",
+        ]);
+        let admin = dir.join("run/admin.sock");
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                std::os::unix::net::UnixStream::connect(&admin).is_ok()
+            }),
+            "broker {id} did not come up:\n{}",
+            self.logs(&name)
+        );
+        name
+    }
+
+    /// Runs the real init in a container that mounts the sandbox directory `dir` at
+    /// `/run/sandbox` (no network): returns what `sh -c script` printed.
+    fn sandbox(&self, dir: &Path, script: &str) -> String {
+        let name = format!("pg-init-{}", self.tag);
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "-v",
+            &format!("{}:/run/sandbox", dir.display()),
+            &self.image,
+            "/bin/sandbox-init",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert!(
+            out.status.success(),
+            "init container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn logs(&self, container: &str) -> String {
+        let out = docker(&["logs", container]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        for c in self.containers.lock().unwrap().drain(..) {
+            let _ = docker(&["rm", "-f", &c]);
+        }
+        let _ = docker(&["rm", "-f", &format!("pg-init-{}", self.tag)]);
+        let _ = docker(&["network", "rm", &self.network]);
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+/// The CLI on the host against a containerised broker's admin socket (bind-mounted).
+fn cli_at(run: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--run-dir").arg(run).args(args);
+    support::daemon::run(cmd, stdin)
+}
+
+/// Cases 1 and 4 of the issue with broker hosts as containers on a private docker network and
+/// the real init in containers that mount their sandbox directory: a secret set on host A is
+/// fetched by a sandbox on host B and seen by a watch there; host B disconnected from the
+/// network keeps its sandboxes' last answers, refuses admin changes, and converges once
+/// reconnected with a change made on A meanwhile.
+#[test]
+fn containers_on_a_private_network_share_changes_and_survive_a_disconnect() {
+    let Some(dk) = Docker::new() else { return };
+    let Some(db) = TestDb::new() else { return };
+    // PostgreSQL listens on 127.0.0.1 only: a relay on the network's gateway reaches it.
+    let p = parts(&db.url);
+    let relay = Relay::to_from(dk.gateway(), (p.host.clone(), p.port));
+    let mut via = parts(&db.url);
+    via.host = dk.gateway();
+    via.port = relay.port;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let host_a = dk.broker("host-a", &via.url(), &dir_a);
+    std::fs::create_dir_all(dir_b.join("state")).unwrap();
+    std::fs::copy(dir_a.join("state/key"), dir_b.join("state/key")).unwrap();
+    let host_b = dk.broker("host-b", &via.url(), &dir_b);
+    let (run_a, run_b) = (dir_a.join("run"), dir_b.join("run"));
+
+    // Case 1.
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v1-VALUE"),
+    )
+    .ok();
+    let out = cli_at(
+        &run_b,
+        &["sandbox", "create", "--user", "mona", "--repo", "octo/a"],
+        None,
+    )
+    .ok()
+    .stdout();
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    let on_b = run_b.join("sandboxes").join(&id);
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
+    let listed = cli_at(&run_a, &["sandbox", "list"], None).ok().stdout();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("host-b")),
+        "{listed}"
+    );
+    let socket = on_b.join("secrets.sock");
+    let (_, head, _) = get(&socket, "");
+    let tag = etag(&head);
+    let watcher = std::thread::spawn(move || {
+        get(
+            &socket,
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=30\r\n"),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v2-VALUE"),
+    )
+    .ok();
+    let (code, _, body) = watcher.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("v2-VALUE"), "{body}");
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+
+    // Case 4.
+    docker_ok(&["network", "disconnect", &dk.network, &host_b]);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let st = cli_at(&run_b, &["status", "--json"], None).ok().stdout();
+            st.contains("\"disconnected")
+        }),
+        "host B never noticed the disconnect:\n{}",
+        dk.logs(&host_b)
+    );
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+    cli_at(
+        &run_b,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v3-VALUE"),
+    )
+    .fails_with("store unavailable");
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v1-VALUE"),
+    )
+    .ok();
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+    docker_ok(&["network", "connect", &dk.network, &host_b]);
+    assert!(
+        eventually(Duration::from_secs(30), || served(&on_b)
+            == pairs(&[("DB", "v1-VALUE")])),
+        "host B did not converge:\n{}",
+        dk.logs(&host_b)
+    );
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
+    let logs = format!("{}{}", dk.logs(&host_a), dk.logs(&host_b));
+    assert!(logs.contains("store connection lost"), "{logs}");
+    assert_no_values("broker logs", logs.as_bytes(), &VALUES);
+    assert!(!logs.contains(&p.password), "the store's password in a log");
 }
