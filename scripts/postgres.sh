@@ -6,6 +6,7 @@
 #   scripts/postgres.sh start   start (idempotent), write the env file
 #   scripts/postgres.sh stop    stop it and remove its cluster
 #   scripts/postgres.sh env     print the env file's path (after start)
+#   scripts/postgres.sh restart restart the running cluster (fast shutdown), keeping its data
 # The env file (0600, root's) holds SANDBOX_TEST_POSTGRES: the store URL the tests give the
 # broker through SANDBOX_SECRETS_STORE (never on a command line: it holds the password).
 # SANDBOX_PG_LISTEN adds listen addresses (e.g. a docker bridge's) for the multi-host test.
@@ -91,6 +92,9 @@ ENV
 case ${1:-} in
   start) start ;;
   stop) stop; echo "postgres: stopped" ;;
+  restart) running || { echo "postgres: not running" >&2; exit 1; }
+    as_pg "$(bin)/pg_ctl" -D "$PGROOT/data" -l "$PGROOT/log" -m fast -w -t 60 restart >/dev/null
+    echo "postgres: restarted" ;;
   env) [[ -f $ENV_FILE ]] || { echo "postgres: not started (scripts/postgres.sh start)" >&2; exit 1; }; echo "$ENV_FILE" ;;
   *) echo "usage: scripts/postgres.sh start|stop|env" >&2; exit 2 ;;
 esac

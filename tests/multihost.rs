@@ -45,7 +45,15 @@ fn host(url: &str, id: &str, key: Option<&Path>) -> Daemon {
 
 /// Host A started on a new store, and host B (not started) holding A's key.
 fn two_hosts(db: &TestDb, b_url: &str) -> (Daemon, Daemon) {
-    let mut a = host(&db.url, "host-a", None);
+    two_hosts_at(&db.url, b_url)
+}
+
+fn two_hosts_on(url: &str) -> (Daemon, Daemon) {
+    two_hosts_at(url, url)
+}
+
+fn two_hosts_at(a_url: &str, b_url: &str) -> (Daemon, Daemon) {
+    let mut a = host(a_url, "host-a", None);
     a.start().unwrap_or_else(|e| panic!("{e}"));
     let b = host(b_url, "host-b", Some(&a.state.join("key")));
     (a, b)
@@ -827,4 +835,135 @@ fn containers_on_a_private_network_share_changes_and_survive_a_disconnect() {
     assert!(logs.contains("store connection lost"), "{logs}");
     assert_no_values("broker logs", logs.as_bytes(), &VALUES);
     assert!(!logs.contains(&p.password), "the store's password in a log");
+}
+
+/// A PostgreSQL cluster of this test alone (`scripts/postgres.sh` with its own directory and
+/// port), so it can be restarted without disturbing the other tests; stopped on drop.
+struct OwnCluster {
+    env: std::collections::HashMap<&'static str, String>,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Option<Self> {
+        support::postgres::cluster_url()?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tag = format!("{}-{port}", std::process::id());
+        let env = std::collections::HashMap::from([
+            ("SANDBOX_PG_DIR", format!("/tmp/pg-own-{tag}")),
+            ("SANDBOX_PG_PORT", port.to_string()),
+            ("SANDBOX_TEST_DIR", format!("/tmp/pg-own-env-{tag}")),
+        ]);
+        let mut c = Self {
+            env,
+            url: String::new(),
+        };
+        c.script("start");
+        let text =
+            std::fs::read_to_string(Path::new(&c.env["SANDBOX_TEST_DIR"]).join("postgres.env"))
+                .unwrap();
+        c.url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SANDBOX_TEST_POSTGRES="))
+            .unwrap()
+            .to_owned();
+        Some(c)
+    }
+
+    fn script(&self, what: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
+        let mut cmd = std::process::Command::new(script);
+        cmd.arg(what).envs(&self.env);
+        support::daemon::run(cmd, None).ok();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.env["SANDBOX_TEST_DIR"]);
+    }
+}
+
+/// Case 3: PostgreSQL restarted under two brokers: both reconnect, every acknowledged change is
+/// there, and a revocation made right after is honoured by the other broker (no answer the
+/// store no longer authorises).
+#[test]
+fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
+    if support::postgres::cluster_url().is_none() {
+        support::skip("no PostgreSQL: run scripts/postgres.sh start");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let (a, mut b) = two_hosts_on(&cluster.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(
+        served(&on_b),
+        pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
+    );
+    // Writes keep coming through A while PostgreSQL restarts: each is acknowledged or refused
+    // with a 503, never half-applied.
+    let run_a = a.run_dir();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..200 {
+            let body = format!(
+                r#"{{"name":"W{}","repo":"octo/w","value":"w{i}-VALUE"}}"#,
+                i % 50
+            );
+            match admin_post(&run_a, "secrets/set", body.as_bytes()) {
+                Ok((200, _)) => acked.push(i),
+                Ok((503, text)) => assert!(text.contains("store unavailable"), "{text}"),
+                Ok((code, text)) => panic!("set answered {code}: {text}"),
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.script("restart");
+    let acked = writer.join().unwrap();
+    for d in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(30), || status(d)["connection"]
+                == "connected"),
+            "{}",
+            d.log_text()
+        );
+    }
+    // The last acknowledged value of each name is what B serves.
+    let mut last = std::collections::HashMap::new();
+    for i in &acked {
+        last.insert(i % 50, *i);
+    }
+    let (_, on_w) = b.sandbox("mona", "octo/w");
+    assert!(eventually(Duration::from_secs(10), || {
+        let got: std::collections::HashMap<String, String> = served(&on_w).into_iter().collect();
+        last.iter()
+            .all(|(n, i)| got.get(&format!("W{n}")) == Some(&format!("w{i}-VALUE")))
+    }));
+    // A revocation through A right after: B stops serving the value.
+    a.cli(&["delete", "TOKEN", "--user", "mona", "--yes"], None)
+        .ok();
+    assert!(
+        eventually(Duration::from_secs(10), || served(&on_b)
+            == pairs(&[("DB", "v1-VALUE")])),
+        "host B still serves {:?}",
+        served(&on_b)
+    );
+    eprintln!(
+        "PostgreSQL restarted under two brokers: {} of 200 writes acknowledged, all present",
+        acked.len()
+    );
+    logs_hold_no_value(&[&a, &b]);
 }
