@@ -29,6 +29,16 @@ set -a
 set +a
 export SANDBOX_INIT_STATIC="$PWD/target/static/sandbox-init"
 
+# --- PostgreSQL: the shared store's suite (tests/store_suite.rs runs every store test on it) ---
+echo "== test PostgreSQL"
+scripts/postgres.sh start
+trap 'scripts/registry.sh stop >/dev/null 2>&1 || true; scripts/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+set -a
+# shellcheck disable=SC1091
+. "${SANDBOX_TEST_DIR:-/run/sandbox-init-test}/postgres.env"
+set +a
+# --- end PostgreSQL ---
+
 echo "== cargo test"
 SANDBOX_INIT_REQUIRE_ALL=1 cargo test --all-targets --no-fail-fast
 

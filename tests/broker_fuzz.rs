@@ -97,6 +97,7 @@ fn check_parsed(
                 AdminCommand::ListSandboxes => prop_assert_eq!(route, Route::SandboxesList),
                 AdminCommand::KeyStatus => prop_assert_eq!(route, Route::KeyStatus),
                 AdminCommand::KeyRotate => prop_assert_eq!(route, Route::KeyRotate),
+                AdminCommand::Status => prop_assert_eq!(route, Route::Status),
                 AdminCommand::Backup { path } => {
                     prop_assert_eq!(route, Route::StoreBackup);
                     prop_assert!(path.is_absolute(), "{path:?}");

@@ -79,6 +79,21 @@ enum Command {
         /// default). Every request needs a token (`token create`).
         #[arg(long, env = "SANDBOX_SECRETS_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// The store: a `postgres://user@host/db?sslmode=require` URL shared by the brokers of
+        /// many hosts (the password from PGPASSWORD, or the env form of this option, never argv);
+        /// by default the SQLite file in the state directory.
+        #[arg(long, env = "SANDBOX_SECRETS_STORE", hide_env_values = true)]
+        store: Option<String>,
+        /// This broker's host id (default: the hostname). Sandboxes belong to the host that
+        /// created them; a broker serves and deletes only its own host's.
+        #[arg(long, env = "SANDBOX_SECRETS_HOST_ID")]
+        host_id: Option<String>,
+    },
+    /// Show the store (kind, connection), schema version, generation, this host's sandboxes
+    /// and the key ids it holds.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Manage the platform API's tokens (shown once, stored as a hash, expiring).
     Token {
@@ -434,11 +449,19 @@ fn run(cli: Cli) -> Result<()> {
             max_connections,
             accept_rollback,
             http,
+            store,
+            host_id,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.http = http;
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
+            config.store = store.filter(|s| !s.is_empty());
+            if let Some(id) = host_id {
+                sandbox_init::broker::daemon::check_host_id(&id)
+                    .map_err(|e| anyhow::anyhow!("--host-id: {e}"))?;
+                config.host_id = id;
+            }
             cli::serve(config)
         }
         Command::Set {
@@ -533,6 +556,7 @@ fn run(cli: Cli) -> Result<()> {
             },
             json,
         ),
+        Command::Status { json } => cli::status(&admin()?, json),
         Command::Sandbox { command } => match command {
             SandboxCommand::Create { user, repo, json } => {
                 cli::sandbox_create(&admin()?, user, repo, json)

@@ -34,11 +34,12 @@ pub enum Route {
     TokensCreate,
     TokensList,
     TokensRevoke,
+    Status,
 }
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::SecretsSet,
         Route::SecretsAccess,
         Route::SecretsDelete,
@@ -53,6 +54,7 @@ impl Route {
         Route::TokensCreate,
         Route::TokensList,
         Route::TokensRevoke,
+        Route::Status,
     ];
 
     /// The one method every admin route takes.
@@ -75,6 +77,7 @@ impl Route {
             Route::TokensCreate => "tokens/create",
             Route::TokensList => "tokens/list",
             Route::TokensRevoke => "tokens/revoke",
+            Route::Status => "status",
         }
     }
 
@@ -126,6 +129,7 @@ call!(BackupRequest, Route::StoreBackup, BackupAnswer);
 call!(TokenCreateRequest, Route::TokensCreate, TokenCreated);
 call!(TokenListRequest, Route::TokensList, TokenList);
 call!(TokenRevokeRequest, Route::TokensRevoke, TokenInfo);
+call!(StatusRequest, Route::Status, StatusAnswer);
 
 // ---------- requests ----------
 
@@ -223,6 +227,10 @@ pub struct DeleteSandboxRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeyStatusRequest {}
 
+/// `status`: no field.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StatusRequest {}
+
 /// `key/rotate`: no field.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeyRotateRequest {}
@@ -279,6 +287,26 @@ impl std::fmt::Debug for TokenCreated {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
+}
+
+/// Answer of `status`: the store and this host as the daemon sees them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    /// Where: the database file, or the URL without its password.
+    pub location: String,
+    /// `local` (SQLite), `connected`, or `disconnected: <reason>` (answers cached so far are
+    /// served; admin changes are refused).
+    pub connection: String,
+    pub schema_version: u32,
+    /// The store generation this daemon serves.
+    pub generation: u64,
+    pub host_id: String,
+    /// Sandboxes this host serves (of all in the store).
+    pub sandboxes_here: usize,
+    pub sandboxes_total: usize,
+    pub keys: KeyStatus,
 }
 
 /// Answer of `key/rotate`.
@@ -349,6 +377,9 @@ pub struct SandboxInfo {
     pub created: i64,
     /// The directory to bind-mount at `/run/sandbox`.
     pub dir: String,
+    /// The broker host that serves it (empty: created before hosts, served by its only host).
+    #[serde(default)]
+    pub host: String,
 }
 
 /// Answer of sandbox list.

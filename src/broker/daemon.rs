@@ -47,6 +47,40 @@ pub struct Config {
     pub answer_budget: usize,
     /// Where the platform API and settings page listen (`serve --http`); off when `None`.
     pub http: Option<std::net::SocketAddr>,
+    /// The store: `None` for the SQLite file in the state directory, or a `postgres://` URL
+    /// (`serve --store`, env `SANDBOX_SECRETS_STORE`).
+    pub store: Option<String>,
+    /// This broker's host (`serve --host-id`, default the hostname): it creates and serves the
+    /// sandboxes of this host only.
+    pub host_id: String,
+}
+
+/// The host id a broker takes when none is given: the kernel's hostname.
+pub fn default_host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| check_host_id(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A host id: 1 to 64 of `[A-Za-z0-9._-]`, so it reads the same in tables, logs and errors.
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!(
+            "host id must be 1 to 64 characters, got {}",
+            id.len()
+        ));
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "host id {id:?} holds {c:?}: use letters, digits, '.', '_' and '-'"
+        )),
+        None => Ok(()),
+    }
 }
 
 impl Config {
@@ -64,6 +98,8 @@ impl Config {
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             answer_budget: limits::DEFAULT_ANSWER_BUDGET,
             http: None,
+            store: None,
+            host_id: default_host_id(),
         }
     }
 }
@@ -401,6 +437,7 @@ impl Daemon {
         }
         let id = sandboxes::new_id()?;
         let row = SandboxRow {
+            host: self.config.host_id.clone(),
             id: id.clone(),
             user: user.to_owned(),
             repo: repo.to_owned(),
@@ -429,7 +466,9 @@ impl Daemon {
     /// Deletes a sandbox: its row, its listener, its socket and directory.
     pub fn delete_sandbox(&self, id: &str) -> Result<SandboxRow, DaemonError> {
         sandboxes::check_id(id)?;
-        let row = self.store.remove_sandbox(id)?;
+        let row = self
+            .store
+            .remove_sandbox_on(id, Some(&self.config.host_id))?;
         self.stop_slot(id);
         self.answers.sync(self.store.generation());
         self.layout.remove_sandbox(id)?;
@@ -984,6 +1023,7 @@ mod tests {
         let id = sandboxes::new_id().unwrap();
         store
             .add_sandbox(SandboxRow {
+                host: String::new(),
                 id: id.clone(),
                 user: "mona".into(),
                 repo: "o/r".into(),
@@ -1013,6 +1053,7 @@ mod tests {
         let other = sandboxes::new_id().unwrap();
         store
             .add_sandbox(SandboxRow {
+                host: String::new(),
                 id: other.clone(),
                 user: "mona".into(),
                 repo: "o/r".into(),

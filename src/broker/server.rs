@@ -51,8 +51,9 @@ enum Kind {
 /// Runs the daemon until `shutdown` completes, then drains connections and removes its sockets.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let fd_limit = harden();
-    let store = Store::open_with(
+    let store = Store::open_at(
         &config.state_dir,
+        config.store.as_deref(),
         super::store::OpenOptions {
             accept_rollback: config.accept_rollback,
         },
@@ -75,13 +76,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         fd_limit,
     );
 
+    let host = config.host_id.clone();
     let ids: Vec<String> = daemon
         .store()
         .sandboxes()
         .into_iter()
+        .filter(|s| s.served_by(&host))
         .map(|s| s.id)
         .collect();
     let started = restart_sandboxes(&daemon, &ids);
+    if let Some(link) = daemon.store().link() {
+        tokio::spawn(follow_store(Arc::clone(&daemon), link));
+    }
     let admin_slot = Arc::new(Slot::new(""));
     if let Some(guard) = daemon.drain_guard() {
         tokio::spawn(serve(
@@ -95,6 +101,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         admin = %admin_path.display(),
         state = %config.state_dir.display(),
+        store = %daemon.store().describe(),
+        host = %host,
         sandboxes = started,
         descriptor_limit = fd_limit,
         sandbox_ceiling = (fd_limit as usize).saturating_sub(daemon::open_descriptors() + DESCRIPTOR_RESERVE),
@@ -152,6 +160,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// For a store several brokers share: whenever another broker commits (or the connection comes
+/// back), re-reads the store, drops the cached answers of older generations and wakes the
+/// watchers whose answer changed. While the connection is down, the answers cached so far keep
+/// being served (they were valid when cached); the listener logs the loss and the return.
+async fn follow_store(
+    daemon: Arc<Daemon>,
+    mut link: tokio::sync::watch::Receiver<super::store::backend::Link>,
+) {
+    let mut epoch = 0;
+    loop {
+        let (connected, head, now) = {
+            let l = link.borrow_and_update();
+            (l.connected, l.head, l.epoch)
+        };
+        let behind = head > daemon.store().stored_generation() || now != epoch;
+        if connected && behind {
+            epoch = now;
+            let d = Arc::clone(&daemon);
+            let read = tokio::task::spawn_blocking(move || d.store().refresh()).await;
+            match read {
+                Ok(Ok(true)) => {
+                    daemon.answers().sync(daemon.store().generation());
+                    let woken = daemon.wake_watchers();
+                    tracing::debug!(
+                        generation = daemon.store().stored_generation(),
+                        woken = woken.len(),
+                        "store changed by another broker"
+                    );
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot re-read the store; serving what was read before");
+                    // Try again at the next announcement, or after a pause.
+                    epoch = 0;
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
+        if link.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Re-creates the sockets of the stored sandboxes at start and serves them; returns how many

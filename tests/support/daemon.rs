@@ -99,6 +99,8 @@ pub struct Daemon {
     pub nobody: bool,
     /// More arguments of `serve` (e.g. `--http 127.0.0.1:0`).
     pub serve_args: Vec<String>,
+    /// Extra environment of the daemon (e.g. `SANDBOX_SECRETS_STORE` for a PostgreSQL store).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -124,6 +126,7 @@ impl Daemon {
             dirs_by_env: false,
             nobody: false,
             serve_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -195,6 +198,7 @@ impl Daemon {
             .arg(self.run_dir())
             .args(&self.serve_args)
             .env("SANDBOX_SECRETS_LOG", self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod fuzz;
 pub mod peer;
+pub mod postgres;
 pub mod registry;
 
 /// Prints `skipped: <why>` for a test (or part of one) that needs what this machine lacks (root,

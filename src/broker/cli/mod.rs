@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 use super::admin::{
     AccessRequest, BackupRequest, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
     KeyRotateRequest, KeyStatusRequest, ListRequest, ListSandboxesRequest, PlanRequest, SetRequest,
+    StatusRequest,
 };
 use super::client::AdminClient;
 use super::server::{self, Config};
@@ -642,17 +643,34 @@ pub fn sandbox_list(admin: &AdminClient, json: bool) -> Result<()> {
     if json {
         return print_json(&a);
     }
-    let rows: Vec<[String; 5]> = a
+    let rows: Vec<[String; 6]> = a
         .sandboxes
         .into_iter()
-        .map(|s| [s.id, s.user, s.repository, table::utc(s.created), s.dir])
+        .map(|s| {
+            let host = if s.host.is_empty() {
+                "-".into()
+            } else {
+                s.host
+            };
+            [
+                s.id,
+                s.user,
+                s.repository,
+                host,
+                table::utc(s.created),
+                s.dir,
+            ]
+        })
         .collect();
     if rows.is_empty() {
         eprintln!("no sandboxes");
     } else {
         print!(
             "{}",
-            table::render(["ID", "USER", "REPOSITORY", "CREATED", "DIRECTORY"], &rows)
+            table::render(
+                ["ID", "USER", "REPOSITORY", "HOST", "CREATED", "DIRECTORY"],
+                &rows
+            )
         );
     }
     Ok(())
@@ -705,6 +723,45 @@ pub fn key_status(admin: &AdminClient, json: bool) -> Result<()> {
         )
         .collect();
     print!("{}", table::render(["KEY ID", "STATE", "ROWS"], &rows));
+    Ok(())
+}
+
+/// `sandbox-secrets status`: the store, its connection, schema, generation, this host's
+/// sandboxes and the key ids it holds.
+pub fn status(admin: &AdminClient, json: bool) -> Result<()> {
+    let a = admin.call(&StatusRequest {})?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(());
+    }
+    let held: Vec<String> = a
+        .keys
+        .held
+        .iter()
+        .map(|id| {
+            if *id == a.keys.active {
+                format!("{id} (active)")
+            } else {
+                id.clone()
+            }
+        })
+        .collect();
+    let rows = [
+        ["store".to_owned(), format!("{} {}", a.store, a.location)],
+        ["connection".into(), a.connection],
+        ["schema version".into(), a.schema_version.to_string()],
+        ["generation".into(), a.generation.to_string()],
+        ["host".into(), a.host_id],
+        [
+            "sandboxes".into(),
+            format!(
+                "{} on this host ({} in the store)",
+                a.sandboxes_here, a.sandboxes_total
+            ),
+        ],
+        ["keys held".into(), held.join(", ")],
+    ];
+    print!("{}", table::render(["WHAT", "STATE"], &rows));
     Ok(())
 }
 

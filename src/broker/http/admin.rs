@@ -21,8 +21,8 @@ use crate::broker::acl::Level;
 use crate::broker::admin::{
     AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest,
     DeleteSandboxRequest, KeyRotateAnswer, ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route,
-    SandboxInfo, SandboxList, SetRequest, TokenCreateRequest, TokenCreated, TokenInfo, TokenList,
-    TokenRevokeRequest,
+    SandboxInfo, SandboxList, SetRequest, StatusAnswer, TokenCreateRequest, TokenCreated,
+    TokenInfo, TokenList, TokenRevokeRequest,
 };
 use crate::broker::audit;
 use crate::broker::daemon::{self, Daemon};
@@ -126,6 +126,7 @@ pub enum Answer {
     TokenCreated(TokenCreated),
     Tokens(TokenList),
     Token(TokenInfo),
+    Status(StatusAnswer),
 }
 
 impl Answer {
@@ -143,6 +144,7 @@ impl Answer {
             Answer::TokenCreated(a) => ok_json(a),
             Answer::Tokens(a) => ok_json(a),
             Answer::Token(a) => ok_json(a),
+            Answer::Status(a) => ok_json(a),
         }
     }
 }
@@ -288,6 +290,7 @@ pub enum AdminCommand {
     ListSandboxes,
     KeyStatus,
     KeyRotate,
+    Status,
     Backup {
         path: std::path::PathBuf,
     },
@@ -352,6 +355,7 @@ impl std::fmt::Debug for AdminCommand {
             AdminCommand::ListSandboxes => f.write_str("ListSandboxes"),
             AdminCommand::KeyStatus => f.write_str("KeyStatus"),
             AdminCommand::KeyRotate => f.write_str("KeyRotate"),
+            AdminCommand::Status => f.write_str("Status"),
             AdminCommand::Backup { path } => f.debug_struct("Backup").field("path", path).finish(),
             AdminCommand::DeleteSandbox { id } => {
                 f.debug_struct("DeleteSandbox").field("id", id).finish()
@@ -434,6 +438,7 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
         Route::SandboxesList => Ok(AdminCommand::ListSandboxes),
         Route::KeyStatus => Ok(AdminCommand::KeyStatus),
         Route::KeyRotate => Ok(AdminCommand::KeyRotate),
+        Route::Status => Ok(AdminCommand::Status),
         Route::StoreBackup => {
             let req: BackupRequest = parse(route, body)?;
             let path = std::path::PathBuf::from(&req.path);
@@ -546,6 +551,7 @@ fn sandbox_info(daemon: &Daemon, row: SandboxRow) -> SandboxInfo {
         repository: row.repo,
         created: row.created,
         dir,
+        host: row.host,
     }
 }
 
@@ -658,6 +664,32 @@ pub fn execute(
             Ok(Answer::Sandbox(sandbox_info(daemon, row)))
         }
         AdminCommand::KeyStatus => Ok(Answer::KeyStatus(store.key_status())),
+        AdminCommand::Status => {
+            let host = &daemon.config().host_id;
+            let all = store.sandboxes();
+            let connection = match store.link() {
+                None => "local".to_owned(),
+                Some(link) => {
+                    let l = link.borrow();
+                    match (&l.reason, l.connected) {
+                        (_, true) => "connected".to_owned(),
+                        (Some(why), false) => format!("disconnected: {why}"),
+                        (None, false) => "connecting".to_owned(),
+                    }
+                }
+            };
+            Ok(Answer::Status(StatusAnswer {
+                store: store.kind().to_owned(),
+                location: store.describe().to_owned(),
+                connection,
+                schema_version: crate::broker::store::backend::SCHEMA_VERSION,
+                generation: store.stored_generation(),
+                host_id: host.clone(),
+                sandboxes_here: all.iter().filter(|s| s.served_by(host)).count(),
+                sandboxes_total: all.len(),
+                keys: store.key_status(),
+            }))
+        }
         AdminCommand::KeyRotate => {
             let previous = store.key_status().active;
             let key_id = store.rotate_key()?;

@@ -93,6 +93,8 @@ fn store_status(e: &StoreError) -> StatusCode {
         | StoreError::TokenNotFound(_) => StatusCode::NOT_FOUND,
         StoreError::RefusedNeedsRepos { .. } => StatusCode::BAD_REQUEST,
         StoreError::Backup { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::OtherHost { .. } => StatusCode::CONFLICT,
         StoreError::Sql { error, .. }
             if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
         {

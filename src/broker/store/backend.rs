@@ -4,12 +4,15 @@
 
 use std::path::Path;
 
+use tokio::sync::watch;
+
 use super::seal::Sealed;
 use super::{ScopeKind, StoreError};
 
-/// The schema version this build writes. 1 is the unversioned store of the first release; 3 adds
-/// the platform API's tokens (migration "tokens").
-pub const SCHEMA_VERSION: u32 = 3;
+/// The schema version this build writes. 1 is the unversioned store of the first release; 2
+/// sealed every row; 3 ("hosts") records the broker host of each sandbox; 4 ("tokens") adds the
+/// platform API's tokens.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A secret row: who owns it, who may read it, and its sealed value. Everything but `sealed`
 /// is bound into the seal's additional data, so changing any field breaks the seal.
@@ -37,6 +40,10 @@ pub struct SandboxRecord {
     pub version: u64,
     pub key_id: String,
     pub sealed: Sealed,
+    /// The broker host that created it and serves its socket (`serve --host-id`); empty for a
+    /// sandbox of a store that had no hosts yet (schema 2). Not sealed: it places a socket,
+    /// it grants nothing (see ARCHITECTURE.md).
+    pub host: String,
 }
 
 /// A sealed row of bookkeeping: the key check, the manifest root, one manifest bucket.
@@ -59,6 +66,9 @@ pub struct Malformed {
 /// Everything a v2 store holds, each row decoded on its own.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// A shared store's plain generation counter ([`Backend::apply_at`]); `None` for a private
+    /// store.
+    pub head: Option<u64>,
     pub meta: Vec<MetaRecord>,
     pub secrets: Vec<Result<SecretRecord, Malformed>>,
     pub sandboxes: Vec<Result<SandboxRecord, Malformed>>,
@@ -147,4 +157,33 @@ pub trait Backend: Send {
     fn delete_token(&mut self, _id: &str) -> Result<bool, StoreError> {
         Err(StoreError::NoTokens(self.describe()))
     }
+
+    /// For a store several brokers share: applies `changes` only if the store is still at
+    /// generation `base` (the last commit this broker has seen), moving it to `base + 1`, and
+    /// announces the commit to the other brokers; else nothing is written and the answer is
+    /// [`StoreError::Moved`] (re-read, decide again). A private store has no other writer:
+    /// the default is [`Backend::apply`].
+    fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
+        let _ = base;
+        self.apply(changes)
+    }
+
+    /// For a store several brokers share: the state of the connection and the generation the
+    /// other brokers announced. `None` for a private store.
+    fn link(&self) -> Option<watch::Receiver<Link>> {
+        None
+    }
+}
+
+/// The state of the connection to PostgreSQL, as the listener sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// True while the listening connection is up.
+    pub connected: bool,
+    /// Why it is down (the last error), when it is.
+    pub reason: Option<String>,
+    /// The highest generation announced by a commit (or read when the connection came up).
+    pub head: u64,
+    /// Bumped each time the connection comes (back) up: the store re-reads then.
+    pub epoch: u64,
 }

@@ -6,12 +6,15 @@
 //!
 //! - [`backend`]: the `Backend` trait, its sealed records and schema versions.
 //! - [`sqlite`]: the SQLite backend.
+//! - `postgres` (feature `postgres`): the PostgreSQL backend, the store many brokers share.
 //! - [`seal`]: key files, key ids, XChaCha20-Poly1305 and the additional data of each row.
 //! - [`keys`]: key rotation files and the generation file beside the key.
 //! - [`tokens`]: the platform API's tokens (hashes under a seal, in memory for every request).
 
 pub mod backend;
 pub mod keys;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod seal;
 pub mod sqlite;
 pub mod tokens;
@@ -160,8 +163,18 @@ pub enum StoreError {
     SandboxNotFound(String),
     #[error("sandbox {0} already exists")]
     SandboxExists(String),
+    #[error("sandbox {id} belongs to host {host}: delete it through the broker of {host}")]
+    OtherHost { id: String, host: String },
     #[error("{row} is sealed with key id {id}, which this host does not hold")]
     RowKey { row: String, id: String },
+    #[error("database step {step} failed: {error}")]
+    Postgres { step: &'static str, error: String },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("another broker committed generation {head} meanwhile")]
+    Moved { head: u64 },
+    #[error("store {store} is not usable: {reason}")]
+    BadStore { store: String, reason: String },
     #[error("{row} was refused when the store was opened: {reason}")]
     Refused { row: String, reason: String },
     #[error(
@@ -191,6 +204,11 @@ impl StoreError {
                     ),
                 },
             },
+            StoreError::Postgres { step, error } => StoreError::Postgres {
+                step,
+                error: error.clone(),
+            },
+            StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
             other => StoreError::Untrusted(other.to_string()),
         }
     }
@@ -233,12 +251,23 @@ pub struct SecretInfo {
 }
 
 /// A sandbox as the store keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxRow {
     pub id: String,
     pub user: String,
     pub repo: String,
     pub created: i64,
+    /// The broker host that serves it (`serve --host-id`); empty for a sandbox created before
+    /// the store had hosts (a single-host store: its broker serves it).
+    #[serde(default)]
+    pub host: String,
+}
+
+impl SandboxRow {
+    /// True when the broker of `host` serves this sandbox: its own, or one from before hosts.
+    pub fn served_by(&self, host: &str) -> bool {
+        self.host.is_empty() || self.host == host
+    }
 }
 
 /// The result of a sandbox fetch: the values, in name order, zeroized on drop.
@@ -268,6 +297,7 @@ type Key = (ScopeKind, String, String);
 struct SandboxEntry {
     user: Arc<str>,
     repo: Arc<str>,
+    host: Arc<str>,
     created: i64,
     version: u64,
     key_id: Arc<str>,
@@ -278,6 +308,7 @@ impl SandboxEntry {
         Self {
             user: row.user.into(),
             repo: row.repo.into(),
+            host: row.host.into(),
             created: row.created,
             version,
             key_id,
@@ -289,6 +320,7 @@ impl SandboxEntry {
             user: self.user.to_string(),
             repo: self.repo.to_string(),
             created: self.created,
+            host: self.host.to_string(),
         }
     }
 }
@@ -304,7 +336,7 @@ struct Cache {
 impl Cache {
     /// Adds a sandbox, its user and repository names shared with other sandboxes.
     fn put_sandbox(&mut self, id: Box<str>, mut entry: SandboxEntry) {
-        for name in [&mut entry.user, &mut entry.repo] {
+        for name in [&mut entry.user, &mut entry.repo, &mut entry.host] {
             match self.names.get(&**name) {
                 Some(shared) => *name = Arc::clone(shared),
                 None => {
@@ -414,6 +446,7 @@ fn seal_sandbox(key: &Sealer, row: &SandboxRow, version: u64) -> Result<SandboxR
         version,
         key_id: key.id().to_string(),
         sealed,
+        host: row.host.clone(),
     })
 }
 
@@ -565,6 +598,7 @@ impl Manifest {
 
 /// One change asked of the store; the writer decides it against the rows and the earlier
 /// changes of its batch.
+#[derive(Clone)]
 enum Op {
     SetSecret {
         kind: ScopeKind,
@@ -584,7 +618,8 @@ enum Op {
         name: String,
     },
     AddSandbox(SandboxRow),
-    RemoveSandbox(String),
+    /// A sandbox to forget; with a host, only when it is that host's.
+    RemoveSandbox(String, Option<String>),
 }
 
 enum Outcome {
@@ -665,10 +700,14 @@ pub struct Store {
     /// Bumped by every change, under the write lock: answers built at an older generation are
     /// stale.
     generation: AtomicU64,
-    /// Rows refused when the store was opened, with the reason.
-    refused: Vec<String>,
+    /// Rows refused when the store was opened (or last re-read), with the reason.
+    refused: Mutex<Vec<String>>,
     /// The platform API's tokens that verified, by hash (`tokens.rs`).
     tokens: RwLock<tokens::TokenCache>,
+    /// `sqlite` or `postgres`.
+    kind: &'static str,
+    /// A shared store's connection state and announced generation.
+    link: Option<tokio::sync::watch::Receiver<backend::Link>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -757,6 +796,37 @@ impl Store {
         Self::open_backend(state_dir, Box::new(backend), options)
     }
 
+    /// Opens the store `store` names: `None` (or `sqlite`) for the SQLite file in `state_dir`,
+    /// a `postgres://` URL for a store shared by many brokers. The key and generation files
+    /// live in `state_dir` either way.
+    pub fn open_at(
+        state_dir: &Path,
+        store: Option<&str>,
+        options: OpenOptions,
+    ) -> Result<Self, StoreError> {
+        match store {
+            None | Some("sqlite") => Self::open_with(state_dir, options),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                #[cfg(feature = "postgres")]
+                {
+                    check_state_dir(state_dir)?;
+                    let backend = postgres::Postgres::open(url)?;
+                    Self::open_backend(state_dir, Box::new(backend), options)
+                }
+                #[cfg(not(feature = "postgres"))]
+                Err(StoreError::BadStore {
+                    store: "postgres://...".into(),
+                    reason: "this build has no PostgreSQL support (cargo feature `postgres`)"
+                        .into(),
+                })
+            }
+            Some(_) => Err(StoreError::BadStore {
+                store: "given with --store".into(),
+                reason: "give a postgres:// URL, or leave --store out for the SQLite file in the state directory".into(),
+            }),
+        }
+    }
+
     /// Opens the store over any backend; the key and generation files live in `state_dir`.
     pub fn open_backend(
         state_dir: &Path,
@@ -790,8 +860,13 @@ impl Store {
         } else if version == 1 {
             migrate_v1(state_dir, backend.as_mut())?;
         } else if version < SCHEMA_VERSION {
-            // Additive migrations only (the tokens table): no row is resealed.
-            tracing::info!("migrating the store from schema {version} to {SCHEMA_VERSION}");
+            if backend.link().is_none() {
+                let backup = state_dir.join(format!("{DB_FILE}.v{version}-{}.bak", now()));
+                backend
+                    .backup(&backup)
+                    .map_err(|e| StoreError::MigrationBackup(Box::new(e)))?;
+                tracing::info!(backup = %backup.display(), "migrating the store from schema {version} to {SCHEMA_VERSION}");
+            }
             backend.migrate(version, &[])?;
         }
 
@@ -863,215 +938,18 @@ impl Store {
             )));
         }
 
-        // The manifest: root, then each bucket against the root.
-        let mut refused = Vec::new();
-        let mut rebuild = false;
-        let root = meta
-            .get("root")
-            .ok_or_else(|| "the manifest root is missing".to_owned())
-            .and_then(|m| open_meta(&ring, m).map_err(|e| format!("the manifest root: {e}")))
-            .and_then(|plain| {
-                serde_json::from_slice::<RootBody>(&plain)
-                    .ok()
-                    .filter(|r| r.buckets.len() == BUCKETS)
-                    .ok_or_else(|| "the manifest root does not decode".to_owned())
-            });
-        let root = match root {
-            Ok(r) => Some(r),
-            Err(why) if options.accept_rollback => {
-                tracing::warn!(reason = %why, "manifest rebuilt from the rows whose seals verify (--accept-rollback)");
-                rebuild = true;
-                None
-            }
-            Err(why) => {
-                return Err(StoreError::Untrusted(format!(
-                    "{why}: the database was altered outside the daemon; restore a backup, or start with `serve --accept-rollback` to serve the rows whose seals verify"
-                )))
-            }
-        };
-        let mut manifest = Manifest::new();
-        let mut bad_buckets = vec![false; BUCKETS];
-        if let Some(root) = &root {
-            manifest.generation = root.generation;
-            manifest.bucket_versions.clone_from(&root.buckets);
-            for (b, &want) in root.buckets.iter().enumerate() {
-                let body = match meta.get(bucket_name(b).as_str()) {
-                    None if want == 0 => continue,
-                    None => Err("is missing".to_owned()),
-                    Some(m) => open_meta(&ring, m).and_then(|p| {
-                        serde_json::from_slice::<BucketBody>(&p)
-                            .map_err(|_| "does not decode".to_owned())
-                    }),
-                };
-                match body {
-                    Ok(body) if body.version == want => {
-                        manifest.buckets[b] = body
-                            .rows
-                            .into_iter()
-                            .map(|(k, v)| (Ident::parse(&k), v))
-                            .collect();
-                    }
-                    Ok(body) => {
-                        bad_buckets[b] = true;
-                        refused.push(format!(
-                            "manifest bucket {b}: replayed (version {}, the current one is {want})",
-                            body.version
-                        ));
-                    }
-                    Err(why) => {
-                        bad_buckets[b] = true;
-                        refused.push(format!("manifest bucket {b}: {why}"));
-                    }
-                }
-            }
-        }
-        // Each row must verify against its seal and carry the version the manifest holds.
-        let check_version = |identity: &str, version: u64| -> Result<(), String> {
-            if rebuild {
-                return Ok(());
-            }
-            let b = bucket_of(identity);
-            if bad_buckets[b] {
-                return Err(format!(
-                    "its manifest bucket {b} does not verify, so its version cannot be checked"
-                ));
-            }
-            match manifest.buckets[b].get(&Ident::parse(identity)) {
-                None => Err("it is not in the manifest (a deleted row put back, or a row this daemon never wrote)".to_owned()),
-                Some(v) if *v != version => Err(format!(
-                    "replayed: version {version}, the current one is {v}"
-                )),
-                Some(_) => Ok(()),
-            }
-        };
-        let mut cache = Cache::default();
-        let mut seen = Vec::new();
-        let mut refused_sandboxes = Vec::new();
-        let mut malformed = std::collections::HashSet::new();
-        for rec in snap.secrets {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(m) => {
-                    refused.push(format!("{}: malformed: {}", m.row, m.reason));
-                    malformed.insert(m.row);
-                    continue;
-                }
-            };
-            let name = what(rec.kind, &rec.scope, &rec.name);
-            let identity = secret_identity(rec.kind, &rec.scope, &rec.name);
-            let verdict = check_version(&identity, rec.version).and_then(|()| {
-                let key = ring.held(&rec.key_id)?;
-                key.open(
-                    &rec.sealed,
-                    &secret_aad(
-                        rec.kind,
-                        &rec.scope,
-                        &rec.name,
-                        &rec.repos,
-                        rec.version,
-                        &rec.key_id,
-                        rec.updated,
-                    ),
-                    &name,
-                )
-                .map(drop)
-                .map_err(|_| {
-                    "its seal does not verify (value, repository list or place edited, or swapped with another row)"
-                        .to_owned()
-                })
-            });
-            let refusal = match verdict {
-                Err(why) => {
-                    refused.push(format!("{name}: {why}"));
-                    Some(Arc::from(why.as_str()))
-                }
-                Ok(()) => {
-                    seen.push((identity, rec.version));
-                    None
-                }
-            };
-            cache.secrets.insert(
-                (rec.kind, rec.scope, rec.name),
-                Row {
-                    repos: rec.repos,
-                    version: rec.version,
-                    key_id: Arc::from(rec.key_id.as_str()),
-                    sealed: rec.sealed,
-                    updated: rec.updated,
-                    refused: refusal,
-                },
-            );
-        }
-        for rec in snap.sandboxes {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(m) => {
-                    refused.push(format!("{}: malformed: {}", m.row, m.reason));
-                    malformed.insert(m.row);
-                    continue;
-                }
-            };
-            let row = SandboxRow {
-                id: rec.id.clone(),
-                user: rec.user,
-                repo: rec.repo,
-                created: rec.created,
-            };
-            let identity = sandbox_identity(&rec.id);
-            let verdict = check_version(&identity, rec.version).and_then(|()| {
-                let key = ring.held(&rec.key_id)?;
-                key.open(
-                    &rec.sealed,
-                    &sandbox_aad(&row, rec.version, &rec.key_id),
-                    "",
-                )
-                .map(drop)
-                .map_err(|_| {
-                    "its seal does not verify (user or repository re-pointed, or the row edited)"
-                        .to_owned()
-                })
-            });
-            if let Err(why) = verdict {
-                refused.push(format!("sandbox {}: {why}", rec.id));
-                refused_sandboxes.push(identity);
-                continue;
-            }
-            seen.push((identity, rec.version));
-            cache.put_sandbox(
-                rec.id.into(),
-                SandboxEntry::new(row, rec.version, Arc::from(rec.key_id.as_str())),
-            );
-        }
-        if rebuild {
-            manifest = Manifest::new();
-            let g = seen.iter().map(|(_, v)| *v).max().unwrap_or(0) + 1;
-            for (identity, v) in seen {
-                manifest.set(identity, Some(v), g);
-            }
-            manifest.generation = g;
-        }
-        if !rebuild {
-            // Rows the manifest expects but the database lacks: deleted outside the daemon.
-            let present: std::collections::HashSet<String> = cache
-                .secrets
-                .keys()
-                .map(|(k, sc, n)| secret_identity(*k, sc, n))
-                .chain(refused_sandboxes.iter().cloned())
-                .chain(cache.sandboxes.keys().map(|id| sandbox_identity(id)))
-                .collect();
-            for (b, bucket) in manifest.buckets.iter().enumerate() {
-                if bad_buckets[b] {
-                    continue;
-                }
-                for identity in bucket
-                    .keys()
-                    .map(Ident::text)
-                    .filter(|i| !present.contains(i) && !malformed.contains(&shown_identity(i)))
-                {
-                    tracing::warn!(row = %shown_identity(&identity), "row missing from the database (deleted outside the daemon?)");
-                }
-            }
-        }
+        let Verified {
+            manifest,
+            cache,
+            refused,
+            rebuild,
+        } = verify(
+            snap.meta,
+            snap.secrets,
+            snap.sandboxes,
+            &ring,
+            options.accept_rollback,
+        )?;
         for r in &refused {
             tracing::error!(row = %r, "row refused: it is not served; every other row is");
         }
@@ -1100,6 +978,13 @@ impl Store {
             }
             FileGeneration::At(_) => {}
             FileGeneration::Missing if manifest.generation <= 1 || options.accept_rollback => {}
+            FileGeneration::Missing if backend.link().is_some() => {
+                // A host joining a shared store: from now on its file guards it too.
+                tracing::info!(
+                    store = manifest.generation,
+                    "first start of this host on the shared store; generation file written"
+                );
+            }
             FileGeneration::Missing => {
                 return Err(StoreError::Untrusted(format!(
                     "generation file {} is missing but the store is at generation {}: it was removed, or this store was copied from another host; start with `serve --accept-rollback` to serve it anyway",
@@ -1129,16 +1014,19 @@ impl Store {
         {
             tracing::warn!(error = %e, "cannot update the generation file");
         }
+        let link = writer.backend.link();
         Ok(Self {
             state_dir: state_dir.to_owned(),
             description: writer.backend.describe(),
+            kind: if link.is_some() { "postgres" } else { "sqlite" },
+            link,
             writer: Mutex::new(writer),
             queue: Mutex::new(Queue::default()),
             turn: std::sync::Condvar::new(),
             cache: RwLock::new(cache),
             keys: RwLock::new(ring),
             generation: AtomicU64::new(1),
-            refused,
+            refused: Mutex::new(refused),
             tokens: RwLock::new(token_cache),
         })
     }
@@ -1162,7 +1050,92 @@ impl Store {
 
     /// Names every row refused when the store was opened, with the reason (already logged).
     pub fn unreadable(&self) -> Vec<String> {
-        self.refused.clone()
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Where the data lives (a path, or a URL without its password).
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// For a store several brokers share: the connection's state and the generation the other
+    /// brokers announced; watch it and call [`Store::refresh`] when it moves.
+    pub fn link(&self) -> Option<tokio::sync::watch::Receiver<backend::Link>> {
+        self.link.clone()
+    }
+
+    /// Re-reads a shared store after another broker committed (or the connection came back):
+    /// every row verified again against its seal and the manifest, then swapped in at once.
+    /// Returns true when the store had moved. A store older than the one already served is
+    /// refused (a rollback), and the rows served so far stay.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        blocking(|| {
+            let mut writer = self.lock_writer();
+            self.refresh_locked(&mut writer)
+        })
+    }
+
+    fn refresh_locked(&self, writer: &mut Writer) -> Result<bool, StoreError> {
+        let snap = writer.backend.load()?;
+        if snap.head.is_some_and(|h| h == writer.manifest.generation) {
+            return Ok(false);
+        }
+        {
+            // Keys provisioned since (docs/operations.md, "Keys on many hosts"): retired key
+            // files are picked up, and the key another broker rotated to becomes the active one
+            // here too once this host holds it.
+            let mut ring = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            keys::add_retired(&self.state_dir, &mut ring);
+            let check = snap.meta.iter().find(|m| m.name == "keycheck");
+            if let Some(check) = check {
+                if **ring.active().id() != *check.key_id {
+                    if let Some(key) = ring.get(&check.key_id).cloned() {
+                        tracing::info!(key_id = %check.key_id, "the store was rotated to a key this host holds; sealing with it from now on");
+                        ring.promote_shared(key);
+                    }
+                }
+            }
+        }
+        let verified = {
+            let ring = self.ring();
+            verify(snap.meta, snap.secrets, snap.sandboxes, &ring, false)?
+        };
+        let g = verified.manifest.generation;
+        if g < writer.manifest.generation {
+            return Err(StoreError::RolledBack {
+                store: g,
+                file: writer.manifest.generation,
+            });
+        }
+        if g == writer.manifest.generation {
+            return Ok(false);
+        }
+        {
+            let mut old = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            for r in verified.refused.iter().filter(|r| !old.contains(r)) {
+                tracing::error!(row = %r, "row refused: it is not served; every other row is");
+            }
+            *old = verified.refused;
+        }
+        writer.manifest = verified.manifest;
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            *cache = verified.cache;
+        }
+        let ring = self.ring();
+        if let Err(e) = keys::write_generation(&self.state_dir, ring.active(), g) {
+            tracing::warn!(error = %e, "cannot update the generation file");
+        }
+        Ok(true)
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -1221,13 +1194,46 @@ impl Store {
         })
     }
 
-    /// Decides each op of `batch` in order, writes the accepted ones with the touched manifest
-    /// buckets and root in one transaction, then makes them visible.
+    /// Commits `batch` ([`Store::commit_once`]); when another broker of a shared store
+    /// committed first, re-reads the store and decides the batch again against what it holds.
     fn commit(
         &self,
         writer: &mut Writer,
         batch: Vec<(u64, Op)>,
     ) -> Vec<(u64, Result<Outcome, StoreError>)> {
+        const ATTEMPTS: usize = 32;
+        for _ in 0..ATTEMPTS {
+            if let Some(results) = self.commit_once(writer, batch.clone()) {
+                return results;
+            }
+            if let Err(e) = self.refresh_locked(writer) {
+                return batch
+                    .iter()
+                    .map(|(t, _)| (*t, Err(e.for_each_member())))
+                    .collect();
+            }
+        }
+        batch
+            .iter()
+            .map(|(t, _)| {
+                (
+                    *t,
+                    Err(StoreError::Unavailable(format!(
+                        "other brokers kept committing first ({ATTEMPTS} attempts); try again"
+                    ))),
+                )
+            })
+            .collect()
+    }
+
+    /// Decides each op of `batch` in order, writes the accepted ones with the touched manifest
+    /// buckets and root in one transaction, then makes them visible. `None` when a shared
+    /// store moved meanwhile (nothing written, nothing changed here).
+    fn commit_once(
+        &self,
+        writer: &mut Writer,
+        batch: Vec<(u64, Op)>,
+    ) -> Option<Vec<(u64, Result<Outcome, StoreError>)>> {
         let ring = self.ring();
         let key = Arc::clone(ring.active());
         let g = writer.manifest.generation + 1;
@@ -1253,7 +1259,7 @@ impl Store {
             }
         }
         if changes.is_empty() {
-            return results;
+            return Some(results);
         }
         // Changed in place; the touched buckets are saved first so a failed commit restores them.
         let manifest = &mut writer.manifest;
@@ -1278,7 +1284,7 @@ impl Store {
         manifest.generation = g;
         let written = manifest.sealed(&key, touched).and_then(|meta| {
             changes.extend(meta);
-            writer.backend.apply(&changes)
+            writer.backend.apply_at(Some(old_generation), &changes)
         });
         if let Err(e) = written {
             let manifest = &mut writer.manifest;
@@ -1287,10 +1293,15 @@ impl Store {
                 manifest.bucket_versions[b] = version;
             }
             manifest.generation = old_generation;
-            return results
-                .into_iter()
-                .map(|(t, r)| (t, r.and_then(|_| Err(e.for_each_member()))))
-                .collect();
+            if matches!(e, StoreError::Moved { .. }) {
+                return None;
+            }
+            return Some(
+                results
+                    .into_iter()
+                    .map(|(t, r)| (t, r.and_then(|_| Err(e.for_each_member()))))
+                    .collect(),
+            );
         }
         {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
@@ -1317,7 +1328,7 @@ impl Store {
         if let Err(e) = keys::write_generation(&self.state_dir, &key, g) {
             tracing::warn!(error = %e, "cannot update the generation file");
         }
-        results
+        Some(results)
     }
 
     /// Creates or updates a secret. `repos` is required for a new user secret; for an update
@@ -1394,7 +1405,17 @@ impl Store {
 
     /// Forgets a sandbox.
     pub fn remove_sandbox(&self, id: &str) -> Result<SandboxRow, StoreError> {
-        match self.submit(Op::RemoveSandbox(id.to_owned()))? {
+        self.remove_sandbox_on(id, None)
+    }
+
+    /// Forgets a sandbox if it is served by `host` (see [`SandboxRow::served_by`]); a sandbox
+    /// of another host is refused naming that host, in the same decision as the removal.
+    pub fn remove_sandbox_on(
+        &self,
+        id: &str,
+        host: Option<&str>,
+    ) -> Result<SandboxRow, StoreError> {
+        match self.submit(Op::RemoveSandbox(id.to_owned(), host.map(str::to_owned)))? {
             Outcome::Removed(row) => Ok(row),
             _ => Err(StoreError::SandboxNotFound(id.to_owned())),
         }
@@ -1472,6 +1493,10 @@ impl Store {
 
     fn rotate_locked(&self) -> Result<String, StoreError> {
         let mut writer = self.lock_writer();
+        if self.link.is_some() {
+            // Re-seal what the shared store holds now, not what this broker saw last.
+            self.refresh_locked(&mut writer)?;
+        }
         let key_files = |error| StoreError::KeyFiles {
             path: self.state_dir.clone(),
             error,
@@ -1525,7 +1550,8 @@ impl Store {
         manifest.generation = g;
         changes.extend(manifest.sealed(&new, 0..BUCKETS)?);
         drop(old);
-        if let Err(e) = writer.backend.apply(&changes) {
+        let base = writer.manifest.generation;
+        if let Err(e) = writer.backend.apply_at(Some(base), &changes) {
             let _ = std::fs::remove_file(&next_path);
             return Err(e);
         }
@@ -1743,7 +1769,7 @@ fn decide(
             );
             Ok(Outcome::Done)
         }
-        Op::RemoveSandbox(id) => {
+        Op::RemoveSandbox(id, host) => {
             let existing = match sandboxes.get(&id) {
                 Some(e) => e.clone(),
                 None => cache.sandboxes.get(id.as_str()).cloned(),
@@ -1751,6 +1777,14 @@ fn decide(
             let Some(entry) = existing else {
                 return Err(StoreError::SandboxNotFound(id));
             };
+            if let Some(host) = host {
+                if !entry.host.is_empty() && *entry.host != *host {
+                    return Err(StoreError::OtherHost {
+                        id,
+                        host: entry.host.to_string(),
+                    });
+                }
+            }
             sandboxes.insert(id.clone(), None);
             let row = entry.row(&id);
             changes.push(Change::DeleteSandbox(id));
@@ -1770,6 +1804,255 @@ fn plan_in(cache: &Cache, user: &str, repo: &str) -> Vec<PlanEntry> {
             }),
         cache.scope_rows(ScopeKind::Repo, repo).map(|(n, _)| n),
     )
+}
+
+/// What [`verify`] found in a snapshot: the manifest, the rows that verify (and the secrets
+/// that do not, kept aside), and every refusal with its reason.
+struct Verified {
+    manifest: Manifest,
+    cache: Cache,
+    refused: Vec<String>,
+    /// The manifest did not verify and was rebuilt from the rows (`--accept-rollback`).
+    rebuild: bool,
+}
+
+/// Checks a snapshot of the store: the manifest root, each bucket against the root, each row
+/// against its seal and the version the manifest holds. Used at open and whenever another
+/// broker of a shared store committed.
+fn verify(
+    meta_rows: Vec<MetaRecord>,
+    secrets: Vec<Result<SecretRecord, backend::Malformed>>,
+    sandboxes: Vec<Result<SandboxRecord, backend::Malformed>>,
+    ring: &KeyRing,
+    accept_rollback: bool,
+) -> Result<Verified, StoreError> {
+    let meta: HashMap<&str, &MetaRecord> = meta_rows.iter().map(|m| (m.name.as_str(), m)).collect();
+    // The manifest: root, then each bucket against the root.
+    let mut refused = Vec::new();
+    let mut rebuild = false;
+    if let Some(root) = meta.get("root") {
+        if ring.get(&root.key_id).is_none() {
+            // Not tampering: another broker of a shared store rotated to a key not yet
+            // provisioned here (docs/operations.md, "Keys on many hosts").
+            return Err(StoreError::RowKey {
+                row: "the store's manifest".into(),
+                id: root.key_id.clone(),
+            });
+        }
+    }
+    let root = meta
+        .get("root")
+        .ok_or_else(|| "the manifest root is missing".to_owned())
+        .and_then(|m| open_meta(ring, m).map_err(|e| format!("the manifest root: {e}")))
+        .and_then(|plain| {
+            serde_json::from_slice::<RootBody>(&plain)
+                .ok()
+                .filter(|r| r.buckets.len() == BUCKETS)
+                .ok_or_else(|| "the manifest root does not decode".to_owned())
+        });
+    let root = match root {
+        Ok(r) => Some(r),
+        Err(why) if accept_rollback => {
+            tracing::warn!(reason = %why, "manifest rebuilt from the rows whose seals verify (--accept-rollback)");
+            rebuild = true;
+            None
+        }
+        Err(why) => {
+            return Err(StoreError::Untrusted(format!(
+                "{why}: the database was altered outside the daemon; restore a backup, or start with `serve --accept-rollback` to serve the rows whose seals verify"
+            )))
+        }
+    };
+    let mut manifest = Manifest::new();
+    let mut bad_buckets = vec![false; BUCKETS];
+    if let Some(root) = &root {
+        manifest.generation = root.generation;
+        manifest.bucket_versions.clone_from(&root.buckets);
+        for (b, &want) in root.buckets.iter().enumerate() {
+            let body = match meta.get(bucket_name(b).as_str()) {
+                None if want == 0 => continue,
+                None => Err("is missing".to_owned()),
+                Some(m) => open_meta(ring, m).and_then(|p| {
+                    serde_json::from_slice::<BucketBody>(&p)
+                        .map_err(|_| "does not decode".to_owned())
+                }),
+            };
+            match body {
+                Ok(body) if body.version == want => {
+                    manifest.buckets[b] = body
+                        .rows
+                        .into_iter()
+                        .map(|(k, v)| (Ident::parse(&k), v))
+                        .collect();
+                }
+                Ok(body) => {
+                    bad_buckets[b] = true;
+                    refused.push(format!(
+                        "manifest bucket {b}: replayed (version {}, the current one is {want})",
+                        body.version
+                    ));
+                }
+                Err(why) => {
+                    bad_buckets[b] = true;
+                    refused.push(format!("manifest bucket {b}: {why}"));
+                }
+            }
+        }
+    }
+    // Each row must verify against its seal and carry the version the manifest holds.
+    let check_version = |identity: &str, version: u64| -> Result<(), String> {
+        if rebuild {
+            return Ok(());
+        }
+        let b = bucket_of(identity);
+        if bad_buckets[b] {
+            return Err(format!(
+                "its manifest bucket {b} does not verify, so its version cannot be checked"
+            ));
+        }
+        match manifest.buckets[b].get(&Ident::parse(identity)) {
+            None => Err("it is not in the manifest (a deleted row put back, or a row this daemon never wrote)".to_owned()),
+            Some(v) if *v != version => Err(format!(
+                "replayed: version {version}, the current one is {v}"
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    let mut cache = Cache::default();
+    let mut seen = Vec::new();
+    let mut refused_sandboxes = Vec::new();
+    let mut malformed = std::collections::HashSet::new();
+    for rec in secrets {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(m) => {
+                refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                malformed.insert(m.row);
+                continue;
+            }
+        };
+        let name = what(rec.kind, &rec.scope, &rec.name);
+        let identity = secret_identity(rec.kind, &rec.scope, &rec.name);
+        let verdict = check_version(&identity, rec.version).and_then(|()| {
+            let key = ring.held(&rec.key_id)?;
+            key.open(
+                &rec.sealed,
+                &secret_aad(
+                    rec.kind,
+                    &rec.scope,
+                    &rec.name,
+                    &rec.repos,
+                    rec.version,
+                    &rec.key_id,
+                    rec.updated,
+                ),
+                &name,
+            )
+            .map(drop)
+            .map_err(|_| {
+                "its seal does not verify (value, repository list or place edited, or swapped with another row)"
+                    .to_owned()
+            })
+        });
+        let refusal = match verdict {
+            Err(why) => {
+                refused.push(format!("{name}: {why}"));
+                Some(Arc::from(why.as_str()))
+            }
+            Ok(()) => {
+                seen.push((identity, rec.version));
+                None
+            }
+        };
+        cache.secrets.insert(
+            (rec.kind, rec.scope, rec.name),
+            Row {
+                repos: rec.repos,
+                version: rec.version,
+                key_id: Arc::from(rec.key_id.as_str()),
+                sealed: rec.sealed,
+                updated: rec.updated,
+                refused: refusal,
+            },
+        );
+    }
+    for rec in sandboxes {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(m) => {
+                refused.push(format!("{}: malformed: {}", m.row, m.reason));
+                malformed.insert(m.row);
+                continue;
+            }
+        };
+        let row = SandboxRow {
+            id: rec.id.clone(),
+            user: rec.user,
+            repo: rec.repo,
+            created: rec.created,
+            host: rec.host,
+        };
+        let identity = sandbox_identity(&rec.id);
+        let verdict = check_version(&identity, rec.version).and_then(|()| {
+            let key = ring.held(&rec.key_id)?;
+            key.open(
+                &rec.sealed,
+                &sandbox_aad(&row, rec.version, &rec.key_id),
+                "",
+            )
+            .map(drop)
+            .map_err(|_| {
+                "its seal does not verify (user or repository re-pointed, or the row edited)"
+                    .to_owned()
+            })
+        });
+        if let Err(why) = verdict {
+            refused.push(format!("sandbox {}: {why}", rec.id));
+            refused_sandboxes.push(identity);
+            continue;
+        }
+        seen.push((identity, rec.version));
+        cache.put_sandbox(
+            rec.id.into(),
+            SandboxEntry::new(row, rec.version, Arc::from(rec.key_id.as_str())),
+        );
+    }
+    if rebuild {
+        manifest = Manifest::new();
+        let g = seen.iter().map(|(_, v)| *v).max().unwrap_or(0) + 1;
+        for (identity, v) in seen {
+            manifest.set(identity, Some(v), g);
+        }
+        manifest.generation = g;
+    }
+    if !rebuild {
+        // Rows the manifest expects but the database lacks: deleted outside the daemon.
+        let present: std::collections::HashSet<String> = cache
+            .secrets
+            .keys()
+            .map(|(k, sc, n)| secret_identity(*k, sc, n))
+            .chain(refused_sandboxes.iter().cloned())
+            .chain(cache.sandboxes.keys().map(|id| sandbox_identity(id)))
+            .collect();
+        for (b, bucket) in manifest.buckets.iter().enumerate() {
+            if bad_buckets[b] {
+                continue;
+            }
+            for identity in bucket
+                .keys()
+                .map(Ident::text)
+                .filter(|i| !present.contains(i) && !malformed.contains(&shown_identity(i)))
+            {
+                tracing::warn!(row = %shown_identity(&identity), "row missing from the database (deleted outside the daemon?)");
+            }
+        }
+    }
+    Ok(Verified {
+        manifest,
+        cache,
+        refused,
+        rebuild,
+    })
 }
 
 /// Brings a v1 store to v2: a backup next to the database first, then every row opened with
@@ -1860,6 +2143,7 @@ fn migrate_v1(state_dir: &Path, backend: &mut dyn Backend) -> Result<(), StoreEr
             user,
             repo,
             created,
+            host: String::new(),
         };
         manifest.set(sandbox_identity(&row.id), Some(g), g);
         rows.push(Change::PutSandbox(seal_sandbox(&key, &row, g)?));
@@ -1941,6 +2225,7 @@ mod tests {
                 .unwrap();
         }
         let sb = SandboxRow {
+            host: String::new(),
             id: "a".repeat(32),
             user: "mona".into(),
             repo: "o/r".into(),
@@ -1970,7 +2255,7 @@ mod tests {
             ),
             (3, Op::AddSandbox(sb.clone())),
             (4, Op::AddSandbox(sb.clone())),
-            (5, Op::RemoveSandbox(sb.id.clone())),
+            (5, Op::RemoveSandbox(sb.id.clone(), None)),
         ];
         let results = store.commit(&mut writer, ops);
         drop(writer);
@@ -2003,6 +2288,7 @@ mod tests {
             .unwrap();
         store
             .add_sandbox(SandboxRow {
+                host: String::new(),
                 id: "b".repeat(32),
                 user: "mona".into(),
                 repo: "o/r".into(),
@@ -2155,6 +2441,7 @@ mod tests {
             assert_eq!(b.schema_version().unwrap(), 0, "{name}");
             let key = Sealer::from_key(&[3u8; 32]);
             let sb = SandboxRow {
+                host: String::new(),
                 id: "c".repeat(32),
                 user: "mona".into(),
                 repo: "o/r".into(),
@@ -2241,6 +2528,7 @@ mod tests {
                     for i in 0..per {
                         store
                             .add_sandbox(SandboxRow {
+                                host: String::new(),
                                 id: format!("{t:016x}{i:016x}"),
                                 user: "mona".into(),
                                 repo: "o/r".into(),

@@ -290,6 +290,11 @@ impl KeyRing {
     pub fn ids(&self) -> Vec<String> {
         self.all.keys().map(|k| k.to_string()).collect()
     }
+    /// Makes `key`, already held, the active one.
+    pub fn promote_shared(&mut self, key: Arc<Sealer>) {
+        self.all.insert(Arc::clone(key.id()), Arc::clone(&key));
+        self.active = key;
+    }
     /// Makes `key` the active one; the previous one stays to open old rows.
     pub fn promote(&mut self, key: Sealer) {
         let key = Arc::new(key);

@@ -28,8 +28,8 @@ CREATE TABLE sandboxes (
     version INTEGER NOT NULL, key_id TEXT NOT NULL, nonce BLOB NOT NULL, mac BLOB NOT NULL);
 ";
 
-/// Migration "tokens" (schema 3): the platform API's token rows. Self-contained: it only adds
-/// its table, whatever migrations ran before it.
+/// Migration 4, "tokens": the platform API's token rows. Self-contained: it only adds its
+/// table, whatever migrations ran before it.
 fn migrate_tokens(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS tokens (
@@ -37,7 +37,13 @@ fn migrate_tokens(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
             created INTEGER NOT NULL, expires INTEGER NOT NULL, key_id TEXT NOT NULL,
             nonce BLOB NOT NULL, mac BLOB NOT NULL);",
     )
-    .map_err(sql("migrate: create tokens table"))
+    .map_err(sql("migrate: create tokens table"))?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, applied) VALUES (4, strftime('%s','now'))",
+        [],
+    )
+    .map_err(sql("migrate: record version"))?;
+    Ok(())
 }
 
 fn decode_token(row: &Row<'_>) -> Result<TokenRecord, Malformed> {
@@ -219,7 +225,21 @@ fn decode_sandbox(row: &Row<'_>) -> Result<SandboxRecord, Malformed> {
             nonce: blob(row, 6).map_err(bad)?,
             ciphertext: blob(row, 7).map_err(bad)?,
         },
+        host: text(row, 8).map_err(bad)?,
     })
+}
+
+/// Migration 3, "hosts": each sandbox records the broker host that serves it; the sandboxes
+/// of a store from before hosts get none (their single broker keeps serving them).
+fn migrate_hosts(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch("ALTER TABLE sandboxes ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+        .map_err(sql("migrate: hosts"))?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, applied) VALUES (3, strftime('%s','now'))",
+        [],
+    )
+    .map_err(sql("migrate: record version"))?;
+    Ok(())
 }
 
 fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), rusqlite::Error> {
@@ -252,11 +272,12 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), rusqlite
         }
         Change::PutSandbox(r) => {
             tx.prepare_cached(
-                "INSERT INTO sandboxes (id, user, repo, created, version, key_id, nonce, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO sandboxes (id, user, repo, created, version, key_id, nonce, mac,
+                     host) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (id) DO UPDATE SET user = excluded.user, repo = excluded.repo,
                      created = excluded.created, version = excluded.version,
-                     key_id = excluded.key_id, nonce = excluded.nonce, mac = excluded.mac",
+                     key_id = excluded.key_id, nonce = excluded.nonce, mac = excluded.mac,
+                     host = excluded.host",
             )?
             .execute(params![
                 r.id,
@@ -266,7 +287,8 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), rusqlite
                 r.version as i64,
                 r.key_id,
                 r.sealed.nonce,
-                r.sealed.ciphertext
+                r.sealed.ciphertext,
+                r.host
             ])?;
         }
         Change::DeleteSandbox(id) => {
@@ -382,21 +404,25 @@ impl Backend for Sqlite {
             )
             .map_err(sql("migrate: drop v1 tables"))?;
         }
-        if from < 2 {
+        if from <= 1 {
             tx.execute_batch(SCHEMA_V2)
                 .map_err(sql("migrate: create v2 tables"))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied) VALUES (2, strftime('%s','now'))",
+                [],
+            )
+            .map_err(sql("migrate: record version"))?;
         }
-        if from < 3 {
+        if from <= 2 {
+            migrate_hosts(&tx)?;
+        }
+        if from <= 3 {
             migrate_tokens(&tx)?;
         }
+        debug_assert_eq!(SCHEMA_VERSION, 4, "a new migration goes above");
         for change in rows {
             write(&tx, change).map_err(sql("migrate: write rows"))?;
         }
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied) VALUES (?1, strftime('%s','now'))",
-            [SCHEMA_VERSION],
-        )
-        .map_err(sql("migrate: record version"))?;
         tx.commit().map_err(sql("migrate: commit"))
     }
 
@@ -437,7 +463,9 @@ impl Backend for Sqlite {
         drop(stmt);
         let mut stmt = self
             .conn
-            .prepare("SELECT id, user, repo, created, version, key_id, nonce, mac FROM sandboxes")
+            .prepare(
+                "SELECT id, user, repo, created, version, key_id, nonce, mac, host FROM sandboxes",
+            )
             .map_err(sql("load sandboxes"))?;
         let mut rows = stmt.query([]).map_err(sql("load sandboxes"))?;
         while let Some(row) = rows.next().map_err(sql("load sandboxes"))? {

@@ -1,0 +1,969 @@
+//! Many broker hosts on one PostgreSQL store: real daemons, each with its own state directory,
+//! run directory and `--host-id`, sharing a fresh database of the test cluster
+//! (`scripts/postgres.sh`). A change made through one broker reaches the sandboxes and watchers
+//! of the others; each broker serves and deletes only its own host's sandboxes; a broker cut
+//! off from the store (a TCP relay between it and PostgreSQL, closed) keeps serving its answers,
+//! refuses admin changes with a 503 and converges when the connection is back; a killed host
+//! leaves the others served and comes back with its sockets; `kill -9` during writes through two
+//! hosts loses no acknowledged write; a key rotated on one host is refused by another, naming
+//! the key id, until the key is provisioned there. The last test runs cases 1 and 4 with each
+//! host a docker container on a private network (`pg-net-<pid>`, an image `FROM scratch` with
+//! this build's binaries, nothing pulled) and the real init in containers mounting their
+//! sandbox directory.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::daemon::*;
+use support::postgres::{parts, TestDb};
+
+const VALUES: [&str; 4] = ["v1-VALUE", "v2-VALUE", "v3-VALUE", "from-b-VALUE"];
+
+/// A broker "host" on `url`, not started; its state directory holds `key` when given (every
+/// broker of one store needs the same key set: docs/operations.md).
+fn host(url: &str, id: &str, key: Option<&Path>) -> Daemon {
+    let mut d = Daemon::unstarted(None);
+    d.log_level = "trace";
+    d.env.push(("SANDBOX_SECRETS_STORE".into(), url.to_owned()));
+    d.env
+        .push(("SANDBOX_SECRETS_HOST_ID".into(), id.to_owned()));
+    if let Some(key) = key {
+        std::fs::create_dir(&d.state).unwrap();
+        std::fs::set_permissions(&d.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::copy(key, d.state.join("key")).unwrap();
+    }
+    d
+}
+
+/// Host A started on a new store, and host B (not started) holding A's key.
+fn two_hosts(db: &TestDb, b_url: &str) -> (Daemon, Daemon) {
+    two_hosts_at(&db.url, b_url)
+}
+
+fn two_hosts_on(url: &str) -> (Daemon, Daemon) {
+    two_hosts_at(url, url)
+}
+
+fn two_hosts_at(a_url: &str, b_url: &str) -> (Daemon, Daemon) {
+    let mut a = host(a_url, "host-a", None);
+    a.start().unwrap_or_else(|e| panic!("{e}"));
+    let b = host(b_url, "host-b", Some(&a.state.join("key")));
+    (a, b)
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn status(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.cli(&["status", "--json"], None).ok().stdout()).unwrap()
+}
+
+/// `GET /v1/secrets` with extra header lines: (status, head, body).
+fn get(socket: &Path, extra: &str) -> (u16, String, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    write!(
+        s,
+        "GET /v1/secrets HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_owned(), body.to_owned())
+}
+
+fn etag(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag in {head}"))
+}
+
+fn logs_hold_no_value(hosts: &[&Daemon]) {
+    for d in hosts {
+        for log in d.logs() {
+            let text = std::fs::read(&log).unwrap_or_default();
+            assert_no_values(&log.display().to_string(), &text, &VALUES);
+        }
+    }
+}
+
+#[test]
+fn a_change_on_one_host_reaches_the_sandboxes_and_watchers_of_another() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    // A watcher on B holds the current answer; a set through A wakes it with the new one.
+    let socket = on_b.join("secrets.sock");
+    let (code, head, _) = get(&socket, "");
+    assert_eq!(code, 200);
+    let tag = etag(&head);
+    let watcher = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = get(
+            &socket,
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=30\r\n"),
+        );
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let set = Instant::now();
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    let ((code, _, body), waited) = watcher.join().unwrap();
+    assert_eq!(
+        code, 200,
+        "the watch on host B ended without the change: {body}"
+    );
+    assert!(body.contains("v2-VALUE"), "{body}");
+    eprintln!(
+        "change on host A seen by a watcher on host B {:?} after the set began (watch open {waited:?})",
+        set.elapsed()
+    );
+    // And the other way: a set through B reaches A's sandbox.
+    b.set_user("TOKEN", "mona", "octo/a", "from-b-VALUE");
+    assert!(
+        eventually(Duration::from_secs(10), || served(&on_a)
+            == pairs(&[("DB", "v2-VALUE"), ("TOKEN", "from-b-VALUE")])),
+        "host A still serves {:?}",
+        served(&on_a)
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+#[test]
+fn a_broker_serves_only_its_hosts_sandboxes_and_refuses_deleting_anothers() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    let (sa, dir_a) = a.sandbox("mona", "octo/a");
+    let (sb, dir_b) = b.sandbox("mona", "octo/a");
+    // Each socket lives on its own host only.
+    assert!(dir_a.join("secrets.sock").exists());
+    assert!(!b.run_dir().join("sandboxes").join(&sa).exists());
+    assert!(!a.run_dir().join("sandboxes").join(&sb).exists());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            b.cli(&["sandbox", "list"], None)
+                .ok()
+                .stdout()
+                .contains(&sa)
+        }),
+        "host B never listed host A's sandbox"
+    );
+    let table = b.cli(&["sandbox", "list"], None).ok().stdout();
+    assert!(table.lines().next().unwrap().contains("HOST"), "{table}");
+    let line_a = table.lines().find(|l| l.contains(&sa)).unwrap();
+    assert!(line_a.contains("host-a"), "{table}");
+    let line_b = table.lines().find(|l| l.contains(&sb)).unwrap();
+    assert!(line_b.contains("host-b"), "{table}");
+
+    // Deleting A's sandbox through B is refused naming host A; nothing changes.
+    b.cli(&["sandbox", "delete", &sa], None)
+        .fails_with("belongs to host host-a");
+    assert_eq!(served(&dir_a), pairs(&[("DB", "v1-VALUE")]));
+
+    let st = status(&b);
+    assert_eq!(st["store"], "postgres", "{st}");
+    assert_eq!(st["connection"], "connected", "{st}");
+    assert_eq!(st["schema_version"], 3, "{st}");
+    assert_eq!(st["host_id"], "host-b", "{st}");
+    assert_eq!(st["sandboxes_here"], 1, "{st}");
+    assert_eq!(st["sandboxes_total"], 2, "{st}");
+    let held: Vec<&str> = st["keys"]["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(held.contains(&status(&a)["keys"]["active"].as_str().unwrap()));
+    assert!(
+        !st["location"]
+            .as_str()
+            .unwrap()
+            .contains(&parts(&db.url).password),
+        "the store's password shown in status: {st}"
+    );
+    let text = b.cli(&["status"], None).ok().stdout();
+    for word in ["postgres", "connected", "host-b", "1 on this host"] {
+        assert!(text.contains(word), "{word} not in:\n{text}");
+    }
+
+    // A restart of B brings its own socket back, not A's.
+    b.stop();
+    b.start().unwrap();
+    assert_eq!(served(&dir_b), pairs(&[("DB", "v1-VALUE")]));
+    assert!(!b.run_dir().join("sandboxes").join(&sa).exists());
+    // B deletes its own sandbox; A sees it gone.
+    b.cli(&["sandbox", "delete", &sb], None).ok();
+    assert!(eventually(Duration::from_secs(10), || {
+        !a.cli(&["sandbox", "list"], None)
+            .ok()
+            .stdout()
+            .contains(&sb)
+    }));
+    let log = a.stop();
+    assert!(
+        !log.contains(&parts(&db.url).password),
+        "password in the log"
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+/// A TCP relay to PostgreSQL that can be cut (every connection shut, new ones dropped) and
+/// restored: the network between one broker and the store.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: (String, u16)) -> Self {
+        Self::to_from("127.0.0.1".into(), target)
+    }
+
+    /// A relay listening on `addr` (any port).
+    fn to_from(addr: String, target: (String, u16)) -> Self {
+        let listener = TcpListener::bind((addr.as_str(), 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (o, c) = (Arc::clone(&open), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect((target.0.as_str(), target.1)) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, open, conns }
+    }
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn cut_off_from_the_store_a_broker_serves_its_answers_refuses_changes_and_converges() {
+    let Some(db) = TestDb::new() else { return };
+    let p = parts(&db.url);
+    let relay = Relay::to((p.host.clone(), p.port));
+    let mut via = parts(&db.url);
+    via.host = "127.0.0.1".into();
+    via.port = relay.port;
+    let (a, mut b) = two_hosts(&db, &via.url());
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    relay.cut();
+    assert!(
+        eventually(Duration::from_secs(20), || status(&b)["connection"]
+            .as_str()
+            .unwrap()
+            .starts_with("disconnected")),
+        "host B never noticed: {}",
+        status(&b)
+    );
+    // Its sandboxes keep their answers; an admin change through it fails clearly, 503.
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    b.cli(&["set", "DB", "--repo", "octo/a"], Some(b"v3-VALUE"))
+        .fails_with("store unavailable");
+    let (code, body) = admin_post(
+        &b.run_dir(),
+        "secrets/set",
+        br#"{"name":"DB","repo":"octo/a","value":"v3-VALUE"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
+    // Meanwhile a change through A.
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    relay.restore();
+    assert!(
+        eventually(Duration::from_secs(30), || served(&on_b)
+            == pairs(&[("DB", "v2-VALUE")])),
+        "host B did not converge: {:?}\n{}",
+        served(&on_b),
+        b.log_text()
+    );
+    assert_eq!(status(&b)["connection"], "connected");
+    // Nothing of the refused change was applied anywhere; B writes again.
+    assert_eq!(a.list_json("--repo", "octo/a").matches("\"DB\"").count(), 1);
+    b.set_repo("DB", "octo/a", "v3-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert!(eventually(Duration::from_secs(10), || served(&on_a)
+        == pairs(&[("DB", "v3-VALUE")])));
+    let log = b.log_text();
+    assert!(log.contains("store connection lost"), "{log}");
+    assert!(log.contains("store connection back"), "{log}");
+    logs_hold_no_value(&[&a, &b]);
+}
+
+#[test]
+fn a_key_rotated_on_one_host_is_refused_by_another_naming_it_until_provisioned() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+
+    let out = a.cli(&["key", "rotate"], None).ok().stdout();
+    let new = status(&a)["keys"]["active"].as_str().unwrap().to_owned();
+    assert!(out.contains(&new), "{out}");
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    // B does not hold the new key: it says which, keeps serving what it had, and refuses
+    // changes rather than sealing over rows it cannot read.
+    assert!(
+        eventually(Duration::from_secs(15), || b.log_text().contains(&new)),
+        "host B never named key id {new}:\n{}",
+        b.log_text()
+    );
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    let refused = b.cli(&["set", "X", "--repo", "octo/a"], Some(b"v3-VALUE"));
+    assert!(!refused.out.status.success(), "{}", refused.explain());
+    assert!(refused.stderr().contains(&new), "{}", refused.explain());
+
+    // Provisioned (docs/operations.md): the new key copied to B as a retired key file. B
+    // converges without a restart and seals with the new key from then on.
+    std::fs::copy(
+        a.state.join("key"),
+        b.state.join(format!("key.retired-{new}")),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || served(&on_b)
+            == pairs(&[("DB", "v2-VALUE")])),
+        "host B did not converge after the key arrived: {:?}",
+        served(&on_b)
+    );
+    assert_eq!(status(&b)["keys"]["active"], new.as_str());
+    b.set_repo("DB", "octo/a", "v3-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    assert!(eventually(Duration::from_secs(10), || served(&on_a)
+        == pairs(&[("DB", "v3-VALUE")])));
+    let st = status(&a);
+    assert_eq!(
+        st["keys"]["rows"][&new],
+        st["keys"]["rows"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        "{st}"
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+#[test]
+fn a_killed_host_leaves_the_others_served_and_comes_back_with_its_sockets() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    a.kill9();
+    // B is unaffected: its sandbox served, changes through it work.
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    b.set_repo("DB", "octo/a", "v2-VALUE");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v2-VALUE")]));
+    assert!(std::os::unix::net::UnixStream::connect(on_a.join("secrets.sock")).is_err());
+    // A restarted: its socket back in the same directory, serving what B wrote meanwhile.
+    a.start().unwrap();
+    assert_eq!(served(&on_a), pairs(&[("DB", "v2-VALUE")]));
+    assert_eq!(status(&a)["sandboxes_here"], 1);
+    logs_hold_no_value(&[&a, &b]);
+}
+
+/// Admin writes spread over two hosts from 16 clients while one host is killed with SIGKILL:
+/// every write acknowledged (by either host) is in the store afterwards, with its value.
+#[test]
+fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_write() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let runs = [a.run_dir(), b.run_dir()];
+    let pid_a = a.pid();
+    // A is killed once it has acknowledged 40 writes: mid-run, whatever the machine's speed.
+    let acked_on_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = {
+        let acked_on_a = Arc::clone(&acked_on_a);
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(60);
+            while acked_on_a.load(Ordering::SeqCst) < 40 && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid_a),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        })
+    };
+    // 16 clients, 8 per host, each writing its own names (64 each: 1,024 writes) on 16
+    // repositories (the limit is 100 per repository).
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let run = runs[c % 2].clone();
+            let acked_on_a = Arc::clone(&acked_on_a);
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..64 {
+                    let body =
+                        format!(r#"{{"name":"N{i}","repo":"octo/w{c}","value":"w{c}-{i}-VALUE"}}"#);
+                    match admin_post(&run, "secrets/set", body.as_bytes()) {
+                        Ok((200, _)) => {
+                            acked.push((c, i));
+                            if c % 2 == 0 {
+                                acked_on_a.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Ok((code, text)) => panic!("set answered {code}: {text}"),
+                        Err(_) => break, // this host died with the write in flight
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<(usize, i32)> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    killer.join().unwrap();
+    a.kill9();
+    let on_a = acked.iter().filter(|(c, _)| c % 2 == 0).count();
+    assert!(
+        on_a > 0 && on_a < 512,
+        "the kill must land mid-run: {on_a} acked on A"
+    );
+    // Read back through B, and through A restarted.
+    a.start().unwrap();
+    for d in [&a, &b] {
+        for c in 0..16 {
+            let (_, dir) = d.sandbox("mona", &format!("octo/w{c}"));
+            let got: std::collections::HashMap<String, String> = served(&dir).into_iter().collect();
+            for (_, i) in acked.iter().filter(|(cc, _)| *cc == c) {
+                assert_eq!(
+                    got.get(&format!("N{i}")).map(String::as_str),
+                    Some(format!("w{c}-{i}-VALUE").as_str()),
+                    "acknowledged write N{i} of octo/w{c} lost"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "kill -9 of host A during writes: {} acknowledged writes over two hosts, all present",
+        acked.len()
+    );
+    assert!(!a.log_text().contains("row refused"), "{}", a.log_text());
+}
+
+// ------------------------------------------------------------------------------------------
+// The same, with each broker host a docker container on a private network
+
+/// Docker resources of one test, all named `pg-...-<pid>`, removed on drop.
+struct Docker {
+    tag: String,
+    image: String,
+    network: String,
+    containers: Mutex<Vec<String>>,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    out
+}
+
+#[track_caller]
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Docker {
+    /// An image (no pull: `FROM scratch` with this build's binaries, the libraries they link and
+    /// Debian's static busybox) and a private network; `None` (after `skip`) without docker.
+    fn new() -> Option<Self> {
+        if !docker(&["info"]).status.success() {
+            support::skip("docker is not available");
+            return None;
+        }
+        if !Path::new("/bin/busybox").exists() {
+            support::skip("busybox-static is not installed");
+            return None;
+        }
+        let tag = format!("{}", std::process::id());
+        let ctx = tempfile::tempdir().unwrap();
+        let mut files: Vec<(String, String)> = vec![
+            (
+                env!("CARGO_BIN_EXE_sandbox-secrets").into(),
+                "/bin/sandbox-secrets".into(),
+            ),
+            (
+                env!("CARGO_BIN_EXE_sandbox-init").into(),
+                "/bin/sandbox-init".into(),
+            ),
+            ("/bin/busybox".into(), "/bin/busybox".into()),
+        ];
+        for bin in [
+            env!("CARGO_BIN_EXE_sandbox-secrets"),
+            env!("CARGO_BIN_EXE_sandbox-init"),
+        ] {
+            let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line
+                        .split_whitespace()
+                        .next()
+                        .filter(|p| p.starts_with('/')),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    let real = std::fs::canonicalize(p).unwrap();
+                    files.push((real.display().to_string(), p.to_owned()));
+                }
+            }
+        }
+        // One tree, one layer.
+        let root = ctx.path().join("root");
+        for (from, to) in &files {
+            let dest = root.join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(from, &dest).unwrap();
+        }
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY root/ /\n",
+        )
+        .unwrap();
+        let image = format!("pg-multihost:{tag}");
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            &image,
+            &ctx.path().display().to_string(),
+        ]);
+        let network = format!("pg-net-{tag}");
+        docker_ok(&["network", "create", &network]);
+        Some(Docker {
+            tag,
+            image,
+            network,
+            containers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn gateway(&self) -> String {
+        docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &self.network,
+        ])
+    }
+
+    /// A broker host: a container on the network, its state and run directories from `dir`.
+    fn broker(&self, id: &str, url: &str, dir: &Path) -> String {
+        let name = format!("pg-{id}-{}", self.tag);
+        for sub in ["state", "run"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(dir.join("state"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        self.containers.lock().unwrap().push(name.clone());
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            id,
+            "--network",
+            &self.network,
+            "-v",
+            &format!("{}:/var/lib/sandbox-secrets", dir.join("state").display()),
+            "-v",
+            &format!("{}:/run/sandbox-secrets", dir.join("run").display()),
+            "-e",
+            &format!("SANDBOX_SECRETS_STORE={url}"),
+            "-e",
+            "SANDBOX_SECRETS_LOG=debug",
+            &self.image,
+            "/bin/sandbox-secrets",
+            "serve",
+        ]);
+        let admin = dir.join("run/admin.sock");
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                std::os::unix::net::UnixStream::connect(&admin).is_ok()
+            }),
+            "broker {id} did not come up:\n{}",
+            self.logs(&name)
+        );
+        name
+    }
+
+    /// Runs the real init in a container that mounts the sandbox directory `dir` at
+    /// `/run/sandbox` (no network): returns what `sh -c script` printed.
+    fn sandbox(&self, dir: &Path, script: &str) -> String {
+        let name = format!("pg-init-{}", self.tag);
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "-v",
+            &format!("{}:/run/sandbox", dir.display()),
+            &self.image,
+            "/bin/sandbox-init",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert!(
+            out.status.success(),
+            "init container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn logs(&self, container: &str) -> String {
+        let out = docker(&["logs", container]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        for c in self.containers.lock().unwrap().drain(..) {
+            let _ = docker(&["rm", "-f", &c]);
+        }
+        let _ = docker(&["rm", "-f", &format!("pg-init-{}", self.tag)]);
+        let _ = docker(&["network", "rm", &self.network]);
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+/// The CLI on the host against a containerised broker's admin socket (bind-mounted).
+fn cli_at(run: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--run-dir").arg(run).args(args);
+    support::daemon::run(cmd, stdin)
+}
+
+/// Cases 1 and 4 of the issue with broker hosts as containers on a private docker network and
+/// the real init in containers that mount their sandbox directory: a secret set on host A is
+/// fetched by a sandbox on host B and seen by a watch there; host B disconnected from the
+/// network keeps its sandboxes' last answers, refuses admin changes, and converges once
+/// reconnected with a change made on A meanwhile.
+#[test]
+fn containers_on_a_private_network_share_changes_and_survive_a_disconnect() {
+    let Some(dk) = Docker::new() else { return };
+    let Some(db) = TestDb::new() else { return };
+    // PostgreSQL listens on 127.0.0.1 only: a relay on the network's gateway reaches it.
+    let p = parts(&db.url);
+    let relay = Relay::to_from(dk.gateway(), (p.host.clone(), p.port));
+    let mut via = parts(&db.url);
+    via.host = dk.gateway();
+    via.port = relay.port;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let host_a = dk.broker("host-a", &via.url(), &dir_a);
+    std::fs::create_dir_all(dir_b.join("state")).unwrap();
+    std::fs::copy(dir_a.join("state/key"), dir_b.join("state/key")).unwrap();
+    let host_b = dk.broker("host-b", &via.url(), &dir_b);
+    let (run_a, run_b) = (dir_a.join("run"), dir_b.join("run"));
+
+    // Case 1.
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v1-VALUE"),
+    )
+    .ok();
+    let out = cli_at(
+        &run_b,
+        &["sandbox", "create", "--user", "mona", "--repo", "octo/a"],
+        None,
+    )
+    .ok()
+    .stdout();
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    let on_b = run_b.join("sandboxes").join(&id);
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
+    let listed = cli_at(&run_a, &["sandbox", "list"], None).ok().stdout();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("host-b")),
+        "{listed}"
+    );
+    let socket = on_b.join("secrets.sock");
+    let (_, head, _) = get(&socket, "");
+    let tag = etag(&head);
+    let watcher = std::thread::spawn(move || {
+        get(
+            &socket,
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=30\r\n"),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v2-VALUE"),
+    )
+    .ok();
+    let (code, _, body) = watcher.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("v2-VALUE"), "{body}");
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+
+    // Case 4.
+    docker_ok(&["network", "disconnect", &dk.network, &host_b]);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let st = cli_at(&run_b, &["status", "--json"], None).ok().stdout();
+            st.contains("\"disconnected")
+        }),
+        "host B never noticed the disconnect:\n{}",
+        dk.logs(&host_b)
+    );
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+    cli_at(
+        &run_b,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v3-VALUE"),
+    )
+    .fails_with("store unavailable");
+    cli_at(
+        &run_a,
+        &["set", "DB", "--repo", "octo/a"],
+        Some(b"v1-VALUE"),
+    )
+    .ok();
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
+    docker_ok(&["network", "connect", &dk.network, &host_b]);
+    assert!(
+        eventually(Duration::from_secs(30), || served(&on_b)
+            == pairs(&[("DB", "v1-VALUE")])),
+        "host B did not converge:\n{}",
+        dk.logs(&host_b)
+    );
+    assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
+    let logs = format!("{}{}", dk.logs(&host_a), dk.logs(&host_b));
+    assert!(logs.contains("store connection lost"), "{logs}");
+    assert_no_values("broker logs", logs.as_bytes(), &VALUES);
+    assert!(!logs.contains(&p.password), "the store's password in a log");
+}
+
+/// A PostgreSQL cluster of this test alone (`scripts/postgres.sh` with its own directory and
+/// port), so it can be restarted without disturbing the other tests; stopped on drop.
+struct OwnCluster {
+    env: std::collections::HashMap<&'static str, String>,
+    url: String,
+}
+
+impl OwnCluster {
+    fn start() -> Option<Self> {
+        support::postgres::cluster_url()?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tag = format!("{}-{port}", std::process::id());
+        let env = std::collections::HashMap::from([
+            ("SANDBOX_PG_DIR", format!("/tmp/pg-own-{tag}")),
+            ("SANDBOX_PG_PORT", port.to_string()),
+            ("SANDBOX_TEST_DIR", format!("/tmp/pg-own-env-{tag}")),
+        ]);
+        let mut c = Self {
+            env,
+            url: String::new(),
+        };
+        c.script("start");
+        let text =
+            std::fs::read_to_string(Path::new(&c.env["SANDBOX_TEST_DIR"]).join("postgres.env"))
+                .unwrap();
+        c.url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SANDBOX_TEST_POSTGRES="))
+            .unwrap()
+            .to_owned();
+        Some(c)
+    }
+
+    fn script(&self, what: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
+        let mut cmd = std::process::Command::new(script);
+        cmd.arg(what).envs(&self.env);
+        support::daemon::run(cmd, None).ok();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.env["SANDBOX_TEST_DIR"]);
+    }
+}
+
+/// Case 3: PostgreSQL restarted under two brokers: both reconnect, every acknowledged change is
+/// there, and a revocation made right after is honoured by the other broker (no answer the
+/// store no longer authorises).
+#[test]
+fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
+    if support::postgres::cluster_url().is_none() {
+        support::skip("no PostgreSQL: run scripts/postgres.sh start");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let (a, mut b) = two_hosts_on(&cluster.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(
+        served(&on_b),
+        pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
+    );
+    // Writes keep coming through A while PostgreSQL restarts: each is acknowledged or refused
+    // with a 503, never half-applied.
+    let run_a = a.run_dir();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..200 {
+            let body = format!(
+                r#"{{"name":"W{}","repo":"octo/w","value":"w{i}-VALUE"}}"#,
+                i % 50
+            );
+            match admin_post(&run_a, "secrets/set", body.as_bytes()) {
+                Ok((200, _)) => acked.push(i),
+                Ok((503, text)) => assert!(text.contains("store unavailable"), "{text}"),
+                Ok((code, text)) => panic!("set answered {code}: {text}"),
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.script("restart");
+    let acked = writer.join().unwrap();
+    for d in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(30), || status(d)["connection"]
+                == "connected"),
+            "{}",
+            d.log_text()
+        );
+    }
+    // The last acknowledged value of each name is what B serves.
+    let mut last = std::collections::HashMap::new();
+    for i in &acked {
+        last.insert(i % 50, *i);
+    }
+    let (_, on_w) = b.sandbox("mona", "octo/w");
+    assert!(eventually(Duration::from_secs(10), || {
+        let got: std::collections::HashMap<String, String> = served(&on_w).into_iter().collect();
+        last.iter()
+            .all(|(n, i)| got.get(&format!("W{n}")) == Some(&format!("w{i}-VALUE")))
+    }));
+    // A revocation through A right after: B stops serving the value.
+    a.cli(&["delete", "TOKEN", "--user", "mona", "--yes"], None)
+        .ok();
+    assert!(
+        eventually(Duration::from_secs(10), || served(&on_b)
+            == pairs(&[("DB", "v1-VALUE")])),
+        "host B still serves {:?}",
+        served(&on_b)
+    );
+    eprintln!(
+        "PostgreSQL restarted under two brokers: {} of 200 writes acknowledged, all present",
+        acked.len()
+    );
+    logs_hold_no_value(&[&a, &b]);
+}
