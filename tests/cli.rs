@@ -427,7 +427,7 @@ fn json_everywhere_with_rfc3339_times_and_errors_naming_their_rule() {
         (
             vec!["set", "OK", "--repo", "nope", "--json"],
             Some(b"v"),
-            "repository-format",
+            "repository-name",
         ),
         (
             vec!["delete", "MISSING", "--repo", "o/r", "--json"],

@@ -91,11 +91,16 @@ enum Command {
     },
     /// Show the store (kind, connection), schema version, generation, this host's sandboxes
     /// and the key ids it holds.
+    #[command(after_help = "EXAMPLES:\n  sandbox-secrets status\n  sandbox-secrets status --json")]
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Manage the platform API's tokens (shown once, stored as a hash, expiring).
+    #[command(
+        after_help = "EXAMPLES:\n  sandbox-secrets token create --user mona --expires 7d\n  sandbox-secrets token list"
+    )]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -289,6 +294,9 @@ struct TokenFor {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token; it is printed alone on the last line of stdout, once.
+    #[command(
+        after_help = "EXAMPLES:\n  TOKEN=$(sandbox-secrets token create --platform | tail -n1)\n  sandbox-secrets token create --user mona --expires 12h\n  sandbox-secrets token create --repo-admin octo/app"
+    )]
     Create {
         #[command(flatten)]
         scope: TokenFor,
@@ -297,12 +305,18 @@ enum TokenCommand {
         expires: String,
     },
     /// List tokens: id, scope, created, expires (never the token).
+    #[command(after_help = "EXAMPLES:\n  sandbox-secrets token list\n  sandbox-secrets token list --json")]
     List {
+        /// Print the tokens as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by id: it authenticates nothing from the next request on.
-    Revoke { id: String },
+    #[command(after_help = "EXAMPLES:\n  sandbox-secrets token revoke 5f0c2a9e")]
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
 }
 const SET_EXAMPLES: &str = "EXAMPLES:
   printf %s \"$TOKEN\" | sandbox-secrets set API_TOKEN --user mona --repos octo/app,octo/lib
@@ -419,7 +433,7 @@ fn main() -> ExitCode {
             // Each cause once, whether an error names it in its message or returns it as its
             // source (or both).
             let line = chain::join_causes(e.chain().map(ToString::to_string));
-            let rule = cli::rule_of(&line);
+            let rule = cli::embedded_rule(&line).unwrap_or_else(|| cli::rule_of(&line));
             if json {
                 cli::print_json_error(&line, rule);
             } else {

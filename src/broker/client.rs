@@ -1,6 +1,7 @@
 //! The admin client: sends one JSON request to the daemon's admin socket and decodes the answer.
 //! Used by the `sandbox-secrets` subcommands; it prints nothing and logs no request body, and it
-//! sends nothing to a socket served by any uid but root or the caller's own.
+//! sends nothing to a socket served by any uid but root, the caller's own, or (for root only)
+//! the packaged service's account `sandbox-secrets`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub enum AdminError {
         socket: PathBuf,
         source: std::io::Error,
     },
-    #[error("refusing to talk to {socket}: it is served by uid {server}, not root or this user (uid {own}); nothing was sent")]
+    #[error("refusing to talk to {socket}: it is served by uid {server}, not root, this user (uid {own}) or the {SERVICE_USER} service account; nothing was sent")]
     Impostor {
         socket: PathBuf,
         server: u32,
@@ -47,10 +48,25 @@ pub enum AdminError {
     },
 }
 
+/// The account the Debian package runs the daemon as (packaging/sysusers.d).
+pub const SERVICE_USER: &str = "sandbox-secrets";
+
 /// Whether a daemon running as `server` may be sent requests (which may carry values) by a client
-/// running as `own`: only root or the client's own uid.
-pub fn trusted_server(server: u32, own: u32) -> bool {
-    server == 0 || server == own
+/// running as `own`: root, the client's own uid, and for root also `service` (the uid of
+/// [`SERVICE_USER`], so `sudo sandbox-secrets list` reaches the packaged daemon). Only root and
+/// that account can create sockets in its runtime directory; any other uid is an impostor.
+pub fn trusted_server(server: u32, own: u32, service: Option<u32>) -> bool {
+    server == 0 || server == own || (own == 0 && service == Some(server))
+}
+
+/// The uid of [`SERVICE_USER`] in `passwd` (the text of /etc/passwd), if the account exists.
+pub fn service_uid(passwd: &str) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(SERVICE_USER))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Connects to the admin socket, checks who serves it (SO_PEERCRED) before a byte is sent, then
@@ -76,7 +92,14 @@ async fn admin_request(
         })?
         .uid();
     let own = nix::unistd::geteuid().as_raw();
-    if !trusted_server(server, own) {
+    let service = if own == 0 && server != 0 {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|p| service_uid(&p))
+    } else {
+        None
+    };
+    if !trusted_server(server, own, service) {
         return Err(AdminError::Impostor {
             socket: socket.to_owned(),
             server,
@@ -160,13 +183,30 @@ mod tests {
         for own in [0u32, 1, 1000, 65534] {
             for server in [0u32, 1, 999, 1000, 1001, 65534, u32::MAX] {
                 assert_eq!(
-                    trusted_server(server, own),
+                    trusted_server(server, own, None),
                     server == 0 || server == own,
                     "server {server}, client {own}"
                 );
             }
         }
-        assert!(!trusted_server(65534, 0));
-        assert!(!trusted_server(1001, 1000));
+        assert!(!trusted_server(65534, 0, None));
+        assert!(!trusted_server(1001, 1000, None));
+    }
+
+    #[test]
+    fn root_also_trusts_the_service_account_and_nobody_else_does() {
+        assert!(trusted_server(999, 0, Some(999)));
+        assert!(!trusted_server(998, 0, Some(999)));
+        // A user who is not root gains nothing from the service account.
+        assert!(!trusted_server(999, 1000, Some(999)));
+        assert!(trusted_server(1000, 1000, Some(999)));
+    }
+
+    #[test]
+    fn the_service_uid_is_read_from_its_passwd_line_only() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nsandbox-secrets-evil:x:5:5::/:/bin/sh\nsandbox-secrets:x:998:998:sandbox-secrets broker:/var/lib/sandbox-secrets:/usr/sbin/nologin\n";
+        assert_eq!(service_uid(passwd), Some(998));
+        assert_eq!(service_uid("root:x:0:0::/:/bin/sh\n"), None);
+        assert_eq!(service_uid("sandbox-secrets:x:notanumber:1::/:/bin/sh\n"), None);
     }
 }

@@ -291,7 +291,7 @@ pub fn set_env_file(
     let after = known.len() + new.iter().filter(|n| **n).count();
     if after > protocol::MAX_SECRETS_PER_SCOPE {
         return Err(refusal(
-            "limit-secrets",
+            "secrets-per-scope",
             format!(
                 "{}: importing would make {after} secrets in this scope, more than the limit of {}; nothing was stored",
                 file.display(),
@@ -302,7 +302,7 @@ pub fn set_env_file(
     if scope.user.is_some() && options.repos.is_none() && new.iter().any(|n| *n) {
         let first = entries.iter().zip(&new).find(|(_, n)| **n).map(|(e, _)| e);
         return Err(refusal(
-            "repos-required",
+            "repositories-required",
             format!(
                 "{}: line {}: {} is a new user secret and needs --repos (the repositories that may read it); nothing was stored",
                 file.display(),
@@ -1028,30 +1028,39 @@ pub fn print_json_error(message: &str, rule: &str) {
 
 /// The rule an error message names, for `--json` errors and hints: a short stable word a
 /// script can match on. Pure; `error` when the message names none of them.
+/// The rule a daemon refusal names (`... (rule: name-dangerous)`, added by the admin client from
+/// the answer's `{"rule"}`), so the CLI, its `--json` errors and the platform API agree.
+pub fn embedded_rule(message: &str) -> Option<&str> {
+    let start = message.rfind("(rule: ")? + "(rule: ".len();
+    let len = message[start..].find(')')?;
+    Some(&message[start..start + len])
+}
+
+/// The rule of an error the CLI found itself (or a daemon refusal without one), from its words.
 pub fn rule_of(message: &str) -> &'static str {
     const RULES: &[(&str, &str)] = &[
         ("ends in a newline", "registry-newline"),
         ("is dangerous", "name-dangerous"),
-        ("must not start with GITHUB_", "name-reserved"),
-        ("must not start with SANDBOX_", "name-reserved"),
+        ("must not start with GITHUB_", "name-reserved-github"),
+        ("must not start with SANDBOX_", "name-reserved-sandbox"),
         ("must not start with a digit", "name-leading-digit"),
         (
             "may only contain letters, digits and underscores",
             "name-characters",
         ),
         ("secret name is empty", "name-empty"),
-        ("secret name is longer", "name-too-long"),
-        ("-byte limit", "value-too-large"),
+        ("secret name is longer", "name-length"),
+        ("-byte limit", "value-size"),
         ("contains a NUL byte", "value-nul"),
         ("not valid UTF-8", "value-utf8"),
         ("is not UTF-8 text", "value-utf8"),
         ("secret value is empty", "value-empty"),
-        ("must be owner/name", "repository-format"),
-        ("must be 1-39 letters", "user-format"),
-        ("secrets (the limit)", "limit-secrets"),
-        ("more than the limit of", "limit-secrets"),
-        ("needs --repos", "repos-required"),
-        ("--repos is for user secrets", "repos-on-repository-secret"),
+        ("must be owner/name", "repository-name"),
+        ("must be 1-39 letters", "user-name"),
+        ("secrets (the limit)", "secrets-per-scope"),
+        ("more than the limit of", "secrets-per-scope"),
+        ("needs --repos", "repositories-required"),
+        ("--repos is for user secrets", "repositories-on-repository-secret"),
         ("is not among the repositories", "repo-not-listed"),
         ("no user secret", "not-found"),
         ("no repository secret", "not-found"),
@@ -1081,10 +1090,6 @@ pub fn rule_of(message: &str) -> &'static str {
 pub fn error_hint(message: &str, rule: &str, root: bool) -> &'static str {
     match rule {
         "name-dangerous" => " (pass --allow-dangerous to store it anyway)",
-        "daemon-impostor" if root => {
-            "\nhint: a daemon run by the packaged service belongs to the sandbox-secrets user: run \
-             admin commands as that user (sudo -u sandbox-secrets sandbox-secrets ...)"
-        }
         _ if !root
             && (rule == "state-dir"
                 || rule == "run-dir"

@@ -21,7 +21,7 @@ use tokio_postgres::{AsyncMessage, Row};
 pub use super::backend::Link;
 use super::backend::{
     Backend, Change, Malformed, MetaRecord, SandboxRecord, SecretRecord, Snapshot, V1Snapshot,
-    SCHEMA_VERSION,
+    SCHEMA_VERSION, TokenRecord,
 };
 use super::seal::Sealed;
 use super::{what, ScopeKind, StoreError};
@@ -429,6 +429,43 @@ async fn migrate_hosts(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), St
     .map_err(pg("migrate: hosts"))
 }
 
+/// Migration 4, "tokens": the platform API's token rows (hashes under a seal), shared by every
+/// broker of the store.
+async fn migrate_tokens(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tokens (
+            id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, scope TEXT NOT NULL,
+            created BIGINT NOT NULL, expires BIGINT NOT NULL, key_id TEXT NOT NULL,
+            nonce BYTEA NOT NULL, mac BYTEA NOT NULL);
+         INSERT INTO schema_migrations (version, name, applied)
+             VALUES (4, 'tokens', extract(epoch from now())::bigint);",
+    )
+    .await
+    .map_err(pg("migrate: tokens"))
+}
+
+fn decode_token(row: &Row) -> Result<TokenRecord, Malformed> {
+    let bad = |reason: String| Malformed {
+        row: match get::<String>(row, 0) {
+            Ok(id) => format!("token {id}"),
+            Err(_) => "token row with an unreadable id".to_owned(),
+        },
+        reason,
+    };
+    Ok(TokenRecord {
+        id: get(row, 0).map_err(bad)?,
+        hash: get(row, 1).map_err(bad)?,
+        scope: get(row, 2).map_err(bad)?,
+        created: get(row, 3).map_err(bad)?,
+        expires: get(row, 4).map_err(bad)?,
+        key_id: get(row, 5).map_err(bad)?,
+        sealed: Sealed {
+            nonce: get(row, 6).map_err(bad)?,
+            ciphertext: get(row, 7).map_err(bad)?,
+        },
+    })
+}
+
 async fn write(
     tx: &deadpool_postgres::Transaction<'_>,
     change: &Change,
@@ -591,7 +628,10 @@ impl Backend for Postgres {
             if from <= 2 {
                 migrate_hosts(&tx).await?;
             }
-            debug_assert_eq!(SCHEMA_VERSION, 3, "a new migration goes above");
+            if from <= 3 {
+                migrate_tokens(&tx).await?;
+            }
+            debug_assert_eq!(SCHEMA_VERSION, 4, "a new migration goes above");
             for change in &rows {
                 write(&tx, change)
                     .await
@@ -662,6 +702,54 @@ impl Backend for Postgres {
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         self.apply_at(None, changes)
+    }
+
+    fn load_tokens(&mut self) -> Result<Vec<Result<TokenRecord, Malformed>>, StoreError> {
+        self.run(|client| async move {
+            let rows = client
+                .query(
+                    "SELECT id, hash, scope, created, expires, key_id, nonce, mac FROM tokens",
+                    &[],
+                )
+                .await
+                .map_err(pg("load tokens"))?;
+            Ok(rows.iter().map(decode_token).collect())
+        })
+    }
+
+    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        let t = t.clone();
+        self.run(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &t.id,
+                        &t.hash,
+                        &t.scope,
+                        &t.created,
+                        &t.expires,
+                        &t.key_id,
+                        &t.sealed.nonce,
+                        &t.sealed.ciphertext,
+                    ],
+                )
+                .await
+                .map(drop)
+                .map_err(pg("add token"))
+        })
+    }
+
+    fn delete_token(&mut self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |client| async move {
+            client
+                .execute("DELETE FROM tokens WHERE id = $1", &[&id])
+                .await
+                .map(|n| n > 0)
+                .map_err(pg("revoke token"))
+        })
     }
 
     fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
