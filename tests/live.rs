@@ -1160,23 +1160,50 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
         },
         out.path().join("init.log"),
     );
+    // Beside it, file mode with a watch: the rotated password replaces ours in config.json.
+    let filed = out.path().join("filed");
+    let filed_s = filed.display().to_string();
+    let file_init = Watching::start(
+        pid1_command(
+            &socket,
+            &[("DOCKER_CONFIG", &filed_s)],
+            &[
+                "--on-change",
+                "signal:HUP",
+                "--",
+                "sh",
+                "-c",
+                "trap : HUP; while :; do sleep 1 & wait $!; done",
+            ],
+        ),
+        out.path().join("file-init.log"),
+    );
     let config = docker.join("config.json");
     assert!(
-        eventually(Duration::from_secs(10), || config.exists()),
-        "{}",
-        init.explain()
+        eventually(Duration::from_secs(10), || config.exists()
+            && filed.join("config.json").exists()),
+        "{}\n{}",
+        init.explain(),
+        file_init.explain()
     );
     // What a process in the sandbox runs: skopeo, reading the config the init wrote.
-    let skopeo = || {
+    let skopeo_with = |dir: &Path| {
         let mut c = Command::new("skopeo");
         c.args(["inspect", "--tls-verify=false", "--authfile"])
-            .arg(&config)
+            .arg(dir.join("config.json"))
             .arg(format!("docker://{image}"))
             .env("PATH", &path)
             .env("SANDBOX_SECRETS_SOCKET", &socket)
-            .env("DOCKER_CONFIG", &docker);
+            .env("DOCKER_CONFIG", dir);
         run(c, None)
     };
+    let skopeo = || skopeo_with(&docker);
+    let r = skopeo_with(&filed);
+    assert!(
+        !r.out.status.success(),
+        "the wrong password worked\n{}",
+        r.explain()
+    );
     let r = skopeo();
     assert!(
         !r.out.status.success(),
@@ -1196,6 +1223,20 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
         r.explain(),
         init.explain()
     );
+    // File mode: the watch rewrote config.json with the rotated password.
+    let wanted = basic(&user, &password);
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(
+            filed.join("config.json")
+        )
+        .unwrap_or_default()
+        .contains(&wanted)),
+        "{}",
+        file_init.explain()
+    );
+    let r = skopeo_with(&filed);
+    assert!(r.out.status.success(), "{}", r.explain());
+    assert!(!file_init.log().contains(&password));
     // docker pull through the same helper, when a docker engine answers here.
     if Command::new("docker")
         .arg("info")
