@@ -135,8 +135,26 @@ $VALUE" "$out"
     [[ $out == "live-$1-after" ]] && break; sleep 0.1
   done
   expect "$1: --on-change restart: a set reaches the running command" "live-$1-after" "$out"
+  # The broker restarts under the running container; a change made once it is back arrives.
+  kill "$broker" && wait "$broker" 2>/dev/null
+  start_broker
+  printf '%s' "live-$1-restarted" | "$SECRETS" set LIVE_TOKEN --user mona --repos octo/hello >/dev/null
+  for _ in $(seq 150); do
+    out=$(docker exec "$c" cat /tmp/seen 2>/dev/null)
+    [[ $out == "live-$1-restarted" ]] && break; sleep 0.1
+  done
+  expect "$1: after a broker restart a change still reaches the running command" "live-$1-restarted" "$out"
   docker rm -f "$c" >/dev/null
   "$SECRETS" delete LIVE_TOKEN --user mona >/dev/null
+
+  # No fail-open window: the broker is down, the sandbox directory has its marker; a new
+  # container waits --secrets-timeout (5 s) for the socket, then exits 1 having started nothing.
+  kill "$broker" && wait "$broker" 2>/dev/null
+  out=$(docker run --rm -v "$dir:/run/sandbox:ro" "$img" "$sh" -c 'echo started' 2>"$work/err"); code=$?
+  start_broker
+  expect "$1: broker down, marker present: fails closed after the timeout" "1|" "$code|$out" "$(cat "$work/err")"
+  grep -q "broker not serving" "$work/err" && ok "$1: the fail-closed message names the fix" ||
+    fail "$1: message: $(cat "$work/err")"
 
   # --user: the command runs as the image's user, config.json is its own.
   out=$(docker run --rm -e SANDBOX_INIT_USER="$user" -v "$dir:/run/sandbox:ro" "$img" "$sh" -c \
@@ -152,6 +170,16 @@ if [[ -n ${SANDBOX_TEST_REGISTRY:-} ]]; then
     sandbox-init/devcontainer:latest bash -c \
     'skopeo inspect --tls-verify=false --format "{{.Name}}" "docker://$0"' "$SANDBOX_TEST_REGISTRY_IMAGE" 2>"$work/err")
   expect "devcontainer: skopeo reaches the private image with the injected triplet" \
+    "${SANDBOX_TEST_REGISTRY_IMAGE%:*}" "$out" "$(cat "$work/err")"
+  # --registry-credentials helper: no password in config.json; skopeo runs the image's
+  # docker-credential-sandbox link, which asks the socket.
+  out=$(docker run --rm --network host -e SANDBOX_INIT_USER=vscode \
+    -e SANDBOX_INIT_REGISTRY_CREDENTIALS=helper -v "$dir:/run/sandbox:ro" \
+    sandbox-init/devcontainer:latest bash -c \
+    'c=$HOME/.docker/config.json; n=$(skopeo inspect --tls-verify=false --authfile "$c" \
+       --format "{{.Name}}" "docker://$0") && ! grep -q "\"auth\"" "$c" && grep -q "\"sandbox\"" "$c" &&
+     echo "$n"' "$SANDBOX_TEST_REGISTRY_IMAGE" 2>"$work/err")
+  expect "devcontainer: skopeo reaches the private image through docker-credential-sandbox" \
     "${SANDBOX_TEST_REGISTRY_IMAGE%:*}" "$out" "$(cat "$work/err")"
 else
   fail "no test registry (scripts/registry.sh start) for the skopeo smoke test"

@@ -1160,23 +1160,50 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
         },
         out.path().join("init.log"),
     );
+    // Beside it, file mode with a watch: the rotated password replaces ours in config.json.
+    let filed = out.path().join("filed");
+    let filed_s = filed.display().to_string();
+    let file_init = Watching::start(
+        pid1_command(
+            &socket,
+            &[("DOCKER_CONFIG", &filed_s)],
+            &[
+                "--on-change",
+                "signal:HUP",
+                "--",
+                "sh",
+                "-c",
+                "trap : HUP; while :; do sleep 1 & wait $!; done",
+            ],
+        ),
+        out.path().join("file-init.log"),
+    );
     let config = docker.join("config.json");
     assert!(
-        eventually(Duration::from_secs(10), || config.exists()),
-        "{}",
-        init.explain()
+        eventually(Duration::from_secs(10), || config.exists()
+            && filed.join("config.json").exists()),
+        "{}\n{}",
+        init.explain(),
+        file_init.explain()
     );
     // What a process in the sandbox runs: skopeo, reading the config the init wrote.
-    let skopeo = || {
+    let skopeo_with = |dir: &Path| {
         let mut c = Command::new("skopeo");
         c.args(["inspect", "--tls-verify=false", "--authfile"])
-            .arg(&config)
+            .arg(dir.join("config.json"))
             .arg(format!("docker://{image}"))
             .env("PATH", &path)
             .env("SANDBOX_SECRETS_SOCKET", &socket)
-            .env("DOCKER_CONFIG", &docker);
+            .env("DOCKER_CONFIG", dir);
         run(c, None)
     };
+    let skopeo = || skopeo_with(&docker);
+    let r = skopeo_with(&filed);
+    assert!(
+        !r.out.status.success(),
+        "the wrong password worked\n{}",
+        r.explain()
+    );
     let r = skopeo();
     assert!(
         !r.out.status.success(),
@@ -1196,6 +1223,20 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
         r.explain(),
         init.explain()
     );
+    // File mode: the watch rewrote config.json with the rotated password.
+    let wanted = basic(&user, &password);
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(
+            filed.join("config.json")
+        )
+        .unwrap_or_default()
+        .contains(&wanted)),
+        "{}",
+        file_init.explain()
+    );
+    let r = skopeo_with(&filed);
+    assert!(r.out.status.success(), "{}", r.explain());
+    assert!(!file_init.log().contains(&password));
     // docker pull through the same helper, when a docker engine answers here.
     if Command::new("docker")
         .arg("info")
@@ -1224,8 +1265,14 @@ fn helper_mode_keeps_no_password_on_disk_and_skopeo_uses_a_rotated_one() {
         assert!(!contains(&bytes, &basic(&user, &password)));
     }
     let mut get = Command::new(bin.join("docker-credential-sandbox"));
-    get.arg("get").env("SANDBOX_SECRETS_SOCKET", &socket);
+    get.arg("get")
+        .env("SANDBOX_SECRETS_SOCKET", &socket)
+        .env("SANDBOX_INIT_LOG", "trace");
     let r = run(get, Some(format!("{host}\n").as_bytes()));
+    assert!(
+        !contains(&r.out.stderr, &password),
+        "the password in the helper's log"
+    );
     let answer: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(answer["Username"], user.as_str());
     assert_eq!(answer["Secret"], password.as_str());
@@ -1293,6 +1340,66 @@ fn docker_stop_during_a_restart_ends_the_init_with_the_commands_status() {
     assert_eq!(lines_of(&seen, 2, Duration::from_millis(1)), ["start"]);
     assert!(
         init.log().contains("restart is abandoned"),
+        "{}",
+        init.explain()
+    );
+}
+
+#[test]
+fn a_deeply_nested_config_json_does_not_take_the_watch_down() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    let out = tempfile::tempdir().unwrap();
+    // As deep as serde_json reads (128 levels with the top object): parsed, merged and written
+    // again on the watch thread after a change.
+    let docker = out.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let deep = format!(r#"{{"x":{}1{}}}"#, "[".repeat(126), "]".repeat(126));
+    std::fs::write(docker.join("config.json"), &deep).unwrap();
+    let docker_s = docker.display().to_string();
+    let mut init = Watching::start(
+        pid1_command(
+            &dir.join("secrets.sock"),
+            &[("DOCKER_CONFIG", &docker_s)],
+            &[
+                "--on-change",
+                "signal:HUP",
+                "--",
+                "sh",
+                "-c",
+                "trap : HUP; while :; do sleep 1 & wait $!; done",
+            ],
+        ),
+        out.path().join("init.log"),
+    );
+    let config = || std::fs::read_to_string(docker.join("config.json")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || config()
+            .contains(&basic("mona", PASSWORD))),
+        "{}",
+        init.explain()
+    );
+    broker.set_repo(
+        "REG_CONTAINER_REGISTRY_PASSWORD",
+        "octo/hello",
+        "deep-rotated-1f4",
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || config()
+            .contains(&basic("mona", "deep-rotated-1f4"))),
+        "{}",
+        init.explain()
+    );
+    assert!(
+        config().contains(&"[".repeat(126)),
+        "the nested value was lost"
+    );
+    assert_eq!(
+        init.wait(Duration::from_millis(300)),
+        None,
         "{}",
         init.explain()
     );

@@ -23,7 +23,7 @@ pub mod voice;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -371,7 +371,7 @@ pub fn run(
         pending: None,
         stopping: None,
         ended: false,
-        last_start: std::time::Instant::now(),
+        last_start: Instant::now(),
     });
     Ok(supervise(child, opts, &masks.blocked, handoff, live))
 }
@@ -436,6 +436,50 @@ impl Launcher<'_> {
     }
 }
 
+/// The restart's clock, as [`Live`] holds it: a restart under way (when SIGTERM went, whether
+/// SIGKILL followed), a change waiting for its restart, and when the command last started.
+#[derive(Clone, Copy, Debug)]
+struct Restart {
+    stopping: Option<(Instant, bool)>,
+    pending: bool,
+    last_start: Instant,
+}
+
+/// What a restart does now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Wait,
+    /// Begin: SIGTERM to the command's group.
+    Terminate,
+    /// The grace is over: SIGKILL to the command's group.
+    Kill,
+}
+
+impl Restart {
+    /// When the supervisor must wake up without a signal: the end of a restart's grace, or the
+    /// end of the rate limit that holds a pending restart back. `None`: only signals. Pure.
+    fn deadline(&self, grace: Duration) -> Option<Instant> {
+        match self.stopping {
+            Some((since, false)) => Some(since + grace),
+            Some((_, true)) => None,
+            None if self.pending => Some(self.last_start + MIN_RESTART_INTERVAL),
+            None => None,
+        }
+    }
+
+    /// What to do at `now`: begin a pending restart once [`MIN_RESTART_INTERVAL`] has passed
+    /// since the last start, SIGKILL once `grace` has passed since SIGTERM, else wait. Pure.
+    fn action(&self, now: Instant, grace: Duration) -> Action {
+        match self.stopping {
+            None if self.pending && now >= self.last_start + MIN_RESTART_INTERVAL => {
+                Action::Terminate
+            }
+            Some((since, false)) if now >= since + grace => Action::Kill,
+            _ => Action::Wait,
+        }
+    }
+}
+
 /// The `--on-change` state of the supervisor.
 struct Live<'a> {
     changes: &'a mut dyn Changes,
@@ -443,21 +487,23 @@ struct Live<'a> {
     /// Variables of a change not yet applied by a restart (the latest wins).
     pending: Option<ExtraEnv>,
     /// A restart under way: when SIGTERM was sent, and whether SIGKILL followed.
-    stopping: Option<(std::time::Instant, bool)>,
+    stopping: Option<(Instant, bool)>,
     /// Asked to stop from outside ([`Live::on_signal`]): no more restarts or change signals.
     ended: bool,
-    last_start: std::time::Instant,
+    last_start: Instant,
 }
 
 impl Live<'_> {
-    /// When the supervisor must wake up without a signal: the end of a restart's grace, or the
-    /// end of the rate limit that holds a pending restart back. `None`: only signals.
-    fn deadline(&self, grace: Duration) -> Option<std::time::Instant> {
-        match self.stopping {
-            Some((since, false)) => Some(since + grace),
-            Some((_, true)) => None,
-            None if self.pending.is_some() => Some(self.last_start + MIN_RESTART_INTERVAL),
-            None => None,
+    /// When the supervisor must wake up without a signal ([`Restart::deadline`]).
+    fn deadline(&self, grace: Duration) -> Option<Instant> {
+        self.state().deadline(grace)
+    }
+
+    fn state(&self) -> Restart {
+        Restart {
+            stopping: self.stopping,
+            pending: self.pending.is_some(),
+            last_start: self.last_start,
         }
     }
 
@@ -479,9 +525,9 @@ impl Live<'_> {
                 OnChange::None => {}
             }
         }
-        let now = std::time::Instant::now();
-        match self.stopping {
-            None if self.pending.is_some() && now >= self.last_start + MIN_RESTART_INTERVAL => {
+        let now = Instant::now();
+        match self.state().action(now, opts.restart_grace) {
+            Action::Terminate => {
                 tracing::info!(
                     grace_ms = opts.restart_grace.as_millis() as u64,
                     "secrets changed: restarting the command (SIGTERM to its group)"
@@ -489,14 +535,14 @@ impl Live<'_> {
                 send(-child, libc::SIGTERM, "the child's process group");
                 self.stopping = Some((now, false));
             }
-            Some((since, false)) if now >= since + opts.restart_grace => {
+            Action::Kill => {
                 tracing::warn!(
                     "the command did not end within the restart grace: SIGKILL to its group"
                 );
                 send(-child, libc::SIGKILL, "the child's process group");
-                self.stopping = Some((since, true));
+                self.stopping = self.stopping.map(|(since, _)| (since, true));
             }
-            _ => {}
+            Action::Wait => {}
         }
     }
 
@@ -519,7 +565,7 @@ impl Live<'_> {
     fn restarted(&mut self) -> Option<Result<i32, SetupError>> {
         self.stopping.take()?;
         let extra = self.pending.take().unwrap_or_default();
-        self.last_start = std::time::Instant::now();
+        self.last_start = Instant::now();
         Some(self.launcher.launch(extra))
     }
 }
@@ -553,10 +599,7 @@ fn supervise(
         let deadline = live.as_ref().and_then(|l| l.deadline(opts.restart_grace));
         let waited = match deadline {
             None => sys::sigwaitinfo(blocked).map(Some),
-            Some(at) => sys::sigtimedwait(
-                blocked,
-                at.saturating_duration_since(std::time::Instant::now()),
-            ),
+            Some(at) => sys::sigtimedwait(blocked, at.saturating_duration_since(Instant::now())),
         };
         let got = match waited {
             Ok(Some(got)) => got,
@@ -731,6 +774,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_restart_waits_for_its_turn_then_terms_then_kills_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        let idle = Restart {
+            stopping: None,
+            pending: false,
+            last_start: t0,
+        };
+        assert_eq!(
+            idle.deadline(grace),
+            None,
+            "nothing pending: no timer at all"
+        );
+        assert_eq!(idle.action(t0 + ms(5000), grace), Action::Wait);
+        // A change 200 ms after a start waits out the rest of the second.
+        let pending = Restart {
+            pending: true,
+            ..idle
+        };
+        assert_eq!(pending.deadline(grace), Some(t0 + MIN_RESTART_INTERVAL));
+        assert_eq!(pending.action(t0 + ms(200), grace), Action::Wait);
+        assert_eq!(pending.action(t0 + ms(1000), grace), Action::Terminate);
+        // SIGTERM sent at 1 s: nothing until the grace is over, then SIGKILL once.
+        let stopping = Restart {
+            stopping: Some((t0 + ms(1000), false)),
+            ..pending
+        };
+        assert_eq!(stopping.deadline(grace), Some(t0 + ms(11_000)));
+        assert_eq!(stopping.action(t0 + ms(10_999), grace), Action::Wait);
+        assert_eq!(stopping.action(t0 + ms(11_000), grace), Action::Kill);
+        let killed = Restart {
+            stopping: Some((t0 + ms(1000), true)),
+            ..pending
+        };
+        assert_eq!(
+            killed.deadline(grace),
+            None,
+            "after SIGKILL only the reap wakes it"
+        );
+        assert_eq!(killed.action(t0 + ms(60_000), grace), Action::Wait);
+        // A zero grace kills at once.
+        assert_eq!(stopping.action(t0 + ms(1000), Duration::ZERO), Action::Kill);
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub fn start(
     let theirs = Arc::clone(&mailbox);
     std::thread::Builder::new()
         .name("watch".into())
-        .stack_size(256 * 1024)
+        // As deep as a spawned thread's default: the thread parses the target's config.json,
+        // whose nesting serde_json allows to 128 levels. Virtual size; only touched pages count.
+        .stack_size(2 * 1024 * 1024)
         .spawn(move || {
             let place = |secrets| place_secrets(&opts, &files, &target, &inherited, secrets);
             watch_loop(&opts.socket, &place, holds, &theirs, wake)
