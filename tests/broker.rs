@@ -830,7 +830,7 @@ fn directories_of_another_uid_are_refused_and_the_client_sends_only_to_root_or_i
     let value = "impostor-VALUE-51c2";
     let out = d
         .cli(&["set", "STOLEN", "--repo", "o/r"], Some(value.as_bytes()))
-        .fails_with("served by uid 65534, not root or this user (uid 0); nothing was sent");
+        .fails_with("served by uid 65534, not root, this user (uid 0) or the sandbox-secrets service account; nothing was sent");
     assert_no_values("refused client", out.explain().as_bytes(), &[value]);
     // Its own user may use it; it never received the value.
     let mut c = as_nobody(&[BIN, "--run-dir"]);

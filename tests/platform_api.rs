@@ -719,22 +719,19 @@ fn the_openapi_document_lists_exactly_the_routes_that_answer() {
 }
 
 #[test]
-fn a_v2_store_gains_the_tokens_table_and_keeps_its_secrets() {
+fn a_v3_store_gains_the_tokens_table_and_keeps_its_secrets() {
     let (mut d, _) = daemon();
     d.set_user("KEEP", "mona", "octo/hello", "kept-value-Zq87");
     d.stop();
-    // Back to what a v2 daemon wrote: no tokens table, schema version 2.
+    // Back to what a v3 daemon (hosts, no tokens) wrote: no tokens table, schema version 3.
     let db = rusqlite::Connection::open(d.state.join("secrets.db")).unwrap();
-    db.execute_batch(
-        "DROP TABLE tokens; DELETE FROM schema_migrations;
-         INSERT INTO schema_migrations (version, applied) VALUES (2, 0);",
-    )
-    .unwrap();
+    db.execute_batch("DROP TABLE tokens; DELETE FROM schema_migrations WHERE version > 3;")
+        .unwrap();
     drop(db);
     d.start().unwrap();
     let log = d.log_text();
     assert!(
-        log.contains("migrating the store from schema 2 to 3"),
+        log.contains("migrating the store from schema 3 to 4"),
         "{log}"
     );
     let c = Client {

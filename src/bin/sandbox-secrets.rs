@@ -305,7 +305,9 @@ enum TokenCommand {
         expires: String,
     },
     /// List tokens: id, scope, created, expires (never the token).
-    #[command(after_help = "EXAMPLES:\n  sandbox-secrets token list\n  sandbox-secrets token list --json")]
+    #[command(
+        after_help = "EXAMPLES:\n  sandbox-secrets token list\n  sandbox-secrets token list --json"
+    )]
     List {
         /// Print the tokens as JSON.
         #[arg(long)]

@@ -207,6 +207,9 @@ mod tests {
         let passwd = "root:x:0:0:root:/root:/bin/bash\nsandbox-secrets-evil:x:5:5::/:/bin/sh\nsandbox-secrets:x:998:998:sandbox-secrets broker:/var/lib/sandbox-secrets:/usr/sbin/nologin\n";
         assert_eq!(service_uid(passwd), Some(998));
         assert_eq!(service_uid("root:x:0:0::/:/bin/sh\n"), None);
-        assert_eq!(service_uid("sandbox-secrets:x:notanumber:1::/:/bin/sh\n"), None);
+        assert_eq!(
+            service_uid("sandbox-secrets:x:notanumber:1::/:/bin/sh\n"),
+            None
+        );
     }
 }

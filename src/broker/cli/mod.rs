@@ -1060,7 +1060,10 @@ pub fn rule_of(message: &str) -> &'static str {
         ("secrets (the limit)", "secrets-per-scope"),
         ("more than the limit of", "secrets-per-scope"),
         ("needs --repos", "repositories-required"),
-        ("--repos is for user secrets", "repositories-on-repository-secret"),
+        (
+            "--repos is for user secrets",
+            "repositories-on-repository-secret",
+        ),
         ("is not among the repositories", "repo-not-listed"),
         ("no user secret", "not-found"),
         ("no repository secret", "not-found"),

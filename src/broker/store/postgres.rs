@@ -20,8 +20,8 @@ use tokio_postgres::{AsyncMessage, Row};
 
 pub use super::backend::Link;
 use super::backend::{
-    Backend, Change, Malformed, MetaRecord, SandboxRecord, SecretRecord, Snapshot, V1Snapshot,
-    SCHEMA_VERSION, TokenRecord,
+    Backend, Change, Malformed, MetaRecord, SandboxRecord, SecretRecord, Snapshot, TokenRecord,
+    V1Snapshot, SCHEMA_VERSION,
 };
 use super::seal::Sealed;
 use super::{what, ScopeKind, StoreError};
