@@ -217,6 +217,23 @@ pub fn set_pdeathsig(sig: i32) -> Result<(), Errno> {
     Errno::result(rc).map(drop)
 }
 
+/// `PR_GET_PDEATHSIG`: the parent-death signal of the calling thread (0 for none). A change of
+/// the filesystem ids (`setfsuid`) clears it, so whoever changes them puts it back.
+pub fn pdeathsig() -> Result<i32, Errno> {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer, which is valid and writable.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut sig as *mut libc::c_int as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(rc).map(|_| sig)
+}
+
 /// Reads the calling process's supplementary groups into `buf`. Async-signal-safe, no
 /// allocation (nix's `getgroups` allocates).
 pub fn getgroups(buf: &mut [libc::gid_t]) -> Result<usize, Errno> {

@@ -1404,3 +1404,80 @@ fn a_deeply_nested_config_json_does_not_take_the_watch_down() {
         init.explain()
     );
 }
+
+/// tini's `-p SIG` outlives the credentials written as the target user: the kernel clears a
+/// thread's parent-death signal when its filesystem ids change (the `config.json` write for
+/// `--user`), so the init must set it again, or a dead parent leaves it running.
+#[test]
+fn tini_p_still_fires_after_credentials_are_written_as_the_target_user() {
+    if let Some(why) = support::daemon::nobody_unavailable() {
+        support::skip(why);
+        return;
+    }
+    let (broker, dir) = broker_with_sandbox();
+    std::fs::set_permissions(
+        broker.run_dir().join("sandboxes"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let docker = out.path().join("docker");
+    let tini = out.path().join("tini");
+    std::os::unix::fs::symlink(INIT, &tini).unwrap();
+    // The parent: starts the init in the background, says its pid, then waits to be killed.
+    let mut parent = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" -p SIGKILL -- sleep 1000 & echo $!; exec sleep 1000")
+        .arg(&tini)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SANDBOX_SECRETS_SOCKET", dir.join("secrets.sock"))
+        .env("SANDBOX_INIT_USER", "nobody")
+        .env("DOCKER_CONFIG", &docker)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let init: u32 = line.trim().parse().unwrap();
+    let children = format!("/proc/{init}/task/{init}/children");
+    let started = Instant::now();
+    // Credentials written and the command started: the init is past the write.
+    while !(docker.join("config.json").exists()
+        && std::fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty()))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the init never wrote the credentials and started its command"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let command = std::fs::read_to_string(&children).unwrap();
+    let _ = parent.kill();
+    let _ = parent.wait();
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .map_or(true, |s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dead = gone();
+    for pid in command.split_whitespace().chain([init.to_string().as_str()]) {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(
+        dead,
+        "the init {init} outlived its parent: -p SIGKILL was lost when it wrote config.json as nobody"
+    );
+}

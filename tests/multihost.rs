@@ -192,7 +192,7 @@ fn a_broker_serves_only_its_hosts_sandboxes_and_refuses_deleting_anothers() {
     let st = status(&b);
     assert_eq!(st["store"], "postgres", "{st}");
     assert_eq!(st["connection"], "connected", "{st}");
-    assert_eq!(st["schema_version"], 3, "{st}");
+    assert_eq!(st["schema_version"], 4, "{st}");
     assert_eq!(st["host_id"], "host-b", "{st}");
     assert_eq!(st["sandboxes_here"], 1, "{st}");
     assert_eq!(st["sandboxes_total"], 2, "{st}");

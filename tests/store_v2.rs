@@ -130,7 +130,7 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
     d.start().unwrap();
     let log = d.log_text();
     assert!(
-        log.contains("migrating the store from schema 1 to 3"),
+        log.contains("migrating the store from schema 1 to 4"),
         "{log}"
     );
 
@@ -206,7 +206,7 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
     assert_eq!(versioned, 0);
     // The store itself is v3 now (v2, then hosts); a second start does not migrate again.
     let v = column(&d.state, "SELECT max(version) FROM schema_migrations");
-    assert_eq!(v, rusqlite::types::Value::Integer(3));
+    assert_eq!(v, rusqlite::types::Value::Integer(4));
     d.start().unwrap();
     assert!(!d.log_text().contains("migrating"), "{}", d.log_text());
     check_answers(&d);
@@ -721,7 +721,7 @@ fn a_v2_store_gains_hosts_once_and_its_sandboxes_stay_served_here() {
     d.start().unwrap();
     let log = d.log_text();
     assert!(
-        log.contains("migrating the store from schema 2 to 3"),
+        log.contains("migrating the store from schema 2 to 4"),
         "{log}"
     );
     assert_eq!(served(&dir), pairs(&[("DB", "a-db-VALUE")]));

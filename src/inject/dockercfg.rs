@@ -349,17 +349,25 @@ pub enum ConfigError {
 /// groups from scratch.
 struct AsTarget {
     saved_groups: Option<Vec<Gid>>,
+    /// The thread's parent-death signal (tini `-p`): the kernel clears it when the filesystem
+    /// ids change, so it is set again when they are restored.
+    pdeathsig: i32,
 }
 
 impl AsTarget {
     fn enter(uid: u32, gid: u32) -> io::Result<AsTarget> {
         if !nix::unistd::geteuid().is_root() || uid == 0 {
-            return Ok(AsTarget { saved_groups: None });
+            return Ok(AsTarget {
+                saved_groups: None,
+                pdeathsig: 0,
+            });
         }
+        let pdeathsig = crate::sys::pdeathsig().unwrap_or(0);
         let saved = nix::unistd::getgroups()?;
         nix::unistd::setgroups(&[])?;
         let guard = AsTarget {
             saved_groups: Some(saved),
+            pdeathsig,
         };
         nix::unistd::setfsgid(Gid::from_raw(gid));
         nix::unistd::setfsuid(Uid::from_raw(uid));
@@ -383,6 +391,9 @@ impl Drop for AsTarget {
             // Cannot fail for root (CAP_SETGID is not a filesystem capability); the privilege
             // drop sets the child's groups from scratch anyway.
             let _ = nix::unistd::setgroups(&groups);
+            if self.pdeathsig != 0 {
+                let _ = crate::sys::set_pdeathsig(self.pdeathsig);
+            }
         }
     }
 }
