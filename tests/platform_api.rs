@@ -777,3 +777,96 @@ fn an_edited_token_row_is_refused() {
     c.refused(&t, "GET", "/v1/sandboxes", "", 401, "token");
     c.refused(&t, "GET", "/v1/users/mona/secrets", "", 401, "token");
 }
+
+/// `curl` over TLS trusting `ca`: (status, headers and body).
+fn curl_tls(ca: &std::path::Path, token: &str, url: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_serves_the_api_and_marks_cookies_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut d = Daemon::unstarted(None);
+    d.log_level = "trace";
+    d.serve_args = vec![
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let base = d.http_base();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let t = token(&d, &["--user", "mona"]);
+    let (out, err) = curl_tls(&cert, &t, &format!("{base}/v1/users/mona/secrets"));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}{err}");
+    assert!(out.contains(r#"{"total_count":0,"secrets":[]}"#), "{out}");
+    let (out, _) = curl_tls(&cert, "", &format!("{base}/settings/signin"));
+    let cookie = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = base.replace("https://", "http://");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("{plain}/v1/users/mona/secrets"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+    assert!(!d.log_text().contains(&t));
+    d.stop();
+    // A key that is not a key stops the daemon with a message naming the file.
+    std::fs::write(&key, "not a key").unwrap();
+    let e = d.start().unwrap_err();
+    assert!(
+        e.contains("cannot read the TLS private key") && e.contains("key.pem"),
+        "{e}"
+    );
+}

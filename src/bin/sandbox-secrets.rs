@@ -76,6 +76,12 @@ enum Command {
         /// default). Every request needs a token (`token create`).
         #[arg(long, env = "SANDBOX_SECRETS_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Serve --http over TLS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, requires_all = ["http", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage the platform API's tokens (shown once, stored as a hash, expiring).
     Token {
@@ -266,9 +272,12 @@ fn run(cli: Cli) -> Result<()> {
             max_connections,
             accept_rollback,
             http,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.http = http;
+            config.tls = tls_cert.zip(tls_key);
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
             cli::serve(config)

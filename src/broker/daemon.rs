@@ -47,6 +47,8 @@ pub struct Config {
     pub answer_budget: usize,
     /// Where the platform API and settings page listen (`serve --http`); off when `None`.
     pub http: Option<std::net::SocketAddr>,
+    /// PEM certificate chain and private key: the platform API over TLS (`--tls-cert/--tls-key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             write_timeout: limits::DEFAULT_WRITE_TIMEOUT,
             answer_budget: limits::DEFAULT_ANSWER_BUDGET,
             http: None,
+            tls: None,
         }
     }
 }

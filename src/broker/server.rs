@@ -27,6 +27,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Tls(#[from] http::platform_tls::TlsError),
     #[error("cannot listen for the platform API on {addr}")]
     Http {
         addr: std::net::SocketAddr,
@@ -105,13 +107,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     if let Some(addr) = config.http {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(http::platform_tls::config(cert, key)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Http { addr, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| ServerError::Http { addr, source })?;
-        tracing::info!(address = %bound, "platform API listening on http://{bound}");
+        tracing::info!(address = %bound, "platform API listening on {scheme}://{bound}");
         let mut stopped = http_stopped;
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -119,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http_task = Some(tokio::spawn(http::platform::serve(
             listener,
             Arc::clone(&daemon),
+            tls,
             stop,
         )));
     }

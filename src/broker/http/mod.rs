@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod platform;
+pub mod platform_tls;
 pub mod sandbox;
 
 use std::pin::Pin;

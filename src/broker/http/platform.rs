@@ -599,11 +599,34 @@ fn body<T: for<'a> Deserialize<'a>>(what: &str, raw: Bytes) -> Result<T, Platfor
 
 // ---------- handlers ----------
 
-type Peer = ConnectInfo<SocketAddr>;
+/// The client's address, from a plain or a TLS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, super::platform_tls::TlsListener>,
+    > for PeerAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, super::platform_tls::TlsListener>) -> Self {
+        PeerAddr(*s.remote_addr())
+    }
+}
+
+type Peer = ConnectInfo<PeerAddr>;
 type Res = Result<Response, PlatformError>;
 
 fn caller(p: &Platform, headers: &HeaderMap, peer: &Peer) -> Result<Caller, PlatformError> {
-    authenticate(p, headers, peer.0.ip())
+    authenticate(p, headers, peer.0 .0.ip())
 }
 
 #[utoipa::path(get, path = "/v1/users/{user}/secrets", tag = "user secrets",
@@ -1154,24 +1177,33 @@ pub fn router(p: Shared) -> Router {
         .with_state(p)
 }
 
-/// Serves the platform API on `listener` until `shutdown` completes.
+/// Serves the platform API on `listener` until `shutdown` completes; over TLS with `tls`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let p = Arc::new(Platform {
         daemon,
         failures: FailureLimiter::default(),
         web: Default::default(),
-        tls: false,
+        tls: tls.is_some(),
     });
-    axum::serve(
-        listener,
-        router(p).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let app = router(p).into_make_service_with_connect_info::<PeerAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            let listener = super::platform_tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

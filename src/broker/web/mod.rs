@@ -375,7 +375,7 @@ async fn signin_page(State(p): State<Shared>) -> Response {
 
 async fn signin_post(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ConnectInfo(platform::PeerAddr(peer)): ConnectInfo<platform::PeerAddr>,
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
