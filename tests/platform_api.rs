@@ -870,3 +870,39 @@ fn tls_serves_the_api_and_marks_cookies_secure() {
         "{e}"
     );
 }
+
+#[test]
+fn a_client_that_drips_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let (d, base) = daemon();
+    let host = base.trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.write_all(b"GET /v1/users/mona/secrets HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The daemon's header timeout is 5 s: the connection ends (a 408 or a close) well before 20.
+    let _ = s.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(15),
+        "the connection stayed open {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // The daemon still answers others.
+    let t = token(&d, &["--user", "mona"]);
+    let a = tcp_http(
+        &base,
+        "GET",
+        "/v1/users/mona/secrets",
+        &[("authorization", &format!("Bearer {t}"))],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+}

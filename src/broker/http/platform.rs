@@ -599,28 +599,9 @@ fn body<T: for<'a> Deserialize<'a>>(what: &str, raw: Bytes) -> Result<T, Platfor
 
 // ---------- handlers ----------
 
-/// The client's address, from a plain or a TLS listener.
+/// The client's address, from a plain or a TLS listener (set by [`serve_on`] on every request).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, super::platform_tls::TlsListener>,
-    > for PeerAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, super::platform_tls::TlsListener>) -> Self {
-        PeerAddr(*s.remote_addr())
-    }
-}
 
 type Peer = ConnectInfo<PeerAddr>;
 type Res = Result<Response, PlatformError>;
@@ -1177,33 +1158,86 @@ pub fn router(p: Shared) -> Router {
         .with_state(p)
 }
 
-/// Serves the platform API on `listener` until `shutdown` completes; over TLS with `tls`.
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves the platform API on `listener` until `shutdown` completes, then lets the open
+/// connections finish (the caller bounds the wait); over TLS with `tls`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let header_timeout = daemon.config().header_timeout;
     let p = Arc::new(Platform {
         daemon,
         failures: FailureLimiter::default(),
         web: Default::default(),
         tls: tls.is_some(),
     });
-    let app = router(p).into_make_service_with_connect_info::<PeerAddr>();
+    let app = router(p);
     match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => serve_on(listener, app, header_timeout, shutdown).await,
         Some(config) => {
             let listener = super::platform_tls::TlsListener::new(listener, config)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            serve_on(listener, app, header_timeout, shutdown).await
         }
     }
+    Ok(())
+}
+
+/// The accept loop: a task per connection, at most [`MAX_CONNECTIONS`] at once, request headers
+/// within `header_timeout` (a client that drips them is cut off), the client's address handed
+/// to the routes as `ConnectInfo<PeerAddr>`, graceful shutdown.
+async fn serve_on<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (io, peer) = tokio::select! {
+            x = listener.accept() => x,
+            _ = &mut shutdown => break,
+        };
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                    req
+                });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(
+                TokioIo::new(io),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "platform API connection ended");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]
