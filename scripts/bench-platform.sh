@@ -16,7 +16,7 @@ LOAD=$ROOT/target/release/examples/platform_load
 work=$(mktemp -d /tmp/platform-bench.XXXXXX)
 export SANDBOX_SECRETS_STATE_DIR=$work/state SANDBOX_SECRETS_RUN_DIR=$work/run
 trap '[[ -n ${broker:-} ]] && kill "$broker" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-SANDBOX_SECRETS_LOG=warn "$SECRETS" serve --http 127.0.0.1:0 2> "$work/broker.log" &
+SANDBOX_SECRETS_LOG=info "$SECRETS" serve --http 127.0.0.1:0 2> "$work/broker.log" &
 broker=$!
 for _ in $(seq 200); do grep -q "platform API listening" "$work/broker.log" 2>/dev/null && break; sleep 0.05; done
 addr=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/broker.log" | head -1)
@@ -33,7 +33,8 @@ echo "\`examples/platform_load\` on the same 2 cores, $CLIENTS clients each on o
 echo "connection, ${SECONDS_EACH} s per row. \`get\` lists one user's 20 secrets (metadata, no"
 echo "value); \`put\` updates one secret's value (each client its own secret; every PUT is a"
 echo "durable SQLite commit, group-committed). The admin rows send the same operations to the"
-echo "unix admin socket: both doors run the same \`carry_out\`."
+echo "unix admin socket: both doors run the same \`carry_out\`. The daemon logs at its default level"
+echo "(info: one audit line per change)."
 echo ""
 echo "| door | op | clients | requests/s | p50 µs | p99 µs | errors |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"

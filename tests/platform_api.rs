@@ -906,3 +906,39 @@ fn a_client_that_drips_its_headers_is_cut_off() {
     );
     assert_eq!(a.status, 200);
 }
+
+#[test]
+fn tokens_follow_a_key_rotation_and_outlive_the_retired_key() {
+    let (mut d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    d.cli(&["key", "rotate"], None).ok();
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    d.stop();
+    // The retired key file removed, as an operator does once nothing is sealed under it.
+    for e in std::fs::read_dir(&d.state).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("key.retired-")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    d.start().unwrap();
+    assert!(
+        !d.log_text().contains("token row refused"),
+        "{}",
+        d.log_text()
+    );
+    let c = Client {
+        base: d.http_base(),
+        ..Default::default()
+    };
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+}
