@@ -538,6 +538,16 @@ fn rules_answer_with_the_names_the_cli_prints() {
         "user-name",
     );
     c.refused(&t, "GET", "/v1/nope", "", 404, "not-found");
+    c.refused(&t, "GET", "/v1/users/%FF%FE/secrets", "", 400, "request");
+    let huge = format!(r#"{{"value":"{}"}}"#, "z".repeat(400 * 1024));
+    c.refused(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/HUGE",
+        &huge,
+        413,
+        "request-size",
+    );
     c.refused(&t, "PATCH", "/v1/users/mona/secrets", "", 405, "method");
     let at_limit = format!(
         r#"{{"value":"{}","repositories":["o/r"]}}"#,

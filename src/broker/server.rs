@@ -59,6 +59,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             accept_rollback: config.accept_rollback,
         },
     )?;
+    // The platform API's listener and TLS configuration, before any socket: a busy port or a bad
+    // key stops the start with nothing left behind.
+    let http_listener = match config.http {
+        None => None,
+        Some(addr) => {
+            let tls = match &config.tls {
+                Some((cert, key)) => Some(http::platform_tls::config(cert, key)?),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Http { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Http { addr, source })?;
+            Some((listener, tls, bound))
+        }
+    };
     let layout = Layout::new(&config.run_dir);
     layout.prepare()?;
     let admin_std = layout.bind_admin()?;
@@ -94,30 +112,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             guard,
         ));
     }
-    tracing::info!(
-        admin = %admin_path.display(),
-        state = %config.state_dir.display(),
-        sandboxes = started,
-        descriptor_limit = fd_limit,
-        sandbox_ceiling = (fd_limit as usize).saturating_sub(daemon::open_descriptors() + DESCRIPTOR_RESERVE),
-        "sandbox-secrets listening (descriptor limit {fd_limit}: raise LimitNOFILE for more sandboxes)"
-    );
-
     // The platform API and settings page (`--http`): off unless asked for.
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let mut http_task = None;
-    if let Some(addr) = config.http {
-        let tls = match &config.tls {
-            Some((cert, key)) => Some(http::platform_tls::config(cert, key)?),
-            None => None,
-        };
+    if let Some((listener, tls, bound)) = http_listener {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Http { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Http { addr, source })?;
         tracing::info!(address = %bound, "platform API listening on {scheme}://{bound}");
         let mut stopped = http_stopped;
         let stop = async move {
@@ -130,6 +129,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop,
         )));
     }
+
+    tracing::info!(
+        admin = %admin_path.display(),
+        state = %config.state_dir.display(),
+        sandboxes = started,
+        descriptor_limit = fd_limit,
+        sandbox_ceiling = (fd_limit as usize).saturating_sub(daemon::open_descriptors() + DESCRIPTOR_RESERVE),
+        "sandbox-secrets listening (descriptor limit {fd_limit}: raise LimitNOFILE for more sandboxes)"
+    );
 
     shutdown.await;
     tracing::info!("shutting down: no new connections or sandboxes, draining open ones");

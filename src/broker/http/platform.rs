@@ -210,7 +210,11 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         json_bytes(v),
     )
         .into_response()
@@ -1091,6 +1095,53 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/openapi.json"),
 ];
 
+/// Refusals made below the routes (axum's extractors, the body limit, the timeout) come as plain
+/// text or empty: on `/v1/` they become `{"error","rule"}` like every other refusal.
+async fn json_refusals(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api = req.uri().path().starts_with("/v1/");
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let (error, rule) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            format!("request body is larger than {MAX_ADMIN_BODY} bytes"),
+            "request-size",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            format!("the request did not complete within {REQUEST_TIMEOUT:?}"),
+            "request-timeout",
+        ),
+        s if s.is_client_error() => (
+            "the request's path, query or headers are not valid (a path segment that is not UTF-8?)"
+                .to_owned(),
+            "request",
+        ),
+        _ => (
+            "the request did not complete (see the daemon's log)".to_owned(),
+            "internal",
+        ),
+    };
+    let mut out = json(
+        status,
+        &ErrorOut {
+            error,
+            rule: rule.to_owned(),
+        },
+    );
+    for (k, v) in r.headers() {
+        if k == header::ALLOW || k == header::RETRY_AFTER {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 async fn no_route(method: Method, uri: axum::http::Uri) -> PlatformError {
     PlatformError::Api(ApiError::NoRoute(format!("{method} {}", uri.path())))
 }
@@ -1153,6 +1204,7 @@ pub fn router(p: Shared) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(json_refusals))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .layer(TraceLayer::new_for_http())
         .with_state(p)
