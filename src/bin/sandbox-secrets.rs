@@ -252,7 +252,11 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
-            eprintln!("sandbox-secrets: error: {line}{hint}");
+            // The rule's name, when the daemon gave one, ends the line.
+            let (message, rule) = line
+                .rfind(" (rule: ")
+                .map_or((line.as_str(), ""), |i| line.split_at(i));
+            eprintln!("sandbox-secrets: error: {message}{hint}{rule}");
             ExitCode::FAILURE
         }
     }
