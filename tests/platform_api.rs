@@ -549,6 +549,8 @@ fn rules_answer_with_the_names_the_cli_prints() {
         "request-size",
     );
     c.refused(&t, "PATCH", "/v1/users/mona/secrets", "", 405, "method");
+    let a = c.call(&t, "POST", "/v1/users/mona/secrets/X", "");
+    assert_eq!(a.header("allow"), Some("DELETE, GET, PUT"), "{a:?}");
     let at_limit = format!(
         r#"{{"value":"{}","repositories":["o/r"]}}"#,
         "y".repeat(48 * 1024)

@@ -1146,11 +1146,40 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> PlatformError {
     PlatformError::Api(ApiError::NoRoute(format!("{method} {}", uri.path())))
 }
 
-async fn no_method(method: Method, uri: axum::http::Uri) -> PlatformError {
-    PlatformError::Api(ApiError::Method {
+/// The methods [`ROUTES`] serve on `path` (templates' `{x}` match one segment), for `Allow`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut out: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(_, template)| {
+            let t: Vec<&str> = template.split('/').collect();
+            t.len() == segs.len()
+                && t.iter().zip(&segs).all(|(t, s)| {
+                    (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
+                })
+        })
+        .map(|(m, _)| *m)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+async fn no_method(method: Method, uri: axum::http::Uri) -> Response {
+    let allow = allowed_methods(uri.path())
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = PlatformError::Api(ApiError::Method {
         method,
         path: uri.path().to_owned(),
     })
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
 }
 
 /// The API's routes (the settings page adds its own in `broker::web`).
@@ -1313,6 +1342,17 @@ mod tests {
         listed.sort();
         want.sort();
         assert_eq!(listed, want);
+    }
+
+    #[test]
+    fn allow_names_the_methods_of_a_path() {
+        assert_eq!(
+            allowed_methods("/v1/users/mona/secrets/X"),
+            ["delete", "get", "put"]
+        );
+        assert_eq!(allowed_methods("/v1/sandboxes"), ["get", "post"]);
+        assert_eq!(allowed_methods("/v1/plan"), ["get"]);
+        assert!(allowed_methods("/v1/users//secrets").is_empty());
     }
 
     #[test]
