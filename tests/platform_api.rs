@@ -954,3 +954,46 @@ fn tokens_follow_a_key_rotation_and_outlive_the_retired_key() {
     };
     c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
 }
+
+#[test]
+fn concurrent_single_repository_additions_are_all_kept() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base: base.clone(),
+        ..Default::default()
+    };
+    c.expect(
+        &t,
+        "PUT",
+        "/v1/users/mona/secrets/SHARED",
+        r#"{"value":"v","repositories":["octo/r0"]}"#,
+        201,
+    );
+    let threads: Vec<_> = (1..=16)
+        .map(|i| {
+            let (base, t) = (base.clone(), t.clone());
+            std::thread::spawn(move || {
+                let a = tcp_http(
+                    &base,
+                    "PUT",
+                    &format!("/v1/users/mona/secrets/SHARED/repositories/octo/r{i}"),
+                    &[("authorization", &format!("Bearer {t}"))],
+                    b"",
+                );
+                assert_eq!(a.status, 200, "{}", a.body);
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let v = c.expect(
+        &t,
+        "GET",
+        "/v1/users/mona/secrets/SHARED/repositories",
+        "",
+        200,
+    );
+    assert_eq!(v["total_count"], 17, "{v}");
+}

@@ -108,6 +108,9 @@ pub struct Platform {
     pub web: crate::broker::web::Sessions,
     /// Served over TLS: cookies get `Secure`.
     pub tls: bool,
+    /// Held across the read and the write of a one-repository change, so two of them never lose
+    /// each other's repository.
+    pub list_edits: tokio::sync::Mutex<()>,
 }
 
 pub type Shared = Arc<Platform>;
@@ -403,6 +406,7 @@ pub async fn toggle_repo(
     repo: &str,
     add: bool,
 ) -> Result<ChangeAnswer, PlatformError> {
+    let _edit = p.list_edits.lock().await;
     let current = one(p, c, ScopeKind::User, user, name).await?;
     let mut repos = current.repos;
     repos.retain(|r| r != repo);
@@ -1256,6 +1260,7 @@ pub async fn serve(
         failures: FailureLimiter::default(),
         web: Default::default(),
         tls: tls.is_some(),
+        list_edits: Default::default(),
     });
     let app = router(p);
     match tls {
