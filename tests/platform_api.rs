@@ -997,3 +997,94 @@ fn concurrent_single_repository_additions_are_all_kept() {
     );
     assert_eq!(v["total_count"], 17, "{v}");
 }
+
+/// Signs in to the settings page over raw HTTP; the session cookie (`name=value`).
+fn page_session(base: &str, token: &str) -> String {
+    let a = tcp_http(base, "GET", "/settings/signin", &[], b"");
+    let set = a.header("set-cookie").unwrap().to_owned();
+    let pre = set.split(';').next().unwrap().to_owned();
+    let csrf = pre.split_once('=').unwrap().1.to_owned();
+    let form = format!("csrf={csrf}&token={token}");
+    let a = tcp_http(
+        base,
+        "POST",
+        "/settings/signin",
+        &[
+            ("cookie", &pre),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    let session = a
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("sandbox_session="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    session
+}
+
+/// The CSRF token of a page of the session.
+fn page_csrf(base: &str, session: &str, path: &str) -> String {
+    let a = tcp_http(base, "GET", path, &[("cookie", session)], b"");
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    let at = a.body.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
+    a.body[at..at + 64].to_owned()
+}
+
+#[test]
+fn registry_credentials_are_written_all_three_or_none() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base: base.clone(),
+        ..Default::default()
+    };
+    for i in 0..98 {
+        c.expect(
+            &t,
+            "PUT",
+            &format!("/v1/users/mona/secrets/S{i}"),
+            r#"{"value":"v","repositories":["octo/hello"]}"#,
+            201,
+        );
+    }
+    let session = page_session(&base, &t);
+    let csrf = page_csrf(&base, &session, "/settings/secrets/registry");
+    let post = |id: &str| {
+        let form = format!(
+            "csrf={csrf}&id={id}&server=ghcr.io&username=mona&password=pw-Zq88&repos=octo%2Fhello"
+        );
+        tcp_http(
+            &base,
+            "POST",
+            "/settings/secrets/registry",
+            &[
+                ("cookie", &session),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            form.as_bytes(),
+        )
+    };
+    // Three more would make 101: refused before any is written.
+    let a = post("ghcr");
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("already has 100 secrets"), "{}", a.body);
+    assert!(!a.body.contains("Zq88"));
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 98);
+    // A bad ID: refused by the name rule, nothing written.
+    c.expect(&t, "DELETE", "/v1/users/mona/secrets/S0", "", 200);
+    c.expect(&t, "DELETE", "/v1/users/mona/secrets/S1", "", 200);
+    let a = post("bad-id");
+    assert_eq!(a.status, 400, "{}", a.body);
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 96);
+    // With room: all three.
+    let a = post("ghcr");
+    assert_eq!(a.status, 303, "{}", a.body);
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 99);
+    assert!(!d.log_text().contains("Zq88"));
+}
