@@ -1088,3 +1088,41 @@ fn registry_credentials_are_written_all_three_or_none() {
     assert_eq!(v["total_count"], 99);
     assert!(!d.log_text().contains("Zq88"));
 }
+
+#[test]
+fn page_sign_ins_need_their_csrf_cookie_and_failures_are_rate_limited() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let form_headers = |cookie: &str| {
+        vec![
+            ("cookie".to_owned(), cookie.to_owned()),
+            (
+                "content-type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+        ]
+    };
+    let post = |cookie: &str, body: String| {
+        let h = form_headers(cookie);
+        let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        tcp_http(&base, "POST", "/settings/signin", &h, body.as_bytes())
+    };
+    // A sign-in form posted without the cookie its page set (a cross-site login) is refused.
+    let a = post("", format!("csrf={}&token={t}", "a".repeat(64)));
+    assert_eq!(a.status, 403, "{}", a.body);
+    // A platform token does not sign in to the page.
+    let p = token(&d, &["--platform"]);
+    let pre = format!("sandbox_signin={}", "b".repeat(64));
+    let a = post(&pre, format!("csrf={}&token={p}", "b".repeat(64)));
+    assert_eq!(a.status, 401, "{}", a.body);
+    // Wrong tokens: after ten failures from this address (the platform token above was not
+    // one), even the right token waits.
+    for i in 0..10 {
+        let a = post(&pre, format!("csrf={}&token=sst_wrong{i}", "b".repeat(64)));
+        assert_eq!(a.status, 401, "{}", a.body);
+        assert!(!a.body.contains("sst_wrong"), "the token is shown back");
+    }
+    let a = post(&pre, format!("csrf={}&token={t}", "b".repeat(64)));
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(!d.log_text().contains("sst_wrong"));
+}
