@@ -198,7 +198,6 @@ impl IntoResponse for PlatformError {
                     h.insert(header::RETRY_AFTER, v);
                 }
             }
-            PlatformError::Api(ApiError::Method { .. }) => {}
             _ => {}
         }
         r
