@@ -263,7 +263,7 @@ fn invalid_input_is_refused_by_rule_and_the_store_is_unchanged() {
             vec!["set", "ld_preload", "--repo", "octo/a"],
             b"v".to_vec(),
             "is dangerous (LD_*: the dynamic loader loads code into every program (LD_PRELOAD, \
-             LD_AUDIT)); allow it explicitly (rule: name-dangerous) (pass --allow-dangerous",
+             LD_AUDIT)); allow it explicitly (pass --allow-dangerous",
         ),
         (
             vec!["set", "PATH", "--user", "mona", "--repos", "octo/a"],

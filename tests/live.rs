@@ -1465,15 +1465,19 @@ fn tini_p_still_fires_after_credentials_are_written_as_the_target_user() {
     let _ = parent.kill();
     let _ = parent.wait();
     let gone = || {
-        std::fs::read_to_string(format!("/proc/{init}/stat"))
-            .map_or(true, |s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+        std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| {
+            s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gone() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let dead = gone();
-    for pid in command.split_whitespace().chain([init.to_string().as_str()]) {
+    for pid in command
+        .split_whitespace()
+        .chain([init.to_string().as_str()])
+    {
         let _ = Command::new("kill").args(["-KILL", pid]).status();
     }
     assert!(

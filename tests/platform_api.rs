@@ -538,7 +538,19 @@ fn rules_answer_with_the_names_the_cli_prints() {
         "user-name",
     );
     c.refused(&t, "GET", "/v1/nope", "", 404, "not-found");
+    c.refused(&t, "GET", "/v1/users/%FF%FE/secrets", "", 400, "request");
+    let huge = format!(r#"{{"value":"{}"}}"#, "z".repeat(400 * 1024));
+    c.refused(
+        &t,
+        "PUT",
+        "/v1/repos/o/r/secrets/HUGE",
+        &huge,
+        413,
+        "request-size",
+    );
     c.refused(&t, "PATCH", "/v1/users/mona/secrets", "", 405, "method");
+    let a = c.call(&t, "POST", "/v1/users/mona/secrets/X", "");
+    assert_eq!(a.header("allow"), Some("DELETE, GET, PUT"), "{a:?}");
     let at_limit = format!(
         r#"{{"value":"{}","repositories":["o/r"]}}"#,
         "y".repeat(48 * 1024)
@@ -773,4 +785,341 @@ fn an_edited_token_row_is_refused() {
     };
     c.refused(&t, "GET", "/v1/sandboxes", "", 401, "token");
     c.refused(&t, "GET", "/v1/users/mona/secrets", "", 401, "token");
+}
+
+/// `curl` over TLS trusting `ca`: (status, headers and body).
+fn curl_tls(ca: &std::path::Path, token: &str, url: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_serves_the_api_and_marks_cookies_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut d = Daemon::unstarted(None);
+    d.log_level = "trace";
+    d.serve_args = vec![
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    let base = d.http_base();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let t = token(&d, &["--user", "mona"]);
+    let (out, err) = curl_tls(&cert, &t, &format!("{base}/v1/users/mona/secrets"));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}{err}");
+    assert!(out.contains(r#"{"total_count":0,"secrets":[]}"#), "{out}");
+    let (out, _) = curl_tls(&cert, "", &format!("{base}/settings/signin"));
+    let cookie = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = base.replace("https://", "http://");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("{plain}/v1/users/mona/secrets"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+    assert!(!d.log_text().contains(&t));
+    d.stop();
+    // A key that is not a key stops the daemon with a message naming the file.
+    std::fs::write(&key, "not a key").unwrap();
+    let e = d.start().unwrap_err();
+    assert!(
+        e.contains("cannot read the TLS private key") && e.contains("key.pem"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_client_that_drips_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let (d, base) = daemon();
+    let host = base.trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.write_all(b"GET /v1/users/mona/secrets HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The daemon's header timeout is 5 s: the connection ends (a 408 or a close) well before 20.
+    let _ = s.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(15),
+        "the connection stayed open {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // The daemon still answers others.
+    let t = token(&d, &["--user", "mona"]);
+    let a = tcp_http(
+        &base,
+        "GET",
+        "/v1/users/mona/secrets",
+        &[("authorization", &format!("Bearer {t}"))],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn tokens_follow_a_key_rotation_and_outlive_the_retired_key() {
+    let (mut d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    d.cli(&["key", "rotate"], None).ok();
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    d.stop();
+    // The retired key file removed, as an operator does once nothing is sealed under it.
+    for e in std::fs::read_dir(&d.state).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("key.retired-")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    d.start().unwrap();
+    assert!(
+        !d.log_text().contains("token row refused"),
+        "{}",
+        d.log_text()
+    );
+    let c = Client {
+        base: d.http_base(),
+        ..Default::default()
+    };
+    c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+}
+
+#[test]
+fn concurrent_single_repository_additions_are_all_kept() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base: base.clone(),
+        ..Default::default()
+    };
+    c.expect(
+        &t,
+        "PUT",
+        "/v1/users/mona/secrets/SHARED",
+        r#"{"value":"v","repositories":["octo/r0"]}"#,
+        201,
+    );
+    let threads: Vec<_> = (1..=16)
+        .map(|i| {
+            let (base, t) = (base.clone(), t.clone());
+            std::thread::spawn(move || {
+                let a = tcp_http(
+                    &base,
+                    "PUT",
+                    &format!("/v1/users/mona/secrets/SHARED/repositories/octo/r{i}"),
+                    &[("authorization", &format!("Bearer {t}"))],
+                    b"",
+                );
+                assert_eq!(a.status, 200, "{}", a.body);
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let v = c.expect(
+        &t,
+        "GET",
+        "/v1/users/mona/secrets/SHARED/repositories",
+        "",
+        200,
+    );
+    assert_eq!(v["total_count"], 17, "{v}");
+}
+
+/// Signs in to the settings page over raw HTTP; the session cookie (`name=value`).
+fn page_session(base: &str, token: &str) -> String {
+    let a = tcp_http(base, "GET", "/settings/signin", &[], b"");
+    let set = a.header("set-cookie").unwrap().to_owned();
+    let pre = set.split(';').next().unwrap().to_owned();
+    let csrf = pre.split_once('=').unwrap().1.to_owned();
+    let form = format!("csrf={csrf}&token={token}");
+    let a = tcp_http(
+        base,
+        "POST",
+        "/settings/signin",
+        &[
+            ("cookie", &pre),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    );
+    assert_eq!(a.status, 303, "{a:?}");
+    let session = a
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("sandbox_session="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    session
+}
+
+/// The CSRF token of a page of the session.
+fn page_csrf(base: &str, session: &str, path: &str) -> String {
+    let a = tcp_http(base, "GET", path, &[("cookie", session)], b"");
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    let at = a.body.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
+    a.body[at..at + 64].to_owned()
+}
+
+#[test]
+fn registry_credentials_are_written_all_three_or_none() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let c = Client {
+        base: base.clone(),
+        ..Default::default()
+    };
+    for i in 0..98 {
+        c.expect(
+            &t,
+            "PUT",
+            &format!("/v1/users/mona/secrets/S{i}"),
+            r#"{"value":"v","repositories":["octo/hello"]}"#,
+            201,
+        );
+    }
+    let session = page_session(&base, &t);
+    let csrf = page_csrf(&base, &session, "/settings/secrets/registry");
+    let post = |id: &str| {
+        let form = format!(
+            "csrf={csrf}&id={id}&server=ghcr.io&username=mona&password=pw-Zq88&repos=octo%2Fhello"
+        );
+        tcp_http(
+            &base,
+            "POST",
+            "/settings/secrets/registry",
+            &[
+                ("cookie", &session),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            form.as_bytes(),
+        )
+    };
+    // Three more would make 101: refused before any is written.
+    let a = post("ghcr");
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains("already has 100 secrets"), "{}", a.body);
+    assert!(!a.body.contains("Zq88"));
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 98);
+    // A bad ID: refused by the name rule, nothing written.
+    c.expect(&t, "DELETE", "/v1/users/mona/secrets/S0", "", 200);
+    c.expect(&t, "DELETE", "/v1/users/mona/secrets/S1", "", 200);
+    let a = post("bad-id");
+    assert_eq!(a.status, 400, "{}", a.body);
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 96);
+    // With room: all three.
+    let a = post("ghcr");
+    assert_eq!(a.status, 303, "{}", a.body);
+    let v = c.expect(&t, "GET", "/v1/users/mona/secrets", "", 200);
+    assert_eq!(v["total_count"], 99);
+    assert!(!d.log_text().contains("Zq88"));
+}
+
+#[test]
+fn page_sign_ins_need_their_csrf_cookie_and_failures_are_rate_limited() {
+    let (d, base) = daemon();
+    let t = token(&d, &["--user", "mona"]);
+    let form_headers = |cookie: &str| {
+        vec![
+            ("cookie".to_owned(), cookie.to_owned()),
+            (
+                "content-type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+        ]
+    };
+    let post = |cookie: &str, body: String| {
+        let h = form_headers(cookie);
+        let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        tcp_http(&base, "POST", "/settings/signin", &h, body.as_bytes())
+    };
+    // A sign-in form posted without the cookie its page set (a cross-site login) is refused.
+    let a = post("", format!("csrf={}&token={t}", "a".repeat(64)));
+    assert_eq!(a.status, 403, "{}", a.body);
+    // A platform token does not sign in to the page.
+    let p = token(&d, &["--platform"]);
+    let pre = format!("sandbox_signin={}", "b".repeat(64));
+    let a = post(&pre, format!("csrf={}&token={p}", "b".repeat(64)));
+    assert_eq!(a.status, 401, "{}", a.body);
+    // Wrong tokens: after ten failures from this address (the platform token above was not
+    // one), even the right token waits.
+    for i in 0..10 {
+        let a = post(&pre, format!("csrf={}&token=sst_wrong{i}", "b".repeat(64)));
+        assert_eq!(a.status, 401, "{}", a.body);
+        assert!(!a.body.contains("sst_wrong"), "the token is shown back");
+    }
+    let a = post(&pre, format!("csrf={}&token={t}", "b".repeat(64)));
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(!d.log_text().contains("sst_wrong"));
 }

@@ -204,7 +204,7 @@ fn a_v1_store_migrates_once_after_a_backup_and_serves_the_same_answers() {
         )
         .unwrap();
     assert_eq!(versioned, 0);
-    // The store itself is v3 now (v2, then hosts); a second start does not migrate again.
+    // The store itself is v4 now (v2, hosts, tokens); a second start does not migrate again.
     let v = column(&d.state, "SELECT max(version) FROM schema_migrations");
     assert_eq!(v, rusqlite::types::Value::Integer(4));
     d.start().unwrap();

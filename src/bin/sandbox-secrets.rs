@@ -79,6 +79,12 @@ enum Command {
         /// default). Every request needs a token (`token create`).
         #[arg(long, env = "SANDBOX_SECRETS_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Serve --http over TLS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, requires_all = ["http", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// The store: a `postgres://user@host/db?sslmode=require` URL shared by the brokers of
         /// many hosts (the password from PGPASSWORD, or the env form of this option, never argv);
         /// by default the SQLite file in the state directory.
@@ -436,11 +442,16 @@ fn main() -> ExitCode {
             // source (or both).
             let line = chain::join_causes(e.chain().map(ToString::to_string));
             let rule = cli::embedded_rule(&line).unwrap_or_else(|| cli::rule_of(&line));
+            // The rule's name, when the daemon gave one, ends the line (after any hint); JSON
+            // carries it in its own field.
+            let (message, named) = line
+                .rfind(" (rule: ")
+                .map_or((line.as_str(), ""), |i| line.split_at(i));
             if json {
-                cli::print_json_error(&line, rule);
+                cli::print_json_error(message, rule);
             } else {
-                let hint = cli::error_hint(&line, rule, nix::unistd::geteuid().is_root());
-                eprintln!("sandbox-secrets: error: {line}{hint}");
+                let hint = cli::error_hint(message, rule, nix::unistd::geteuid().is_root());
+                eprintln!("sandbox-secrets: error: {message}{hint}{named}");
             }
             ExitCode::FAILURE
         }
@@ -467,9 +478,12 @@ fn run(cli: Cli) -> Result<()> {
             http,
             store,
             host_id,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = Config::new(state_dir, cli.run_dir.clone());
             config.http = http;
+            config.tls = tls_cert.zip(tls_key);
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
             config.store = store.filter(|s| !s.is_empty());

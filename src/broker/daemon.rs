@@ -53,6 +53,8 @@ pub struct Config {
     /// This broker's host (`serve --host-id`, default the hostname): it creates and serves the
     /// sandboxes of this host only.
     pub host_id: String,
+    /// PEM certificate chain and private key: the platform API over TLS (`--tls-cert/--tls-key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The host id a broker takes when none is given: the kernel's hostname.
@@ -100,6 +102,7 @@ impl Config {
             http: None,
             store: None,
             host_id: default_host_id(),
+            tls: None,
         }
     }
 }

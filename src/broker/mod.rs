@@ -9,7 +9,9 @@
 //! (plan), `audit` (log lines).
 //!
 //! - [`server`]: `run(config, shutdown)`, the serve loops, peer checks, drain.
-//! - [`http`]: the sandbox and admin surfaces, error statuses, zeroizing bodies.
+//! - [`http`]: the sandbox and admin surfaces, the platform API (`serve --http`, tokens,
+//!   TLS), error statuses and rule names, zeroizing bodies.
+//! - [`web`]: the settings page over the platform API's operations (sessions, CSRF, HTML).
 //! - [`daemon`]: live sandboxes, the answer cache, the descriptor budget, create/delete/close.
 //! - [`admin`]: the admin routes (a typed enum) and their request and answer types.
 //! - [`acl`]: `plan(repo, user secrets, repository secrets)`, pure.

@@ -27,6 +27,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Tls(#[from] http::platform_tls::TlsError),
     #[error("cannot listen for the platform API on {addr}")]
     Http {
         addr: std::net::SocketAddr,
@@ -58,6 +60,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             accept_rollback: config.accept_rollback,
         },
     )?;
+    // The platform API's listener and TLS configuration, before any socket: a busy port or a bad
+    // key stops the start with nothing left behind.
+    let http_listener = match config.http {
+        None => None,
+        Some(addr) => {
+            let tls = match &config.tls {
+                Some((cert, key)) => Some(http::platform_tls::config(cert, key)?),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Http { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Http { addr, source })?;
+            Some((listener, tls, bound))
+        }
+    };
     let layout = Layout::new(&config.run_dir);
     layout.prepare()?;
     let admin_std = layout.bind_admin()?;
@@ -98,6 +118,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             guard,
         ));
     }
+    // The platform API and settings page (`--http`): off unless asked for.
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let mut http_task = None;
+    if let Some((listener, tls, bound)) = http_listener {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %bound, "platform API listening on {scheme}://{bound}");
+        let mut stopped = http_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        http_task = Some(tokio::spawn(http::platform::serve(
+            listener,
+            Arc::clone(&daemon),
+            tls,
+            stop,
+        )));
+    }
+
     tracing::info!(
         admin = %admin_path.display(),
         state = %config.state_dir.display(),
@@ -108,28 +146,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sandbox_ceiling = (fd_limit as usize).saturating_sub(daemon::open_descriptors() + DESCRIPTOR_RESERVE),
         "sandbox-secrets listening (descriptor limit {fd_limit}: raise LimitNOFILE for more sandboxes)"
     );
-
-    // The platform API and settings page (`--http`): off unless asked for.
-    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
-    let mut http_task = None;
-    if let Some(addr) = config.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Http { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Http { addr, source })?;
-        tracing::info!(address = %bound, "platform API listening on http://{bound}");
-        let mut stopped = http_stopped;
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        http_task = Some(tokio::spawn(http::platform::serve(
-            listener,
-            Arc::clone(&daemon),
-            stop,
-        )));
-    }
 
     shutdown.await;
     tracing::info!("shutting down: no new connections or sandboxes, draining open ones");

@@ -693,6 +693,10 @@ pub fn execute(
         AdminCommand::KeyRotate => {
             let previous = store.key_status().active;
             let key_id = store.rotate_key()?;
+            // API tokens are sealed under the store key too (outside the manifest).
+            if let Err(e) = store.reseal_tokens() {
+                tracing::warn!(error = %e, "tokens not resealed after the key rotation; they are at the next start");
+            }
             audit_change(actor, "key-rotated", &format!("{previous} -> {key_id}"));
             Ok(Answer::KeyRotate(KeyRotateAnswer { previous, key_id }))
         }

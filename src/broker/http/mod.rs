@@ -1,10 +1,13 @@
 //! The daemon's HTTP layer: one file per surface ([`sandbox`]: `GET /v1/secrets`; [`admin`]: the
-//! admin API), the mapping of errors to statuses and `{"error"}` bodies, and the response body
+//! admin API and the one implementation of every operation; [`platform`]: the platform API over
+//! TCP, [`platform_tls`] its TLS), the mapping of errors to statuses, rule names and
+//! `{"error"}` bodies, and the response body
 //! that zeroizes what it carried. Calls into the daemon; never touches sockets or the store
 //! directly. No error or log line here holds a value.
 
 pub mod admin;
 pub mod platform;
+pub mod platform_tls;
 pub mod sandbox;
 
 use std::pin::Pin;

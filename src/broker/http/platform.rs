@@ -108,6 +108,9 @@ pub struct Platform {
     pub web: crate::broker::web::Sessions,
     /// Served over TLS: cookies get `Secure`.
     pub tls: bool,
+    /// Held across the read and the write of a one-repository change, so two of them never lose
+    /// each other's repository.
+    pub list_edits: tokio::sync::Mutex<()>,
 }
 
 pub type Shared = Arc<Platform>;
@@ -195,7 +198,6 @@ impl IntoResponse for PlatformError {
                     h.insert(header::RETRY_AFTER, v);
                 }
             }
-            PlatformError::Api(ApiError::Method { .. }) => {}
             _ => {}
         }
         r
@@ -210,7 +212,11 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         json_bytes(v),
     )
         .into_response()
@@ -399,6 +405,7 @@ pub async fn toggle_repo(
     repo: &str,
     add: bool,
 ) -> Result<ChangeAnswer, PlatformError> {
+    let _edit = p.list_edits.lock().await;
     let current = one(p, c, ScopeKind::User, user, name).await?;
     let mut repos = current.repos;
     repos.retain(|r| r != repo);
@@ -599,11 +606,15 @@ fn body<T: for<'a> Deserialize<'a>>(what: &str, raw: Bytes) -> Result<T, Platfor
 
 // ---------- handlers ----------
 
-type Peer = ConnectInfo<SocketAddr>;
+/// The client's address, from a plain or a TLS listener (set by [`serve_on`] on every request).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+type Peer = ConnectInfo<PeerAddr>;
 type Res = Result<Response, PlatformError>;
 
 fn caller(p: &Platform, headers: &HeaderMap, peer: &Peer) -> Result<Caller, PlatformError> {
-    authenticate(p, headers, peer.0.ip())
+    authenticate(p, headers, peer.0 .0.ip())
 }
 
 #[utoipa::path(get, path = "/v1/users/{user}/secrets", tag = "user secrets",
@@ -1087,15 +1098,91 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/openapi.json"),
 ];
 
+/// Refusals made below the routes (axum's extractors, the body limit, the timeout) come as plain
+/// text or empty: on `/v1/` they become `{"error","rule"}` like every other refusal.
+async fn json_refusals(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let api = req.uri().path().starts_with("/v1/");
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let (error, rule) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            format!("request body is larger than {MAX_ADMIN_BODY} bytes"),
+            "request-size",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            format!("the request did not complete within {REQUEST_TIMEOUT:?}"),
+            "request-timeout",
+        ),
+        s if s.is_client_error() => (
+            "the request's path, query or headers are not valid (a path segment that is not UTF-8?)"
+                .to_owned(),
+            "request",
+        ),
+        _ => (
+            "the request did not complete (see the daemon's log)".to_owned(),
+            "internal",
+        ),
+    };
+    let mut out = json(
+        status,
+        &ErrorOut {
+            error,
+            rule: rule.to_owned(),
+        },
+    );
+    for (k, v) in r.headers() {
+        if k == header::ALLOW || k == header::RETRY_AFTER {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
 async fn no_route(method: Method, uri: axum::http::Uri) -> PlatformError {
     PlatformError::Api(ApiError::NoRoute(format!("{method} {}", uri.path())))
 }
 
-async fn no_method(method: Method, uri: axum::http::Uri) -> PlatformError {
-    PlatformError::Api(ApiError::Method {
+/// The methods [`ROUTES`] serve on `path` (templates' `{x}` match one segment), for `Allow`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut out: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(_, template)| {
+            let t: Vec<&str> = template.split('/').collect();
+            t.len() == segs.len()
+                && t.iter().zip(&segs).all(|(t, s)| {
+                    (t.starts_with('{') && t.ends_with('}') && !s.is_empty()) || t == s
+                })
+        })
+        .map(|(m, _)| *m)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+async fn no_method(method: Method, uri: axum::http::Uri) -> Response {
+    let allow = allowed_methods(uri.path())
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = PlatformError::Api(ApiError::Method {
         method,
         path: uri.path().to_owned(),
     })
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
 }
 
 /// The API's routes (the settings page adds its own in `broker::web`).
@@ -1149,29 +1236,93 @@ pub fn router(p: Shared) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(json_refusals))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
         .layer(TraceLayer::new_for_http())
         .with_state(p)
 }
 
-/// Serves the platform API on `listener` until `shutdown` completes.
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves the platform API on `listener` until `shutdown` completes, then lets the open
+/// connections finish (the caller bounds the wait); over TLS with `tls`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let header_timeout = daemon.config().header_timeout;
     let p = Arc::new(Platform {
         daemon,
         failures: FailureLimiter::default(),
         web: Default::default(),
-        tls: false,
+        tls: tls.is_some(),
+        list_edits: Default::default(),
     });
-    axum::serve(
-        listener,
-        router(p).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let app = router(p);
+    match tls {
+        None => serve_on(listener, app, header_timeout, shutdown).await,
+        Some(config) => {
+            let listener = super::platform_tls::TlsListener::new(listener, config)?;
+            serve_on(listener, app, header_timeout, shutdown).await
+        }
+    }
+    Ok(())
+}
+
+/// The accept loop: a task per connection, at most [`MAX_CONNECTIONS`] at once, request headers
+/// within `header_timeout` (a client that drips them is cut off), the client's address handed
+/// to the routes as `ConnectInfo<PeerAddr>`, graceful shutdown.
+async fn serve_on<L>(
+    mut listener: L,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (io, peer) = tokio::select! {
+            x = listener.accept() => x,
+            _ = &mut shutdown => break,
+        };
+        let svc =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+                    req
+                });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(
+                TokioIo::new(io),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "platform API connection ended");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]
@@ -1195,6 +1346,17 @@ mod tests {
         listed.sort();
         want.sort();
         assert_eq!(listed, want);
+    }
+
+    #[test]
+    fn allow_names_the_methods_of_a_path() {
+        assert_eq!(
+            allowed_methods("/v1/users/mona/secrets/X"),
+            ["delete", "get", "put"]
+        );
+        assert_eq!(allowed_methods("/v1/sandboxes"), ["get", "post"]);
+        assert_eq!(allowed_methods("/v1/plan"), ["get"]);
+        assert!(allowed_methods("/v1/users//secrets").is_empty());
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub trait Backend: Send {
     fn load_tokens(&mut self) -> Result<Vec<Result<TokenRecord, Malformed>>, StoreError> {
         Err(StoreError::NoTokens(self.describe()))
     }
-    /// Adds one API token row, durably.
+    /// Adds (or replaces, by id) one API token row, durably.
     fn put_token(&mut self, _token: &TokenRecord) -> Result<(), StoreError> {
         Err(StoreError::NoTokens(self.describe()))
     }

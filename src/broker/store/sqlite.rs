@@ -507,7 +507,10 @@ impl Backend for Sqlite {
         self.conn
             .execute(
                 "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, scope = excluded.scope,
+                     created = excluded.created, expires = excluded.expires,
+                     key_id = excluded.key_id, nonce = excluded.nonce, mac = excluded.mac",
                 params![
                     t.id,
                     t.hash,

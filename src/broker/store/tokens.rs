@@ -137,6 +137,22 @@ pub(super) fn load(backend: &mut dyn Backend, ring: &KeyRing) -> Result<TokenCac
         });
         match (verdict, TokenScope::parse(&t.scope)) {
             (Ok(()), Some(_)) => {
+                // Sealed under a key since rotated away: sealed again under the active key, so
+                // the retired key file can go.
+                let t = if *t.key_id != **ring.active().id() {
+                    let id = t.id.clone();
+                    match seal_token(ring.active(), t.clone())
+                        .and_then(|r| backend.put_token(&r).map(|()| r))
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(token = %id, error = %e, "token not resealed under the active key");
+                            t
+                        }
+                    }
+                } else {
+                    t
+                };
                 cache.by_hash.insert(
                     t.hash,
                     TokenInfo {
@@ -208,6 +224,31 @@ impl Store {
             .by_hash
             .insert(record.hash, info.clone());
         Ok((info, SecretString::from(token.as_str().to_owned())))
+    }
+
+    /// Seals every token row under the active key (after a key rotation); returns how many rows
+    /// were sealed again. Rows that do not verify stay as they are (refused).
+    pub fn reseal_tokens(&self) -> Result<usize, StoreError> {
+        super::blocking(|| {
+            let mut writer = self.lock_writer();
+            let ring = self.ring();
+            let active = ring.active();
+            let mut n = 0;
+            for t in writer.backend.load_tokens()?.into_iter().flatten() {
+                if *t.key_id == **active.id() {
+                    continue;
+                }
+                let Ok(key) = ring.held(&t.key_id) else {
+                    continue;
+                };
+                if key.open(&t.sealed, &token_aad(&t), "").is_err() {
+                    continue;
+                }
+                writer.backend.put_token(&seal_token(active, t)?)?;
+                n += 1;
+            }
+            Ok(n)
+        })
     }
 
     /// Every token, oldest first (expired ones included, marked by their date).

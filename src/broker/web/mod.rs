@@ -375,7 +375,7 @@ async fn signin_page(State(p): State<Shared>) -> Response {
 
 async fn signin_post(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ConnectInfo(platform::PeerAddr(peer)): ConnectInfo<platform::PeerAddr>,
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
@@ -787,6 +787,24 @@ async fn registry_post(
             .map(drop)
     });
     let mut result = checked.map_err(PlatformError::Api).map(|()| Vec::new());
+    // Room for the new names under the per-scope limit, also checked before any write.
+    if result.is_ok() {
+        let have = platform::list(&p, &s.caller, place.kind(), place.scope())
+            .await
+            .unwrap_or_default();
+        let new = parts
+            .iter()
+            .filter(|(n, _)| !have.iter().any(|x| x.name == *n))
+            .count();
+        if have.len() + new > protocol::MAX_SECRETS_PER_SCOPE {
+            result = Err(PlatformError::Api(crate::broker::http::ApiError::Store(
+                crate::broker::store::StoreError::Limit {
+                    kind: place.kind(),
+                    scope: place.scope().to_owned(),
+                },
+            )));
+        }
+    }
     if let Ok(done) = result.as_mut() {
         for (n, v) in &parts {
             match platform::put_secret(
