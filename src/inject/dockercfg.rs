@@ -671,11 +671,17 @@ pub fn write_config_as(
         .is_some_and(|b| b.as_slice() == bytes.as_slice())
         && private());
     if changed && (existed || !config.0.is_empty()) {
-        spill::write_atomic(&d, CONFIG, &bytes, 0o600, uid, gid).map_err(|source| {
-            ConfigError::Write {
-                path: path.clone(),
-                source,
-            }
+        // Synced only when the file held the user's own entries: a crash must not lose them. A
+        // file that is ours alone is rewritten by the next start if a crash leaves it empty or
+        // short (it is then corrupt, kept aside and written anew), so it costs no fsync.
+        let write = if existed {
+            spill::write_atomic
+        } else {
+            spill::write_atomic_unsynced
+        };
+        write(&d, CONFIG, &bytes, 0o600, uid, gid).map_err(|source| ConfigError::Write {
+            path: path.clone(),
+            source,
         })?;
     }
     if now != ours {

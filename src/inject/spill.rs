@@ -378,7 +378,8 @@ pub fn write_atomic(
 }
 
 /// [`write_atomic`] without the fsync, for a file whose loss after a crash is harmless (the
-/// record of what sandbox-init wrote into `config.json`: lost, nothing is removed).
+/// record of what sandbox-init wrote into `config.json`: lost, nothing is removed; a
+/// `config.json` that holds only sandbox-init's entries: written again at the next start).
 pub fn write_atomic_unsynced(
     dir: &Dir,
     name: &str,
