@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BASE=sandbox-init/debian-base:bookworm
+BASE=sandbox-init/debian-base:bookworm-2
 parts=("${@:-debs broker feature}")
 # shellcheck disable=SC2206
 parts=(${parts[*]})

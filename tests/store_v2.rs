@@ -716,7 +716,8 @@ fn a_v2_store_gains_hosts_once_and_its_sandboxes_stay_served_here() {
     // Back to schema 2 as the previous release wrote it.
     edit(
         &d.state,
-        "ALTER TABLE sandboxes DROP COLUMN host; DELETE FROM schema_migrations WHERE version = 3;",
+        "ALTER TABLE sandboxes DROP COLUMN host; DROP TABLE tokens;
+         DELETE FROM schema_migrations WHERE version >= 3;",
     );
     d.start().unwrap();
     let log = d.log_text();
