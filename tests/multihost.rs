@@ -967,3 +967,56 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
     );
     logs_hold_no_value(&[&a, &b]);
 }
+
+/// TLS to the store: with `sslmode=verify-full` and the cluster's CA (`sslrootcert`) the broker's
+/// connections are encrypted (PostgreSQL's `pg_stat_ssl` says so); with `sslmode=require` but a
+/// CA it does not trust, the broker refuses to start, saying the certificate did not verify.
+#[test]
+fn the_store_connection_is_tls_and_verifies_the_server() {
+    let Some(db) = TestDb::new() else { return };
+    let Ok(ca) = std::env::var("SANDBOX_TEST_POSTGRES_CA").or_else(|_| {
+        let dir =
+            std::env::var("SANDBOX_TEST_DIR").unwrap_or_else(|_| "/run/sandbox-init-test".into());
+        std::fs::read_to_string(Path::new(&dir).join("postgres.env"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("SANDBOX_TEST_POSTGRES_CA="))
+                    .map(str::to_owned)
+            })
+            .ok_or(())
+    }) else {
+        support::skip("the test cluster has no CA (scripts/postgres.sh start)");
+        return;
+    };
+    let mut p = parts(&db.url);
+    p.query = format!("sslmode=verify-full&sslrootcert={ca}");
+    let mut d = host(&p.url(), "host-tls", None);
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    d.set_repo("DB", "octo/a", "v1-VALUE");
+    let ssl = db.sql(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+         JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'sandbox-secrets' AND a.datname = '{}'",
+        db.name
+    ));
+    let counts: Vec<&str> = ssl.trim().split('|').collect();
+    assert!(counts[1] != "0", "no broker connection seen: {ssl}");
+    assert_eq!(
+        counts[0], counts[1],
+        "a broker connection without TLS: {ssl}"
+    );
+    d.stop();
+
+    // A server whose certificate the broker cannot verify is refused.
+    p.query = "sslmode=require".into();
+    let mut other = host(&p.url(), "host-untrusting", None);
+    let e = other
+        .start()
+        .expect_err("started against an unverified server");
+    assert!(
+        e.contains("store unavailable") && e.contains("certificate"),
+        "{e}"
+    );
+    assert!(!e.contains(&p.password), "the password in an error: {e}");
+}

@@ -120,10 +120,51 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn tls() -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
-    let connector = native_tls::TlsConnector::new()
+/// TLS through the system's OpenSSL: whenever TLS is used, the server's certificate chain and
+/// host name are verified (against the system's CA store, plus `sslrootcert` when given).
+fn tls(root: Option<&str>) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = root {
+        let pem = std::fs::read(path).map_err(|e| StoreError::BadStore {
+            store: "given".into(),
+            reason: format!("sslrootcert {path}: {e}"),
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| StoreError::BadStore {
+            store: "given".into(),
+            reason: format!("sslrootcert {path} is not a PEM certificate: {e}"),
+        })?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder
+        .build()
         .map_err(|e| StoreError::Unavailable(format!("TLS setup: {e}")))?;
     Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// The URL as tokio-postgres reads it, and the CA file to trust: libpq's `sslmode=verify-ca`
+/// and `verify-full` become `require` (which verifies the chain and the host name here), and
+/// `sslrootcert=PATH` is taken out for [`tls`].
+fn split_tls(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root = None;
+    let kept: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| match kv.split_once('=') {
+            Some(("sslrootcert", v)) => {
+                root = Some(v.to_owned());
+                None
+            }
+            Some(("sslmode", "verify-ca" | "verify-full")) => Some("sslmode=require".to_owned()),
+            _ => Some(kv.to_owned()),
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_owned(), root)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root)
+    }
 }
 
 impl Postgres {
@@ -131,6 +172,7 @@ impl Postgres {
     /// libpq's keywords work too). Checks the connection once, then starts the listener.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let shown = redact(url);
+        let (url, root) = split_tls(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadStore {
             store: shown.clone(),
             reason: format!("{e}"),
@@ -156,7 +198,7 @@ impl Postgres {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the store's runtime: {e}"))
             })?;
-        let tls = tls()?;
+        let tls = tls(root.as_deref())?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -712,7 +754,30 @@ impl Backend for Postgres {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, split_tls};
+
+    #[test]
+    fn libpq_tls_words_map_to_verified_tls() {
+        assert_eq!(
+            split_tls("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
+            (
+                "postgres://h/db?sslmode=require".to_owned(),
+                Some("/etc/ca.pem".to_owned())
+            )
+        );
+        assert_eq!(
+            split_tls("postgres://h/db"),
+            ("postgres://h/db".to_owned(), None)
+        );
+        assert_eq!(
+            split_tls("postgres://h/db?sslrootcert=/ca.pem"),
+            ("postgres://h/db".to_owned(), Some("/ca.pem".to_owned()))
+        );
+        assert_eq!(
+            split_tls("postgres://h/db?sslmode=disable&application_name=x").0,
+            "postgres://h/db?sslmode=disable&application_name=x"
+        );
+    }
 
     #[test]
     fn a_url_is_shown_without_its_password() {
