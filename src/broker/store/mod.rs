@@ -868,6 +868,15 @@ impl Store {
 
         // Settle the key files against the key check: finish or undo a rotation.
         let key = keys::load_optional(&key_path)?;
+        // A `key.next` shorter than a key is a rotation killed between creating the file and
+        // writing it: it sealed nothing (a rotation commits only after its key is synced), so
+        // it goes. Anything else wrong with it is refused as before.
+        if let Ok(m) = std::fs::symlink_metadata(&next_path) {
+            if m.file_type().is_file() && (m.len() as usize) < seal::KEY_LEN {
+                tracing::warn!(path = %next_path.display(), "removing a key.next cut short by a crash (a rotation that never committed)");
+                std::fs::remove_file(&next_path).map_err(key_files)?;
+            }
+        }
         let next = keys::load_optional(&next_path)?;
         let Some(check) = meta.get("keycheck") else {
             return Err(match key {
@@ -2376,6 +2385,22 @@ mod tests {
     }
 
     /// A backup is a consistent copy that opens (with the key files) as a store.
+    #[test]
+    fn a_key_next_cut_short_by_a_crash_is_removed_and_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "N", "v", None)
+            .unwrap();
+        drop(store);
+        for len in [0, 7] {
+            std::fs::write(dir.path().join(NEXT_KEY_FILE), vec![1u8; len]).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            assert!(!dir.path().join(NEXT_KEY_FILE).exists());
+            assert_eq!(store.list(ScopeKind::Repo, "o/r").len(), 1);
+        }
+    }
+
     #[test]
     fn a_backup_opens_as_the_store_it_copied() {
         let dir = tempfile::tempdir().unwrap();
