@@ -121,7 +121,8 @@ def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
-print("Admin `set` (repository secrets, 100 names over %d repositories, new value each time):" % (sets // 100 or 1))
+print("Admin `set` over the admin socket (repository secrets, each client on its own repository"
+      " cycling over 100 names, a new value each time; acknowledged = committed):")
 print("")
 print("| store | clients | sets | sets/s | p50 ms | p99 ms |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
