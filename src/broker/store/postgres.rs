@@ -93,8 +93,11 @@ pub fn redact(url: &str) -> String {
 
 fn pg(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |error| {
-        // A broken or refused connection is the store being unavailable (503), not a bug.
-        if error.is_closed() || error.code().is_none() {
+        // A broken or refused connection, a server shutting down or starting up, or out of
+        // resources: the store is unavailable (503), not broken. SQLSTATE classes 08
+        // (connection), 53 (resources), 57 (operator intervention), 58 (system).
+        let class = error.code().map(|c| &c.code()[..2]);
+        if error.is_closed() || matches!(class, None | Some("08" | "53" | "57" | "58")) {
             StoreError::Unavailable(format!("{step}: {}", chain(&error)))
         } else {
             StoreError::Postgres {
