@@ -145,6 +145,12 @@ fn a_change_on_one_host_reaches_the_sandboxes_and_watchers_of_another() {
         "change on host A seen by a watcher on host B {:?} after the set began (watch open {waited:?})",
         set.elapsed()
     );
+    // B caught up from the rows written since it last read, not by reading everything.
+    assert!(
+        b.log_text().contains("only the rows written since"),
+        "{}",
+        b.log_text()
+    );
     // And the other way: a set through B reaches A's sandbox.
     b.set_user("TOKEN", "mona", "octo/a", "from-b-VALUE");
     assert!(
@@ -228,6 +234,12 @@ fn a_broker_serves_only_its_hosts_sandboxes_and_refuses_deleting_anothers() {
             .stdout()
             .contains(&sb)
     }));
+    assert!(
+        a.log_text().contains("removed=1"),
+        "the deletion did not reach A incrementally:\n{}",
+        a.log_text()
+    );
+
     let log = a.stop();
     assert!(
         !log.contains(&parts(&db.url).password),
@@ -1019,4 +1031,36 @@ fn the_store_connection_is_tls_and_verifies_the_server() {
         "{e}"
     );
     assert!(!e.contains(&p.password), "the password in an error: {e}");
+}
+
+/// A row edited in the shared database while the brokers run (its repository list widened, its
+/// version pushed past the others so a catching-up broker reads it) is refused by the broker
+/// that re-reads it, naming it, and its value is never served to the repository it was not
+/// granted to.
+#[test]
+fn a_row_edited_in_the_shared_database_is_refused_when_another_broker_catches_up() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_user("TOKEN", "mona", "octo/b", "v1-VALUE");
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v2-VALUE")]));
+    db.sql(
+        r#"UPDATE secrets SET repos = '["octo/b","octo/a"]', version = 1000
+           WHERE name = 'TOKEN';"#,
+    );
+    // Any change through A makes B catch up.
+    a.set_repo("OTHER", "octo/c", "v3-VALUE");
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .log_text()
+            .contains("user secret TOKEN of mona")),
+        "B never named the edited row:\n{}",
+        b.log_text()
+    );
+    let (code, body) = fetch(&on_b);
+    assert_ne!(code, 200, "{body}");
+    assert!(!body.contains("v1-VALUE"), "{body}");
+    logs_hold_no_value(&[&a, &b]);
 }

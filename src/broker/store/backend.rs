@@ -139,6 +139,14 @@ pub trait Backend: Send {
         self.apply(changes)
     }
 
+    /// For a store several brokers share: what a broker that last read the store at generation
+    /// `since` needs to catch up: every meta row, the head, and only the rows written after
+    /// `since` (`version > since`). `None` when the backend cannot (the store reads everything).
+    fn load_since(&mut self, since: u64) -> Result<Option<Snapshot>, StoreError> {
+        let _ = since;
+        Ok(None)
+    }
+
     /// For a store several brokers share: the state of the connection and the generation the
     /// other brokers announced. `None` for a private store.
     fn link(&self) -> Option<watch::Receiver<Link>> {

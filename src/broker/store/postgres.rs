@@ -278,6 +278,69 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Every meta row, the head, and the secret and sandbox rows of a version above `since`
+    /// (`None`: every row, malformed ones included), in one snapshot.
+    fn load_where(&mut self, since: Option<i64>) -> Result<Snapshot, StoreError> {
+        self.run(move |mut client| async move {
+            // One snapshot of all three tables.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg("load"))?;
+            let mut snap = Snapshot::default();
+            for row in tx
+                .query("SELECT key, key_id, nonce, ciphertext FROM meta", &[])
+                .await
+                .map_err(pg("load meta"))?
+            {
+                if let (Ok(name), Ok(key_id), Ok(nonce), Ok(ciphertext)) =
+                    (get(&row, 0), get(&row, 1), get(&row, 2), get(&row, 3))
+                {
+                    snap.meta.push(MetaRecord {
+                        name,
+                        key_id,
+                        sealed: Sealed { nonce, ciphertext },
+                    });
+                }
+            }
+            snap.secrets = tx
+                .query(
+                    "SELECT kind, scope, name, repos, version, key_id, nonce, ciphertext, updated
+                     FROM secrets WHERE $1::bigint IS NULL OR version > $1",
+                    &[&since],
+                )
+                .await
+                .map_err(pg("load secrets"))?
+                .iter()
+                .map(decode_secret)
+                .collect();
+            snap.sandboxes = tx
+                .query(
+                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac, host
+                     FROM sandboxes WHERE $1::bigint IS NULL OR version > $1",
+                    &[&since],
+                )
+                .await
+                .map_err(pg("load sandboxes"))?
+                .iter()
+                .map(decode_sandbox)
+                .collect();
+            let head: i64 = tx
+                .query_one("SELECT generation FROM head", &[])
+                .await
+                .map_err(pg("load head"))?
+                .get(0);
+            snap.head = u64::try_from(head).ok();
+            tx.commit().await.map_err(pg("load"))?;
+            Ok(snap)
+        })
+    }
+}
+
 /// Keeps one connection listening on [`CHANNEL`]; publishes its state and every announced
 /// generation. Reconnects with a doubling backoff capped at [`BACKOFF_CAP`].
 async fn listen(
@@ -647,62 +710,12 @@ impl Backend for Postgres {
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.run(|mut client| async move {
-            // One snapshot of all three tables.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg("load"))?;
-            let mut snap = Snapshot::default();
-            for row in tx
-                .query("SELECT key, key_id, nonce, ciphertext FROM meta", &[])
-                .await
-                .map_err(pg("load meta"))?
-            {
-                if let (Ok(name), Ok(key_id), Ok(nonce), Ok(ciphertext)) =
-                    (get(&row, 0), get(&row, 1), get(&row, 2), get(&row, 3))
-                {
-                    snap.meta.push(MetaRecord {
-                        name,
-                        key_id,
-                        sealed: Sealed { nonce, ciphertext },
-                    });
-                }
-            }
-            snap.secrets = tx
-                .query(
-                    "SELECT kind, scope, name, repos, version, key_id, nonce, ciphertext, updated
-                     FROM secrets",
-                    &[],
-                )
-                .await
-                .map_err(pg("load secrets"))?
-                .iter()
-                .map(decode_secret)
-                .collect();
-            snap.sandboxes = tx
-                .query(
-                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac, host
-                     FROM sandboxes",
-                    &[],
-                )
-                .await
-                .map_err(pg("load sandboxes"))?
-                .iter()
-                .map(decode_sandbox)
-                .collect();
-            let head: i64 = tx
-                .query_one("SELECT generation FROM head", &[])
-                .await
-                .map_err(pg("load head"))?
-                .get(0);
-            snap.head = u64::try_from(head).ok();
-            tx.commit().await.map_err(pg("load"))?;
-            Ok(snap)
-        })
+        self.load_where(None)
+    }
+
+    fn load_since(&mut self, since: u64) -> Result<Option<Snapshot>, StoreError> {
+        self.load_where(Some(i64::try_from(since).unwrap_or(i64::MAX)))
+            .map(Some)
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
