@@ -1206,7 +1206,9 @@ impl Store {
                 .get(&Ident::parse(identity))
                 .copied()
         };
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the read lock (fetches go on): only the writer, whose lock is held
+        // here, changes the rows.
+        let cache = self.read();
         // Every row the manifest lists: new, or held at its version.
         for bucket in &m.buckets {
             for (ident, &v) in bucket {
@@ -1250,6 +1252,8 @@ impl Store {
             new.secrets.len() + new.sandboxes.len(),
             gone_secrets.len() + gone_sandboxes.len(),
         );
+        drop(cache);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::SeqCst);
         for k in &gone_secrets {
             cache.secrets.remove(k);
@@ -1342,12 +1346,26 @@ impl Store {
         writer: &mut Writer,
         batch: Vec<(u64, Op)>,
     ) -> Vec<(u64, Result<Outcome, StoreError>)> {
-        const ATTEMPTS: usize = 32;
+        const ATTEMPTS: usize = 8;
+        // First optimistically; after losing the race, under the store's write lock (taken
+        // before catching up), so a busier broker cannot starve this one.
+        let mut locked = false;
         for _ in 0..ATTEMPTS {
-            if let Some(results) = self.commit_once(writer, batch.clone()) {
+            let results = self.commit_once(writer, batch.clone());
+            if locked {
+                // Released if the commit did not use it (nothing to write, or an error).
+                writer.backend.unlock_writes();
+            }
+            if let Some(results) = results {
                 return results;
             }
-            if let Err(e) = self.refresh_locked(writer) {
+            let caught_up = writer
+                .backend
+                .lock_writes()
+                .and_then(|()| self.refresh_locked(writer));
+            locked = true;
+            if let Err(e) = caught_up {
+                writer.backend.unlock_writes();
                 return batch
                     .iter()
                     .map(|(t, _)| (*t, Err(e.for_each_member())))
@@ -1629,13 +1647,20 @@ impl Store {
     /// `key.retired-<id>` and renames `key.next` to `key`. A crash at any point leaves a store
     /// that `open` settles to one consistent key. Returns the new key id.
     pub fn rotate_key(&self) -> Result<String, StoreError> {
-        blocking(|| self.rotate_locked())
+        blocking(|| {
+            let rotated = self.rotate_locked();
+            // A rotation that failed before its commit gives the store's write lock back.
+            self.lock_writer().backend.unlock_writes();
+            rotated
+        })
     }
 
     fn rotate_locked(&self) -> Result<String, StoreError> {
         let mut writer = self.lock_writer();
         if self.link.is_some() {
-            // Re-seal what the shared store holds now, not what this broker saw last.
+            // Re-seal what the shared store holds now, not what this broker saw last: under the
+            // store's write lock, so no other broker commits in between.
+            writer.backend.lock_writes()?;
             self.refresh_locked(&mut writer)?;
         }
         let key_files = |error| StoreError::KeyFiles {

@@ -60,6 +60,10 @@ INSERT INTO schema_migrations (version, name, applied)
 pub struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    /// A pooled connection in a transaction holding the head row (`lock_writes`). It goes back
+    /// to the pool only after its COMMIT or ROLLBACK succeeded; otherwise it is taken out of
+    /// the pool and closed, so no half-done transaction is ever reused.
+    locked: Option<deadpool_postgres::Object>,
     shown: String,
     link: watch::Receiver<Link>,
 }
@@ -225,6 +229,7 @@ impl Postgres {
         let mut this = Self {
             runtime: Some(runtime),
             pool,
+            locked: None,
             shown,
             link,
         };
@@ -537,8 +542,8 @@ async fn migrate_hosts(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), St
     .map_err(pg("migrate: hosts"))
 }
 
-async fn write(
-    tx: &deadpool_postgres::Transaction<'_>,
+async fn write<C: deadpool_postgres::GenericClient>(
+    tx: &C,
     change: &Change,
 ) -> Result<(), tokio_postgres::Error> {
     match change {
@@ -625,6 +630,18 @@ async fn write(
         }
     }
     Ok(())
+}
+
+/// Ends the write lock's transaction with `sql` (COMMIT or ROLLBACK); a connection where that
+/// fails is closed rather than returned to the pool.
+async fn end(client: deadpool_postgres::Object, sql: &str) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(sql).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(e)
+        }
+    }
 }
 
 async fn schema_version_of(client: &tokio_postgres::Transaction<'_>) -> Result<u32, StoreError> {
@@ -725,6 +742,65 @@ impl Backend for Postgres {
     fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
         let step = step_of(changes);
         let changes = changes.to_vec();
+        if let Some(client) = self.locked.take() {
+            // Under the write lock: no other broker committed since it was taken.
+            return self.block(async move {
+                let done = async {
+                    for change in &changes {
+                        write(&client, change).await?;
+                    }
+                    let head: i64 = client
+                        .query_one("SELECT generation FROM head", &[])
+                        .await?
+                        .get(0);
+                    Ok::<_, tokio_postgres::Error>(u64::try_from(head).unwrap_or(0))
+                };
+                let head = match tokio::time::timeout(CALL_TIMEOUT * 2, done).await {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => {
+                        let _ = end(client, "ROLLBACK").await;
+                        return Err(pg(step)(e));
+                    }
+                    Err(_) => {
+                        drop(deadpool_postgres::Object::take(client));
+                        return Err(StoreError::Unavailable(format!(
+                            "no answer within {:?}",
+                            CALL_TIMEOUT * 2
+                        )));
+                    }
+                };
+                if let Some(base) = base {
+                    if head != base {
+                        let _ = end(client, "ROLLBACK").await;
+                        return Err(StoreError::Moved { head });
+                    }
+                }
+                let next = base.map_or(head, |b| b + 1);
+                let finish = async {
+                    client
+                        .execute("UPDATE head SET generation = $1", &[&(next as i64)])
+                        .await?;
+                    client
+                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
+                        .await
+                        .map(drop)
+                };
+                match tokio::time::timeout(CALL_TIMEOUT * 2, finish).await {
+                    Ok(Ok(())) => end(client, "COMMIT").await.map_err(pg(step)),
+                    Ok(Err(e)) => {
+                        let _ = end(client, "ROLLBACK").await;
+                        Err(pg(step)(e))
+                    }
+                    Err(_) => {
+                        drop(deadpool_postgres::Object::take(client));
+                        Err(StoreError::Unavailable(format!(
+                            "no answer within {:?}",
+                            CALL_TIMEOUT * 2
+                        )))
+                    }
+                }
+            });
+        }
         self.run(move |mut client| async move {
             let tx = client.transaction().await.map_err(pg(step))?;
             // The head row is the store's write lock: commits of every broker queue here.
@@ -751,6 +827,49 @@ impl Backend for Postgres {
                 .map_err(pg(step))?;
             tx.commit().await.map_err(pg(step))
         })
+    }
+
+    fn lock_writes(&mut self) -> Result<(), StoreError> {
+        self.unlock_writes();
+        let pool = self.pool.clone();
+        let client = self.block(async move {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Unavailable(chain(&e)))?;
+            let lock = async {
+                client.batch_execute("BEGIN").await?;
+                client
+                    .query_one("SELECT generation FROM head FOR UPDATE", &[])
+                    .await
+                    .map(drop)
+            };
+            match tokio::time::timeout(CALL_TIMEOUT * 2, lock).await {
+                Ok(Ok(())) => Ok(client),
+                Ok(Err(e)) => {
+                    let _ = end(client, "ROLLBACK").await;
+                    Err(pg("lock the store for writing")(e))
+                }
+                Err(_) => {
+                    drop(deadpool_postgres::Object::take(client));
+                    Err(StoreError::Unavailable(format!(
+                        "the store's write lock was not granted within {:?}",
+                        CALL_TIMEOUT * 2
+                    )))
+                }
+            }
+        })?;
+        self.locked = Some(client);
+        Ok(())
+    }
+
+    fn unlock_writes(&mut self) {
+        if let Some(client) = self.locked.take() {
+            let _ = self.block(async move {
+                let _ = end(client, "ROLLBACK").await;
+                Ok(())
+            });
+        }
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
