@@ -3,13 +3,17 @@
 # scripts/postgres.sh on this machine): sandbox fetch throughput (cache warm), admin `set`
 # throughput and latency, and change-to-visible on another host (a watch on broker B woken by a
 # set through broker A). Prints a Markdown section for BENCHMARKS.md ("PostgreSQL store").
-#   BENCH_SECONDS (5) per fetch row, BENCH_SETS (2000) sets per store, BENCH_CHANGES (1000).
+#   BENCH_SECONDS (5) per fetch row, BENCH_SETS (2000) sets per store, BENCH_CHANGES (1000),
+#   BENCH_SCALE (10000) sandboxes then BENCH_SCALE_CHANGES (200) more changes.
+#   BENCH_ONLY=changes skips the fetch and set rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_EACH=${BENCH_SECONDS:-5}
 SETS=${BENCH_SETS:-2000}
 CHANGES=${BENCH_CHANGES:-1000}
+SCALE=${BENCH_SCALE:-10000}
+SCALE_CHANGES=${BENCH_SCALE_CHANGES:-200}
 cargo build --quiet --release --bin sandbox-secrets --example loadgen
 SECRETS=$ROOT/target/release/sandbox-secrets
 LOADGEN=$ROOT/target/release/examples/loadgen
@@ -69,6 +73,7 @@ echo ""
 echo "\`scripts/bench-pg.sh\` (release build): brokers on SQLite and on PostgreSQL 15 (Debian's,"
 echo "\`scripts/postgres.sh\`, on the same 2 shared cores, fsync on), measured in one run."
 echo ""
+if [[ ${BENCH_ONLY:-} != changes ]]; then
 echo "Sandbox fetches (answer of 100 secrets, cache warm, \`examples/loadgen\`, ${SECONDS_EACH} s per"
 echo "row; the PostgreSQL sandbox lives on broker B, its secrets were set through broker A):"
 echo ""
@@ -87,12 +92,14 @@ print("| %s | %s | %d | %.0f | %d | %d | %d |" % (sys.argv[1], r["mode"], r["cli
   done
 done
 echo ""
+fi
 
 # Admin sets and change-to-visible: python over the admin and sandbox sockets.
-SECRETS_BIN=$SECRETS python3 - "$work" "$SETS" "$CHANGES" <<'PY'
+BENCH_ONLY=${BENCH_ONLY:-} SECRETS_BIN=$SECRETS python3 - "$work" "$SETS" "$CHANGES" "$SCALE" "$SCALE_CHANGES" <<'PY'
 import json, os, socket, sys, threading, time
 
 work, sets, changes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+scale, scale_changes = int(sys.argv[4]), int(sys.argv[5])
 
 def exchange(path, raw, timeout=60):
     s = socket.socket(socket.AF_UNIX)
@@ -121,76 +128,106 @@ def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
-print("Admin `set` (repository secrets, 100 names over %d repositories, new value each time):" % (sets // 100 or 1))
-print("")
-print("| store | clients | sets | sets/s | p50 ms | p99 ms |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
-for clients in (1, 16):
-    for label, broker in (("sqlite", "sqlite"), ("postgres", "pg-a")):
-        lat = []
-        lock = threading.Lock()
-        per = sets // clients
-        def run(c):
-            mine = []
-            for i in range(per):
-                t = time.perf_counter()
-                admin_set(broker, "S%d" % (i % 100), "octo/set%d-%d" % (clients, c), "v%d" % i)
-                mine.append(time.perf_counter() - t)
-            with lock:
-                lat.extend(mine)
-        started = time.perf_counter()
-        ts = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-        for t in ts: t.start()
-        for t in ts: t.join()
-        took = time.perf_counter() - started
-        print("| %s | %d | %d | %.0f | %.2f | %.2f |" % (label, clients, len(lat), len(lat) / took,
-              pct(lat, 50) * 1e3, pct(lat, 99) * 1e3))
-print("")
+if os.environ.get("BENCH_ONLY") != "changes":
+  print("Admin `set` over the admin socket (repository secrets, each client on its own repository"
+        " cycling over 100 names, a new value each time; acknowledged = committed):")
+  print("")
+  print("| store | clients | sets | sets/s | p50 ms | p99 ms |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: |")
+  for clients in (1, 16):
+      for label, broker in (("sqlite", "sqlite"), ("postgres", "pg-a")):
+          lat = []
+          lock = threading.Lock()
+          per = sets // clients
+          def run(c):
+              mine = []
+              for i in range(per):
+                  t = time.perf_counter()
+                  admin_set(broker, "S%d" % (i % 100), "octo/set%d-%d" % (clients, c), "v%d" % i)
+                  mine.append(time.perf_counter() - t)
+              with lock:
+                  lat.extend(mine)
+          started = time.perf_counter()
+          ts = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+          for t in ts: t.start()
+          for t in ts: t.join()
+          took = time.perf_counter() - started
+          print("| %s | %d | %d | %.0f | %.2f | %.2f |" % (label, clients, len(lat), len(lat) / took,
+                pct(lat, 50) * 1e3, pct(lat, 99) * 1e3))
+  print("")
 
 # Change-to-visible: a watch on broker B's sandbox, a set through broker A; the time from the
 # set being sent to the watch answering with the new value.
-out = os.popen(f"{os.environ.get('SECRETS_BIN')} --run-dir {work}/pg-b/run sandbox create --user mona --repo octo/watch").read().split()
-sock = out[1] + "/secrets.sock"
-admin_set("pg-a", "W", "octo/watch", "v0")
-deadline = time.time() + 10
-while True:
-    code, head, body = exchange(sock, b"GET /v1/secrets HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
-    if b'"v0"' in body or time.time() > deadline:
-        break
-    time.sleep(0.01)
-def etag(head):
-    for line in head.split("\r\n"):
-        k, _, v = line.partition(":")
-        if k.lower() == "etag":
-            return v.strip()
-tag = etag(head)
-lat, setlat = [], []
-for i in range(1, changes + 1):
-    result = {}
-    def watch():
-        raw = ("GET /v1/secrets HTTP/1.1\r\nHost: l\r\nConnection: close\r\nIf-None-Match: %s\r\n"
-               "Prefer: wait=10\r\n\r\n" % tag).encode()
-        result["r"] = exchange(sock, raw)
-        result["t"] = time.perf_counter()
-    w = threading.Thread(target=watch)
-    w.start()
-    time.sleep(0.002)  # the watch is registered before the change
-    t0 = time.perf_counter()
-    admin_set("pg-a", "W", "octo/watch", "v%d" % i)
-    setlat.append(time.perf_counter() - t0)
-    w.join()
-    code, head, body = result["r"]
-    if code != 200 or (b'"v%d"' % i) not in body:
-        raise SystemExit(f"change {i}: watch answered {code}: {body[:200]}")
-    lat.append(result["t"] - t0)
+def change_to_visible(repo, n):
+    out = os.popen(f"{os.environ.get('SECRETS_BIN')} --run-dir {work}/pg-b/run sandbox create --user mona --repo {repo}").read().split()
+    sock = out[1] + "/secrets.sock"
+    admin_set("pg-a", "W", repo, "v0")
+    deadline = time.time() + 30
+    while True:
+        code, head, body = exchange(sock, b"GET /v1/secrets HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n")
+        if b'"v0"' in body or time.time() > deadline:
+            break
+        time.sleep(0.01)
+    def etag(head):
+        for line in head.split("\r\n"):
+            k, _, v = line.partition(":")
+            if k.lower() == "etag":
+                return v.strip()
     tag = etag(head)
-print("Change-to-visible on another host: %d changes, each a `set` through broker A while a watch"
+    lat, setlat = [], []
+    for i in range(1, n + 1):
+        result = {}
+        def watch():
+            raw = ("GET /v1/secrets HTTP/1.1\r\nHost: l\r\nConnection: close\r\nIf-None-Match: %s\r\n"
+                   "Prefer: wait=10\r\n\r\n" % tag).encode()
+            result["r"] = exchange(sock, raw)
+            result["t"] = time.perf_counter()
+        w = threading.Thread(target=watch)
+        w.start()
+        time.sleep(0.002)  # the watch is registered before the change
+        t0 = time.perf_counter()
+        admin_set("pg-a", "W", repo, "v%d" % i)
+        setlat.append(time.perf_counter() - t0)
+        w.join()
+        code, head, body = result["r"]
+        if code != 200 or (b'"v%d"' % i) not in body:
+            raise SystemExit(f"change {i}: watch answered {code}: {body[:200]}")
+        lat.append(result["t"] - t0)
+        tag = etag(head)
+    return setlat, lat
+
+def rows(label, setlat, lat):
+    print("| %s | set through A acknowledged | %.2f | %.2f | %.2f |" % (label, pct(setlat, 50) * 1e3, pct(setlat, 99) * 1e3, max(setlat) * 1e3))
+    print("| %s | visible to the watch on B | %.2f | %.2f | %.2f |" % (label, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, max(lat) * 1e3))
+
+setlat, lat = change_to_visible("octo/watch", changes)
+print("Change-to-visible on another host: each change a `set` through broker A while a watch"
       " (`If-None-Match`, long-poll) waits on a sandbox of broker B; from the set being sent to the"
-      " watch's answer with the new value (the set's own round trip included):" % changes)
+      " watch's answer with the new value (the set's own round trip included). Then again with"
+      " %d more sandboxes in the store (created through A), since broker B re-reads the whole"
+      " store on each change:" % scale)
 print("")
-print("| what | p50 ms | p99 ms | max ms |")
-print("| --- | ---: | ---: | ---: |")
-print("| set through A acknowledged | %.2f | %.2f | %.2f |" % (pct(setlat, 50) * 1e3, pct(setlat, 99) * 1e3, max(setlat) * 1e3))
-print("| visible to the watch on B | %.2f | %.2f | %.2f |" % (pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, max(lat) * 1e3))
+print("| store holds | what | p50 ms | p99 ms | max ms |")
+print("| --- | --- | ---: | ---: | ---: |")
+rows("%d changes, a few rows" % changes, setlat, lat)
+
+# Scale: `scale` sandboxes created through A from 16 clients.
+def create(c, k):
+    body = json.dumps({"user": "u%d" % c, "repo": "octo/scale%d" % c}).encode()
+    raw = (b"POST /v1/admin/sandboxes/create HTTP/1.1\r\nHost: l\r\nConnection: close\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    for _ in range(k):
+        code, _, text = exchange(f"{work}/pg-a/run/admin.sock", raw)
+        if code != 200:
+            raise SystemExit(f"create: {code} {text[:200]}")
+started = time.perf_counter()
+ts = [threading.Thread(target=create, args=(c, scale // 16)) for c in range(16)]
+for t in ts: t.start()
+for t in ts: t.join()
+made = time.perf_counter() - started
+setlat, lat = change_to_visible("octo/watch2", scale_changes)
+rows("%d changes, %d sandboxes" % (scale_changes, scale // 16 * 16), setlat, lat)
+print("")
+print("(%d sandboxes created through broker A in %.1f s, %.0f/s.)" % (scale // 16 * 16, made, scale // 16 * 16 / made))
 print("")
 PY

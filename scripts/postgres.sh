@@ -61,7 +61,24 @@ start() {
     { cat "$PGROOT/initdb.log" >&2; exit 1; }
   rm -f "$PGROOT/pwfile"
   mkdir -p "$PGROOT/sock"; chown postgres: "$PGROOT/sock"
+  # TLS: a CA of this cluster's own and a server certificate for localhost and 127.0.0.1, so the
+  # tests can check that the broker verifies the server (the CA's public half is in the env
+  # file; its key is thrown away).
+  local tlsdir=$PGROOT/tls
+  mkdir -p "$tlsdir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=sandbox-init test CA" -keyout "$tlsdir/ca.key" -out "$tlsdir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$PGROOT/data/server.key" -out "$tlsdir/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$tlsdir/ext"
+  openssl x509 -req -in "$tlsdir/server.csr" -CA "$tlsdir/ca.pem" -CAkey "$tlsdir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$tlsdir/ext" -out "$PGROOT/data/server.crt" 2>/dev/null
+  rm -f "$tlsdir/ca.key" "$tlsdir/server.csr"
+  chown postgres: "$PGROOT/data/server.key" "$PGROOT/data/server.crt"
+  chmod 0600 "$PGROOT/data/server.key"
+  chmod 0755 "$tlsdir"; chmod 0644 "$tlsdir/ca.pem"
   cat >> "$PGROOT/data/postgresql.conf" <<CONF
+ssl = on
 listen_addresses = '$LISTEN'
 port = $PORT
 unix_socket_directories = '$PGROOT/sock'
@@ -84,6 +101,7 @@ SQL
   cat > "$ENV_FILE" <<ENV
 SANDBOX_TEST_POSTGRES=postgres://$ROLE:$password@127.0.0.1:$PORT/$DB?sslmode=disable
 SANDBOX_TEST_POSTGRES_PORT=$PORT
+SANDBOX_TEST_POSTGRES_CA=$tlsdir/ca.pem
 SANDBOX_TEST_POSTGRES_ADMIN="runuser -u postgres -- psql -h $PGROOT/sock -p $PORT -U postgres"
 ENV
   echo "postgres: running on 127.0.0.1:$PORT (env in $ENV_FILE)"

@@ -145,6 +145,12 @@ fn a_change_on_one_host_reaches_the_sandboxes_and_watchers_of_another() {
         "change on host A seen by a watcher on host B {:?} after the set began (watch open {waited:?})",
         set.elapsed()
     );
+    // B caught up from the rows written since it last read, not by reading everything.
+    assert!(
+        b.log_text().contains("only the rows written since"),
+        "{}",
+        b.log_text()
+    );
     // And the other way: a set through B reaches A's sandbox.
     b.set_user("TOKEN", "mona", "octo/a", "from-b-VALUE");
     assert!(
@@ -228,6 +234,12 @@ fn a_broker_serves_only_its_hosts_sandboxes_and_refuses_deleting_anothers() {
             .stdout()
             .contains(&sb)
     }));
+    assert!(
+        a.log_text().contains("removed=1"),
+        "the deletion did not reach A incrementally:\n{}",
+        a.log_text()
+    );
+
     let log = a.stop();
     assert!(
         !log.contains(&parts(&db.url).password),
@@ -965,5 +977,90 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
         "PostgreSQL restarted under two brokers: {} of 200 writes acknowledged, all present",
         acked.len()
     );
+    logs_hold_no_value(&[&a, &b]);
+}
+
+/// TLS to the store: with `sslmode=verify-full` and the cluster's CA (`sslrootcert`) the broker's
+/// connections are encrypted (PostgreSQL's `pg_stat_ssl` says so); with `sslmode=require` but a
+/// CA it does not trust, the broker refuses to start, saying the certificate did not verify.
+#[test]
+fn the_store_connection_is_tls_and_verifies_the_server() {
+    let Some(db) = TestDb::new() else { return };
+    let Ok(ca) = std::env::var("SANDBOX_TEST_POSTGRES_CA").or_else(|_| {
+        let dir =
+            std::env::var("SANDBOX_TEST_DIR").unwrap_or_else(|_| "/run/sandbox-init-test".into());
+        std::fs::read_to_string(Path::new(&dir).join("postgres.env"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("SANDBOX_TEST_POSTGRES_CA="))
+                    .map(str::to_owned)
+            })
+            .ok_or(())
+    }) else {
+        support::skip("the test cluster has no CA (scripts/postgres.sh start)");
+        return;
+    };
+    let mut p = parts(&db.url);
+    p.query = format!("sslmode=verify-full&sslrootcert={ca}");
+    let mut d = host(&p.url(), "host-tls", None);
+    d.start().unwrap_or_else(|e| panic!("{e}"));
+    d.set_repo("DB", "octo/a", "v1-VALUE");
+    let ssl = db.sql(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+         JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'sandbox-secrets' AND a.datname = '{}'",
+        db.name
+    ));
+    let counts: Vec<&str> = ssl.trim().split('|').collect();
+    assert!(counts[1] != "0", "no broker connection seen: {ssl}");
+    assert_eq!(
+        counts[0], counts[1],
+        "a broker connection without TLS: {ssl}"
+    );
+    d.stop();
+
+    // A server whose certificate the broker cannot verify is refused.
+    p.query = "sslmode=require".into();
+    let mut other = host(&p.url(), "host-untrusting", None);
+    let e = other
+        .start()
+        .expect_err("started against an unverified server");
+    assert!(
+        e.contains("store unavailable") && e.contains("certificate"),
+        "{e}"
+    );
+    assert!(!e.contains(&p.password), "the password in an error: {e}");
+}
+
+/// A row edited in the shared database while the brokers run (its repository list widened, its
+/// version pushed past the others so a catching-up broker reads it) is refused by the broker
+/// that re-reads it, naming it, and its value is never served to the repository it was not
+/// granted to.
+#[test]
+fn a_row_edited_in_the_shared_database_is_refused_when_another_broker_catches_up() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_user("TOKEN", "mona", "octo/b", "v1-VALUE");
+    a.set_repo("DB", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(served(&on_b), pairs(&[("DB", "v2-VALUE")]));
+    db.sql(
+        r#"UPDATE secrets SET repos = '["octo/b","octo/a"]', version = 1000
+           WHERE name = 'TOKEN';"#,
+    );
+    // Any change through A makes B catch up.
+    a.set_repo("OTHER", "octo/c", "v3-VALUE");
+    assert!(
+        eventually(Duration::from_secs(10), || b
+            .log_text()
+            .contains("user secret TOKEN of mona")),
+        "B never named the edited row:\n{}",
+        b.log_text()
+    );
+    let (code, body) = fetch(&on_b);
+    assert_ne!(code, 200, "{body}");
+    assert!(!body.contains("v1-VALUE"), "{body}");
     logs_hold_no_value(&[&a, &b]);
 }

@@ -122,6 +122,7 @@ suite!(
     a_row_sealed_with_a_key_this_host_lacks_is_refused_naming_the_key_id,
     kill_9_during_concurrent_creates_loses_no_acknowledged_sandbox,
     key_rotate_re_seals_everything_and_status_shows_the_ids,
+    status_names_the_store_its_connection_generation_sandboxes_and_keys,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -481,4 +482,33 @@ fn key_rotate_re_seals_everything_and_status_shows_the_ids(db: &Db) {
     w.d.start().unwrap();
     w.others_served(&[]);
     w.d.stop();
+}
+
+fn status_names_the_store_its_connection_generation_sandboxes_and_keys(db: &Db) {
+    let w = world(db);
+    let st: serde_json::Value =
+        serde_json::from_str(&w.d.cli(&["status", "--json"], None).ok().stdout()).unwrap();
+    let (kind, connection) = match db {
+        Db::Sqlite => ("sqlite", "local"),
+        Db::Postgres(_) => ("postgres", "connected"),
+    };
+    assert_eq!(st["store"], kind, "{st}");
+    assert_eq!(st["connection"], connection, "{st}");
+    assert_eq!(st["schema_version"], 3, "{st}");
+    assert_eq!(st["sandboxes_here"], 3, "{st}");
+    assert_eq!(st["sandboxes_total"], 3, "{st}");
+    let before = st["generation"].as_u64().unwrap();
+    w.d.set_repo("DB", "octo/a", "a-db-2-VALUE");
+    let after: serde_json::Value =
+        serde_json::from_str(&w.d.cli(&["status", "--json"], None).ok().stdout()).unwrap();
+    assert_eq!(after["generation"].as_u64().unwrap(), before + 1, "{after}");
+    assert_eq!(st["keys"]["active"], key_status(&w.d)["active"]);
+    let text = w.d.cli(&["status"], None).ok().stdout();
+    for word in [kind, connection, "3 on this host", "schema version"] {
+        assert!(text.contains(word), "{word} not in:\n{text}");
+    }
+    if let Db::Postgres(pg) = db {
+        let password = support::postgres::parts(&pg.url).password;
+        assert!(!text.contains(&password), "the password in status:\n{text}");
+    }
 }

@@ -487,6 +487,15 @@ fn run(cli: Cli) -> Result<()> {
             config.global_connections = max_connections.max(1);
             config.accept_rollback = accept_rollback;
             config.store = store.filter(|s| !s.is_empty());
+            let on_argv = std::env::args().any(|a| a == "--store" || a.starts_with("--store="));
+            let with_password = config.store.as_deref().is_some_and(|u| {
+                u.split_once("://")
+                    .and_then(|(_, rest)| rest.rsplit_once('@'))
+                    .is_some_and(|(auth, _)| auth.contains(':'))
+            });
+            if on_argv && with_password {
+                tracing::warn!("the --store URL holds a password, which other users can read in /proc while the daemon runs: give it in SANDBOX_SECRETS_STORE or PGPASSWORD instead");
+            }
             if let Some(id) = host_id {
                 sandbox_init::broker::daemon::check_host_id(&id)
                     .map_err(|e| anyhow::anyhow!("--host-id: {e}"))?;

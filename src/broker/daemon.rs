@@ -542,12 +542,13 @@ impl Daemon {
         pick: impl Fn(&SandboxRow) -> bool,
         name: &str,
     ) -> Vec<(String, Option<Level>)> {
-        let live: Vec<Box<str>> = self.live().slots.keys().cloned().collect();
+        // A set, not a list: this runs for every change, over every sandbox of the host.
+        let live: std::collections::HashSet<Box<str>> = self.live().slots.keys().cloned().collect();
         let mut out: Vec<(String, Option<Level>)> = self
             .store
             .sandboxes()
             .into_iter()
-            .filter(|row| live.iter().any(|id| **id == *row.id) && pick(row))
+            .filter(|row| live.contains(row.id.as_str()) && pick(row))
             .map(|row| {
                 let from = self
                     .store

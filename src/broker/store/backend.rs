@@ -168,6 +168,25 @@ pub trait Backend: Send {
         self.apply(changes)
     }
 
+    /// For a store several brokers share: takes the store's write lock (the other brokers'
+    /// commits wait) and holds it until the next [`Backend::apply_at`] commits or
+    /// [`Backend::unlock_writes`]. A broker that lost the race to commit takes it, catches up
+    /// and commits, so it cannot be starved by a busier one. A private store: nothing to do.
+    fn lock_writes(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Gives the write lock of [`Backend::lock_writes`] back without committing (if held).
+    fn unlock_writes(&mut self) {}
+
+    /// For a store several brokers share: what a broker that last read the store at generation
+    /// `since` needs to catch up: every meta row, the head, and only the rows written after
+    /// `since` (`version > since`). `None` when the backend cannot (the store reads everything).
+    fn load_since(&mut self, since: u64) -> Result<Option<Snapshot>, StoreError> {
+        let _ = since;
+        Ok(None)
+    }
+
     /// For a store several brokers share: the state of the connection and the generation the
     /// other brokers announced. `None` for a private store.
     fn link(&self) -> Option<watch::Receiver<Link>> {

@@ -876,6 +876,15 @@ impl Store {
 
         // Settle the key files against the key check: finish or undo a rotation.
         let key = keys::load_optional(&key_path)?;
+        // A `key.next` shorter than a key is a rotation killed between creating the file and
+        // writing it: it sealed nothing (a rotation commits only after its key is synced), so
+        // it goes. Anything else wrong with it is refused as before.
+        if let Ok(m) = std::fs::symlink_metadata(&next_path) {
+            if m.file_type().is_file() && (m.len() as usize) < seal::KEY_LEN {
+                tracing::warn!(path = %next_path.display(), "removing a key.next cut short by a crash (a rotation that never committed)");
+                std::fs::remove_file(&next_path).map_err(key_files)?;
+            }
+        }
         let next = keys::load_optional(&next_path)?;
         let Some(check) = meta.get("keycheck") else {
             return Err(match key {
@@ -949,6 +958,7 @@ impl Store {
             snap.sandboxes,
             &ring,
             options.accept_rollback,
+            false,
         )?;
         for r in &refused {
             tracing::error!(row = %r, "row refused: it is not served; every other row is");
@@ -1084,29 +1094,27 @@ impl Store {
     }
 
     fn refresh_locked(&self, writer: &mut Writer) -> Result<bool, StoreError> {
+        let base = writer.manifest.generation;
+        // First only what changed since `base`; everything when that does not line up.
+        if let Some(delta) = writer.backend.load_since(base)? {
+            if delta.head.is_some_and(|h| h == base) {
+                return Ok(false);
+            }
+            let rotated = self.take_keys(&delta.meta);
+            if !rotated {
+                if let Some(changed) = self.merge_delta(writer, delta)? {
+                    return Ok(changed);
+                }
+            }
+        }
         let snap = writer.backend.load()?;
         if snap.head.is_some_and(|h| h == writer.manifest.generation) {
             return Ok(false);
         }
-        {
-            // Keys provisioned since (docs/operations.md, "Keys on many hosts"): retired key
-            // files are picked up, and the key another broker rotated to becomes the active one
-            // here too once this host holds it.
-            let mut ring = self.keys.write().unwrap_or_else(|e| e.into_inner());
-            keys::add_retired(&self.state_dir, &mut ring);
-            let check = snap.meta.iter().find(|m| m.name == "keycheck");
-            if let Some(check) = check {
-                if **ring.active().id() != *check.key_id {
-                    if let Some(key) = ring.get(&check.key_id).cloned() {
-                        tracing::info!(key_id = %check.key_id, "the store was rotated to a key this host holds; sealing with it from now on");
-                        ring.promote_shared(key);
-                    }
-                }
-            }
-        }
+        self.take_keys(&snap.meta);
         let verified = {
             let ring = self.ring();
-            verify(snap.meta, snap.secrets, snap.sandboxes, &ring, false)?
+            verify(snap.meta, snap.secrets, snap.sandboxes, &ring, false, false)?
         };
         let g = verified.manifest.generation;
         if g < writer.manifest.generation {
@@ -1131,11 +1139,158 @@ impl Store {
             self.generation.fetch_add(1, Ordering::SeqCst);
             *cache = verified.cache;
         }
+        tracing::debug!(generation = g, "store re-read in full");
+        self.note_generation(g);
+        Ok(true)
+    }
+
+    fn note_generation(&self, g: u64) {
         let ring = self.ring();
         if let Err(e) = keys::write_generation(&self.state_dir, ring.active(), g) {
             tracing::warn!(error = %e, "cannot update the generation file");
         }
-        Ok(true)
+    }
+
+    /// Keys provisioned since (docs/operations.md, "Keys on many hosts"): retired key files are
+    /// picked up, and the key another broker rotated to becomes the active one here too once
+    /// this host holds it. True when the store's key check names another key than the active
+    /// one had (a rotation: every row was re-sealed, so the store is read in full).
+    fn take_keys(&self, meta: &[MetaRecord]) -> bool {
+        let mut ring = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys::add_retired(&self.state_dir, &mut ring);
+        let Some(check) = meta.iter().find(|m| m.name == "keycheck") else {
+            return false;
+        };
+        if **ring.active().id() == *check.key_id {
+            return false;
+        }
+        if let Some(key) = ring.get(&check.key_id).cloned() {
+            tracing::info!(key_id = %check.key_id, "the store was rotated to a key this host holds; sealing with it from now on");
+            ring.promote_shared(key);
+        }
+        true
+    }
+
+    /// Catches up from the rows written since the last read: the manifest (root and every
+    /// bucket) is verified whole, the new rows against their seals and the manifest; rows the
+    /// manifest no longer lists are dropped. `None` (nothing changed here) unless every row the
+    /// manifest lists is then held at its version, and no row anywhere is refused: the caller
+    /// then reads the whole store.
+    fn merge_delta(
+        &self,
+        writer: &mut Writer,
+        delta: backend::Snapshot,
+    ) -> Result<Option<bool>, StoreError> {
+        let base = writer.manifest.generation;
+        if !self.unreadable().is_empty() {
+            return Ok(None);
+        }
+        let verified = {
+            let ring = self.ring();
+            verify(
+                delta.meta,
+                delta.secrets,
+                delta.sandboxes,
+                &ring,
+                false,
+                true,
+            )?
+        };
+        let g = verified.manifest.generation;
+        if g < base {
+            return Err(StoreError::RolledBack {
+                store: g,
+                file: base,
+            });
+        }
+        if g == base {
+            return Ok(Some(false));
+        }
+        if !verified.refused.is_empty() {
+            return Ok(None);
+        }
+        let m = &verified.manifest;
+        let new = &verified.cache;
+        let listed = |identity: &str| {
+            m.buckets[bucket_of(identity)]
+                .get(&Ident::parse(identity))
+                .copied()
+        };
+        // Checked under the read lock (fetches go on): only the writer, whose lock is held
+        // here, changes the rows.
+        let cache = self.read();
+        // Every row the manifest lists: new, or held at its version.
+        for bucket in &m.buckets {
+            for (ident, &v) in bucket {
+                let text = ident.text();
+                let parts: Vec<&str> = text.split('\0').collect();
+                let held = match parts.as_slice() {
+                    ["b", id] => new
+                        .sandboxes
+                        .get(*id)
+                        .or_else(|| cache.sandboxes.get(*id))
+                        .map(|e| e.version),
+                    ["s", kind, scope, name] => ScopeKind::parse(kind).and_then(|k| {
+                        let key = (k, (*scope).to_owned(), (*name).to_owned());
+                        new.secrets
+                            .get(&key)
+                            .or_else(|| cache.secrets.get(&key))
+                            .map(|r| r.version)
+                    }),
+                    _ => None,
+                };
+                if held != Some(v) {
+                    tracing::debug!(row = %shown_identity(&text), "the rows read since the last generation do not line up; reading the whole store");
+                    return Ok(None);
+                }
+            }
+        }
+        // Rows the manifest no longer lists went away.
+        let gone_secrets: Vec<Key> = cache
+            .secrets
+            .keys()
+            .filter(|(k, sc, n)| listed(&secret_identity(*k, sc, n)).is_none())
+            .cloned()
+            .collect();
+        let gone_sandboxes: Vec<Box<str>> = cache
+            .sandboxes
+            .keys()
+            .filter(|id| listed(&sandbox_identity(id)).is_none())
+            .cloned()
+            .collect();
+        let (changed, removed) = (
+            new.secrets.len() + new.sandboxes.len(),
+            gone_secrets.len() + gone_sandboxes.len(),
+        );
+        drop(cache);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for k in &gone_secrets {
+            cache.secrets.remove(k);
+        }
+        for id in &gone_sandboxes {
+            cache.sandboxes.remove(id);
+        }
+        let verified_cache = verified.cache;
+        for (k, row) in verified_cache.secrets {
+            cache.secrets.insert(k, row);
+        }
+        for (id, entry) in verified_cache.sandboxes {
+            cache.put_sandbox(id, entry);
+        }
+        if !gone_sandboxes.is_empty() {
+            cache.prune_names();
+        }
+        drop(cache);
+        writer.manifest = verified.manifest;
+        tracing::debug!(
+            generation = g,
+            changed,
+            removed,
+            "store re-read from generation {base}: only the rows written since"
+        );
+        self.note_generation(g);
+        Ok(Some(true))
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -1201,12 +1356,26 @@ impl Store {
         writer: &mut Writer,
         batch: Vec<(u64, Op)>,
     ) -> Vec<(u64, Result<Outcome, StoreError>)> {
-        const ATTEMPTS: usize = 32;
+        const ATTEMPTS: usize = 8;
+        // First optimistically; after losing the race, under the store's write lock (taken
+        // before catching up), so a busier broker cannot starve this one.
+        let mut locked = false;
         for _ in 0..ATTEMPTS {
-            if let Some(results) = self.commit_once(writer, batch.clone()) {
+            let results = self.commit_once(writer, batch.clone());
+            if locked {
+                // Released if the commit did not use it (nothing to write, or an error).
+                writer.backend.unlock_writes();
+            }
+            if let Some(results) = results {
                 return results;
             }
-            if let Err(e) = self.refresh_locked(writer) {
+            let caught_up = writer
+                .backend
+                .lock_writes()
+                .and_then(|()| self.refresh_locked(writer));
+            locked = true;
+            if let Err(e) = caught_up {
+                writer.backend.unlock_writes();
                 return batch
                     .iter()
                     .map(|(t, _)| (*t, Err(e.for_each_member())))
@@ -1488,13 +1657,20 @@ impl Store {
     /// `key.retired-<id>` and renames `key.next` to `key`. A crash at any point leaves a store
     /// that `open` settles to one consistent key. Returns the new key id.
     pub fn rotate_key(&self) -> Result<String, StoreError> {
-        blocking(|| self.rotate_locked())
+        blocking(|| {
+            let rotated = self.rotate_locked();
+            // A rotation that failed before its commit gives the store's write lock back.
+            self.lock_writer().backend.unlock_writes();
+            rotated
+        })
     }
 
     fn rotate_locked(&self) -> Result<String, StoreError> {
         let mut writer = self.lock_writer();
         if self.link.is_some() {
-            // Re-seal what the shared store holds now, not what this broker saw last.
+            // Re-seal what the shared store holds now, not what this broker saw last: under the
+            // store's write lock, so no other broker commits in between.
+            writer.backend.lock_writes()?;
             self.refresh_locked(&mut writer)?;
         }
         let key_files = |error| StoreError::KeyFiles {
@@ -1825,6 +2001,7 @@ fn verify(
     sandboxes: Vec<Result<SandboxRecord, backend::Malformed>>,
     ring: &KeyRing,
     accept_rollback: bool,
+    partial: bool,
 ) -> Result<Verified, StoreError> {
     let meta: HashMap<&str, &MetaRecord> = meta_rows.iter().map(|m| (m.name.as_str(), m)).collect();
     // The manifest: root, then each bucket against the root.
@@ -2025,7 +2202,7 @@ fn verify(
         }
         manifest.generation = g;
     }
-    if !rebuild {
+    if !rebuild && !partial {
         // Rows the manifest expects but the database lacks: deleted outside the daemon.
         let present: std::collections::HashSet<String> = cache
             .secrets
@@ -2386,6 +2563,22 @@ mod tests {
     }
 
     /// A backup is a consistent copy that opens (with the key files) as a store.
+    #[test]
+    fn a_key_next_cut_short_by_a_crash_is_removed_and_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .set_secret(ScopeKind::Repo, "o/r", "N", "v", None)
+            .unwrap();
+        drop(store);
+        for len in [0, 7] {
+            std::fs::write(dir.path().join(NEXT_KEY_FILE), vec![1u8; len]).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            assert!(!dir.path().join(NEXT_KEY_FILE).exists());
+            assert_eq!(store.list(ScopeKind::Repo, "o/r").len(), 1);
+        }
+    }
+
     #[test]
     fn a_backup_opens_as_the_store_it_copied() {
         let dir = tempfile::tempdir().unwrap();

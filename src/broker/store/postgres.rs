@@ -60,6 +60,10 @@ INSERT INTO schema_migrations (version, name, applied)
 pub struct Postgres {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
+    /// A pooled connection in a transaction holding the head row (`lock_writes`). It goes back
+    /// to the pool only after its COMMIT or ROLLBACK succeeded; otherwise it is taken out of
+    /// the pool and closed, so no half-done transaction is ever reused.
+    locked: Option<deadpool_postgres::Object>,
     shown: String,
     link: watch::Receiver<Link>,
 }
@@ -93,8 +97,11 @@ pub fn redact(url: &str) -> String {
 
 fn pg(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |error| {
-        // A broken or refused connection is the store being unavailable (503), not a bug.
-        if error.is_closed() || error.code().is_none() {
+        // A broken or refused connection, a server shutting down or starting up, or out of
+        // resources: the store is unavailable (503), not broken. SQLSTATE classes 08
+        // (connection), 53 (resources), 57 (operator intervention), 58 (system).
+        let class = error.code().map(|c| &c.code()[..2]);
+        if error.is_closed() || matches!(class, None | Some("08" | "53" | "57" | "58")) {
             StoreError::Unavailable(format!("{step}: {}", chain(&error)))
         } else {
             StoreError::Postgres {
@@ -120,10 +127,51 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn tls() -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
-    let connector = native_tls::TlsConnector::new()
+/// TLS through the system's OpenSSL: whenever TLS is used, the server's certificate chain and
+/// host name are verified (against the system's CA store, plus `sslrootcert` when given).
+fn tls(root: Option<&str>) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = root {
+        let pem = std::fs::read(path).map_err(|e| StoreError::BadStore {
+            store: "given".into(),
+            reason: format!("sslrootcert {path}: {e}"),
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| StoreError::BadStore {
+            store: "given".into(),
+            reason: format!("sslrootcert {path} is not a PEM certificate: {e}"),
+        })?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder
+        .build()
         .map_err(|e| StoreError::Unavailable(format!("TLS setup: {e}")))?;
     Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// The URL as tokio-postgres reads it, and the CA file to trust: libpq's `sslmode=verify-ca`
+/// and `verify-full` become `require` (which verifies the chain and the host name here), and
+/// `sslrootcert=PATH` is taken out for [`tls`].
+fn split_tls(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root = None;
+    let kept: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| match kv.split_once('=') {
+            Some(("sslrootcert", v)) => {
+                root = Some(v.to_owned());
+                None
+            }
+            Some(("sslmode", "verify-ca" | "verify-full")) => Some("sslmode=require".to_owned()),
+            _ => Some(kv.to_owned()),
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_owned(), root)
+    } else {
+        (format!("{base}?{}", kept.join("&")), root)
+    }
 }
 
 impl Postgres {
@@ -131,6 +179,7 @@ impl Postgres {
     /// libpq's keywords work too). Checks the connection once, then starts the listener.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let shown = redact(url);
+        let (url, root) = split_tls(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::BadStore {
             store: shown.clone(),
             reason: format!("{e}"),
@@ -156,7 +205,7 @@ impl Postgres {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot start the store's runtime: {e}"))
             })?;
-        let tls = tls()?;
+        let tls = tls(root.as_deref())?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -180,6 +229,7 @@ impl Postgres {
         let mut this = Self {
             runtime: Some(runtime),
             pool,
+            locked: None,
             shown,
             link,
         };
@@ -230,6 +280,69 @@ impl Postgres {
         });
         rx.recv()
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the store call was lost".into())))
+    }
+}
+
+impl Postgres {
+    /// Every meta row, the head, and the secret and sandbox rows of a version above `since`
+    /// (`None`: every row, malformed ones included), in one snapshot.
+    fn load_where(&mut self, since: Option<i64>) -> Result<Snapshot, StoreError> {
+        self.run(move |mut client| async move {
+            // One snapshot of all three tables.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg("load"))?;
+            let mut snap = Snapshot::default();
+            for row in tx
+                .query("SELECT key, key_id, nonce, ciphertext FROM meta", &[])
+                .await
+                .map_err(pg("load meta"))?
+            {
+                if let (Ok(name), Ok(key_id), Ok(nonce), Ok(ciphertext)) =
+                    (get(&row, 0), get(&row, 1), get(&row, 2), get(&row, 3))
+                {
+                    snap.meta.push(MetaRecord {
+                        name,
+                        key_id,
+                        sealed: Sealed { nonce, ciphertext },
+                    });
+                }
+            }
+            snap.secrets = tx
+                .query(
+                    "SELECT kind, scope, name, repos, version, key_id, nonce, ciphertext, updated
+                     FROM secrets WHERE $1::bigint IS NULL OR version > $1",
+                    &[&since],
+                )
+                .await
+                .map_err(pg("load secrets"))?
+                .iter()
+                .map(decode_secret)
+                .collect();
+            snap.sandboxes = tx
+                .query(
+                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac, host
+                     FROM sandboxes WHERE $1::bigint IS NULL OR version > $1",
+                    &[&since],
+                )
+                .await
+                .map_err(pg("load sandboxes"))?
+                .iter()
+                .map(decode_sandbox)
+                .collect();
+            let head: i64 = tx
+                .query_one("SELECT generation FROM head", &[])
+                .await
+                .map_err(pg("load head"))?
+                .get(0);
+            snap.head = u64::try_from(head).ok();
+            tx.commit().await.map_err(pg("load"))?;
+            Ok(snap)
+        })
     }
 }
 
@@ -466,8 +579,8 @@ fn decode_token(row: &Row) -> Result<TokenRecord, Malformed> {
     })
 }
 
-async fn write(
-    tx: &deadpool_postgres::Transaction<'_>,
+async fn write<C: deadpool_postgres::GenericClient>(
+    tx: &C,
     change: &Change,
 ) -> Result<(), tokio_postgres::Error> {
     match change {
@@ -556,6 +669,18 @@ async fn write(
     Ok(())
 }
 
+/// Ends the write lock's transaction with `sql` (COMMIT or ROLLBACK); a connection where that
+/// fails is closed rather than returned to the pool.
+async fn end(client: deadpool_postgres::Object, sql: &str) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(sql).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(e)
+        }
+    }
+}
+
 async fn schema_version_of(client: &tokio_postgres::Transaction<'_>) -> Result<u32, StoreError> {
     let exists = |table: &'static str| async move {
         client
@@ -642,62 +767,12 @@ impl Backend for Postgres {
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.run(|mut client| async move {
-            // One snapshot of all three tables.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg("load"))?;
-            let mut snap = Snapshot::default();
-            for row in tx
-                .query("SELECT key, key_id, nonce, ciphertext FROM meta", &[])
-                .await
-                .map_err(pg("load meta"))?
-            {
-                if let (Ok(name), Ok(key_id), Ok(nonce), Ok(ciphertext)) =
-                    (get(&row, 0), get(&row, 1), get(&row, 2), get(&row, 3))
-                {
-                    snap.meta.push(MetaRecord {
-                        name,
-                        key_id,
-                        sealed: Sealed { nonce, ciphertext },
-                    });
-                }
-            }
-            snap.secrets = tx
-                .query(
-                    "SELECT kind, scope, name, repos, version, key_id, nonce, ciphertext, updated
-                     FROM secrets",
-                    &[],
-                )
-                .await
-                .map_err(pg("load secrets"))?
-                .iter()
-                .map(decode_secret)
-                .collect();
-            snap.sandboxes = tx
-                .query(
-                    "SELECT id, \"user\", repo, created, version, key_id, nonce, mac, host
-                     FROM sandboxes",
-                    &[],
-                )
-                .await
-                .map_err(pg("load sandboxes"))?
-                .iter()
-                .map(decode_sandbox)
-                .collect();
-            let head: i64 = tx
-                .query_one("SELECT generation FROM head", &[])
-                .await
-                .map_err(pg("load head"))?
-                .get(0);
-            snap.head = u64::try_from(head).ok();
-            tx.commit().await.map_err(pg("load"))?;
-            Ok(snap)
-        })
+        self.load_where(None)
+    }
+
+    fn load_since(&mut self, since: u64) -> Result<Option<Snapshot>, StoreError> {
+        self.load_where(Some(i64::try_from(since).unwrap_or(i64::MAX)))
+            .map(Some)
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
@@ -755,6 +830,65 @@ impl Backend for Postgres {
     fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
         let step = step_of(changes);
         let changes = changes.to_vec();
+        if let Some(client) = self.locked.take() {
+            // Under the write lock: no other broker committed since it was taken.
+            return self.block(async move {
+                let done = async {
+                    for change in &changes {
+                        write(&client, change).await?;
+                    }
+                    let head: i64 = client
+                        .query_one("SELECT generation FROM head", &[])
+                        .await?
+                        .get(0);
+                    Ok::<_, tokio_postgres::Error>(u64::try_from(head).unwrap_or(0))
+                };
+                let head = match tokio::time::timeout(CALL_TIMEOUT * 2, done).await {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => {
+                        let _ = end(client, "ROLLBACK").await;
+                        return Err(pg(step)(e));
+                    }
+                    Err(_) => {
+                        drop(deadpool_postgres::Object::take(client));
+                        return Err(StoreError::Unavailable(format!(
+                            "no answer within {:?}",
+                            CALL_TIMEOUT * 2
+                        )));
+                    }
+                };
+                if let Some(base) = base {
+                    if head != base {
+                        let _ = end(client, "ROLLBACK").await;
+                        return Err(StoreError::Moved { head });
+                    }
+                }
+                let next = base.map_or(head, |b| b + 1);
+                let finish = async {
+                    client
+                        .execute("UPDATE head SET generation = $1", &[&(next as i64)])
+                        .await?;
+                    client
+                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
+                        .await
+                        .map(drop)
+                };
+                match tokio::time::timeout(CALL_TIMEOUT * 2, finish).await {
+                    Ok(Ok(())) => end(client, "COMMIT").await.map_err(pg(step)),
+                    Ok(Err(e)) => {
+                        let _ = end(client, "ROLLBACK").await;
+                        Err(pg(step)(e))
+                    }
+                    Err(_) => {
+                        drop(deadpool_postgres::Object::take(client));
+                        Err(StoreError::Unavailable(format!(
+                            "no answer within {:?}",
+                            CALL_TIMEOUT * 2
+                        )))
+                    }
+                }
+            });
+        }
         self.run(move |mut client| async move {
             let tx = client.transaction().await.map_err(pg(step))?;
             // The head row is the store's write lock: commits of every broker queue here.
@@ -783,6 +917,49 @@ impl Backend for Postgres {
         })
     }
 
+    fn lock_writes(&mut self) -> Result<(), StoreError> {
+        self.unlock_writes();
+        let pool = self.pool.clone();
+        let client = self.block(async move {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Unavailable(chain(&e)))?;
+            let lock = async {
+                client.batch_execute("BEGIN").await?;
+                client
+                    .query_one("SELECT generation FROM head FOR UPDATE", &[])
+                    .await
+                    .map(drop)
+            };
+            match tokio::time::timeout(CALL_TIMEOUT * 2, lock).await {
+                Ok(Ok(())) => Ok(client),
+                Ok(Err(e)) => {
+                    let _ = end(client, "ROLLBACK").await;
+                    Err(pg("lock the store for writing")(e))
+                }
+                Err(_) => {
+                    drop(deadpool_postgres::Object::take(client));
+                    Err(StoreError::Unavailable(format!(
+                        "the store's write lock was not granted within {:?}",
+                        CALL_TIMEOUT * 2
+                    )))
+                }
+            }
+        })?;
+        self.locked = Some(client);
+        Ok(())
+    }
+
+    fn unlock_writes(&mut self) {
+        if let Some(client) = self.locked.take() {
+            let _ = self.block(async move {
+                let _ = end(client, "ROLLBACK").await;
+                Ok(())
+            });
+        }
+    }
+
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
         Err(StoreError::Backup {
             path: dest.to_owned(),
@@ -800,7 +977,30 @@ impl Backend for Postgres {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, split_tls};
+
+    #[test]
+    fn libpq_tls_words_map_to_verified_tls() {
+        assert_eq!(
+            split_tls("postgres://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
+            (
+                "postgres://h/db?sslmode=require".to_owned(),
+                Some("/etc/ca.pem".to_owned())
+            )
+        );
+        assert_eq!(
+            split_tls("postgres://h/db"),
+            ("postgres://h/db".to_owned(), None)
+        );
+        assert_eq!(
+            split_tls("postgres://h/db?sslrootcert=/ca.pem"),
+            ("postgres://h/db".to_owned(), Some("/ca.pem".to_owned()))
+        );
+        assert_eq!(
+            split_tls("postgres://h/db?sslmode=disable&application_name=x").0,
+            "postgres://h/db?sslmode=disable&application_name=x"
+        );
+    }
 
     #[test]
     fn a_url_is_shown_without_its_password() {
