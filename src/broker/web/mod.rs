@@ -340,7 +340,7 @@ fn posted(
     Ok((s, place, form))
 }
 
-/// The notice after a change: "N running sandboxes see it".
+/// The notice after a change: "N running sandboxes see it (M restart their commands)".
 fn notice(what: &str, a: &crate::broker::admin::ChangeAnswer) -> String {
     let n = a.sandboxes.len();
     let who = match n {
@@ -348,7 +348,12 @@ fn notice(what: &str, a: &crate::broker::admin::ChangeAnswer) -> String {
         1 => "1 running sandbox sees it".to_owned(),
         n => format!("{n} running sandboxes see it"),
     };
-    format!("{what}: secrets changed, {who}.")
+    let restarts = match a.restarting.len() {
+        0 => String::new(),
+        1 => " (1 restarts its command)".to_owned(),
+        m => format!(" ({m} restart their commands)"),
+    };
+    format!("{what}: secrets changed, {who}{restarts}.")
 }
 
 fn error_text(e: &PlatformError) -> String {
