@@ -875,6 +875,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_notice_says_restarts_only_when_there_are_some() {
+        let answer = |sandboxes: &[&str], restarting: &[&str]| crate::broker::admin::ChangeAnswer {
+            name: "DB_URL".into(),
+            scope: crate::broker::store::ScopeKind::User,
+            owner: "mona".into(),
+            result: "updated".into(),
+            sandboxes: sandboxes.iter().map(|s| s.to_string()).collect(),
+            watching: restarting.iter().map(|s| s.to_string()).collect(),
+            restarting: restarting.iter().map(|s| s.to_string()).collect(),
+        };
+        let what = "Secret DB_URL updated";
+        assert_eq!(
+            notice(what, &answer(&["a"], &[])),
+            "Secret DB_URL updated: secrets changed, 1 running sandbox sees it."
+        );
+        assert_eq!(
+            notice(what, &answer(&["a", "b"], &["a"])),
+            "Secret DB_URL updated: secrets changed, 2 running sandboxes see it \
+             (1 restarts its command)."
+        );
+        assert_eq!(
+            notice(what, &answer(&["a", "b"], &["a", "b"])),
+            "Secret DB_URL updated: secrets changed, 2 running sandboxes see it \
+             (2 restart their commands)."
+        );
+    }
+
+    #[test]
     fn cookies_are_found_by_exact_name() {
         let mut h = HeaderMap::new();
         h.insert(
