@@ -40,6 +40,53 @@ pub const MAX_NAME_LEN: usize = 255;
 /// this is a hard cap rather than an exact bound; anything above is refused as garbage.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What a watching init does when its answer changes, as its watch declares it in `Prefer`
+/// (RFC 7240, beside `wait`): `on-change=restart` (the command is restarted) or
+/// `on-change=signal` (the command is signalled and keeps running). The broker only reports it
+/// (`set` says which sandboxes restart their command); it changes nothing it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaction {
+    Restart,
+    Signal,
+}
+
+impl Reaction {
+    /// The preference's name in `Prefer`.
+    pub const PREFERENCE: &'static str = "on-change";
+
+    /// The preference's value on the wire.
+    pub fn token(self) -> &'static str {
+        match self {
+            Reaction::Restart => "restart",
+            Reaction::Signal => "signal",
+        }
+    }
+
+    /// The `on-change` preference of a request's `Prefer` header values, if one names a known
+    /// reaction. Pure and lenient, since any client may send anything: the first `on-change`
+    /// preference counts (RFC 7240 section 2), its name compared without case, its value bare or
+    /// quoted, parameters after `;` ignored; an unknown or malformed value is no reaction.
+    pub fn from_prefer<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Reaction> {
+        let value = values
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .find_map(|p| {
+                let p = p.split(';').next().unwrap_or("");
+                let (name, value) = p.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case(Self::PREFERENCE)
+                    .then(|| value.trim())
+            })?;
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        [Reaction::Restart, Reaction::Signal]
+            .into_iter()
+            .find(|r| value.eq_ignore_ascii_case(r.token()))
+    }
+}
+
 /// How a rule of [`DANGEROUS`] matches an (upper-case) secret name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
@@ -842,6 +889,41 @@ pub async fn request_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_on_change_preference_is_read_leniently_and_unknown_ones_are_none() {
+        let r = |v: &[&str]| Reaction::from_prefer(v.iter().copied());
+        for reaction in [Reaction::Restart, Reaction::Signal] {
+            let sent = format!("wait=300, {}={}", Reaction::PREFERENCE, reaction.token());
+            assert_eq!(r(&[&sent]), Some(reaction), "{sent}");
+        }
+        assert_eq!(
+            r(&["ON-Change = \"Restart\" ; x=1"]),
+            Some(Reaction::Restart)
+        );
+        assert_eq!(r(&["wait=5", "on-change=signal"]), Some(Reaction::Signal));
+        // The first instance counts, even when a later one is readable.
+        assert_eq!(r(&["on-change=reboot, on-change=restart"]), None);
+        assert_eq!(
+            r(&["on-change=signal, on-change=restart"]),
+            Some(Reaction::Signal)
+        );
+        let long = "on-change=".to_owned() + &"r".repeat(10_000);
+        for bad in [
+            "",
+            "on-change",
+            "on-change=",
+            "on-change=none",
+            "on-change=\"restart",
+            "on-changed=restart",
+            "restart",
+            "wait=300",
+            ",,,;;;===",
+            long.as_str(),
+        ] {
+            assert_eq!(r(&[bad]), None, "{bad:.40}");
+        }
+    }
 
     #[test]
     fn names_are_upper_cased_and_checked_rule_by_rule() {

@@ -533,7 +533,8 @@ fn set_delete_and_access_say_which_sandboxes_see_the_change() {
     let watch = std::thread::spawn(move || {
         get(
             &socket,
-            &format!("If-None-Match: {tag}\r\nPrefer: wait=20\r\n"),
+            // A hostile `on-change` preference is ignored: the watch works, restarts nothing.
+            &format!("If-None-Match: {tag}\r\nPrefer: wait=20, on-change=rm -rf /\r\n"),
         )
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -575,6 +576,7 @@ fn set_delete_and_access_say_which_sandboxes_see_the_change() {
     want.sort();
     assert_eq!(json["sandboxes"], serde_json::json!(want), "{}", r.stdout());
     assert_eq!(json["watching"], serde_json::json!([]));
+    assert_eq!(json["restarting"], serde_json::json!([]));
     // A repository secret reaches every sandbox of the repository, whoever its user.
     let r = broker
         .cli(
@@ -907,6 +909,174 @@ fn on_change_signal_keeps_the_process_and_its_files_are_current() {
     );
     for v in [VALUE, "rotated-pw-9e0", PASSWORD] {
         assert!(!init.log().contains(v), "{v} in the init's log");
+    }
+}
+
+/// The PID (as the host sees it) of the init of `w`: PID 1 of its namespace, the child of
+/// `unshare`.
+fn init_pid(w: &Watching) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id()))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether the init of `w` holds a connected unix socket (its watch: the fetch at start is
+/// closed before the command starts), from its descriptors and `/proc/net/unix`.
+fn holds_a_connection(w: &Watching) -> bool {
+    let Some(pid) = init_pid(w) else {
+        return false;
+    };
+    let connected: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 7 && f[5] == "03").then(|| format!("socket:[{}]", f[6]))
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| connected.iter().any(|c| l.as_os_str() == c.as_str()))
+}
+
+/// Waits until the init of `w` holds its watch open, as the broker will see it when a change
+/// comes.
+fn watch_open(w: &Watching) {
+    assert!(
+        eventually(Duration::from_secs(10), || holds_a_connection(w)),
+        "the init holds no watch open\n{}",
+        w.explain()
+    );
+    // The connection is made; give the daemon a moment to read the request's headers.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn set_says_how_many_watching_sandboxes_restart_their_command() {
+    if let Some(why) = can_be_pid1() {
+        support::skip(why);
+        return;
+    }
+    let (broker, restart_dir) = broker_with_sandbox();
+    let restart_id = restart_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (signal_id, signal_dir) = broker.sandbox("mona", "octo/hello");
+    let (quiet_id, quiet_dir) = broker.sandbox("mona", "octo/hello");
+    let out = tempfile::tempdir().unwrap();
+    let start = |name: &str, dir: &Path, mode: &str, script: &str| {
+        let seen = out.path().join(format!("{name}.seen"));
+        let docker = out.path().join(format!("{name}.docker"));
+        let mut args = vec!["--on-change", mode, "--", "sh", "-c", script];
+        if mode == "none" {
+            args.drain(..2);
+        }
+        let init = Watching::start(
+            pid1_command(
+                &dir.join("secrets.sock"),
+                &[
+                    ("OUT", &seen.display().to_string()),
+                    ("DOCKER_CONFIG", &docker.display().to_string()),
+                ],
+                &args,
+            ),
+            out.path().join(format!("{name}.log")),
+        );
+        let first = lines_of(&seen, 1, Duration::from_secs(10));
+        assert_eq!(first.len(), 1, "{}", init.explain());
+        (init, seen)
+    };
+    let (restarting, restart_seen) = start("restart", &restart_dir, "restart", DEV_SERVER);
+    let (signalled, signal_seen) = start("signal", &signal_dir, "signal:HUP", HUP_SERVER);
+    let (quiet, _) = start("quiet", &quiet_dir, "none", DEV_SERVER);
+    watch_open(&restarting);
+    watch_open(&signalled);
+    assert!(
+        !holds_a_connection(&quiet),
+        "an init without --on-change holds a connection\n{}",
+        quiet.explain()
+    );
+
+    let r = broker
+        .cli(
+            &["set", "TOKEN", "--user", "mona", "--repos", "octo/hello"],
+            Some(b"restarts-told-1"),
+        )
+        .ok();
+    assert_eq!(
+        r.stdout(),
+        "updated user secret TOKEN of mona: 3 sandboxes see the change \
+         (2 watching, 1 restarts its command)\n",
+        "{}\n{}\n{}",
+        r.explain(),
+        restarting.explain(),
+        signalled.explain()
+    );
+    // What was said is what happened: one command started again, the other was signalled.
+    let got = lines_of(&restart_seen, 2, Duration::from_secs(10));
+    assert_eq!(
+        got.get(1).map(String::as_str),
+        Some("restarts-told-1|unset"),
+        "{}",
+        restarting.explain()
+    );
+    let got = lines_of(&signal_seen, 2, Duration::from_secs(10));
+    assert!(
+        got.get(1).is_some_and(|l| l.starts_with("hup ")),
+        "{got:?}\n{}",
+        signalled.explain()
+    );
+
+    // --json carries the ids; a change the restarting sandbox does not see restarts nothing.
+    watch_open(&restarting);
+    watch_open(&signalled);
+    let json = |args: &[&str], value: Option<&[u8]>| {
+        let r = broker.cli(args, value).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+        v
+    };
+    let v = json(
+        &["delete", "TOKEN", "--user", "mona", "--yes", "--json"],
+        None,
+    );
+    let mut all = vec![restart_id.clone(), signal_id.clone(), quiet_id.clone()];
+    all.sort();
+    let mut watching = vec![restart_id.clone(), signal_id.clone()];
+    watching.sort();
+    assert_eq!(v["sandboxes"], serde_json::json!(all), "{v}");
+    assert_eq!(v["watching"], serde_json::json!(watching), "{v}");
+    assert_eq!(v["restarting"], serde_json::json!([restart_id]), "{v}");
+    let got = lines_of(&restart_seen, 3, Duration::from_secs(10));
+    assert_eq!(got.get(2).map(String::as_str), Some("unset|unset"));
+
+    // A secret of another repository reaches none of them: nothing watching, nothing restarts.
+    watch_open(&restarting);
+    let v = json(
+        &[
+            "set",
+            "ELSEWHERE",
+            "--user",
+            "mona",
+            "--repos",
+            "octo/other",
+            "--json",
+        ],
+        Some(b"elsewhere-3"),
+    );
+    assert_eq!(v["restarting"], serde_json::json!([]), "{v}");
+    assert_eq!(v["watching"], serde_json::json!([]), "{v}");
+    for log in [restarting.log(), signalled.log(), broker.log_text()] {
+        for v in ["restarts-told-1", "elsewhere-3", VALUE, PASSWORD] {
+            assert!(!log.contains(v), "{v} in a log:\n{log}");
+        }
     }
 }
 

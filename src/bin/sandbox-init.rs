@@ -132,9 +132,11 @@ fn watch(
     inherited: &[(OsString, OsString)],
     etag: Option<String>,
 ) -> Option<Refresh> {
-    if opts.init.on_change == init::OnChange::None {
-        return None;
-    }
+    let reaction = match opts.init.on_change {
+        init::OnChange::None => return None,
+        init::OnChange::Restart => inject::watch::Reaction::Restart,
+        init::OnChange::Signal(_) => inject::watch::Reaction::Signal,
+    };
     let Some(tag) = etag else {
         tracing::info!("--on-change: no answer from a broker to watch; the command starts once");
         return None;
@@ -145,6 +147,7 @@ fn watch(
         target,
         inherited.to_vec(),
         tag,
+        reaction,
         init::wake,
     ) {
         Ok(w) => Some(Refresh(w)),

@@ -338,10 +338,15 @@ pub struct ChangeAnswer {
     /// Of those, the ones with a watch open that was woken (their init sees it now).
     #[serde(default)]
     pub watching: Vec<String>,
+    /// Of the watching, the ones where a watcher declared it restarts its command on a change
+    /// (`sandbox-init --on-change restart`); the others' commands keep running.
+    #[serde(default)]
+    pub restarting: Vec<String>,
 }
 
 impl ChangeAnswer {
-    /// ": 3 sandboxes see the change (2 watching)", for the CLI's line.
+    /// ": 3 sandboxes see the change (2 watching, 1 restarts its command)", for the CLI's line;
+    /// the restarts are said only when there are some.
     pub fn affected(&self) -> String {
         let n = self.sandboxes.len();
         let who = match n {
@@ -349,7 +354,15 @@ impl ChangeAnswer {
             1 => "1 sandbox sees".to_owned(),
             n => format!("{n} sandboxes see"),
         };
-        format!(": {who} the change ({} watching)", self.watching.len())
+        let restarts = match self.restarting.len() {
+            0 => String::new(),
+            1 => ", 1 restarts its command".to_owned(),
+            m => format!(", {m} restart their commands"),
+        };
+        format!(
+            ": {who} the change ({} watching{restarts})",
+            self.watching.len()
+        )
     }
 }
 
@@ -391,6 +404,41 @@ pub struct SandboxList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_change_line_says_restarts_only_when_there_are_some() {
+        let ids = |n: usize| (0..n).map(|i| format!("s{i}")).collect::<Vec<_>>();
+        let line = |sandboxes, watching, restarting| {
+            ChangeAnswer {
+                name: "TOKEN".into(),
+                scope: ScopeKind::User,
+                owner: "mona".into(),
+                result: "updated".into(),
+                sandboxes: ids(sandboxes),
+                watching: ids(watching),
+                restarting: ids(restarting),
+            }
+            .affected()
+        };
+        assert_eq!(line(0, 0, 0), ": no sandbox sees the change");
+        assert_eq!(line(1, 0, 0), ": 1 sandbox sees the change (0 watching)");
+        assert_eq!(
+            line(3, 2, 1),
+            ": 3 sandboxes see the change (2 watching, 1 restarts its command)"
+        );
+        assert_eq!(
+            line(3, 3, 2),
+            ": 3 sandboxes see the change (3 watching, 2 restart their commands)"
+        );
+        // An answer from a broker without the field reads as no restarts.
+        let old: ChangeAnswer = serde_json::from_str(
+            r#"{"name":"T","scope":"user","owner":"mona","result":"updated",
+                "sandboxes":["a"],"watching":["a"]}"#,
+        )
+        .unwrap();
+        assert!(old.restarting.is_empty());
+        assert_eq!(old.affected(), ": 1 sandbox sees the change (1 watching)");
+    }
 
     #[test]
     fn routes_round_trip_through_their_paths() {

@@ -493,8 +493,9 @@ impl Daemon {
             .collect()
     }
 
-    /// Opens a watch on sandbox `id` (one more waiter; the entry goes with the last one).
-    pub fn watch(self: &Arc<Self>, id: &str) -> WatchGuard {
+    /// Opens a watch on sandbox `id` (one more waiter; the entry goes with the last one);
+    /// `restarts`: the watcher declared that it restarts its command on a change.
+    pub fn watch(self: &Arc<Self>, id: &str, restarts: bool) -> WatchGuard {
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let watch = Arc::clone(
             watches
@@ -502,17 +503,23 @@ impl Daemon {
                 .or_insert_with(|| Arc::new(Watch::default())),
         );
         watch.waiters.fetch_add(1, Ordering::AcqRel);
+        if restarts {
+            watch.restarting.fetch_add(1, Ordering::AcqRel);
+        }
         WatchGuard {
             daemon: Arc::clone(self),
             id: id.into(),
             watch,
+            restarts,
         }
     }
 
     /// After a change to the store: every watched sandbox whose answer now differs from the one
-    /// its watchers hold is woken. Returns the ids woken (sorted). No polling: this runs once per
-    /// change, and only for sandboxes with a watch open.
-    pub fn wake_watchers(&self) -> Vec<String> {
+    /// its watchers hold is woken. Returns the sandboxes woken (sorted by id), each with whether
+    /// one of its watchers declared it restarts its command (read before waking, while they all
+    /// still wait). No polling: this runs once per change, and only for sandboxes with a watch
+    /// open.
+    pub fn wake_watchers(&self) -> Vec<Woken> {
         let watched: Vec<(Box<str>, Arc<Watch>)> = self
             .watches
             .lock()
@@ -526,11 +533,15 @@ impl Daemon {
             let now = self.answer_tag(&id).unwrap_or(0);
             if now != watch.etag.load(Ordering::Acquire) {
                 watch.etag.store(now, Ordering::Release);
+                let restarts = watch.restarting.load(Ordering::Acquire) > 0;
                 watch.changed.notify_waiters();
-                woken.push(id.into());
+                woken.push(Woken {
+                    id: id.into(),
+                    restarts,
+                });
             }
         }
-        woken.sort();
+        woken.sort_by(|a, b| a.id.cmp(&b.id));
         woken
     }
 
@@ -763,12 +774,22 @@ pub fn changed_between(
         .collect()
 }
 
-/// One watched sandbox: the digest of the answer its watchers hold, and their wake-up.
+/// A sandbox [`Daemon::wake_watchers`] woke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Woken {
+    pub id: String,
+    /// At least one of its watchers restarts its command on a change (`on-change=restart`).
+    pub restarts: bool,
+}
+
+/// One watched sandbox: the digest of the answer its watchers hold, their wake-up, how many
+/// wait and how many of those restart their command on a change.
 #[derive(Default)]
 pub struct Watch {
     etag: std::sync::atomic::AtomicU64,
     changed: Notify,
     waiters: AtomicUsize,
+    restarting: AtomicUsize,
 }
 
 /// A watcher's hold on its sandbox's [`Watch`]; the entry is removed with the last holder.
@@ -776,6 +797,7 @@ pub struct WatchGuard {
     daemon: Arc<Daemon>,
     id: Box<str>,
     watch: Arc<Watch>,
+    restarts: bool,
 }
 
 impl WatchGuard {
@@ -797,6 +819,9 @@ impl Drop for WatchGuard {
             .watches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if self.restarts {
+            self.watch.restarting.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.watch.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
             watches.remove(&self.id);
         }

@@ -93,18 +93,24 @@ pub fn fetch_tagged(socket: &Path, timeout: Duration) -> Result<Fetched, FetchEr
     }
 }
 
-/// The watch: `GET /v1/secrets` with `If-None-Match: holds` and `Prefer: wait=SECS`. The
-/// broker answers when the answer's tag differs from `holds` (`Some`) or when `wait` passed
-/// (`304`: `None`). The exchange is bounded by `wait` plus `slack`: one wakeup per wait while
-/// nothing changes, none between.
+/// The watch: `GET /v1/secrets` with `If-None-Match: holds` and `Prefer: wait=SECS,
+/// on-change=REACTION` (what the init does on a change, for the broker to report). The broker
+/// answers when the answer's tag differs from `holds` (`Some`) or when `wait` passed (`304`:
+/// `None`). The exchange is bounded by `wait` plus `slack`: one wakeup per wait while nothing
+/// changes, none between.
 pub fn watch(
     socket: &Path,
     holds: &str,
     wait: Duration,
     slack: Duration,
+    reaction: protocol::Reaction,
 ) -> Result<Option<Fetched>, FetchError> {
-    let secs = wait.as_secs().to_string();
-    let prefer = format!("wait={secs}");
+    let prefer = format!(
+        "wait={}, {}={}",
+        wait.as_secs(),
+        protocol::Reaction::PREFERENCE,
+        reaction.token()
+    );
     exchange(
         socket,
         &[("if-none-match", holds), ("prefer", &prefer)],

@@ -1,5 +1,5 @@
 //! The `--on-change` watch: one thread that keeps a long-poll (`If-None-Match` + `Prefer:
-//! wait`, [`fetch::watch`]) open on the sandbox socket, places every changed answer (files and
+//! wait, on-change`, [`fetch::watch`]) open on the sandbox socket, places every changed answer (files and
 //! registry credentials current at once) and hands the new variables to the supervisor through a
 //! one-slot mailbox, then calls the supervisor's wake function. While the broker is away it
 //! reconnects with capped exponential backoff and full jitter; the command keeps its last good
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::fetch;
 use super::{chain, info, place_secrets, warn, Files, Options, Prepared, Target};
+pub use crate::protocol::Reaction;
 
 /// How long one watch asks the broker to hold it (`Prefer: wait=300`): one wakeup per wait
 /// while nothing changes.
@@ -62,13 +63,15 @@ impl Watch {
 }
 
 /// Starts the watch thread for the answer tagged `holds`. Each change is placed for `target`
-/// against `inherited` (as at start) and then `wake` is called.
+/// against `inherited` (as at start) and then `wake` is called. `reaction` (what the
+/// supervisor does on a change) is declared to the broker with every watch request.
 pub fn start(
     opts: Options,
     files: Files,
     target: Target,
     inherited: Vec<(OsString, OsString)>,
     holds: String,
+    reaction: Reaction,
     wake: fn(),
 ) -> std::io::Result<Watch> {
     let mailbox = Arc::new(Mutex::new(None));
@@ -80,7 +83,7 @@ pub fn start(
         .stack_size(2 * 1024 * 1024)
         .spawn(move || {
             let place = |secrets| place_secrets(&opts, &files, &target, &inherited, secrets);
-            watch_loop(&opts.socket, &place, holds, &theirs, wake)
+            watch_loop(&opts.socket, &place, holds, reaction, &theirs, wake)
         })?;
     Ok(Watch { mailbox })
 }
@@ -92,6 +95,7 @@ fn watch_loop(
     socket: &Path,
     place: &Place<'_>,
     mut holds: String,
+    reaction: Reaction,
     mailbox: &Mutex<Option<Prepared>>,
     wake: fn(),
 ) {
@@ -101,7 +105,7 @@ fn watch_loop(
     ));
     let mut failures: u32 = 0;
     loop {
-        let failed = match fetch::watch(socket, &holds, WAIT, SLACK) {
+        let failed = match fetch::watch(socket, &holds, WAIT, SLACK, reaction) {
             Ok(None) => None,
             Ok(Some(f)) => match f.etag {
                 Some(tag) if tag != holds => {

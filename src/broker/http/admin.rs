@@ -216,8 +216,8 @@ fn picker(kind: ScopeKind, scope: &str) -> impl Fn(&SandboxRow) -> bool {
     }
 }
 
-/// After a change: the live sandboxes among `pick`'s whose answer moved since `before`, and those
-/// of them with a watch open, woken now.
+/// After a change: the live sandboxes among `pick`'s whose answer moved since `before`, those of
+/// them with a watch open, woken now, and of those the ones whose watcher restarts its command.
 fn affected(
     daemon: &Daemon,
     before: &[(String, Option<Level>)],
@@ -225,7 +225,7 @@ fn affected(
     name: &str,
     kind: ScopeKind,
     value_changed: bool,
-) -> (Vec<String>, Vec<String>) {
+) -> Affected {
     daemon.answers().sync(daemon.store().generation());
     let level = match kind {
         ScopeKind::User => Level::User,
@@ -233,12 +233,28 @@ fn affected(
     };
     let after = daemon.live_sources(pick, name);
     let sandboxes = daemon::changed_between(before, &after, level, value_changed);
-    let watching = daemon
+    let woken: Vec<daemon::Woken> = daemon
         .wake_watchers()
         .into_iter()
-        .filter(|id| sandboxes.contains(id))
+        .filter(|w| sandboxes.contains(&w.id))
         .collect();
-    (sandboxes, watching)
+    let restarting = woken
+        .iter()
+        .filter(|w| w.restarts)
+        .map(|w| w.id.clone())
+        .collect();
+    Affected {
+        sandboxes,
+        watching: woken.into_iter().map(|w| w.id).collect(),
+        restarting,
+    }
+}
+
+/// Who a change reaches, each list sorted: see [`ChangeAnswer`].
+struct Affected {
+    sandboxes: Vec<String>,
+    watching: Vec<String>,
+    restarting: Vec<String>,
 }
 
 /// Checks the method and path of an admin request; returns its route. Pure.
@@ -575,7 +591,11 @@ pub fn execute(
             let pick = picker(kind, &scope);
             let before = daemon.live_sources(&pick, &name);
             let created = store.set_secret(kind, &scope, &name, value.expose_secret(), repos)?;
-            let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, true);
+            let Affected {
+                sandboxes,
+                watching,
+                restarting,
+            } = affected(daemon, &before, &pick, &name, kind, true);
             let result = if created { "created" } else { "updated" };
             audit_change(
                 actor,
@@ -589,6 +609,7 @@ pub fn execute(
                 result: result.into(),
                 sandboxes,
                 watching,
+                restarting,
             }))
         }
         AdminCommand::Access { user, name, repos } => {
@@ -596,8 +617,11 @@ pub fn execute(
             let pick = picker(ScopeKind::User, &user);
             let before = daemon.live_sources(&pick, &name);
             store.set_access(&user, &name, repos)?;
-            let (sandboxes, watching) =
-                affected(daemon, &before, &pick, &name, ScopeKind::User, false);
+            let Affected {
+                sandboxes,
+                watching,
+                restarting,
+            } = affected(daemon, &before, &pick, &name, ScopeKind::User, false);
             audit_change(
                 actor,
                 "access",
@@ -610,13 +634,18 @@ pub fn execute(
                 result: "access".into(),
                 sandboxes,
                 watching,
+                restarting,
             }))
         }
         AdminCommand::Delete { kind, scope, name } => {
             let pick = picker(kind, &scope);
             let before = daemon.live_sources(&pick, &name);
             store.delete_secret(kind, &scope, &name)?;
-            let (sandboxes, watching) = affected(daemon, &before, &pick, &name, kind, false);
+            let Affected {
+                sandboxes,
+                watching,
+                restarting,
+            } = affected(daemon, &before, &pick, &name, kind, false);
             audit_change(
                 actor,
                 "deleted",
@@ -629,6 +658,7 @@ pub fn execute(
                 result: "deleted".into(),
                 sandboxes,
                 watching,
+                restarting,
             }))
         }
         AdminCommand::List { kind, scope } => Ok(Answer::List(ListAnswer {

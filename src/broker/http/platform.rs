@@ -459,7 +459,8 @@ pub struct RepositoriesOut {
     pub repositories: Vec<RepositoryOut>,
 }
 
-/// What a change did: how many live sandboxes see it, how many of them were watching.
+/// What a change did: how many live sandboxes see it, how many of them were watching, and how
+/// many of those restart their command on a change.
 #[derive(Serialize, ToSchema)]
 pub struct ChangeOut {
     pub name: String,
@@ -467,6 +468,7 @@ pub struct ChangeOut {
     pub result: String,
     pub sandboxes: usize,
     pub watching: usize,
+    pub restarting: usize,
 }
 
 impl ChangeOut {
@@ -476,6 +478,7 @@ impl ChangeOut {
             result: a.result,
             sandboxes: a.sandboxes.len(),
             watching: a.watching.len(),
+            restarting: a.restarting.len(),
         }
     }
 }

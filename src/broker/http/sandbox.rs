@@ -13,25 +13,28 @@ use hyper::{Method, Response, StatusCode};
 use super::{shared_response, shown, ApiError, SecretBody};
 use crate::broker::audit;
 use crate::broker::daemon::{self, Daemon, Slot};
-use crate::protocol::SECRETS_PATH;
+use crate::protocol::{Reaction, SECRETS_PATH};
 
 /// Longest a watch waits when the request names no `Prefer: wait=N`.
 pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(60);
 /// Longest a watch may ask to wait.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
 
-/// What a request asks besides the answer: a watch (`If-None-Match: "<etag>"`) and its
-/// deadline (`Prefer: wait=SECS`).
+/// What a request asks besides the answer: a watch (`If-None-Match: "<etag>"`), its deadline
+/// (`Prefer: wait=SECS`) and what the client does on a change (`Prefer: on-change=restart`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Watching {
     /// The entity tag of the answer the client holds.
     pub holds: Option<u64>,
     pub wait: Option<Duration>,
+    /// What the watching client does when the answer changes, as it declared it (reported by
+    /// the admin answers; an unknown or malformed preference is none).
+    pub reaction: Option<Reaction>,
 }
 
 impl Watching {
     /// Reads the two headers. Pure. An unreadable `If-None-Match` is no watch (the answer comes
-    /// at once); `wait` is capped at [`MAX_WATCH_WAIT`].
+    /// at once); `wait` is capped at [`MAX_WATCH_WAIT`]; an unreadable preference is ignored.
     pub fn from_headers(headers: &HeaderMap) -> Watching {
         let holds = headers
             .get(hyper::header::IF_NONE_MATCH)
@@ -44,7 +47,17 @@ impl Watching {
             .flat_map(|v| v.split(','))
             .find_map(|p| p.trim().strip_prefix("wait=")?.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s).min(MAX_WATCH_WAIT));
-        Watching { holds, wait }
+        let reaction = Reaction::from_prefer(
+            headers
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        Watching {
+            holds,
+            wait,
+            reaction,
+        }
     }
 }
 
@@ -81,7 +94,7 @@ pub async fn answer(
     let Some(holds) = watching.holds else {
         return read(daemon, id).await;
     };
-    let watch = daemon.watch(id);
+    let watch = daemon.watch(id, watching.reaction == Some(Reaction::Restart));
     let deadline = tokio::time::sleep(watching.wait.unwrap_or(DEFAULT_WATCH_WAIT));
     tokio::pin!(deadline);
     loop {
@@ -206,10 +219,25 @@ mod tests {
             Watching::from_headers(&h),
             Watching {
                 holds: Some(tag),
-                wait: Some(Duration::from_secs(5))
+                wait: Some(Duration::from_secs(5)),
+                reaction: None,
             }
         );
         h.insert("prefer", HeaderValue::from_static("wait=99999"));
         assert_eq!(Watching::from_headers(&h).wait, Some(MAX_WATCH_WAIT));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("wait=300, on-change=restart"),
+        );
+        let w = Watching::from_headers(&h);
+        assert_eq!(w.reaction, Some(Reaction::Restart));
+        assert_eq!(w.wait, Some(Duration::from_secs(300)));
+        // A hostile preference leaves the watch as it was.
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("wait=7, on-change=rm -rf; on-change=restart"),
+        );
+        let w = Watching::from_headers(&h);
+        assert_eq!((w.reaction, w.wait), (None, Some(Duration::from_secs(7))));
     }
 }

@@ -340,7 +340,7 @@ fn posted(
     Ok((s, place, form))
 }
 
-/// The notice after a change: "N running sandboxes see it".
+/// The notice after a change: "N running sandboxes see it (M restart their commands)".
 fn notice(what: &str, a: &crate::broker::admin::ChangeAnswer) -> String {
     let n = a.sandboxes.len();
     let who = match n {
@@ -348,7 +348,12 @@ fn notice(what: &str, a: &crate::broker::admin::ChangeAnswer) -> String {
         1 => "1 running sandbox sees it".to_owned(),
         n => format!("{n} running sandboxes see it"),
     };
-    format!("{what}: secrets changed, {who}.")
+    let restarts = match a.restarting.len() {
+        0 => String::new(),
+        1 => " (1 restarts its command)".to_owned(),
+        m => format!(" ({m} restart their commands)"),
+    };
+    format!("{what}: secrets changed, {who}{restarts}.")
 }
 
 fn error_text(e: &PlatformError) -> String {
@@ -868,6 +873,34 @@ pub fn routes() -> Router<Shared> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_notice_says_restarts_only_when_there_are_some() {
+        let answer = |sandboxes: &[&str], restarting: &[&str]| crate::broker::admin::ChangeAnswer {
+            name: "DB_URL".into(),
+            scope: crate::broker::store::ScopeKind::User,
+            owner: "mona".into(),
+            result: "updated".into(),
+            sandboxes: sandboxes.iter().map(|s| s.to_string()).collect(),
+            watching: restarting.iter().map(|s| s.to_string()).collect(),
+            restarting: restarting.iter().map(|s| s.to_string()).collect(),
+        };
+        let what = "Secret DB_URL updated";
+        assert_eq!(
+            notice(what, &answer(&["a"], &[])),
+            "Secret DB_URL updated: secrets changed, 1 running sandbox sees it."
+        );
+        assert_eq!(
+            notice(what, &answer(&["a", "b"], &["a"])),
+            "Secret DB_URL updated: secrets changed, 2 running sandboxes see it \
+             (1 restarts its command)."
+        );
+        assert_eq!(
+            notice(what, &answer(&["a", "b"], &["a", "b"])),
+            "Secret DB_URL updated: secrets changed, 2 running sandboxes see it \
+             (2 restart their commands)."
+        );
+    }
 
     #[test]
     fn cookies_are_found_by_exact_name() {
