@@ -1256,7 +1256,13 @@ fn secrets_dir_files_and_our_config_json_entries_follow_set_and_delete() {
         "{cfg}"
     );
     assert_eq!(cfg["auths"].as_object().unwrap().len(), 1, "{cfg}");
-    assert!(!docker.join("config.json.sandbox-init").exists());
+    // The record goes right after config.json is rewritten (a step later on the watch thread).
+    assert!(
+        eventually(Duration::from_secs(10), || !docker
+            .join("config.json.sandbox-init")
+            .exists()),
+        "the record of our entries outlived them"
+    );
     let log = init.log();
     for v in [
         VALUE,
