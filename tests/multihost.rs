@@ -1064,3 +1064,67 @@ fn a_row_edited_in_the_shared_database_is_refused_when_another_broker_catches_up
     assert!(!body.contains("v1-VALUE"), "{body}");
     logs_hold_no_value(&[&a, &b]);
 }
+
+/// `GET path` on a platform API at `base` (`http://127.0.0.1:PORT`) with `token`: the status.
+fn api_status(base: &str, path: &str, token: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Tokens live in the shared store: one created through host A authenticates on host B's
+/// platform API, and a revocation through A holds on B at once (announced like a commit), not at
+/// B's next restart.
+#[test]
+fn a_token_created_or_revoked_on_one_host_holds_on_another() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, mut b) = two_hosts(&db, &db.url);
+    b.serve_args = vec!["--http".into(), "127.0.0.1:0".into()];
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let base = b.http_base();
+    let out = a.cli(&["token", "create", "--user", "mona"], None).ok();
+    let token = out.stdout().lines().last().unwrap().to_owned();
+    let id = a
+        .cli(&["token", "list", "--json"], None)
+        .ok()
+        .stdout()
+        .split('"')
+        .skip_while(|w| *w != "id")
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || api_status(
+            &base,
+            "/v1/users/mona/secrets",
+            &token
+        ) == 200),
+        "a token made through host A never authenticated on host B\n{}",
+        b.log_text()
+    );
+    a.cli(&["token", "revoke", &id], None).ok();
+    assert!(
+        eventually(Duration::from_secs(5), || api_status(
+            &base,
+            "/v1/users/mona/secrets",
+            &token
+        ) == 401),
+        "a token revoked through host A still authenticates on host B\n{}",
+        b.log_text()
+    );
+    for log in [a.log_text(), b.log_text()] {
+        assert!(!log.contains(&token), "the token is in a broker's log");
+    }
+}

@@ -187,11 +187,23 @@ async fn follow_store(
     mut link: tokio::sync::watch::Receiver<super::store::backend::Link>,
 ) {
     let mut epoch = 0;
+    let mut tokens_seen = 0;
     loop {
-        let (connected, head, now) = {
+        let (connected, head, now, tokens) = {
             let l = link.borrow_and_update();
-            (l.connected, l.head, l.epoch)
+            (l.connected, l.head, l.epoch, l.tokens)
         };
+        // Tokens first: a revocation announced by another broker holds here before anything
+        // else is read (and again after a reconnect, when an announcement may have been missed).
+        if connected && (tokens != tokens_seen || now != epoch) {
+            tokens_seen = tokens;
+            let d = Arc::clone(&daemon);
+            match tokio::task::spawn_blocking(move || d.store().reload_tokens()).await {
+                Ok(Ok(n)) => tracing::debug!(tokens = n, "tokens read again"),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot read the tokens again"),
+                Err(_) => return,
+            }
+        }
         let behind = head > daemon.store().stored_generation() || now != epoch;
         if connected && behind {
             epoch = now;

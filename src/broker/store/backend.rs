@@ -205,4 +205,7 @@ pub struct Link {
     pub head: u64,
     /// Bumped each time the connection comes (back) up: the store re-reads then.
     pub epoch: u64,
+    /// Bumped by each announced token change (create, revoke) of any broker: the store reads
+    /// its tokens again, so a revocation holds on every host.
+    pub tokens: u64,
 }

@@ -28,6 +28,8 @@ use super::{what, ScopeKind, StoreError};
 
 /// The channel every commit notifies.
 pub const CHANNEL: &str = "sandbox_secrets";
+/// The payload announcing a token change (not a generation: tokens are outside the manifest).
+const TOKENS_CHANGED: &str = "tokens";
 /// The advisory lock key under which migrations run (one broker migrates, the others wait).
 const MIGRATION_LOCK: i64 = 0x5ec2_e75e_c2e7;
 /// How long a call waits for a connection, and a statement for its answer, before the store
@@ -378,6 +380,7 @@ async fn listen(
                     loop {
                         match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                             Some(Ok(AsyncMessage::Notification(n))) => {
+                                // A generation, or TOKENS_CHANGED (it parses as no number).
                                 let _ = ntx.send(Ok(n.payload().parse().unwrap_or(0)));
                             }
                             Some(Ok(_)) => {}
@@ -421,6 +424,7 @@ async fn listen(
                         let reason = loop {
                             tokio::select! {
                                 m = nrx.recv() => match m {
+                                    Some(Ok(0)) => tx.send_modify(|l| l.tokens += 1),
                                     Some(Ok(g)) => {
                                         tx.send_if_modified(|l| {
                                             let moved = g > l.head;
@@ -555,6 +559,15 @@ async fn migrate_tokens(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), S
     )
     .await
     .map_err(pg("migrate: tokens"))
+}
+
+/// Tells the other brokers that the tokens changed: they read them again.
+async fn announce_tokens(client: &deadpool_postgres::Object) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
+        .await
+        .map(drop)
+        .map_err(pg("announce the token change"))
 }
 
 fn decode_token(row: &Row) -> Result<TokenRecord, Malformed> {
@@ -811,19 +824,20 @@ impl Backend for Postgres {
                     ],
                 )
                 .await
-                .map(drop)
-                .map_err(pg("add token"))
+                .map_err(pg("add token"))?;
+            announce_tokens(&client).await
         })
     }
 
     fn delete_token(&mut self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.run(move |client| async move {
-            client
+            let n = client
                 .execute("DELETE FROM tokens WHERE id = $1", &[&id])
                 .await
-                .map(|n| n > 0)
-                .map_err(pg("revoke token"))
+                .map_err(pg("revoke token"))?;
+            announce_tokens(&client).await?;
+            Ok(n > 0)
         })
     }
 

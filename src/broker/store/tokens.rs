@@ -251,6 +251,19 @@ impl Store {
         })
     }
 
+    /// Reads every token row again: another broker of a shared store created or revoked one (or
+    /// the connection came back and an announcement may have been missed). Returns how many
+    /// tokens verified.
+    pub fn reload_tokens(&self) -> Result<usize, StoreError> {
+        let cache = super::blocking(|| {
+            let mut writer = self.lock_writer();
+            load(writer.backend.as_mut(), &self.ring())
+        })?;
+        let n = cache.by_hash.len();
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = cache;
+        Ok(n)
+    }
+
     /// Every token, oldest first (expired ones included, marked by their date).
     pub fn list_tokens(&self) -> Vec<TokenInfo> {
         let mut all: Vec<TokenInfo> = self.token_cache().by_hash.values().cloned().collect();
