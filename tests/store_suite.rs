@@ -494,7 +494,7 @@ fn status_names_the_store_its_connection_generation_sandboxes_and_keys(db: &Db) 
     };
     assert_eq!(st["store"], kind, "{st}");
     assert_eq!(st["connection"], connection, "{st}");
-    assert_eq!(st["schema_version"], 3, "{st}");
+    assert_eq!(st["schema_version"], 4, "{st}");
     assert_eq!(st["sandboxes_here"], 3, "{st}");
     assert_eq!(st["sandboxes_total"], 3, "{st}");
     let before = st["generation"].as_u64().unwrap();
