@@ -85,6 +85,20 @@ pub enum ApiError {
     TokenExpiry(i64),
     #[error("token id {0:?} is not 12 lower-case hex digits")]
     TokenId(String),
+    /// One entry of an import refused: nothing of it was stored. Status and rule are the
+    /// entry's own.
+    #[error("entry {index} ({name}) refused; nothing was stored")]
+    Entry {
+        /// 1-based, in the order the request gave them.
+        index: usize,
+        name: String,
+        #[source]
+        source: Box<ApiError>,
+    },
+    #[error("an import holds no entry")]
+    EmptyImport,
+    #[error("given twice in the import (first as entry {0})")]
+    DuplicateEntry(usize),
 }
 
 fn store_status(e: &StoreError) -> StatusCode {
@@ -110,6 +124,8 @@ fn store_status(e: &StoreError) -> StatusCode {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Entry { source, .. } => source.status(),
+            ApiError::EmptyImport | ApiError::DuplicateEntry(_) => StatusCode::BAD_REQUEST,
             ApiError::Name(_)
             | ApiError::Value(_)
             | ApiError::Scope(_)
@@ -160,6 +176,9 @@ impl ApiError {
             _ => "internal",
         };
         match self {
+            ApiError::Entry { source, .. } => source.rule(),
+            ApiError::EmptyImport => "import-empty",
+            ApiError::DuplicateEntry(_) => "import-duplicate",
             ApiError::Name(NameError::Empty) => "name-empty",
             ApiError::Name(NameError::TooLong) => "name-length",
             ApiError::Name(NameError::BadCharacter(_)) => "name-characters",
