@@ -199,7 +199,9 @@ pub struct Health {
     pub generation: u64,
 }
 
-fn health(daemon: &Daemon) -> Health {
+/// The health answer, built once for both doors: the admin socket sends it whole, the platform
+/// API only its [`Health::public`] part.
+pub fn health(daemon: &Daemon) -> Health {
     Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -237,11 +239,14 @@ fn affected(
     )
 }
 
+/// Which level each live sandbox (by id) takes one name from, before a change.
+type Sources = Vec<(String, Option<Level>)>;
+
 /// [`affected`] for a change of several names at once (an import): the sandboxes any of them
 /// reached, the watchers woken once.
 fn affected_names(
     daemon: &Daemon,
-    befores: &[(String, Vec<(String, Option<Level>)>)],
+    befores: &[(String, Sources)],
     pick: &impl Fn(&SandboxRow) -> bool,
     kind: ScopeKind,
     value_changed: bool,
