@@ -775,11 +775,27 @@ fn health_needs_no_token_and_every_other_route_still_does() {
                 item[method]["security"].is_array(),
                 "{method} {path} documents its token"
             );
-            c.refused("", &method.to_uppercase(), &concrete, "{}", 401, "token");
+            // The first refusals say "give a token"; past the failure limit (10 a minute per
+            // address) the address is refused outright. Either way nothing is served.
+            if checked < 10 {
+                c.refused("", &method.to_uppercase(), &concrete, "{}", 401, "token");
+            } else {
+                c.refused(
+                    "",
+                    &method.to_uppercase(),
+                    &concrete,
+                    "{}",
+                    429,
+                    "auth-rate",
+                );
+            }
             checked += 1;
         }
     }
     assert_eq!(checked, 17);
+    // The probe is no authentication: it still answers for an address locked out.
+    let h = c.call("", "GET", "/v1/health", "");
+    assert_eq!(h.status, 200, "{}", h.body);
 }
 
 #[test]
