@@ -931,3 +931,59 @@ fn an_import_on_the_admin_socket_is_all_or_nothing() {
         &["imp-VALUE", "kept-VALUE", "sp\tace"],
     );
 }
+
+/// The answer-size check counts an import's entries together: with a user's sandbox answer
+/// less than one 48 KiB secret short of the init's 16 MiB cap after one such secret is
+/// deleted, each of two such entries fits alone, the two together do not; the import is
+/// refused naming the second, nothing stored.
+#[test]
+fn an_import_is_held_to_the_answer_size_as_a_whole() {
+    let d = Daemon::new();
+    let (_, dir) = d.sandbox("mallory", "evil/big");
+    // Control characters escape to 6 bytes each: about 288 KiB of answer per secret; then
+    // plain 48 KiB ones until one more does not fit.
+    let mut stored = 0usize;
+    for value in ["\u{1}".repeat(48 * 1024), "a".repeat(48 * 1024)] {
+        loop {
+            let name = format!("BIG_{stored:03}");
+            let r = d.cli(
+                &["set", &name, "--user", "mallory", "--repos", "evil/big"],
+                Some(value.as_bytes()),
+            );
+            if !r.out.status.success() {
+                assert!(r.stderr().contains("answer-size"), "{}", r.explain());
+                break;
+            }
+            stored += 1;
+            assert!(stored < 100, "no answer-size refusal");
+        }
+    }
+    let last = format!("BIG_{:03}", stored - 1);
+    d.cli(&["delete", &last, "--user", "mallory"], None).ok();
+    let before = d.list_json("--user", "mallory");
+    let value = "a".repeat(48 * 1024);
+    let entry = |n: &str| serde_json::json!({"name": n, "value": value});
+    let body = serde_json::to_vec(&serde_json::json!({
+        "user": "mallory",
+        "repos": ["evil/big"],
+        "entries": [entry(&last), entry("ONE_MORE")],
+    }))
+    .unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &body).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(
+        text.contains("entry 2 (ONE_MORE) refused") && text.contains("answer-size"),
+        "{text}"
+    );
+    assert_eq!(d.list_json("--user", "mallory"), before);
+    // Alone, it fits.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "user": "mallory",
+        "repos": ["evil/big"],
+        "entries": [entry(&last)],
+    }))
+    .unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &body).unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(fetch(&dir).0, 200);
+}

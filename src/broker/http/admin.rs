@@ -722,15 +722,18 @@ pub fn execute(
             entries,
             repos,
         } => {
-            for (i, (name, value)) in entries.iter().enumerate() {
-                daemon
-                    .check_set_fits(kind, &scope, name, value.expose_secret(), repos.as_deref())
-                    .map_err(|e| ApiError::Entry {
-                        index: i + 1,
-                        name: name.clone(),
-                        source: Box::new(e.into()),
-                    })?;
-            }
+            let pairs: Vec<(&str, &str)> = entries
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.expose_secret()))
+                .collect();
+            daemon
+                .check_sets_fit(kind, &scope, &pairs, repos.as_deref())
+                .map_err(|(i, e)| ApiError::Entry {
+                    index: i + 1,
+                    name: entries[i].0.clone(),
+                    source: Box::new(e.into()),
+                })?;
+            drop(pairs);
             let pick = picker(kind, &scope);
             let befores: Vec<_> = entries
                 .iter()
