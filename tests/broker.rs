@@ -908,6 +908,19 @@ fn an_import_on_the_admin_socket_is_all_or_nothing() {
     )
     .unwrap();
     assert_eq!((code, text.contains("import-empty")), (400, true), "{text}");
+    // More entries than a scope can hold: refused before any is looked at.
+    let many: Vec<_> = (0..101)
+        .map(|i| serde_json::json!({"name": format!("M{i}"), "value": "imp-VALUE"}))
+        .collect();
+    let too_many =
+        serde_json::to_vec(&serde_json::json!({"repo": "octo/imp", "entries": many})).unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &too_many).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(
+        text.contains("101 entries") && text.contains("secrets-per-scope"),
+        "{text}"
+    );
+    assert_eq!(d.list_json("--repo", "octo/imp"), before);
 
     let good = body(serde_json::json!({"name": "third", "value": " sp\tace\r\n"}));
     let (code, text) = admin_post(&d.run_dir(), "secrets/import", &good).unwrap();

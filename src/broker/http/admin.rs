@@ -599,6 +599,10 @@ pub fn import_command(
     if req.entries.is_empty() {
         return Err(ApiError::EmptyImport);
     }
+    // More could never be stored in one scope: refused before any entry is looked at.
+    if req.entries.len() > protocol::MAX_SECRETS_PER_SCOPE {
+        return Err(ApiError::ImportTooLarge(req.entries.len()));
+    }
     let repos = match (&kind, &req.repos) {
         (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
         (_, Some(r)) => Some(normalize_repos(r)?),

@@ -24,7 +24,7 @@ use super::admin::{ADMIN_METHOD_NAME, ADMIN_PREFIX};
 use super::daemon::DaemonError;
 use super::sandboxes::SandboxError;
 use super::store::StoreError;
-use crate::protocol::{NameError, ScopeError, ValueError, MAX_VALUE_BYTES};
+use crate::protocol::{NameError, ScopeError, ValueError, MAX_SECRETS_PER_SCOPE, MAX_VALUE_BYTES};
 
 /// Largest admin request body (a value at the limit, JSON-escaped, with room to spare).
 pub const MAX_ADMIN_BODY: usize = 8 * MAX_VALUE_BYTES;
@@ -97,6 +97,8 @@ pub enum ApiError {
     },
     #[error("an import holds no entry")]
     EmptyImport,
+    #[error("an import holds {0} entries; a scope holds at most {MAX_SECRETS_PER_SCOPE} secrets")]
+    ImportTooLarge(usize),
     #[error("given twice in the import (first as entry {0})")]
     DuplicateEntry(usize),
 }
@@ -126,6 +128,7 @@ impl ApiError {
         match self {
             ApiError::Entry { source, .. } => source.status(),
             ApiError::EmptyImport | ApiError::DuplicateEntry(_) => StatusCode::BAD_REQUEST,
+            ApiError::ImportTooLarge(_) => StatusCode::CONFLICT,
             ApiError::Name(_)
             | ApiError::Value(_)
             | ApiError::Scope(_)
@@ -178,6 +181,7 @@ impl ApiError {
         match self {
             ApiError::Entry { source, .. } => source.rule(),
             ApiError::EmptyImport => "import-empty",
+            ApiError::ImportTooLarge(_) => "secrets-per-scope",
             ApiError::DuplicateEntry(_) => "import-duplicate",
             ApiError::Name(NameError::Empty) => "name-empty",
             ApiError::Name(NameError::TooLong) => "name-length",
