@@ -841,3 +841,162 @@ fn directories_of_another_uid_are_refused_and_the_client_sends_only_to_root_or_i
     assert!(!log.contains("admin change"), "{log}");
     assert_no_values("daemon log", log.as_bytes(), &[value]);
 }
+
+/// `secrets/import` straight on the admin socket (what a platform or script sends, with no CLI
+/// check before it): a last entry that breaks a name rule, a value rule or the one-name rule
+/// refuses the whole import with its entry named and the store unchanged; a good one stores
+/// every entry byte for byte and wakes nothing it does not reach.
+#[test]
+fn an_import_on_the_admin_socket_is_all_or_nothing() {
+    let d = Daemon::traced();
+    let keep = "kept-VALUE-\u{e9}\n";
+    d.set_repo("KEEP", "octo/imp", keep);
+    let (_, dir) = d.sandbox("mona", "octo/imp");
+    let before = d.list_json("--repo", "octo/imp");
+    let body = |last: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "repo": "octo/imp",
+            "entries": [
+                {"name": "KEEP", "value": "imp-VALUE-1"},
+                {"name": "FRESH", "value": "imp-VALUE-2"},
+                last,
+            ],
+        }))
+        .unwrap()
+    };
+    for (last, status, words) in [
+        (
+            serde_json::json!({"name": "LD_PRELOAD", "value": "imp-VALUE-3"}),
+            400,
+            (
+                "entry 3 (LD_PRELOAD) refused; nothing was stored",
+                "name-dangerous",
+            ),
+        ),
+        (
+            serde_json::json!({"name": "9X", "value": "imp-VALUE-3"}),
+            400,
+            ("entry 3 (9X) refused", "name-leading-digit"),
+        ),
+        (
+            serde_json::json!({"name": "OK", "value": ""}),
+            400,
+            ("entry 3 (OK) refused", "value-empty"),
+        ),
+        (
+            serde_json::json!({"name": "fresh", "value": "imp-VALUE-3"}),
+            400,
+            (
+                "given twice in the import (first as entry 2)",
+                "import-duplicate",
+            ),
+        ),
+    ] {
+        let (code, text) = admin_post(&d.run_dir(), "secrets/import", &body(last)).unwrap();
+        assert_eq!(code, status, "{text}");
+        let e: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(e["error"].as_str().unwrap().contains(words.0), "{text}");
+        assert_eq!(e["rule"], words.1, "{text}");
+        assert!(!text.contains("VALUE"), "{text}");
+        assert_eq!(d.list_json("--repo", "octo/imp"), before);
+        assert_eq!(served(&dir), pairs(&[("KEEP", keep)]));
+    }
+    let (code, text) = admin_post(
+        &d.run_dir(),
+        "secrets/import",
+        br#"{"repo":"octo/imp","entries":[]}"#,
+    )
+    .unwrap();
+    assert_eq!((code, text.contains("import-empty")), (400, true), "{text}");
+    // More entries than a scope can hold: refused before any is looked at.
+    let many: Vec<_> = (0..101)
+        .map(|i| serde_json::json!({"name": format!("M{i}"), "value": "imp-VALUE"}))
+        .collect();
+    let too_many =
+        serde_json::to_vec(&serde_json::json!({"repo": "octo/imp", "entries": many})).unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &too_many).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(
+        text.contains("101 entries") && text.contains("secrets-per-scope"),
+        "{text}"
+    );
+    assert_eq!(d.list_json("--repo", "octo/imp"), before);
+
+    let good = body(serde_json::json!({"name": "third", "value": " sp\tace\r\n"}));
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &good).unwrap();
+    assert_eq!(code, 200, "{text}");
+    let a: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(a["secrets"][0]["result"], "updated", "{text}");
+    assert_eq!(a["secrets"][2]["name"], "THIRD", "{text}");
+    assert_eq!(a["secrets"][2]["result"], "created", "{text}");
+    assert_eq!(a["sandboxes"].as_array().unwrap().len(), 1, "{text}");
+    assert_eq!(
+        served(&dir),
+        pairs(&[
+            ("FRESH", "imp-VALUE-2"),
+            ("KEEP", "imp-VALUE-1"),
+            ("THIRD", " sp\tace\r\n"),
+        ])
+    );
+    assert_no_values(
+        "the daemon's log",
+        d.log_text().as_bytes(),
+        &["imp-VALUE", "kept-VALUE", "sp\tace"],
+    );
+}
+
+/// The answer-size check counts an import's entries together: with a user's sandbox answer
+/// less than one 48 KiB secret short of the init's 16 MiB cap after one such secret is
+/// deleted, each of two such entries fits alone, the two together do not; the import is
+/// refused naming the second, nothing stored.
+#[test]
+fn an_import_is_held_to_the_answer_size_as_a_whole() {
+    let d = Daemon::new();
+    let (_, dir) = d.sandbox("mallory", "evil/big");
+    // Control characters escape to 6 bytes each: about 288 KiB of answer per secret; then
+    // plain 48 KiB ones until one more does not fit.
+    let mut stored = 0usize;
+    for value in ["\u{1}".repeat(48 * 1024), "a".repeat(48 * 1024)] {
+        loop {
+            let name = format!("BIG_{stored:03}");
+            let r = d.cli(
+                &["set", &name, "--user", "mallory", "--repos", "evil/big"],
+                Some(value.as_bytes()),
+            );
+            if !r.out.status.success() {
+                assert!(r.stderr().contains("answer-size"), "{}", r.explain());
+                break;
+            }
+            stored += 1;
+            assert!(stored < 100, "no answer-size refusal");
+        }
+    }
+    let last = format!("BIG_{:03}", stored - 1);
+    d.cli(&["delete", &last, "--user", "mallory"], None).ok();
+    let before = d.list_json("--user", "mallory");
+    let value = "a".repeat(48 * 1024);
+    let entry = |n: &str| serde_json::json!({"name": n, "value": value});
+    let body = serde_json::to_vec(&serde_json::json!({
+        "user": "mallory",
+        "repos": ["evil/big"],
+        "entries": [entry(&last), entry("ONE_MORE")],
+    }))
+    .unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &body).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(
+        text.contains("entry 2 (ONE_MORE) refused") && text.contains("answer-size"),
+        "{text}"
+    );
+    assert_eq!(d.list_json("--user", "mallory"), before);
+    // Alone, it fits.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "user": "mallory",
+        "repos": ["evil/big"],
+        "entries": [entry(&last)],
+    }))
+    .unwrap();
+    let (code, text) = admin_post(&d.run_dir(), "secrets/import", &body).unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(fetch(&dir).0, 200);
+}

@@ -79,6 +79,30 @@ fn check_parsed(
                         prop_assert_eq!(sorted.len(), r.len(), "duplicates kept");
                     }
                 }
+                AdminCommand::Import {
+                    scope,
+                    entries,
+                    repos,
+                    kind,
+                } => {
+                    prop_assert_eq!(route, Route::SecretsImport);
+                    prop_assert!(!entries.is_empty());
+                    prop_assert!(
+                        valid_user(&scope) || valid_repo(&scope),
+                        "{kind:?} {scope:?}"
+                    );
+                    let mut names = std::collections::HashSet::new();
+                    for (name, value) in &entries {
+                        prop_assert!(valid_name(name), "{name:?}");
+                        prop_assert!(names.insert(name.clone()), "{name:?} twice");
+                        let v = value.expose_secret();
+                        prop_assert!(!v.is_empty() && v.len() <= 48 * 1024 && !v.contains('\0'));
+                    }
+                    if let Some(r) = repos {
+                        prop_assert!(r.len() <= MAX_REPOS_PER_SECRET);
+                        prop_assert!(r.iter().all(|r| valid_repo(r)));
+                    }
+                }
                 AdminCommand::Access { user, name, repos } => {
                     prop_assert!(valid_user(&user) && valid_name(&name));
                     prop_assert!(repos.len() <= MAX_REPOS_PER_SECRET);

@@ -350,7 +350,8 @@ fn an_env_file_imports_all_or_nothing_and_names_the_refused_line() {
         );
         assert_eq!(d.list_json("--repo", "octo/env"), before, "{text:?}");
     }
-    // A new user secret needs --repos; refused before anything is stored.
+    // A new user secret needs --repos: the daemon refuses the import, naming the first entry's
+    // line (line 2: the comment is line 1); nothing is stored.
     let out = d.cli(
         &[
             "set",
@@ -361,9 +362,118 @@ fn an_env_file_imports_all_or_nothing_and_names_the_refused_line() {
         ],
         None,
     );
-    assert!(out.stderr().contains("needs --repos"), "{}", out.explain());
-    assert_eq!(d.list_json("--user", "mona"), d.list_json("--user", "mona"));
+    assert_eq!(out.out.status.code(), Some(1), "{}", out.explain());
+    let err = out.stderr();
+    assert!(
+        err.contains("line 2: entry 1 (DB_URL) refused; nothing was stored")
+            && err.contains("(--repos)")
+            && err.contains("rule: repositories-required"),
+        "{}",
+        out.explain()
+    );
     assert!(!d.list_json("--user", "mona").contains("DB_URL"));
+    let log = d.log_text();
+    for v in ["postgres://u:p@db/x", "single $HOME", "line1", "VALUE"] {
+        assert!(!log.contains(v), "value {v:?} in the daemon's log");
+    }
+}
+
+/// The daemon decides an import whole: the scope's limit broken by the file's last entry (which
+/// the CLI cannot see coming) stores nothing, not the entries before it, and an existing value
+/// the file would have updated keeps its bytes; the same file minus that entry stores all,
+/// byte for byte, and says so in one line with the sandboxes that see it.
+#[test]
+fn an_import_over_the_scope_limit_stores_nothing_and_names_the_line() {
+    let d = Daemon::traced();
+    let (_, dir) = d.sandbox("mona", "octo/lim");
+    let files = tempfile::tempdir().unwrap();
+    let limit = 100; // protocol::MAX_SECRETS_PER_SCOPE
+    let fill: String = (0..limit - 2)
+        .map(|i| format!("FILL{i}=fill-VALUE{i}\n"))
+        .collect();
+    let first = files.path().join("fill.env");
+    std::fs::write(&first, fill).unwrap();
+    d.cli(
+        &["set", "--repo", "octo/lim", "-f", first.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let before = d.list_json("--repo", "octo/lim");
+    let served_before = served(&dir);
+    assert_eq!(served_before.len(), limit - 2);
+
+    // FILL0 updated, three new: the third new one (line 7) is one over the limit.
+    let text =
+        "# over\nFILL0='upd-VALUE'\nNEW_A=a-VALUE\n\nNEW_B=\"b-VALUE\nmulti\"\nNEW_C=c-VALUE\n";
+    let over = files.path().join("over.env");
+    std::fs::write(&over, text).unwrap();
+    let out = d.cli(
+        &["set", "--repo", "octo/lim", "-f", over.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.out.status.code(), Some(1), "{}", out.explain());
+    let err = out.stderr();
+    assert!(
+        err.contains("line 7: entry 4 (NEW_C) refused; nothing was stored")
+            && err.contains("rule: secrets-per-scope"),
+        "{}",
+        out.explain()
+    );
+    assert!(
+        !err.contains("VALUE") && !out.stdout().contains("VALUE"),
+        "{}",
+        out.explain()
+    );
+    assert_eq!(d.list_json("--repo", "octo/lim"), before);
+    assert_eq!(served(&dir), served_before, "values unchanged");
+
+    // The same with --json: the error as JSON, naming the rule.
+    let out = d.cli(
+        &[
+            "set",
+            "--repo",
+            "octo/lim",
+            "-f",
+            over.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let e = json(&out.stdout());
+    assert_eq!(e["rule"], "secrets-per-scope", "{}", out.explain());
+    assert!(
+        e["error"].as_str().unwrap().contains("line 7"),
+        "{}",
+        out.explain()
+    );
+
+    // Without the last entry it fits: all stored, byte-exact, one answer.
+    let fits = files.path().join("fits.env");
+    std::fs::write(&fits, &text[..text.find("NEW_C").unwrap()]).unwrap();
+    let out = d
+        .cli(
+            &["set", "--repo", "octo/lim", "-f", fits.to_str().unwrap()],
+            None,
+        )
+        .ok();
+    let said = out.stdout();
+    assert!(
+        said.contains("imported 3 secrets")
+            && said.contains("(2 created, 1 updated): 1 sandbox sees the change"),
+        "{}",
+        out.explain()
+    );
+    assert!(!said.contains("VALUE"), "{}", out.explain());
+    let now = served(&dir);
+    assert_eq!(now.len(), limit);
+    let get = |n: &str| now.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    assert_eq!(get("FILL0"), "upd-VALUE");
+    assert_eq!(get("NEW_A"), "a-VALUE");
+    assert_eq!(get("NEW_B"), "b-VALUE\nmulti");
+    assert_eq!(get("FILL1"), "fill-VALUE1");
+    let log = d.log_text();
+    assert!(!log.contains("-VALUE"), "a value in the daemon's log");
+    assert!(log.contains("NEW_A"), "the audit names what was imported");
 }
 
 #[test]

@@ -726,8 +726,76 @@ fn the_openapi_document_lists_exactly_the_routes_that_answer() {
             }
         }
     }
-    assert_eq!(listed.len(), 17, "{listed:#?}");
+    assert_eq!(listed.len(), 18, "{listed:#?}");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// `GET /v1/health` answers a load balancer's probe without a token, with the status and the
+/// version only (no sandbox count, no generation: those stay on the admin socket); every other
+/// documented route still refuses a request without a token.
+#[test]
+fn health_needs_no_token_and_every_other_route_still_does() {
+    let (d, base) = daemon();
+    let c = Client {
+        base,
+        ..Default::default()
+    };
+    d.sandbox("mona", "octo/hello");
+    let h = c.call("", "GET", "/v1/health", "");
+    assert_eq!(h.status, 200, "{}", h.body);
+    let v: serde_json::Value = serde_json::from_str(&h.body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        2,
+        "only status and version: {v}"
+    );
+    let a = c.call("", "POST", "/v1/health", "");
+    assert_eq!(a.status, 405, "{}", a.body);
+
+    let t = token(&d, &["--platform"]);
+    let doc = c.expect(&t, "GET", "/v1/openapi.json", "", 200);
+    let health = &doc["paths"]["/v1/health"]["get"];
+    assert!(health.is_object(), "health is documented");
+    assert!(health.get("security").is_none(), "{health}");
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{user}", "mona")
+            .replace("{owner}", "octo")
+            .replace("{repo}", "hello")
+            .replace("{name}", "SOME_NAME")
+            .replace("{id}", &"0".repeat(32));
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_none() || path == "/v1/health" {
+                continue;
+            }
+            assert!(
+                item[method]["security"].is_array(),
+                "{method} {path} documents its token"
+            );
+            // The first refusals say "give a token"; past the failure limit (10 a minute per
+            // address) the address is refused outright. Either way nothing is served.
+            if checked < 10 {
+                c.refused("", &method.to_uppercase(), &concrete, "{}", 401, "token");
+            } else {
+                c.refused(
+                    "",
+                    &method.to_uppercase(),
+                    &concrete,
+                    "{}",
+                    429,
+                    "auth-rate",
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 17);
+    // The probe is no authentication: it still answers for an address locked out.
+    let h = c.call("", "GET", "/v1/health", "");
+    assert_eq!(h.status, 200, "{}", h.body);
 }
 
 #[test]

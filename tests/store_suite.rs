@@ -123,6 +123,7 @@ suite!(
     kill_9_during_concurrent_creates_loses_no_acknowledged_sandbox,
     key_rotate_re_seals_everything_and_status_shows_the_ids,
     status_names_the_store_its_connection_generation_sandboxes_and_keys,
+    an_import_is_one_transaction,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -241,6 +242,56 @@ fn the_limit_per_scope_holds_and_a_refusal_changes_nothing(db: &Db) {
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(v["secrets"].as_array().map(Vec::len), Some(100), "{list}");
     d.stop();
+}
+
+/// `set --env-file` is one transaction on every backend: 98 secrets imported at once; then an
+/// import whose last entry is one over the limit stores none of its entries (nor its update of
+/// an existing value), also after a restart; the same file without that entry stores all,
+/// byte for byte.
+fn an_import_is_one_transaction(db: &Db) {
+    let mut d = db.started();
+    let (_, dir) = d.sandbox("mona", "octo/imp");
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let fill: String = (0..98).map(|i| format!("N{i}=n-VALUE-{i}\n")).collect();
+    let fill = file("fill.env", &fill);
+    d.cli(&["set", "--repo", "octo/imp", "-f", &fill], None)
+        .ok();
+    let text = "N0=\"upd-VALUE\tx\"\nA=a-VALUE\nB='b-VALUE '\nC=c-VALUE\n";
+    let over = file("over.env", text);
+    let out = d.cli(&["set", "--repo", "octo/imp", "-f", &over], None);
+    assert!(
+        out.stderr()
+            .contains("line 4: entry 4 (C) refused; nothing was stored"),
+        "{}",
+        out.explain()
+    );
+    let before = d.list_json("--repo", "octo/imp");
+    d.stop();
+    d.start().unwrap();
+    assert_eq!(d.list_json("--repo", "octo/imp"), before);
+    let got = served(&dir);
+    assert_eq!(got.len(), 98);
+    assert!(got.contains(&("N0".to_owned(), "n-VALUE-0".to_owned())));
+    let fits = file("fits.env", &text[..text.find("C=").unwrap()]);
+    d.cli(&["set", "--repo", "octo/imp", "-f", &fits], None)
+        .ok();
+    d.stop();
+    d.start().unwrap();
+    let got = served(&dir);
+    assert_eq!(got.len(), 100);
+    for want in [("N0", "upd-VALUE\tx"), ("A", "a-VALUE"), ("B", "b-VALUE ")] {
+        assert!(
+            got.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?}"
+        );
+    }
+    let log = d.stop();
+    assert_no_values("daemon log", log.as_bytes(), &["-VALUE"]);
 }
 
 fn swapped_ciphertexts_are_refused_by_name_and_the_rest_is_served(db: &Db) {

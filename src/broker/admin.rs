@@ -21,6 +21,7 @@ pub const ADMIN_METHOD_NAME: &str = "POST";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
     SecretsSet,
+    SecretsImport,
     SecretsAccess,
     SecretsDelete,
     SecretsList,
@@ -39,8 +40,9 @@ pub enum Route {
 
 impl Route {
     /// Every route, in the order the docs list them.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 16] = [
         Route::SecretsSet,
+        Route::SecretsImport,
         Route::SecretsAccess,
         Route::SecretsDelete,
         Route::SecretsList,
@@ -64,6 +66,7 @@ impl Route {
     pub fn name(self) -> &'static str {
         match self {
             Route::SecretsSet => "secrets/set",
+            Route::SecretsImport => "secrets/import",
             Route::SecretsAccess => "secrets/access",
             Route::SecretsDelete => "secrets/delete",
             Route::SecretsList => "secrets/list",
@@ -116,6 +119,7 @@ macro_rules! call {
 }
 
 call!(SetRequest, Route::SecretsSet, ChangeAnswer);
+call!(ImportRequest, Route::SecretsImport, ImportAnswer);
 call!(AccessRequest, Route::SecretsAccess, ChangeAnswer);
 call!(DeleteRequest, Route::SecretsDelete, ChangeAnswer);
 call!(ListRequest, Route::SecretsList, ListAnswer);
@@ -167,6 +171,39 @@ fn expose_value<S: serde::Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S
 }
 fn secret_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     String::deserialize(d).map(SecretString::from)
+}
+
+/// `secrets/import`: create or update several secrets of one scope in one transaction, all or
+/// none (a dotenv file's entries). Exactly one of `user`, `repo`; `repos` and `allow_dangerous`
+/// hold for every entry, as for `secrets/set`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportRequest {
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub repos: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_dangerous: bool,
+    pub entries: Vec<ImportEntry>,
+}
+
+/// One secret of an import. `Debug` never shows the value.
+#[derive(Serialize, Deserialize)]
+pub struct ImportEntry {
+    pub name: String,
+    #[serde(serialize_with = "expose_value", deserialize_with = "secret_value")]
+    pub value: SecretString,
+}
+
+impl std::fmt::Debug for ImportEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportEntry")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
 }
 
 /// `secrets/access`: replace which repositories may read a user secret, without its value.
@@ -366,6 +403,46 @@ impl ChangeAnswer {
     }
 }
 
+/// Answer of `secrets/import`: every entry stored (none is, when the import is refused).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportAnswer {
+    pub scope: ScopeKind,
+    pub owner: String,
+    /// Each entry, in the order given: its normalized name and `created` or `updated`.
+    pub secrets: Vec<Imported>,
+    /// Live sandboxes whose answer changed with the import (sorted ids), as for `set`.
+    #[serde(default)]
+    pub sandboxes: Vec<String>,
+    #[serde(default)]
+    pub watching: Vec<String>,
+    #[serde(default)]
+    pub restarting: Vec<String>,
+}
+
+/// One stored entry of an import.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Imported {
+    pub name: String,
+    /// `created` or `updated`.
+    pub result: String,
+}
+
+impl ImportAnswer {
+    /// The same line ending as [`ChangeAnswer::affected`].
+    pub fn affected(&self) -> String {
+        ChangeAnswer {
+            name: String::new(),
+            scope: self.scope,
+            owner: String::new(),
+            result: String::new(),
+            sandboxes: self.sandboxes.clone(),
+            watching: self.watching.clone(),
+            restarting: self.restarting.clone(),
+        }
+        .affected()
+    }
+}
+
 /// Answer of list.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ListAnswer {
@@ -465,6 +542,10 @@ mod tests {
     fn set_request_debug_is_redacted() {
         let r: SetRequest =
             serde_json::from_str(r#"{"name":"A","repo":"o/r","value":"hunter2"}"#).unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let r: ImportRequest =
+            serde_json::from_str(r#"{"repo":"o/r","entries":[{"name":"A","value":"hunter2"}]}"#)
+                .unwrap();
         assert!(!format!("{r:?}").contains("hunter2"));
     }
 }

@@ -588,64 +588,95 @@ impl Daemon {
         value: &str,
         repos: Option<&[String]>,
     ) -> Result<(), DaemonError> {
-        let kept;
-        let repos = match (kind, repos) {
-            (ScopeKind::User, Some(r)) => Some(r),
-            (ScopeKind::User, None) => {
-                kept = self
-                    .store
-                    .list(ScopeKind::User, scope)
-                    .into_iter()
-                    .find(|s| s.name == name)
-                    .map(|s| s.repos)
-                    .unwrap_or_default();
-                Some(kept.as_slice())
-            }
-            (ScopeKind::Repo, _) => None,
+        self.check_sets_fit(kind, scope, &[(name, value)], repos)
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`Daemon::check_set_fits`] for several secrets of one scope set together (an import):
+    /// each reached sandbox's answer is encoded with all of them at once. A refusal comes with
+    /// the index (0-based) of the last entry in that answer.
+    pub fn check_sets_fit(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        entries: &[(&str, &str)],
+        repos: Option<&[String]>,
+    ) -> Result<(), (usize, DaemonError)> {
+        let listed = match (kind, repos) {
+            (ScopeKind::User, None) => self.store.list(ScopeKind::User, scope),
+            _ => Vec::new(),
         };
+        // The repositories each entry reaches (`None`: every sandbox of the repository scope).
+        let reach: Vec<Option<&[String]>> = entries
+            .iter()
+            .map(|(name, _)| match (kind, repos) {
+                (ScopeKind::User, Some(r)) => Some(r),
+                (ScopeKind::User, None) => Some(
+                    listed
+                        .iter()
+                        .find(|s| s.name == *name)
+                        .map_or(&[][..], |s| s.repos.as_slice()),
+                ),
+                (ScopeKind::Repo, _) => None,
+            })
+            .collect();
         let mut pairs: std::collections::BTreeMap<(String, String), String> = Default::default();
         for row in self.store.sandboxes() {
-            let reached = match repos {
+            let reached = reach.iter().any(|r| match r {
                 Some(repos) => row.user == scope && repos.contains(&row.repo),
                 None => row.repo == scope,
-            };
+            });
             if reached {
                 pairs.entry((row.user, row.repo)).or_insert(row.id);
             }
         }
         for ((user, repo), id) in pairs {
-            // A repository secret hidden by the user's secret of the same name changes nothing.
-            if kind == ScopeKind::Repo
-                && self
-                    .store
-                    .plan(&user, &repo)
-                    .iter()
-                    .any(|e| e.name == name && e.from == Level::User)
-            {
+            let plan = self.store.plan(&user, &repo);
+            // The entries this answer holds: those reaching (user, repo), less a repository
+            // secret hidden by the user's secret of the same name (it changes nothing).
+            let here: Vec<usize> = (0..entries.len())
+                .filter(|&i| match reach[i] {
+                    Some(repos) => user == scope && repos.contains(&repo),
+                    None => {
+                        repo == scope
+                            && !plan
+                                .iter()
+                                .any(|e| e.name == entries[i].0 && e.from == Level::User)
+                    }
+                })
+                .collect();
+            let Some(&last) = here.last() else {
                 continue;
-            }
+            };
             let fetched = match self.store.fetch(&id) {
                 Ok(f) => f,
                 // Gone meanwhile, or unservable anyway: nothing this change makes worse.
                 Err(_) => continue,
             };
-            let mut secrets = Vec::with_capacity(fetched.secrets.len() + 1);
+            let mut secrets = Vec::with_capacity(fetched.secrets.len() + here.len());
             for (n, v) in &fetched.secrets {
-                if n != name {
-                    let v = std::str::from_utf8(v).map_err(|_| DaemonError::NotText(n.clone()))?;
+                if !here.iter().any(|&i| entries[i].0 == n) {
+                    let v = std::str::from_utf8(v)
+                        .map_err(|_| (last, DaemonError::NotText(n.clone())))?;
                     secrets.push(WireSecretRef { name: n, value: v });
                 }
             }
-            secrets.push(WireSecretRef { name, value });
+            for &i in &here {
+                let (name, value) = entries[i];
+                secrets.push(WireSecretRef { name, value });
+            }
             let size = protocol::encoded_answer_len(&id, &repo, &secrets);
             if size > protocol::MAX_RESPONSE_BYTES {
-                return Err(DaemonError::PlanTooLarge {
-                    name: name.to_owned(),
-                    user,
-                    repo,
-                    size,
-                    limit: protocol::MAX_RESPONSE_BYTES,
-                });
+                return Err((
+                    last,
+                    DaemonError::PlanTooLarge {
+                        name: entries[last].0.to_owned(),
+                        user,
+                        repo,
+                        size,
+                        limit: protocol::MAX_RESPONSE_BYTES,
+                    },
+                ));
             }
         }
         Ok(())

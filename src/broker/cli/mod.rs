@@ -34,8 +34,8 @@ use zeroize::Zeroizing;
 
 use super::admin::{
     AccessRequest, BackupRequest, CreateSandboxRequest, DeleteRequest, DeleteSandboxRequest,
-    KeyRotateRequest, KeyStatusRequest, ListRequest, ListSandboxesRequest, PlanRequest, SetRequest,
-    StatusRequest,
+    ImportEntry, ImportRequest, KeyRotateRequest, KeyStatusRequest, ListRequest,
+    ListSandboxesRequest, PlanRequest, SetRequest, StatusRequest,
 };
 use super::client::AdminClient;
 use super::server::{self, Config};
@@ -225,10 +225,10 @@ fn warn_triplets(admin: &AdminClient, scope: &Scope, name: &str) {
     }
 }
 
-/// `sandbox-secrets set --env-file FILE`: every entry checked (syntax, name, value, newline
-/// rule, the scope's limit) before any is stored; then stored one by one. Should the daemon
-/// refuse one midway, the secrets this import created are deleted again and those it updated
-/// are named.
+/// `sandbox-secrets set --env-file FILE`: the file parsed and every entry checked here
+/// (syntax, name, value, newline rule), then all sent in one `secrets/import`, which the daemon
+/// stores in one transaction: all, or (the scope's limit, a missing `--repos`, any refusal)
+/// none. Every refusal names the file's line.
 pub fn set_env_file(
     admin: &AdminClient,
     file: &Path,
@@ -266,7 +266,7 @@ pub fn set_env_file(
     let at = |line: usize, e: &dyn std::fmt::Display| {
         format!("{}: line {line}: {e}; nothing was stored", file.display())
     };
-    let mut values = Vec::with_capacity(entries.len());
+    let mut sent = Vec::with_capacity(entries.len());
     for e in &entries {
         protocol::normalize_name(&e.name, options.allow_dangerous)
             .map_err(|err| refusal(rule_of(&err.to_string()), at(e.line, &err)))?;
@@ -274,130 +274,74 @@ pub fn set_env_file(
             .map_err(|err| refusal(rule_of(&err.to_string()), at(e.line, &err)))?;
         let text = protocol::check_value(&e.value.as_bytes()[..keep])
             .map_err(|err| refusal(rule_of(&err.to_string()), at(e.line, &err)))?;
-        values.push(SecretString::from(text.to_owned()));
+        sent.push(ImportEntry {
+            name: e.name.clone(),
+            value: SecretString::from(text.to_owned()),
+        });
     }
-    // The scope's current secrets: what is new (undone on failure) and the per-scope limit.
-    let existing = admin.call(&ListRequest {
+    let request = ImportRequest {
+        user: scope.user.clone(),
+        repo: scope.repo.clone(),
+        repos: options.repos.as_deref().map(split_repos),
+        allow_dangerous: options.allow_dangerous,
+        entries: sent,
+    };
+    let a = match admin.call(&request) {
+        Ok(a) => a,
+        Err(err) => {
+            let message = err.to_string();
+            let line = entry_index(&message)
+                .and_then(|i| entries.get(i.checked_sub(1)?))
+                .map(|e| e.line);
+            let message = match line {
+                Some(line) => format!("{}: line {line}: {message}", file.display()),
+                None => format!("{}: {message}", file.display()),
+            };
+            return Err(refusal(rule_of(&message), message));
+        }
+    };
+    drop(request);
+    // Registry triplets among the scope's secrets now (a part may still come from the other
+    // level: `plan` shows a sandbox's whole set).
+    if let Ok(list) = admin.call(&ListRequest {
         name: String::new(),
         user: scope.user.clone(),
         repo: scope.repo.clone(),
-    })?;
-    let known: std::collections::HashSet<String> =
-        existing.secrets.iter().map(|s| s.name.clone()).collect();
-    let new: Vec<bool> = entries
-        .iter()
-        .map(|e| !known.contains(&e.name.to_ascii_uppercase()))
-        .collect();
-    let after = known.len() + new.iter().filter(|n| **n).count();
-    if after > protocol::MAX_SECRETS_PER_SCOPE {
-        return Err(refusal(
-            "secrets-per-scope",
-            format!(
-                "{}: importing would make {after} secrets in this scope, more than the limit of {}; nothing was stored",
-                file.display(),
-                protocol::MAX_SECRETS_PER_SCOPE
-            ),
-        ));
-    }
-    if scope.user.is_some() && options.repos.is_none() && new.iter().any(|n| *n) {
-        let first = entries.iter().zip(&new).find(|(_, n)| **n).map(|(e, _)| e);
-        return Err(refusal(
-            "repositories-required",
-            format!(
-                "{}: line {}: {} is a new user secret and needs --repos (the repositories that may read it); nothing was stored",
-                file.display(),
-                first.map_or(0, |e| e.line),
-                first.map_or("", |e| e.name.as_str())
-            ),
-        ));
-    }
-    let mut answers = Vec::new();
-    let mut created: Vec<String> = Vec::new();
-    let mut updated: Vec<String> = Vec::new();
-    for (e, value) in entries.iter().zip(values) {
-        let request = SetRequest {
-            name: e.name.clone(),
-            user: scope.user.clone(),
-            repo: scope.repo.clone(),
-            repos: options.repos.as_deref().map(split_repos),
-            value,
-            allow_dangerous: options.allow_dangerous,
-        };
-        match admin.call(&request) {
-            Ok(a) => {
-                if a.result == "created" {
-                    created.push(a.name.clone());
-                } else {
-                    updated.push(a.name.clone());
-                }
-                answers.push(a);
-            }
-            Err(err) => {
-                let mut undone = Vec::new();
-                for name in &created {
-                    if admin
-                        .call(&DeleteRequest {
-                            name: name.clone(),
-                            user: scope.user.clone(),
-                            repo: scope.repo.clone(),
-                        })
-                        .is_ok()
-                    {
-                        undone.push(name.clone());
-                    }
-                }
-                let mut message = format!(
-                    "{}: line {}: {} refused by the daemon: {err}",
-                    file.display(),
-                    e.line,
-                    e.name
-                );
-                if !undone.is_empty() {
-                    message.push_str(&format!("; removed again: {}", undone.join(", ")));
-                }
-                if !updated.is_empty() {
-                    message.push_str(&format!(
-                        "; already updated (the old values are not kept): {}",
-                        updated.join(", ")
-                    ));
-                }
-                return Err(refusal(rule_of(&err.to_string()), message));
+    }) {
+        let imported: Vec<&str> = a.secrets.iter().map(|s| s.name.as_str()).collect();
+        for w in incomplete_triplets(list.secrets.iter().map(|s| s.name.as_str())) {
+            if imported
+                .iter()
+                .any(|n| registry_part(n).is_some_and(|(id, _)| w.contains(&format!(" {id} "))))
+            {
+                eprintln!("warning: {w}");
             }
         }
     }
-    for w in incomplete_triplets(
-        answers.iter().map(|a| a.name.as_str()).chain(
-            existing
-                .secrets
-                .iter()
-                .map(|s| s.name.as_str())
-                .filter(|n| !answers.iter().any(|a| a.name == *n)),
-        ),
-    ) {
-        eprintln!("warning: {w}");
-    }
     if options.json {
-        return print_json(&serde_json::json!({ "imported": answers }));
+        return print_json(&a);
     }
-    for a in &answers {
-        println!(
-            "{} {} secret {} of {}{}",
-            a.result,
-            a.scope.noun(),
-            a.name,
-            a.owner,
-            a.affected()
-        );
+    let noun = a.scope.noun();
+    for s in &a.secrets {
+        println!("{} {noun} secret {} of {}", s.result, s.name, a.owner);
     }
+    let created = a.secrets.iter().filter(|s| s.result == "created").count();
     println!(
-        "imported {} secret{} from {} ({} created, {} updated)",
-        answers.len(),
-        if answers.len() == 1 { "" } else { "s" },
+        "imported {} secret{} from {} in one transaction ({created} created, {} updated){}",
+        a.secrets.len(),
+        if a.secrets.len() == 1 { "" } else { "s" },
         file.display(),
-        created.len(),
-        updated.len()
+        a.secrets.len() - created,
+        a.affected()
     );
     Ok(())
+}
+
+/// The 1-based entry a refused import names (`entry 3 (NAME) refused...`), if any. Pure.
+fn entry_index(message: &str) -> Option<usize> {
+    let rest = message.strip_prefix("entry ")?;
+    let digits = rest.split(' ').next()?;
+    digits.parse().ok()
 }
 
 /// How `access` changes a user secret's list.
@@ -1060,6 +1004,11 @@ pub fn rule_of(message: &str) -> &'static str {
         ("secrets (the limit)", "secrets-per-scope"),
         ("more than the limit of", "secrets-per-scope"),
         ("needs --repos", "repositories-required"),
+        (
+            "give the repositories that may read it",
+            "repositories-required",
+        ),
+        ("given twice in the import", "import-duplicate"),
         (
             "--repos is for user secrets",
             "repositories-on-repository-secret",

@@ -20,9 +20,9 @@ use super::{
 use crate::broker::acl::Level;
 use crate::broker::admin::{
     AccessRequest, BackupAnswer, BackupRequest, ChangeAnswer, CreateSandboxRequest, DeleteRequest,
-    DeleteSandboxRequest, KeyRotateAnswer, ListAnswer, ListRequest, PlanAnswer, PlanRequest, Route,
-    SandboxInfo, SandboxList, SetRequest, StatusAnswer, TokenCreateRequest, TokenCreated,
-    TokenInfo, TokenList, TokenRevokeRequest,
+    DeleteSandboxRequest, ImportAnswer, ImportRequest, Imported, KeyRotateAnswer, ListAnswer,
+    ListRequest, PlanAnswer, PlanRequest, Route, SandboxInfo, SandboxList, SetRequest,
+    StatusAnswer, TokenCreateRequest, TokenCreated, TokenInfo, TokenList, TokenRevokeRequest,
 };
 use crate::broker::audit;
 use crate::broker::daemon::{self, Daemon};
@@ -116,6 +116,7 @@ fn audit_change(actor: &Actor, action: &str, what: &str) {
 #[derive(Debug)]
 pub enum Answer {
     Change(ChangeAnswer),
+    Import(ImportAnswer),
     List(ListAnswer),
     Plan(PlanAnswer),
     Sandbox(SandboxInfo),
@@ -134,6 +135,7 @@ impl Answer {
     pub fn response(&self) -> Response<SecretBody> {
         match self {
             Answer::Change(a) => ok_json(a),
+            Answer::Import(a) => ok_json(a),
             Answer::List(a) => ok_json(a),
             Answer::Plan(a) => ok_json(a),
             Answer::Sandbox(a) => ok_json(a),
@@ -197,7 +199,9 @@ pub struct Health {
     pub generation: u64,
 }
 
-fn health(daemon: &Daemon) -> Health {
+/// The health answer, built once for both doors: the admin socket sends it whole, the platform
+/// API only its [`Health::public`] part.
+pub fn health(daemon: &Daemon) -> Health {
     Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -226,13 +230,43 @@ fn affected(
     kind: ScopeKind,
     value_changed: bool,
 ) -> Affected {
+    affected_names(
+        daemon,
+        &[(name.to_owned(), before.to_vec())],
+        pick,
+        kind,
+        value_changed,
+    )
+}
+
+/// Which level each live sandbox (by id) takes one name from, before a change.
+type Sources = Vec<(String, Option<Level>)>;
+
+/// [`affected`] for a change of several names at once (an import): the sandboxes any of them
+/// reached, the watchers woken once.
+fn affected_names(
+    daemon: &Daemon,
+    befores: &[(String, Sources)],
+    pick: &impl Fn(&SandboxRow) -> bool,
+    kind: ScopeKind,
+    value_changed: bool,
+) -> Affected {
     daemon.answers().sync(daemon.store().generation());
     let level = match kind {
         ScopeKind::User => Level::User,
         ScopeKind::Repo => Level::Repository,
     };
-    let after = daemon.live_sources(pick, name);
-    let sandboxes = daemon::changed_between(before, &after, level, value_changed);
+    let mut reached = std::collections::BTreeSet::new();
+    for (name, before) in befores {
+        let after = daemon.live_sources(pick, name);
+        reached.extend(daemon::changed_between(
+            before,
+            &after,
+            level,
+            value_changed,
+        ));
+    }
+    let sandboxes: Vec<String> = reached.into_iter().collect();
     let woken: Vec<daemon::Woken> = daemon
         .wake_watchers()
         .into_iter()
@@ -279,6 +313,13 @@ pub enum AdminCommand {
         scope: String,
         name: String,
         value: SecretString,
+        repos: Option<Vec<String>>,
+    },
+    /// Entries already checked, names normalized and distinct.
+    Import {
+        kind: ScopeKind,
+        scope: String,
+        entries: Vec<(String, SecretString)>,
         repos: Option<Vec<String>>,
     },
     Access {
@@ -339,6 +380,22 @@ impl std::fmt::Debug for AdminCommand {
                 .field("scope", scope)
                 .field("name", name)
                 .field("value", &"[redacted]")
+                .field("repos", repos)
+                .finish(),
+            AdminCommand::Import {
+                kind,
+                scope,
+                entries,
+                repos,
+            } => f
+                .debug_struct("Import")
+                .field("kind", kind)
+                .field("scope", scope)
+                .field(
+                    "names",
+                    &entries.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                )
+                .field("values", &"[redacted]")
                 .field("repos", repos)
                 .finish(),
             AdminCommand::Access { user, name, repos } => f
@@ -419,6 +476,11 @@ pub fn parse_admin(route: Route, body: &[u8]) -> Result<AdminCommand, ApiError> 
                 req.repos.as_deref(),
                 req.allow_dangerous,
             )
+        }
+        Route::SecretsImport => {
+            let req: ImportRequest = parse(route, body)?;
+            let (kind, scope) = one_scope(&req.user, &req.repo)?;
+            import_command(kind, &scope, &req)
         }
         Route::SecretsAccess => {
             let req: AccessRequest = parse(route, body)?;
@@ -526,6 +588,52 @@ pub fn set_command(
     })
 }
 
+/// Validates an import into (`kind`, `scope`), `scope` already normalized: each entry as
+/// [`set_command`] checks a set, a refusal naming the entry; a name given twice (after
+/// normalization) is refused, as which value was meant is not clear.
+pub fn import_command(
+    kind: ScopeKind,
+    scope: &str,
+    req: &ImportRequest,
+) -> Result<AdminCommand, ApiError> {
+    if req.entries.is_empty() {
+        return Err(ApiError::EmptyImport);
+    }
+    // More could never be stored in one scope: refused before any entry is looked at.
+    if req.entries.len() > protocol::MAX_SECRETS_PER_SCOPE {
+        return Err(ApiError::ImportTooLarge(req.entries.len()));
+    }
+    let repos = match (&kind, &req.repos) {
+        (ScopeKind::Repo, Some(_)) => return Err(ApiError::ReposOnRepoSecret),
+        (_, Some(r)) => Some(normalize_repos(r)?),
+        (_, None) => None,
+    };
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let mut entries = Vec::with_capacity(req.entries.len());
+    for (i, e) in req.entries.iter().enumerate() {
+        let index = i + 1;
+        let refused = |source: ApiError| ApiError::Entry {
+            index,
+            name: shown(&e.name),
+            source: Box::new(source),
+        };
+        let name = protocol::normalize_name(&e.name, req.allow_dangerous)
+            .map_err(|err| refused(err.into()))?;
+        let value = protocol::check_value(e.value.expose_secret().as_bytes())
+            .map_err(|err| refused(err.into()))?;
+        if let Some(first) = seen.insert(name.clone(), index) {
+            return Err(refused(ApiError::DuplicateEntry(first)));
+        }
+        entries.push((name, SecretString::from(value.to_owned())));
+    }
+    Ok(AdminCommand::Import {
+        kind,
+        scope: scope.to_owned(),
+        entries,
+        repos,
+    })
+}
+
 /// Normalizes exactly one of a user and a repository.
 fn one_scope(
     user: &Option<String>,
@@ -607,6 +715,78 @@ pub fn execute(
                 scope: kind,
                 owner: scope,
                 result: result.into(),
+                sandboxes,
+                watching,
+                restarting,
+            }))
+        }
+        AdminCommand::Import {
+            kind,
+            scope,
+            entries,
+            repos,
+        } => {
+            let pairs: Vec<(&str, &str)> = entries
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.expose_secret()))
+                .collect();
+            daemon
+                .check_sets_fit(kind, &scope, &pairs, repos.as_deref())
+                .map_err(|(i, e)| ApiError::Entry {
+                    index: i + 1,
+                    name: entries[i].0.clone(),
+                    source: Box::new(e.into()),
+                })?;
+            drop(pairs);
+            let pick = picker(kind, &scope);
+            let befores: Vec<_> = entries
+                .iter()
+                .map(|(name, _)| (name.clone(), daemon.live_sources(&pick, name)))
+                .collect();
+            let names: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
+            let sealed = entries
+                .into_iter()
+                .map(|(n, v)| (n, Zeroizing::new(v.expose_secret().as_bytes().to_vec())))
+                .collect();
+            let created =
+                store
+                    .import_secrets(kind, &scope, sealed, repos)
+                    .map_err(|e| match e {
+                        crate::broker::store::StoreError::Entry {
+                            index,
+                            name,
+                            source,
+                        } => ApiError::Entry {
+                            index,
+                            name,
+                            source: Box::new(ApiError::Store(*source)),
+                        },
+                        other => ApiError::Store(other),
+                    })?;
+            let Affected {
+                sandboxes,
+                watching,
+                restarting,
+            } = affected_names(daemon, &befores, &pick, kind, true);
+            let secrets: Vec<Imported> = names
+                .into_iter()
+                .zip(created)
+                .map(|(name, created)| Imported {
+                    name,
+                    result: if created { "created" } else { "updated" }.into(),
+                })
+                .collect();
+            for s in &secrets {
+                audit_change(
+                    actor,
+                    &s.result,
+                    &format!("{} secret {} of {scope} (import)", kind.noun(), s.name),
+                );
+            }
+            Ok(Answer::Import(ImportAnswer {
+                scope: kind,
+                owner: scope,
+                secrets,
                 sandboxes,
                 watching,
                 restarting,

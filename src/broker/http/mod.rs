@@ -24,7 +24,7 @@ use super::admin::{ADMIN_METHOD_NAME, ADMIN_PREFIX};
 use super::daemon::DaemonError;
 use super::sandboxes::SandboxError;
 use super::store::StoreError;
-use crate::protocol::{NameError, ScopeError, ValueError, MAX_VALUE_BYTES};
+use crate::protocol::{NameError, ScopeError, ValueError, MAX_SECRETS_PER_SCOPE, MAX_VALUE_BYTES};
 
 /// Largest admin request body (a value at the limit, JSON-escaped, with room to spare).
 pub const MAX_ADMIN_BODY: usize = 8 * MAX_VALUE_BYTES;
@@ -85,6 +85,22 @@ pub enum ApiError {
     TokenExpiry(i64),
     #[error("token id {0:?} is not 12 lower-case hex digits")]
     TokenId(String),
+    /// One entry of an import refused: nothing of it was stored. Status and rule are the
+    /// entry's own.
+    #[error("entry {index} ({name}) refused; nothing was stored")]
+    Entry {
+        /// 1-based, in the order the request gave them.
+        index: usize,
+        name: String,
+        #[source]
+        source: Box<ApiError>,
+    },
+    #[error("an import holds no entry")]
+    EmptyImport,
+    #[error("an import holds {0} entries; a scope holds at most {MAX_SECRETS_PER_SCOPE} secrets")]
+    ImportTooLarge(usize),
+    #[error("given twice in the import (first as entry {0})")]
+    DuplicateEntry(usize),
 }
 
 fn store_status(e: &StoreError) -> StatusCode {
@@ -110,6 +126,9 @@ fn store_status(e: &StoreError) -> StatusCode {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::Entry { source, .. } => source.status(),
+            ApiError::EmptyImport | ApiError::DuplicateEntry(_) => StatusCode::BAD_REQUEST,
+            ApiError::ImportTooLarge(_) => StatusCode::CONFLICT,
             ApiError::Name(_)
             | ApiError::Value(_)
             | ApiError::Scope(_)
@@ -160,6 +179,10 @@ impl ApiError {
             _ => "internal",
         };
         match self {
+            ApiError::Entry { source, .. } => source.rule(),
+            ApiError::EmptyImport => "import-empty",
+            ApiError::ImportTooLarge(_) => "secrets-per-scope",
+            ApiError::DuplicateEntry(_) => "import-duplicate",
             ApiError::Name(NameError::Empty) => "name-empty",
             ApiError::Name(NameError::TooLong) => "name-length",
             ApiError::Name(NameError::BadCharacter(_)) => "name-characters",

@@ -1037,6 +1037,33 @@ async fn sandbox_delete(
     }
 }
 
+/// `GET /v1/health` on the network: what a load balancer's probe needs, without a token. Only
+/// the status and the version: the admin socket's answer also counts live sandboxes and shows
+/// the store's generation, which would tell anyone who reaches the port how busy the host is
+/// and when secrets change; that stays behind the admin socket's peer check.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthOut {
+    /// Always `ok`: a daemon that answers is serving.
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+}
+
+impl From<admin::Health> for HealthOut {
+    fn from(h: admin::Health) -> Self {
+        HealthOut {
+            status: h.status,
+            version: h.version,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "meta",
+    responses((status = 200, body = HealthOut, description = "the daemon serves; no token needed")))]
+async fn health(State(p): State<Shared>) -> Response {
+    json(StatusCode::OK, &HealthOut::from(admin::health(&p.daemon)))
+}
+
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
     responses((status = 200, description = "this document")),
     security(("bearer" = [])))]
@@ -1067,7 +1094,7 @@ impl utoipa::Modify for BearerAuth {
     paths(
         user_list, user_get, user_put, user_delete, user_repos_get, user_repos_put,
         user_repo_add, user_repo_remove, repo_list, repo_get, repo_put, repo_delete,
-        plan, sandbox_create, sandbox_list, sandbox_delete, openapi
+        plan, sandbox_create, sandbox_list, sandbox_delete, openapi, health
     ),
     modifiers(&BearerAuth)
 )]
@@ -1099,6 +1126,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sandboxes"),
     ("delete", "/v1/sandboxes/{id}"),
     ("get", "/v1/openapi.json"),
+    ("get", "/v1/health"),
 ];
 
 /// Refusals made below the routes (axum's extractors, the body limit, the timeout) come as plain
@@ -1213,6 +1241,7 @@ pub fn api_routes() -> Router<Shared> {
         .route("/v1/sandboxes", get(sandbox_list).post(sandbox_create))
         .route("/v1/sandboxes/{id}", axum::routing::delete(sandbox_delete))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/health", get(health))
 }
 
 /// The whole HTTP surface: API, settings page, limits, timeouts, tracing, no-store.

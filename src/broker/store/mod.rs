@@ -185,6 +185,15 @@ pub enum StoreError {
     NoTokens(String),
     #[error("no token {0}")]
     TokenNotFound(String),
+    /// One entry of an import refused: nothing of the import was stored.
+    #[error("entry {index} ({name}) refused; nothing was stored")]
+    Entry {
+        /// 1-based, in the order the import gave them.
+        index: usize,
+        name: String,
+        #[source]
+        source: Box<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -617,6 +626,13 @@ enum Op {
         scope: String,
         name: String,
     },
+    /// Secrets of one scope set together: all are stored or none ([`Store::import_secrets`]).
+    Import {
+        kind: ScopeKind,
+        scope: String,
+        entries: Vec<(String, Zeroizing<Vec<u8>>)>,
+        repos: Option<Vec<String>>,
+    },
     AddSandbox(SandboxRow),
     /// A sandbox to forget; with a host, only when it is that host's.
     RemoveSandbox(String, Option<String>),
@@ -624,6 +640,8 @@ enum Op {
 
 enum Outcome {
     Created(bool),
+    /// Of an import: for each entry, whether it was created.
+    Imported(Vec<bool>),
     Done,
     Removed(SandboxRow),
 }
@@ -1522,6 +1540,28 @@ impl Store {
         }
     }
 
+    /// Creates or updates every `(name, value)` of `entries` in one scope, in one transaction:
+    /// all are stored, or (the first refused entry named by [`StoreError::Entry`]) none.
+    /// `repos` as in [`Store::set_secret`], for each entry. Returns, per entry, whether it was
+    /// created.
+    pub fn import_secrets(
+        &self,
+        kind: ScopeKind,
+        scope: &str,
+        entries: Vec<(String, Zeroizing<Vec<u8>>)>,
+        repos: Option<Vec<String>>,
+    ) -> Result<Vec<bool>, StoreError> {
+        match self.submit(Op::Import {
+            kind,
+            scope: scope.to_owned(),
+            entries,
+            repos,
+        })? {
+            Outcome::Imported(created) => Ok(created),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Replaces the list of repositories that may read a user secret, without its value.
     pub fn set_access(&self, user: &str, name: &str, repos: Vec<String>) -> Result<(), StoreError> {
         self.submit(Op::SetAccess {
@@ -1928,6 +1968,42 @@ fn decide(
             secrets.insert(k, None);
             changes.push(Change::DeleteSecret { kind, scope, name });
             Ok(Outcome::Done)
+        }
+        Op::Import {
+            kind,
+            scope,
+            entries,
+            repos,
+        } => {
+            // Each entry is decided like a set of its own, against the rows and the entries
+            // before it; the first refusal takes back this op's decisions, so the rest of the
+            // batch sees none of them and the commit writes none of them.
+            let saved = secrets.clone();
+            let mark = changes.len();
+            let mut created = Vec::with_capacity(entries.len());
+            for (i, (name, value)) in entries.into_iter().enumerate() {
+                let set = Op::SetSecret {
+                    kind,
+                    scope: scope.clone(),
+                    name: name.clone(),
+                    value,
+                    repos: repos.clone(),
+                };
+                match decide(cache, ring, key, g, set, secrets, sandboxes, changes) {
+                    Ok(Outcome::Created(c)) => created.push(c),
+                    Ok(_) => created.push(false),
+                    Err(e) => {
+                        *secrets = saved;
+                        changes.truncate(mark);
+                        return Err(StoreError::Entry {
+                            index: i + 1,
+                            name,
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+            Ok(Outcome::Imported(created))
         }
         Op::AddSandbox(row) => {
             let exists = match sandboxes.get(&row.id) {
@@ -2447,6 +2523,100 @@ mod tests {
         let again = Store::open(dir.path()).unwrap();
         assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
         assert!(again.sandbox(&sb.id).is_none());
+    }
+
+    /// An import is all or nothing inside a batch: a refused entry (here the last, over the
+    /// scope's limit) takes back its earlier entries, the ops around it in the same batch are
+    /// decided as if it had not been there, and an existing value it would have updated keeps
+    /// its old value, also after a reopen.
+    #[test]
+    fn an_import_is_stored_whole_or_not_at_all_within_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..MAX_SECRETS_PER_SCOPE - 3 {
+            store
+                .set_secret(ScopeKind::Repo, "o/r", &format!("N{i}"), "old", None)
+                .unwrap();
+        }
+        let entry = |n: &str, v: &str| (n.to_owned(), Zeroizing::new(v.as_bytes().to_vec()));
+        let set = |n: &str| Op::SetSecret {
+            kind: ScopeKind::Repo,
+            scope: "o/r".into(),
+            name: n.into(),
+            value: Zeroizing::new(b"s".to_vec()),
+            repos: None,
+        };
+        let import = |names: &[(&str, &str)]| Op::Import {
+            kind: ScopeKind::Repo,
+            scope: "o/r".into(),
+            entries: names.iter().map(|(n, v)| entry(n, v)).collect(),
+            repos: None,
+        };
+        let mut writer = store.lock_writer();
+        let ops = vec![
+            (1, set("BEFORE")),
+            // N0 exists (updated), then three new ones: the third is one too many.
+            (
+                2,
+                import(&[("N0", "new"), ("I1", "x"), ("I2", "y"), ("I3", "z")]),
+            ),
+            (3, set("AFTER")),
+        ];
+        let results = store.commit(&mut writer, ops);
+        drop(writer);
+        assert!(results[0].1.is_ok() && results[2].1.is_ok());
+        match &results[1].1 {
+            Err(StoreError::Entry {
+                index: 4,
+                name,
+                source,
+            }) if name == "I3" && matches!(**source, StoreError::Limit { .. }) => {}
+            Err(e) => panic!("wrong refusal: {e}"),
+            Ok(_) => panic!("the import over the limit was accepted"),
+        }
+        let names = |s: &Store| -> Vec<String> {
+            s.list(ScopeKind::Repo, "o/r")
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
+        };
+        let check = |s: &Store| {
+            let got = names(s);
+            assert_eq!(got.len(), MAX_SECRETS_PER_SCOPE - 1, "{got:?}");
+            assert!(got.contains(&"BEFORE".into()) && got.contains(&"AFTER".into()));
+            assert!(!got.iter().any(|n| n.starts_with('I')), "{got:?}");
+            let sb = SandboxRow {
+                host: String::new(),
+                id: "c".repeat(32),
+                user: "mona".into(),
+                repo: "o/r".into(),
+                created: 1,
+            };
+            if s.sandbox(&sb.id).is_none() {
+                s.add_sandbox(sb.clone()).unwrap();
+            }
+            let served = s.fetch(&sb.id).unwrap().secrets;
+            let n0 = served.iter().find(|(n, _)| n == "N0").unwrap();
+            assert_eq!(&n0.1[..], b"old");
+        };
+        check(&store);
+        // A good import after it stores every entry, byte for byte.
+        let created = store
+            .import_secrets(
+                ScopeKind::Repo,
+                "o/r",
+                vec![entry("N0", "new\n"), entry("I1", " sp ace\t")],
+                None,
+            )
+            .unwrap();
+        assert_eq!(created, [false, true]);
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert!(again.unreadable().is_empty(), "{:?}", again.unreadable());
+        let served = again.fetch(&"c".repeat(32)).unwrap().secrets;
+        let get = |name: &str| served.iter().find(|(n, _)| n == name).unwrap().1.to_vec();
+        assert_eq!(get("N0"), b"new\n");
+        assert_eq!(get("I1"), b" sp ace\t");
     }
 
     fn filled(dir: &Path) -> Store {
