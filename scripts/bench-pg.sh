@@ -5,7 +5,7 @@
 # set through broker A). Prints a Markdown section for BENCHMARKS.md ("PostgreSQL store").
 #   BENCH_SECONDS (5) per fetch row, BENCH_SETS (2000) sets per store, BENCH_CHANGES (1000),
 #   BENCH_SCALE (10000) sandboxes then BENCH_SCALE_CHANGES (200) more changes.
-#   BENCH_ONLY=changes skips the fetch and set rows.
+#   BENCH_ONLY=changes skips the fetch and set rows; BENCH_ONLY=fetch runs only the fetch rows.
 #   BENCH_ONLY=coldstart measures only the cold start of one host's broker against a store full of
 #   other hosts' sandboxes: BENCH_COLD_HOSTS (10) brokers, one host id each, fill one PostgreSQL
 #   store in turn with BENCH_COLD_SANDBOXES (10000) sandboxes each (16 concurrent creates, then the
@@ -27,14 +27,14 @@ ONLY=${BENCH_ONLY:-}
 COLD_HOSTS=${BENCH_COLD_HOSTS:-10}
 COLD_SANDBOXES=${BENCH_COLD_SANDBOXES:-10000}
 case $ONLY in
-  '' | changes) ;;
+  '' | changes | fetch) ;;
   coldstart)
     hard=$(ulimit -Hn)
     if [[ $hard != unlimited ]] && ((hard < COLD_SANDBOXES + 200)); then
       echo "bench-pg: the hard descriptor limit is $hard; $COLD_SANDBOXES sandboxes on one host need about $((COLD_SANDBOXES + 200)) (ulimit -Hn)" >&2
       exit 1
     fi ;;
-  *) echo "bench-pg: BENCH_ONLY is '', changes or coldstart, not '$ONLY'" >&2; exit 2 ;;
+  *) echo "bench-pg: BENCH_ONLY is '', changes, fetch or coldstart, not '$ONLY'" >&2; exit 2 ;;
 esac
 cargo build --quiet --release --bin sandbox-secrets --example loadgen
 SECRETS=$ROOT/target/release/sandbox-secrets
@@ -255,6 +255,7 @@ print("| %s | %s | %d | %.0f | %d | %d | %d |" % (sys.argv[1], r["mode"], r["cli
 done
 echo ""
 fi
+[[ $ONLY == fetch ]] && exit 0
 
 # Admin sets and change-to-visible: python over the admin and sandbox sockets.
 BENCH_ONLY=$ONLY SECRETS_BIN=$SECRETS python3 - "$work" "$SETS" "$CHANGES" "$SCALE" "$SCALE_CHANGES" <<'PY'
