@@ -37,6 +37,8 @@ case $ONLY in
   *) echo "bench-pg: BENCH_ONLY is '', changes, fetch or coldstart, not '$ONLY'" >&2; exit 2 ;;
 esac
 cargo build --quiet --release --bin sandbox-secrets --example loadgen
+# The machine's load before the run (1, 5, 15 min): the cores are shared.
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 SECRETS=$ROOT/target/release/sandbox-secrets
 LOADGEN=$ROOT/target/release/examples/loadgen
 
@@ -199,6 +201,7 @@ if (s["sandboxes_here"], s["sandboxes_total"]) != (here, total):
   echo "with $n sandboxes of its own the same way, in the same run. Store read = from exec until"
   echo "the admin socket is bound (it is bound once the store is opened and read); all sockets = until"
   echo "every one of the host's $n sandbox sockets is back in its directory. Run directories on tmpfs."
+  echo "Load average before the run: $load."
   echo ""
   echo "| store | holds | this host's | stop s | store read s | all sockets s | RSS MiB before | RSS MiB after start | store size |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
@@ -233,7 +236,8 @@ read -r _ dir_pg < <(cli pg-b sandbox create --user mona --repo octo/bench)
 echo "## PostgreSQL store"
 echo ""
 echo "\`scripts/bench-pg.sh\` (release build): brokers on SQLite and on PostgreSQL 15 (Debian's,"
-echo "\`scripts/postgres.sh\`, on the same 2 shared cores, fsync on), measured in one run."
+echo "\`scripts/postgres.sh\`, on the same 2 shared cores, fsync on), measured in one run (load"
+echo "average before it: $load)."
 echo ""
 if [[ $ONLY != changes ]]; then
 echo "Sandbox fetches (answer of 100 secrets, cache warm, \`examples/loadgen\`, ${SECONDS_EACH} s per"
