@@ -22,6 +22,8 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
+/// What a read buffer is filled with before a read, a page at a time.
+const ZERO_PAGE: [u8; 4096] = [0; 4096];
 
 /// `GET path` on the unix socket at `socket`, with `headers` added to `host` and `connection:
 /// close`, and reads the whole answer by [`Answer`]'s rules: at most `limit` body bytes, all
@@ -203,7 +205,12 @@ impl Conn<'_> {
             self.pos = 0;
         }
         let old = self.buf.len();
-        self.buf.resize(old + READ_SIZE, 0);
+        // A page of zeros at a time: `Vec::resize` fills byte by byte at opt-level "z" (15 % of a
+        // start's instructions for one 64 KiB read); `extend_from_slice` copies with memcpy.
+        while self.buf.len() < old + READ_SIZE {
+            let n = (old + READ_SIZE - self.buf.len()).min(ZERO_PAGE.len());
+            self.buf.extend_from_slice(&ZERO_PAGE[..n]);
+        }
         let got = loop {
             let timeout = remaining(self.deadline);
             let read = match timeout {
