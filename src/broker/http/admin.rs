@@ -447,17 +447,7 @@ impl std::fmt::Debug for AdminCommand {
 }
 
 fn parse<'a, T: Deserialize<'a>>(route: Route, body: &'a [u8]) -> Result<T, ApiError> {
-    // serde's messages can quote input (a value); report only the position and the category.
-    serde_json::from_slice(body).map_err(|e| ApiError::BadJson {
-        path: route.path(),
-        detail: format!(
-            "{:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-        .to_lowercase(),
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_json(route.path(), &e))
 }
 
 /// Decodes and validates the body of admin `route` without touching the store: the pure half of

@@ -124,6 +124,21 @@ fn store_status(e: &StoreError) -> StatusCode {
 }
 
 impl ApiError {
+    /// A body of `path` that is not the JSON it should be. serde's messages can quote input (a
+    /// value): this names only the category and the position.
+    pub fn bad_json(path: impl Into<String>, e: &serde_json::Error) -> ApiError {
+        ApiError::BadJson {
+            path: path.into(),
+            detail: format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+            .to_lowercase(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Entry { source, .. } => source.status(),

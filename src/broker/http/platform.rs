@@ -591,16 +591,7 @@ fn opt_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretStr
 /// Decodes a JSON body, then zeroes the bytes it came in. serde's messages can quote input (a
 /// value): the error names only the position and the category.
 fn body<T: for<'a> Deserialize<'a>>(what: &str, raw: Bytes) -> Result<T, PlatformError> {
-    let parsed = serde_json::from_slice(&raw).map_err(|e| ApiError::BadJson {
-        path: what.to_owned(),
-        detail: format!(
-            "{:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-        .to_lowercase(),
-    });
+    let parsed = serde_json::from_slice(&raw).map_err(|e| ApiError::bad_json(what, &e));
     if let Ok(mut owned) = raw.try_into_mut() {
         owned.as_mut().zeroize();
     }
