@@ -9,11 +9,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::*;
 use support::postgres::TestDb;
+use support::world::{World, VALUES};
 
 /// Where the store of a test lives.
 enum Db {
@@ -129,67 +130,8 @@ suite!(
 // ------------------------------------------------------------------------------------------
 // A world of two users' secrets and three sandboxes
 
-struct World {
-    d: Daemon,
-    mona_a: (String, PathBuf),
-    mona_b: (String, PathBuf),
-    hubot_a: (String, PathBuf),
-}
-
-const VALUES: [&str; 5] = [
-    "mona-token-VALUE",
-    "mona-npm-VALUE",
-    "hubot-deploy-VALUE",
-    "a-db-VALUE",
-    "b-db-VALUE",
-];
-
 fn world(db: &Db) -> World {
-    let d = db.started();
-    d.set_user("TOKEN", "mona", "octo/a,octo/b", "mona-token-VALUE");
-    d.set_user("NPM", "mona", "octo/b", "mona-npm-VALUE");
-    d.set_user("DEPLOY", "hubot", "octo/a", "hubot-deploy-VALUE");
-    d.set_repo("DB", "octo/a", "a-db-VALUE");
-    d.set_repo("DB", "octo/b", "b-db-VALUE");
-    let mona_a = d.sandbox("mona", "octo/a");
-    let mona_b = d.sandbox("mona", "octo/b");
-    let hubot_a = d.sandbox("hubot", "octo/a");
-    World {
-        d,
-        mona_a,
-        mona_b,
-        hubot_a,
-    }
-}
-
-impl World {
-    /// Every sandbox served what it was before the attack, except those in `broken`.
-    #[track_caller]
-    fn others_served(&self, broken: &[&str]) {
-        let all = [
-            (
-                &self.mona_a,
-                pairs(&[("DB", "a-db-VALUE"), ("TOKEN", "mona-token-VALUE")]),
-            ),
-            (
-                &self.mona_b,
-                pairs(&[
-                    ("DB", "b-db-VALUE"),
-                    ("NPM", "mona-npm-VALUE"),
-                    ("TOKEN", "mona-token-VALUE"),
-                ]),
-            ),
-            (
-                &self.hubot_a,
-                pairs(&[("DB", "a-db-VALUE"), ("DEPLOY", "hubot-deploy-VALUE")]),
-            ),
-        ];
-        for ((id, dir), want) in all {
-            if !broken.contains(&id.as_str()) {
-                assert_eq!(served(dir), want, "sandbox {id}");
-            }
-        }
-    }
+    support::world::seeded(db.started())
 }
 
 // ------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::daemon::*;
+use support::world::{World, VALUES};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1")
@@ -35,69 +36,8 @@ fn column(state: &Path, sql: &str) -> rusqlite::types::Value {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// A daemon with two users' secrets and three sandboxes: (daemon, mona on octo/a, mona on
-/// octo/b, hubot on octo/a). Every value ends in `-VALUE` so greps find them.
-struct World {
-    d: Daemon,
-    mona_a: (String, PathBuf),
-    mona_b: (String, PathBuf),
-    hubot_a: (String, PathBuf),
-}
-
-const VALUES: [&str; 5] = [
-    "mona-token-VALUE",
-    "mona-npm-VALUE",
-    "hubot-deploy-VALUE",
-    "a-db-VALUE",
-    "b-db-VALUE",
-];
-
 fn world() -> World {
-    let d = Daemon::traced();
-    d.set_user("TOKEN", "mona", "octo/a,octo/b", "mona-token-VALUE");
-    d.set_user("NPM", "mona", "octo/b", "mona-npm-VALUE");
-    d.set_user("DEPLOY", "hubot", "octo/a", "hubot-deploy-VALUE");
-    d.set_repo("DB", "octo/a", "a-db-VALUE");
-    d.set_repo("DB", "octo/b", "b-db-VALUE");
-    let mona_a = d.sandbox("mona", "octo/a");
-    let mona_b = d.sandbox("mona", "octo/b");
-    let hubot_a = d.sandbox("hubot", "octo/a");
-    World {
-        d,
-        mona_a,
-        mona_b,
-        hubot_a,
-    }
-}
-
-impl World {
-    /// Every sandbox served what it was before the attack, except those in `broken`.
-    #[track_caller]
-    fn others_served(&self, broken: &[&str]) {
-        let all = [
-            (
-                &self.mona_a,
-                pairs(&[("DB", "a-db-VALUE"), ("TOKEN", "mona-token-VALUE")]),
-            ),
-            (
-                &self.mona_b,
-                pairs(&[
-                    ("DB", "b-db-VALUE"),
-                    ("NPM", "mona-npm-VALUE"),
-                    ("TOKEN", "mona-token-VALUE"),
-                ]),
-            ),
-            (
-                &self.hubot_a,
-                pairs(&[("DB", "a-db-VALUE"), ("DEPLOY", "hubot-deploy-VALUE")]),
-            ),
-        ];
-        for ((id, dir), want) in all {
-            if !broken.contains(&id.as_str()) {
-                assert_eq!(served(dir), want, "sandbox {id}");
-            }
-        }
-    }
+    support::world::seeded(Daemon::traced())
 }
 
 /// Fails unless the (stopped) daemon refuses to start, saying `needle`.

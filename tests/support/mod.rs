@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod peer;
 pub mod postgres;
 pub mod registry;
+pub mod world;
 
 /// Prints `skipped: <why>` for a test (or part of one) that needs what this machine lacks (root,
 /// a PID namespace, docker, the test registry). With `SANDBOX_INIT_REQUIRE_ALL=1`, which
