@@ -338,6 +338,37 @@ fn a_missing_key_check_or_an_emptied_database_is_refused_never_started_empty() {
 }
 
 #[test]
+fn a_store_restored_from_before_a_token_was_revoked_is_a_rollback() {
+    let mut w = world();
+    let token = w.d.cli(&["token", "create", "--user", "mona"], None).ok();
+    let list = w.d.cli(&["token", "list", "--json"], None).ok().stdout();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let id = v["tokens"][0]["id"].as_str().unwrap().to_owned();
+    w.d.stop();
+    // The operator's copy holds the token; it is revoked after the copy was taken.
+    let db = w.d.state.join("secrets.db");
+    let old = std::fs::read(&db).unwrap();
+    w.d.start().unwrap();
+    w.d.cli(&["token", "revoke", &id], None).ok();
+    w.d.stop();
+    std::fs::write(&db, &old).unwrap();
+    // Put back, the copy would authenticate the revoked token again: refused as a rollback.
+    let e = refuses_to_start(&mut w.d, "is older than the last one this host wrote");
+    assert!(e.contains("--accept-rollback"), "{e}");
+    assert!(!e.contains(token.stdout().trim()), "{e}");
+    // Accepted by an operator, the old copy does hold the token again: the refusal is what
+    // kept it revoked (revoke again after accepting a restore, docs/operations.md).
+    w.d.wrapper = vec!["env".into(), "SANDBOX_SECRETS_ACCEPT_ROLLBACK=true".into()];
+    w.d.start().unwrap();
+    let listed = w.d.cli(&["token", "list", "--json"], None).ok().stdout();
+    assert!(
+        listed.contains(&id),
+        "the accepted old copy holds the token: {listed}"
+    );
+    w.d.stop();
+}
+
+#[test]
 fn a_rolled_back_store_is_refused_until_an_operator_accepts_it() {
     let mut w = world();
     w.d.stop();

@@ -122,6 +122,26 @@ pub enum Change {
     PutSandbox(SandboxRecord),
     DeleteSandbox(String),
     PutMeta(MetaRecord),
+    /// A platform API token created: committed with the manifest root at a new generation, so a
+    /// store restored from before it (or from before its revocation) is a rollback.
+    PutToken(TokenRecord),
+    /// A platform API token revoked (by id).
+    DeleteToken(String),
+}
+
+impl Change {
+    /// What a commit was for, named by its first change, for errors ("write secret").
+    pub fn step(changes: &[Change]) -> &'static str {
+        match changes.first() {
+            Some(Change::PutSecret(_)) => "write secret",
+            Some(Change::DeleteSecret { .. }) => "delete secret",
+            Some(Change::PutSandbox(_)) => "add sandbox",
+            Some(Change::DeleteSandbox(_)) => "remove sandbox",
+            Some(Change::PutToken(_)) => "add token",
+            Some(Change::DeleteToken(_)) => "revoke token",
+            Some(Change::PutMeta(_)) | None => "write manifest",
+        }
+    }
 }
 
 /// A database behind the store. Methods run on one connection held by the store's writer; a
@@ -149,13 +169,10 @@ pub trait Backend: Send {
     fn load_tokens(&mut self) -> Result<Vec<Result<TokenRecord, Malformed>>, StoreError> {
         Err(StoreError::NoTokens(self.describe()))
     }
-    /// Adds (or replaces, by id) one API token row, durably.
-    fn put_token(&mut self, _token: &TokenRecord) -> Result<(), StoreError> {
-        Err(StoreError::NoTokens(self.describe()))
-    }
-    /// Removes one API token row; false when there was none.
-    fn delete_token(&mut self, _id: &str) -> Result<bool, StoreError> {
-        Err(StoreError::NoTokens(self.describe()))
+    /// Replaces one API token row sealed again under another key (after a rotation), durably;
+    /// it adds no token: a new one is a [`Change::PutToken`] of a commit.
+    fn put_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.apply(&[Change::PutToken(token.clone())])
     }
 
     /// For a store several brokers share: applies `changes` only if the store is still at

@@ -636,6 +636,10 @@ enum Op {
     AddSandbox(SandboxRow),
     /// A sandbox to forget; with a host, only when it is that host's.
     RemoveSandbox(String, Option<String>),
+    /// A platform API token (sealed) to add, or one to revoke by id: committed at a new
+    /// generation like every other change, so restoring a store from before it is a rollback.
+    PutToken(backend::TokenRecord),
+    RevokeToken(String),
 }
 
 enum Outcome {
@@ -1460,7 +1464,8 @@ impl Store {
                 }
                 Change::PutSandbox(r) => (sandbox_identity(&r.id), Some(g)),
                 Change::DeleteSandbox(id) => (sandbox_identity(id), None),
-                Change::PutMeta(_) => continue,
+                // Outside the manifest: the root's new generation is what dates them.
+                Change::PutMeta(_) | Change::PutToken(_) | Change::DeleteToken(_) => continue,
             };
             let b = bucket_of(&identity);
             saved
@@ -2041,6 +2046,14 @@ fn decide(
             let row = entry.row(&id);
             changes.push(Change::DeleteSandbox(id));
             Ok(Outcome::Removed(row))
+        }
+        Op::PutToken(t) => {
+            changes.push(Change::PutToken(t));
+            Ok(Outcome::Done)
+        }
+        Op::RevokeToken(id) => {
+            changes.push(Change::DeleteToken(id));
+            Ok(Outcome::Done)
         }
     }
 }

@@ -562,14 +562,6 @@ async fn migrate_tokens(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), S
 }
 
 /// Tells the other brokers that the tokens changed: they read them again.
-async fn announce_tokens(client: &deadpool_postgres::Object) -> Result<(), StoreError> {
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
-        .await
-        .map(drop)
-        .map_err(pg("announce the token change"))
-}
-
 fn decode_token(row: &Row) -> Result<TokenRecord, Malformed> {
     let bad = |reason: String| Malformed {
         row: match get::<String>(row, 0) {
@@ -664,6 +656,43 @@ async fn write<C: deadpool_postgres::GenericClient>(
                 .await?;
             tx.execute(&stmt, &[id]).await?;
         }
+        Change::PutToken(t) => {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (id) DO UPDATE SET hash = excluded.hash,
+                         scope = excluded.scope, created = excluded.created,
+                         expires = excluded.expires, key_id = excluded.key_id,
+                         nonce = excluded.nonce, mac = excluded.mac",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &t.id,
+                    &t.hash,
+                    &t.scope,
+                    &t.created,
+                    &t.expires,
+                    &t.key_id,
+                    &t.sealed.nonce,
+                    &t.sealed.ciphertext,
+                ],
+            )
+            .await?;
+            // Delivered at commit: every broker reads its tokens again.
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
+                .await?;
+        }
+        Change::DeleteToken(id) => {
+            let stmt = tx
+                .prepare_cached("DELETE FROM tokens WHERE id = $1")
+                .await?;
+            tx.execute(&stmt, &[id]).await?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
+                .await?;
+        }
         Change::PutMeta(m) => {
             let stmt = tx
                 .prepare_cached(
@@ -712,16 +741,6 @@ async fn schema_version_of(client: &tokio_postgres::Transaction<'_>) -> Result<u
     }
     // PostgreSQL stores never had an unversioned first release.
     Ok(0)
-}
-
-fn step_of(changes: &[Change]) -> &'static str {
-    match changes.first() {
-        Some(Change::PutSecret(_)) => "write secret",
-        Some(Change::DeleteSecret { .. }) => "delete secret",
-        Some(Change::PutSandbox(_)) => "add sandbox",
-        Some(Change::DeleteSandbox(_)) => "remove sandbox",
-        Some(Change::PutMeta(_)) | None => "write manifest",
-    }
 }
 
 impl Backend for Postgres {
@@ -805,44 +824,8 @@ impl Backend for Postgres {
         })
     }
 
-    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        let t = t.clone();
-        self.run(move |client| async move {
-            client
-                .execute(
-                    "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &t.id,
-                        &t.hash,
-                        &t.scope,
-                        &t.created,
-                        &t.expires,
-                        &t.key_id,
-                        &t.sealed.nonce,
-                        &t.sealed.ciphertext,
-                    ],
-                )
-                .await
-                .map_err(pg("add token"))?;
-            announce_tokens(&client).await
-        })
-    }
-
-    fn delete_token(&mut self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.run(move |client| async move {
-            let n = client
-                .execute("DELETE FROM tokens WHERE id = $1", &[&id])
-                .await
-                .map_err(pg("revoke token"))?;
-            announce_tokens(&client).await?;
-            Ok(n > 0)
-        })
-    }
-
     fn apply_at(&mut self, base: Option<u64>, changes: &[Change]) -> Result<(), StoreError> {
-        let step = step_of(changes);
+        let step = Change::step(changes);
         let changes = changes.to_vec();
         if let Some(client) = self.locked.take() {
             // Under the write lock: no other broker committed since it was taken.

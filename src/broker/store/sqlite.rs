@@ -295,6 +295,29 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), rusqlite
             tx.prepare_cached("DELETE FROM sandboxes WHERE id = ?1")?
                 .execute([id])?;
         }
+        Change::PutToken(t) => {
+            tx.prepare_cached(
+                "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, scope = excluded.scope,
+                     created = excluded.created, expires = excluded.expires,
+                     key_id = excluded.key_id, nonce = excluded.nonce, mac = excluded.mac",
+            )?
+            .execute(params![
+                t.id,
+                t.hash,
+                t.scope,
+                t.created,
+                t.expires,
+                t.key_id,
+                t.sealed.nonce,
+                t.sealed.ciphertext
+            ])?;
+        }
+        Change::DeleteToken(id) => {
+            tx.prepare_cached("DELETE FROM tokens WHERE id = ?1")?
+                .execute([id])?;
+        }
         Change::PutMeta(m) => {
             tx.prepare_cached(
                 "INSERT INTO meta (key, key_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4)
@@ -476,13 +499,7 @@ impl Backend for Sqlite {
 
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         // Errors name what the commit was for (its first change): "write secret", "add sandbox".
-        let step = match changes.first() {
-            Some(Change::PutSecret(_)) => "write secret",
-            Some(Change::DeleteSecret { .. }) => "delete secret",
-            Some(Change::PutSandbox(_)) => "add sandbox",
-            Some(Change::DeleteSandbox(_)) => "remove sandbox",
-            Some(Change::PutMeta(_)) | None => "write manifest",
-        };
+        let step = Change::step(changes);
         let tx = self.conn.transaction().map_err(sql(step))?;
         for change in changes {
             write(&tx, change).map_err(sql(step))?;
@@ -501,36 +518,6 @@ impl Backend for Sqlite {
             out.push(decode_token(row));
         }
         Ok(out)
-    }
-
-    fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO tokens (id, hash, scope, created, expires, key_id, nonce, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, scope = excluded.scope,
-                     created = excluded.created, expires = excluded.expires,
-                     key_id = excluded.key_id, nonce = excluded.nonce, mac = excluded.mac",
-                params![
-                    t.id,
-                    t.hash,
-                    t.scope,
-                    t.created,
-                    t.expires,
-                    t.key_id,
-                    t.sealed.nonce,
-                    t.sealed.ciphertext
-                ],
-            )
-            .map(drop)
-            .map_err(sql("add token"))
-    }
-
-    fn delete_token(&mut self, id: &str) -> Result<bool, StoreError> {
-        self.conn
-            .execute("DELETE FROM tokens WHERE id = ?1", [id])
-            .map(|n| n > 0)
-            .map_err(sql("revoke token"))
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {

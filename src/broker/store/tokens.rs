@@ -211,7 +211,8 @@ impl Store {
             },
         };
         let record = seal_token(self.ring().active(), record)?;
-        super::blocking(|| self.lock_writer().backend.put_token(&record))?;
+        // A commit at a new generation: a store restored from before it is a rollback.
+        self.submit(super::Op::PutToken(record.clone()))?;
         let info = TokenInfo {
             id,
             scope: record.scope,
@@ -273,16 +274,21 @@ impl Store {
 
     /// Revokes the token `id`: from the next request on it authenticates nothing.
     pub fn revoke_token(&self, id: &str) -> Result<TokenInfo, StoreError> {
-        let mut cache = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        let Some(hash) = cache
-            .by_hash
-            .iter()
-            .find(|(_, t)| t.id == id)
-            .map(|(h, _)| h.clone())
-        else {
-            return Err(StoreError::TokenNotFound(id.to_owned()));
+        let find = |cache: &TokenCache| {
+            cache
+                .by_hash
+                .iter()
+                .find(|(_, t)| t.id == id)
+                .map(|(h, _)| h.clone())
         };
-        super::blocking(|| self.lock_writer().backend.delete_token(id))?;
+        if find(&self.token_cache()).is_none() {
+            return Err(StoreError::TokenNotFound(id.to_owned()));
+        }
+        // A commit at a new generation: restoring a store from before the revocation is a
+        // rollback, refused until an operator accepts it, so the token cannot come back that way.
+        self.submit(super::Op::RevokeToken(id.to_owned()))?;
+        let mut cache = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let hash = find(&cache).ok_or_else(|| StoreError::TokenNotFound(id.to_owned()))?;
         Ok(cache.by_hash.remove(&hash).expect("found above"))
     }
 
