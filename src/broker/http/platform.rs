@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -607,21 +608,97 @@ pub struct PeerAddr(pub SocketAddr);
 type Peer = ConnectInfo<PeerAddr>;
 type Res = Result<Response, PlatformError>;
 
-fn caller(p: &Platform, headers: &HeaderMap, peer: &Peer) -> Result<Caller, PlatformError> {
-    authenticate(p, headers, peer.0 .0.ip())
+/// Every route but health and the page: the caller its bearer token authenticates.
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = PlatformError;
+
+    async fn from_request_parts(parts: &mut Parts, p: &Shared) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<Peer>()
+            .map(|c| c.0 .0.ip())
+            .expect("serve_on sets every request's peer address");
+        authenticate(p, &parts.headers, peer)
+    }
+}
+
+/// A route of the sandboxes: a caller with a platform token.
+struct PlatformCaller(Caller);
+
+impl FromRequestParts<Shared> for PlatformCaller {
+    type Rejection = PlatformError;
+
+    async fn from_request_parts(parts: &mut Parts, p: &Shared) -> Result<Self, Self::Rejection> {
+        let c = Caller::from_request_parts(parts, p).await?;
+        match c.scope {
+            TokenScope::Platform => Ok(PlatformCaller(c)),
+            _ => Err(PlatformError::Scope(
+                "sandboxes are managed with a platform token (token create --platform)",
+            )),
+        }
+    }
+}
+
+/// `/v1/users/{user}/secrets/{name}...`: the caller, a user in its reach and a valid name; a
+/// user out of reach gets the very 404 a missing secret gets.
+struct UserSecret {
+    c: Caller,
+    user: String,
+    name: String,
+}
+
+impl FromRequestParts<Shared> for UserSecret {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, p: &Shared) -> Result<Self, Self::Rejection> {
+        let c = Caller::from_request_parts(parts, p)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(segments) = Path::<Vec<String>>::from_request_parts(parts, p)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (user, name) = (&segments[0], &segments[1]);
+        let scoped = secret_name(name).and_then(|name| {
+            let user =
+                user_in_reach(&c, user).map_err(|_| hidden_secret(ScopeKind::User, user, &name))?;
+            Ok((user, name))
+        });
+        let (user, name) = scoped.map_err(IntoResponse::into_response)?;
+        Ok(UserSecret { c, user, name })
+    }
+}
+
+/// `/v1/repos/{owner}/{repo}/secrets/{name}`: the caller, a repository in its reach and a valid
+/// name; a repository out of reach gets the very 404 a missing secret gets.
+struct RepoSecret {
+    c: Caller,
+    repo: String,
+    name: String,
+}
+
+impl FromRequestParts<Shared> for RepoSecret {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, p: &Shared) -> Result<Self, Self::Rejection> {
+        let c = Caller::from_request_parts(parts, p)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path((owner, repo, name)) =
+            Path::<(String, String, String)>::from_request_parts(parts, p)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        let scoped = secret_name(&name)
+            .and_then(|name| Ok((repo_for_secret(&c, &owner, &repo, &name)?, name)));
+        let (repo, name) = scoped.map_err(IntoResponse::into_response)?;
+        Ok(RepoSecret { c, repo, name })
+    }
 }
 
 #[utoipa::path(get, path = "/v1/users/{user}/secrets", tag = "user secrets",
     params(("user" = String, Path)),
     responses((status = 200, body = SecretsOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn user_list(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path(user): Path<String>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
+async fn user_list(State(p): State<Shared>, c: Caller, Path(user): Path<String>) -> Res {
     let user = user_in_reach(&c, &user)?;
     let secrets: Vec<SecretOut> = list(&p, &c, ScopeKind::User, &user)
         .await?
@@ -641,16 +718,7 @@ async fn user_list(
     params(("user" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = SecretOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn user_get(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let user =
-        user_in_reach(&c, &user).map_err(|_| hidden_secret(ScopeKind::User, &user, &name))?;
+async fn user_get(State(p): State<Shared>, UserSecret { c, user, name }: UserSecret) -> Res {
     let s = one(&p, &c, ScopeKind::User, &user, &name).await?;
     Ok(json(StatusCode::OK, &SecretOut::new(s)))
 }
@@ -663,12 +731,10 @@ async fn user_get(
     security(("bearer" = [])))]
 async fn user_put(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
+    c: Caller,
     Path((user, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
     let user = user_in_reach(&c, &user).map_err(|e| match e {
         PlatformError::Hidden(_) => {
             hidden_secret(ScopeKind::User, &user, &name.to_ascii_uppercase())
@@ -693,16 +759,7 @@ async fn user_put(
     params(("user" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ChangeOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn user_delete(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let user =
-        user_in_reach(&c, &user).map_err(|_| hidden_secret(ScopeKind::User, &user, &name))?;
+async fn user_delete(State(p): State<Shared>, UserSecret { c, user, name }: UserSecret) -> Res {
     Ok(changed(
         delete_secret(&p, &c, ScopeKind::User, &user, &name).await?,
     ))
@@ -712,16 +769,7 @@ async fn user_delete(
     params(("user" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = RepositoriesOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn user_repos_get(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let user =
-        user_in_reach(&c, &user).map_err(|_| hidden_secret(ScopeKind::User, &user, &name))?;
+async fn user_repos_get(State(p): State<Shared>, UserSecret { c, user, name }: UserSecret) -> Res {
     let s = one(&p, &c, ScopeKind::User, &user, &name).await?;
     let repositories: Vec<RepositoryOut> = s
         .repos
@@ -744,15 +792,9 @@ async fn user_repos_get(
     security(("bearer" = [])))]
 async fn user_repos_put(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
+    UserSecret { c, user, name }: UserSecret,
     raw: Bytes,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let user =
-        user_in_reach(&c, &user).map_err(|_| hidden_secret(ScopeKind::User, &user, &name))?;
     let req: PutRepositories = body("PUT repositories", raw)?;
     let a = put_secret(
         &p,
@@ -769,15 +811,10 @@ async fn user_repos_put(
 
 async fn user_repo_toggle(
     p: Shared,
-    peer: Peer,
-    h: HeaderMap,
-    (user, name, owner, repo): (String, String, String, String),
+    UserSecret { c, user, name }: UserSecret,
+    (owner, repo): (String, String),
     add: bool,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let user =
-        user_in_reach(&c, &user).map_err(|_| hidden_secret(ScopeKind::User, &user, &name))?;
     let repo = protocol::normalize_repo(&format!("{owner}/{repo}")).map_err(ApiError::from)?;
     Ok(changed(
         toggle_repo(&p, &c, &user, &name, &repo, add).await?,
@@ -791,11 +828,10 @@ async fn user_repo_toggle(
     security(("bearer" = [])))]
 async fn user_repo_add(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path(parts): Path<(String, String, String, String)>,
+    secret: UserSecret,
+    Path((_, _, owner, repo)): Path<(String, String, String, String)>,
 ) -> Res {
-    user_repo_toggle(p, peer, h, parts, true).await
+    user_repo_toggle(p, secret, (owner, repo), true).await
 }
 
 #[utoipa::path(delete, path = "/v1/users/{user}/secrets/{name}/repositories/{owner}/{repo}",
@@ -805,11 +841,10 @@ async fn user_repo_add(
     security(("bearer" = [])))]
 async fn user_repo_remove(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path(parts): Path<(String, String, String, String)>,
+    secret: UserSecret,
+    Path((_, _, owner, repo)): Path<(String, String, String, String)>,
 ) -> Res {
-    user_repo_toggle(p, peer, h, parts, false).await
+    user_repo_toggle(p, secret, (owner, repo), false).await
 }
 
 #[utoipa::path(get, path = "/v1/repos/{owner}/{repo}/secrets", tag = "repository secrets",
@@ -818,11 +853,9 @@ async fn user_repo_remove(
     security(("bearer" = [])))]
 async fn repo_list(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
+    c: Caller,
     Path((owner, repo)): Path<(String, String)>,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
     let repo = repo_in_reach(&c, &owner, &repo)?;
     let secrets: Vec<SecretOut> = list(&p, &c, ScopeKind::Repo, &repo)
         .await?
@@ -858,15 +891,7 @@ fn repo_for_secret(
     params(("owner" = String, Path), ("repo" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = SecretOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn repo_get(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((owner, repo, name)): Path<(String, String, String)>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let repo = repo_for_secret(&c, &owner, &repo, &name)?;
+async fn repo_get(State(p): State<Shared>, RepoSecret { c, repo, name }: RepoSecret) -> Res {
     let s = one(&p, &c, ScopeKind::Repo, &repo, &name).await?;
     Ok(json(StatusCode::OK, &SecretOut::new(s)))
 }
@@ -879,12 +904,10 @@ async fn repo_get(
     security(("bearer" = [])))]
 async fn repo_put(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
+    c: Caller,
     Path((owner, repo, name)): Path<(String, String, String)>,
     raw: Bytes,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
     let repo = repo_for_secret(&c, &owner, &repo, &name)?;
     let req: PutRepoSecret = body("PUT repository secret", raw)?;
     let a = put_secret(
@@ -904,15 +927,7 @@ async fn repo_put(
     params(("owner" = String, Path), ("repo" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ChangeOut), (status = 404, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn repo_delete(
-    State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
-    Path((owner, repo, name)): Path<(String, String, String)>,
-) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    let name = secret_name(&name)?;
-    let repo = repo_for_secret(&c, &owner, &repo, &name)?;
+async fn repo_delete(State(p): State<Shared>, RepoSecret { c, repo, name }: RepoSecret) -> Res {
     Ok(changed(
         delete_secret(&p, &c, ScopeKind::Repo, &repo, &name).await?,
     ))
@@ -924,11 +939,9 @@ async fn repo_delete(
     security(("bearer" = [])))]
 async fn plan(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
+    c: Caller,
     q: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
     let Ok(Query(q)) = q else {
         return Err(ApiError::BadJson {
             path: "/v1/plan".into(),
@@ -962,22 +975,15 @@ async fn plan(
     }
 }
 
-fn platform_only(c: &Caller) -> Result<(), PlatformError> {
-    match c.scope {
-        TokenScope::Platform => Ok(()),
-        _ => Err(PlatformError::Scope(
-            "sandboxes are managed with a platform token (token create --platform)",
-        )),
-    }
-}
-
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
     request_body = NewSandbox,
     responses((status = 201, body = SandboxOut), (status = 403, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn sandbox_create(State(p): State<Shared>, peer: Peer, h: HeaderMap, raw: Bytes) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    platform_only(&c)?;
+async fn sandbox_create(
+    State(p): State<Shared>,
+    PlatformCaller(c): PlatformCaller,
+    raw: Bytes,
+) -> Res {
     let req: NewSandbox = body("POST /v1/sandboxes", raw)?;
     let user = protocol::normalize_user(&req.user).map_err(ApiError::from)?;
     let repo = protocol::normalize_repo(&req.repo).map_err(ApiError::from)?;
@@ -990,9 +996,7 @@ async fn sandbox_create(State(p): State<Shared>, peer: Peer, h: HeaderMap, raw: 
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
     responses((status = 200, body = SandboxesOut), (status = 403, body = ErrorOut)),
     security(("bearer" = [])))]
-async fn sandbox_list(State(p): State<Shared>, peer: Peer, h: HeaderMap) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    platform_only(&c)?;
+async fn sandbox_list(State(p): State<Shared>, PlatformCaller(c): PlatformCaller) -> Res {
     match run(&p, &c, AdminCommand::ListSandboxes).await? {
         Answer::Sandboxes(l) => {
             let sandboxes: Vec<SandboxOut> =
@@ -1015,12 +1019,9 @@ async fn sandbox_list(State(p): State<Shared>, peer: Peer, h: HeaderMap) -> Res 
     security(("bearer" = [])))]
 async fn sandbox_delete(
     State(p): State<Shared>,
-    peer: Peer,
-    h: HeaderMap,
+    PlatformCaller(c): PlatformCaller,
     Path(id): Path<String>,
 ) -> Res {
-    let c = caller(&p, &h, &peer)?;
-    platform_only(&c)?;
     let id = sandboxes::check_id(&id).map_err(ApiError::from)?.to_owned();
     match run(&p, &c, AdminCommand::DeleteSandbox { id }).await? {
         Answer::Sandbox(s) => Ok(json(StatusCode::OK, &SandboxOut::from(s))),
@@ -1058,8 +1059,7 @@ async fn health(State(p): State<Shared>) -> Response {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
     responses((status = 200, description = "this document")),
     security(("bearer" = [])))]
-async fn openapi(State(p): State<Shared>, peer: Peer, h: HeaderMap) -> Res {
-    caller(&p, &h, &peer)?;
+async fn openapi(_: Caller) -> Res {
     Ok(json(StatusCode::OK, &ApiDoc::openapi()))
 }
 

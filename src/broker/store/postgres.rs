@@ -681,16 +681,9 @@ async fn write<C: deadpool_postgres::GenericClient>(
                 ],
             )
             .await?;
-            // Delivered at commit: every broker reads its tokens again.
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
-                .await?;
         }
         Change::DeleteToken(id) => {
-            let stmt = tx
-                .prepare_cached("DELETE FROM tokens WHERE id = $1")
-                .await?;
-            tx.execute(&stmt, &[id]).await?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
+            tx.execute("DELETE FROM tokens WHERE id = $1", &[id])
                 .await?;
         }
         Change::PutMeta(m) => {
@@ -707,6 +700,11 @@ async fn write<C: deadpool_postgres::GenericClient>(
             )
             .await?;
         }
+    }
+    if matches!(change, Change::PutToken(_) | Change::DeleteToken(_)) {
+        // Delivered at commit: every broker reads its tokens again.
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &TOKENS_CHANGED])
+            .await?;
     }
     Ok(())
 }

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -317,27 +318,66 @@ fn place(s: &Signed, params: &HashMap<String, String>) -> Option<Place> {
     }
 }
 
-/// A POST's session, place and form, with its CSRF token checked.
-fn posted(
-    p: &Shared,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-    raw: Bytes,
-) -> Result<(Signed, Place, Form), Box<Response>> {
-    let form = Form::parse(raw);
-    let s = signed(p, headers)?;
-    let ok = form.get("csrf").is_some_and(|t| same(t, &s.csrf));
-    if !ok {
-        return Err(Box::new(html(
-            StatusCode::FORBIDDEN,
-            pages::message(
-                "Form expired",
-                "This form was not sent from this sign-in (missing or wrong CSRF token). Go back, reload the page and try again.",
-            ),
-        )));
+/// A page of a place: the session and the place it may work on, with the path's parameters. No
+/// session goes to the sign-in page; a place out of the session's reach is a 404.
+struct Page {
+    s: Signed,
+    place: Place,
+    params: HashMap<String, String>,
+}
+
+impl FromRequestParts<Shared> for Page {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, p: &Shared) -> Result<Self, Response> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, p)
+            .await
+            .map_err(|_| not_found())?;
+        let s = signed(p, &parts.headers).map_err(|r| *r)?;
+        let place = place(&s, &params).ok_or_else(not_found)?;
+        Ok(Page { s, place, params })
     }
-    let place = place(&s, params).ok_or_else(|| Box::new(not_found()))?;
-    Ok((s, place, form))
+}
+
+/// A form posted to a page of a place: [`Page`]'s session and place, and the form, whose CSRF
+/// token must be the session's.
+struct Posted {
+    s: Signed,
+    place: Place,
+    form: Form,
+    params: HashMap<String, String>,
+}
+
+impl FromRequest<Shared> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, p: &Shared) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(&mut parts, p)
+            .await
+            .map_err(|_| not_found())?;
+        let s = signed(p, &parts.headers).map_err(|r| *r)?;
+        let raw = Bytes::from_request(Request::from_parts(parts, body), p)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = Form::parse(raw);
+        if !form.get("csrf").is_some_and(|t| same(t, &s.csrf)) {
+            return Err(html(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Form expired",
+                    "This form was not sent from this sign-in (missing or wrong CSRF token). Go back, reload the page and try again.",
+                ),
+            ));
+        }
+        let place = place(&s, &params).ok_or_else(not_found)?;
+        Ok(Posted {
+            s,
+            place,
+            form,
+            params,
+        })
+    }
 }
 
 /// The notice after a change: "N running sandboxes see it (M restart their commands)".
@@ -490,18 +530,7 @@ async fn known_repos(p: &Shared, s: &Signed, place: &Place) -> Vec<String> {
     all
 }
 
-async fn list_page(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-) -> Response {
-    let s = match signed(&p, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let Some(place) = place(&s, &params) else {
-        return not_found();
-    };
+async fn list_page(State(p): State<Shared>, Page { s, place, .. }: Page) -> Response {
     let secrets = match platform::list(&p, &s.caller, place.kind(), place.scope()).await {
         Ok(l) => l,
         Err(e) => return html(e.status(), pages::message("Error", &error_text(&e))),
@@ -519,18 +548,7 @@ struct EditQuery {
     new_value: Option<String>,
 }
 
-async fn new_page(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-) -> Response {
-    let s = match signed(&p, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let Some(place) = place(&s, &params) else {
-        return not_found();
-    };
+async fn new_page(State(p): State<Shared>, Page { s, place, .. }: Page) -> Response {
     let repos = known_repos(&p, &s, &place).await;
     html(
         StatusCode::OK,
@@ -552,16 +570,7 @@ fn selected_repos(form: &Form) -> Vec<String> {
     repos
 }
 
-async fn new_post(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
-) -> Response {
-    let (s, place, form) = match posted(&p, &headers, &params, raw) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
+async fn new_post(State(p): State<Shared>, Posted { s, place, form, .. }: Posted) -> Response {
     let name = form.get("name").unwrap_or_default().trim().to_owned();
     let repos = selected_repos(&form);
     let repos_arg = matches!(place, Place::User(_)).then_some(repos.as_slice());
@@ -602,17 +611,9 @@ async fn new_post(
 
 async fn edit_page(
     State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
+    Page { s, place, params }: Page,
     Query(q): Query<EditQuery>,
 ) -> Response {
-    let s = match signed(&p, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let Some(place) = place(&s, &params) else {
-        return not_found();
-    };
     let name = params.get("name").cloned().unwrap_or_default();
     let secret = match platform::one(
         &p,
@@ -638,14 +639,13 @@ async fn edit_page(
 
 async fn edit_post(
     State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
+    Posted {
+        s,
+        place,
+        form,
+        params,
+    }: Posted,
 ) -> Response {
-    let (s, place, form) = match posted(&p, &headers, &params, raw) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
     let name = params
         .get("name")
         .cloned()
@@ -696,18 +696,7 @@ async fn edit_post(
     }
 }
 
-async fn delete_page(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-) -> Response {
-    let s = match signed(&p, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let Some(place) = place(&s, &params) else {
-        return not_found();
-    };
+async fn delete_page(State(p): State<Shared>, Page { s, place, params }: Page) -> Response {
     let name = params.get("name").cloned().unwrap_or_default();
     match platform::one(
         &p,
@@ -725,14 +714,10 @@ async fn delete_page(
 
 async fn delete_post(
     State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
+    Posted {
+        s, place, params, ..
+    }: Posted,
 ) -> Response {
-    let (s, place, _form) = match posted(&p, &headers, &params, raw) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
     let name = params.get("name").cloned().unwrap_or_default();
     match platform::delete_secret(&p, &s.caller, place.kind(), place.scope(), &name).await {
         Ok(a) => {
@@ -744,32 +729,12 @@ async fn delete_post(
     }
 }
 
-async fn registry_page(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-) -> Response {
-    let s = match signed(&p, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let Some(place) = place(&s, &params) else {
-        return not_found();
-    };
+async fn registry_page(State(p): State<Shared>, Page { s, place, .. }: Page) -> Response {
     let repos = known_repos(&p, &s, &place).await;
     html(StatusCode::OK, pages::registry(&s, &place, &repos, None))
 }
 
-async fn registry_post(
-    State(p): State<Shared>,
-    headers: HeaderMap,
-    Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
-) -> Response {
-    let (s, place, form) = match posted(&p, &headers, &params, raw) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
+async fn registry_post(State(p): State<Shared>, Posted { s, place, form, .. }: Posted) -> Response {
     let id = form
         .get("id")
         .unwrap_or_default()
