@@ -60,6 +60,21 @@ fn broker_with_sandbox() -> (Daemon, std::path::PathBuf) {
     (broker, dir)
 }
 
+/// [`broker_with_sandbox`] with the sandbox directory reachable for nobody, as it is inside a
+/// container, and a directory anyone may write (for the credentials the init writes as nobody).
+fn broker_for_nobody() -> (Daemon, std::path::PathBuf, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let (broker, dir) = broker_with_sandbox();
+    std::fs::set_permissions(
+        broker.run_dir().join("sandboxes"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    (broker, dir, out)
+}
+
 #[test]
 fn a_broker_restarted_within_the_timeout_delivers_the_secrets() {
     if let Some(why) = can_be_pid1() {
@@ -282,20 +297,8 @@ fn exec_drops_privileges_only_as_root_and_never_when_already_the_target() {
         support::skip(why);
         return;
     }
-    let (broker, dir) = broker_with_sandbox();
-    // The sandbox directory is reachable for nobody, as it is inside a container.
-    std::fs::set_permissions(
-        broker.run_dir().join("sandboxes"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .unwrap();
+    let (_broker, dir, out) = broker_for_nobody();
     let socket = dir.join("secrets.sock");
-    let out = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        out.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
     let docker = out.path().join("docker");
     let docker_s = docker.display().to_string();
     let script = "echo \"$(id -u):$(id -g):$(id -G) $TOKEN\"";
@@ -1590,18 +1593,7 @@ fn tini_p_still_fires_after_credentials_are_written_as_the_target_user() {
         support::skip(why);
         return;
     }
-    let (broker, dir) = broker_with_sandbox();
-    std::fs::set_permissions(
-        broker.run_dir().join("sandboxes"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        out.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let (_broker, dir, out) = broker_for_nobody();
     let docker = out.path().join("docker");
     let tini = out.path().join("tini");
     std::os::unix::fs::symlink(INIT, &tini).unwrap();
