@@ -4,14 +4,14 @@
 #   sandbox-init/devcontainer:latest  FROM a debootstrap'd bookworm base, imported when missing
 #   scripts/images.sh [minimal|devcontainer|base]...   (default: minimal and devcontainer)
 # The debootstrap'd root is kept as a tarball in $BASE_CACHE (default
-# /var/cache/sandbox-init/debian-base-bookworm-2.tar), so an engine that lost the image re-imports
+# /var/cache/sandbox-init/debian-base-bookworm-3.tar), so an engine that lost the image re-imports
 # it instead of running debootstrap again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BASE=sandbox-init/debian-base:bookworm-2
+BASE=sandbox-init/debian-base:bookworm-3
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-BASE_CACHE=${BASE_CACHE:-/var/cache/sandbox-init/debian-base-bookworm-2.tar}
+BASE_CACHE=${BASE_CACHE:-/var/cache/sandbox-init/debian-base-bookworm-3.tar}
 images=("${@:-minimal devcontainer}")
 # shellcheck disable=SC2206
 images=(${images[*]})
@@ -45,9 +45,9 @@ base() {
   echo "images: making $BASE with debootstrap --variant=minbase (a few minutes, once)"
   local rootfs
   rootfs=$(mktemp -d /var/tmp/sandbox-base.XXXXXX)
-  # minbase plus libssl3: the broker's TLS to PostgreSQL (native-tls) links it; the .deb depends
-  # on it (apt installs it with the package), the broker image needs it in its base.
-  debootstrap --variant=minbase --include=libssl3 bookworm "$rootfs" "$MIRROR" > "$ctx/debootstrap.log" 2>&1 ||
+  # minbase alone: the broker links no OpenSSL (its TLS is rustls), so the broker image and the
+  # .deb install test show it needs nothing more (bookworm-2 carried libssl3 for native-tls).
+  debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" > "$ctx/debootstrap.log" 2>&1 ||
     { tail -20 "$ctx/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb
   mkdir -p "$(dirname "$BASE_CACHE")"

@@ -3,8 +3,9 @@
 #   target/debian/sandbox-secrets_<v>-1_amd64.deb   broker, systemd unit, sysusers/tmpfiles,
 #                                                   man pages, bash/zsh/fish completions
 #   target/debian/sandbox-init_<v>-1_amd64.deb      static PID-1 init, /etc/profile.d snippet
-#   scripts/package.sh [--arch amd64|arm64]   arm64: sandbox-init only (the broker is built for
-#                                             the host; its arm64 .deb needs a cross glibc)
+#   scripts/package.sh [--arch amd64|arm64]   arm64: the same two packages, _arm64.deb, from the
+#                                             cross-built broker (scripts/build-broker.sh --target
+#                                             aarch64) and the aarch64 musl init
 # Installs cargo-deb with `cargo install --locked cargo-deb` when missing (one compile, ~4 min on
 # 2 cores). Prints the paths of the packages it wrote.
 set -euo pipefail
@@ -35,14 +36,8 @@ fi
 sed 's|/usr/local/bin/sandbox-init|/usr/bin/sandbox-init|g' images/profile.d/sandbox-secrets.sh \
   > "$stage/profile.d/sandbox-secrets.sh"
 
-if [[ $arch == arm64 ]]; then
-  cargo deb --no-build --no-strip --variant init --target aarch64-unknown-linux-musl \
-    --output target/debian/ | tail -1
-  exit 0
-fi
-
-# The broker: release binary, then its man pages and completions, made by the binary itself.
-cargo build --quiet --release --bin sandbox-secrets
+# The broker's man pages and completions (the same on every arch), written by the host's broker.
+scripts/build-broker.sh >/dev/null
 bin=target/release/sandbox-secrets
 "$bin" man "$stage/man"
 gzip -9n "$stage"/man/*.1
@@ -50,5 +45,14 @@ gzip -9n "$stage"/man/*.1
 "$bin" completion zsh > "$stage/completions/_sandbox-secrets"
 "$bin" completion fish > "$stage/completions/sandbox-secrets.fish"
 
-cargo deb --no-build --output target/debian/ | tail -1
-cargo deb --no-build --no-strip --variant init --output target/debian/ | tail -1
+if [[ $arch == arm64 ]]; then
+  # cargo-deb reads the binary from target/aarch64-unknown-linux-gnu/release/, strips it with
+  # aarch64-linux-gnu-strip (binutils of the cross gcc), and makes Depends with dpkg-shlibdeps.
+  scripts/build-broker.sh --target aarch64 >&2
+  cargo deb --no-build --target aarch64-unknown-linux-gnu --output target/debian/ | tail -1
+  cargo deb --no-build --no-strip --variant init --target aarch64-unknown-linux-musl \
+    --output target/debian/ | tail -1
+else
+  cargo deb --no-build --output target/debian/ | tail -1
+  cargo deb --no-build --no-strip --variant init --output target/debian/ | tail -1
+fi

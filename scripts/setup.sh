@@ -14,7 +14,8 @@ PACKAGES=(
   bash ca-certificates curl iproute2 python3 git   # git: the GIT_CONFIG_* attack test
   chromium chromium-driver fonts-dejavu-core       # the settings page in a real browser (scripts/browser.sh)
   qemu-user-static tmux dpkg-dev systemd  # arm64 PID-1 tests, the hidden-prompt test, .debs, unit verify
-  postgresql libssl-dev pkg-config        # the shared store: its tests (scripts/postgres.sh), TLS to it
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # the arm64 broker (scripts/build-broker.sh), run under qemu
+  postgresql openssl                      # the shared store: its tests, their CA and certificates
 )
 
 need=()

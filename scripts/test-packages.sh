@@ -5,6 +5,9 @@
 #            started there as the unit starts it (its ExecStart, User, LimitNOFILE), a secret and
 #            a sandbox made, the init fetching it; man pages, completions, profile.d; purge.
 #            The unit itself: `systemd-analyze verify` on the host, from the extracted .deb.
+#            The arm64 .debs (scripts/package.sh --arch arm64): Architecture arm64, aarch64
+#            binaries, the broker's Depends those of an arm64 glibc binary (no libssl, no cross
+#            package), the same files as amd64's; the packaged arm64 broker runs under qemu.
 #   broker   images/broker built and run non-root with its volumes until docker says healthy
 #            (HEALTHCHECK = `sandbox-secrets health`), then served end to end.
 #   feature  images/feature/sandbox-init applied the way the devcontainer CLI applies a Feature
@@ -16,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BASE=sandbox-init/debian-base:bookworm-2
+BASE=sandbox-init/debian-base:bookworm-3
 parts=("${@:-debs broker feature}")
 # shellcheck disable=SC2206
 parts=(${parts[*]})
@@ -28,7 +31,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 set -e
-scripts/package.sh >/dev/null
+scripts/package.sh --arch arm64 >/dev/null
+scripts/package.sh >/dev/null # last: leaves target/package staged for amd64
 scripts/images.sh base >/dev/null
 set +e
 
@@ -67,6 +71,52 @@ build_image() { # name context
 VALUE='pkg-value-4b7e $HOME "dq" '\''sq'\'' end'
 SECRETS_DEB=$(ls target/debian/sandbox-secrets_*_amd64.deb)
 INIT_DEB=$(ls target/debian/sandbox-init_*_amd64.deb)
+SECRETS_ARM_DEB=$(ls target/debian/sandbox-secrets_*_arm64.deb)
+INIT_ARM_DEB=$(ls target/debian/sandbox-init_*_arm64.deb)
+
+# The files of a .deb, one path a line, sorted.
+deb_files() { dpkg-deb -c "$1" | awk '{print $6}' | sort; }
+
+test_arm64_debs() {
+  echo "== arm64 debs: $(basename "$SECRETS_ARM_DEB") $(basename "$INIT_ARM_DEB")"
+  expect "the arm64 broker .deb: sandbox-secrets, Architecture arm64" "sandbox-secrets arm64" \
+    "$(dpkg-deb -f "$SECRETS_ARM_DEB" Package Architecture | cut -d' ' -f2 | tr '\n' ' ' | sed 's/ $//')"
+  expect "the arm64 init .deb: sandbox-init, Architecture arm64" "sandbox-init arm64" \
+    "$(dpkg-deb -f "$INIT_ARM_DEB" Package Architecture | cut -d' ' -f2 | tr '\n' ' ' | sed 's/ $//')"
+  # dpkg-shlibdeps on the cross binary: libc6 of arm64 (the cross glibc's shlibs name it
+  # `libc6:arm64`, the package's own arch) and passwd for the maintainer scripts; no OpenSSL.
+  local deps
+  deps=$(dpkg-deb -f "$SECRETS_ARM_DEB" Depends)
+  if [[ $deps =~ ^libc6(:arm64)?\ \(\>=\ 2\.[0-9]+\),\ passwd$ ]]; then
+    ok "the arm64 broker depends on the arm64 glibc and passwd only ($deps)"
+  else
+    fail "the arm64 broker's Depends: want libc6[:arm64] (>= 2.N), passwd; got [$deps]"
+  fi
+  deps=$(dpkg-deb -f "$SECRETS_DEB" Depends)
+  if [[ $deps == *libc6* && $deps != *libssl* ]]; then
+    ok "the amd64 broker depends on no libssl (TLS is rustls): $deps"
+  else
+    fail "the amd64 broker's Depends: want libc6 and no libssl; got [$deps]"
+  fi
+  local root=$work/arm64-root bin
+  mkdir -p "$root"
+  dpkg-deb -x "$SECRETS_ARM_DEB" "$root/secrets"
+  dpkg-deb -x "$INIT_ARM_DEB" "$root/init"
+  bin=$root/secrets/usr/bin/sandbox-secrets
+  contains "the packaged broker is an aarch64 glibc binary" \
+    "ARM aarch64, version 1 (SYSV), dynamically linked, interpreter /lib/ld-linux-aarch64.so.1" \
+    "$(file -b "$bin")"
+  contains "the packaged broker is stripped" "stripped" "$(file -b "$bin" | grep -o ', stripped')"
+  contains "the packaged arm64 init is a static aarch64 binary" "ARM aarch64" \
+    "$(file -b "$root/init/usr/bin/sandbox-init" | grep 'statically linked')"
+  expect "the arm64 broker .deb holds the same files as amd64's" "$(deb_files "$SECRETS_DEB")" \
+    "$(deb_files "$SECRETS_ARM_DEB")"
+  expect "the arm64 init .deb holds the same files as amd64's" "$(deb_files "$INIT_DEB")" \
+    "$(deb_files "$INIT_ARM_DEB")"
+  contains "the packaged arm64 broker runs (qemu-aarch64-static, the cross glibc)" \
+    "sandbox-secrets $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" \
+    "$(qemu-aarch64-static -L /usr/aarch64-linux-gnu "$bin" --version 2>&1)"
+}
 
 test_debs() {
   echo "== debs: $(basename "$SECRETS_DEB") $(basename "$INIT_DEB")"
@@ -303,7 +353,7 @@ while sleep 1 & wait \$!; do :; done"
 
 for part in "${parts[@]}"; do
   case $part in
-    debs) test_debs ;;
+    debs) test_debs; test_arm64_debs ;;
     broker) test_broker ;;
     feature) test_feature ;;
     *) echo "test-packages: unknown part $part" >&2; exit 2 ;;

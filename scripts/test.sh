@@ -23,6 +23,9 @@ scripts/build-static.sh
 scripts/build-static.sh --target aarch64
 export SANDBOX_INIT_STATIC="$PWD/target/static/sandbox-init"
 export SANDBOX_INIT_ARM64="$PWD/target/static/aarch64/sandbox-init"
+echo "== arm64 broker (cross, once: tests/broker_arm64.rs under qemu, the arm64 .deb)"
+scripts/build-broker.sh --target aarch64
+export SANDBOX_SECRETS_ARM64="$PWD/target/aarch64-unknown-linux-gnu/release/sandbox-secrets"
 
 echo "== build the tests and the release binaries once"
 cargo test --all-targets --no-run --quiet

@@ -12,11 +12,16 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 pub use super::backend::Link;
 use super::backend::{
@@ -129,25 +134,49 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// TLS through the system's OpenSSL: whenever TLS is used, the server's certificate chain and
-/// host name are verified (against the system's CA store, plus `sslrootcert` when given).
-fn tls(root: Option<&str>) -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
-    let mut builder = native_tls::TlsConnector::builder();
+/// TLS through rustls (ring): whenever TLS is used, the server's certificate chain and host name
+/// (or IP address) are verified, against the system's CA store plus every certificate of
+/// `sslrootcert` when given.
+fn tls(root: Option<&str>) -> Result<MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // The system's store (SSL_CERT_FILE / SSL_CERT_DIR, else the distribution's bundle); a host
+    // without one still reaches a store whose CA comes by `sslrootcert`.
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    tracing::debug!(
+        added,
+        unreadable = system.errors.len(),
+        "system CA certificates"
+    );
     if let Some(path) = root {
-        let pem = std::fs::read(path).map_err(|e| StoreError::BadStore {
+        let bad = |reason: String| StoreError::BadStore {
             store: "given".into(),
-            reason: format!("sslrootcert {path}: {e}"),
-        })?;
-        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| StoreError::BadStore {
-            store: "given".into(),
-            reason: format!("sslrootcert {path} is not a PEM certificate: {e}"),
-        })?;
-        builder.add_root_certificate(cert);
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("sslrootcert {path}: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("sslrootcert {path} is not a PEM certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(format!(
+                "sslrootcert {path} is not a PEM certificate: it holds none"
+            )));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                bad(format!(
+                    "sslrootcert {path} is not a usable CA certificate: {e}"
+                ))
+            })?;
+        }
     }
-    let connector = builder
-        .build()
-        .map_err(|e| StoreError::Unavailable(format!("TLS setup: {e}")))?;
-    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Unavailable(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// The URL as tokio-postgres reads it, and the CA file to trust: libpq's `sslmode=verify-ca`
@@ -350,11 +379,7 @@ impl Postgres {
 
 /// Keeps one connection listening on [`CHANNEL`]; publishes its state and every announced
 /// generation. Reconnects with a doubling backoff capped at [`BACKOFF_CAP`].
-async fn listen(
-    config: tokio_postgres::Config,
-    tls: postgres_native_tls::MakeTlsConnector,
-    tx: watch::Sender<Link>,
-) {
+async fn listen(config: tokio_postgres::Config, tls: MakeRustlsConnect, tx: watch::Sender<Link>) {
     let mut backoff = Duration::from_millis(100);
     let down = |reason: String| {
         tx.send_if_modified(|l| {
@@ -972,7 +997,8 @@ impl Backend for Postgres {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, split_tls};
+    use super::{redact, split_tls, tls};
+    use crate::broker::store::StoreError;
 
     #[test]
     fn libpq_tls_words_map_to_verified_tls() {
@@ -1009,5 +1035,36 @@ mod tests {
             "postgresql://u:***@h/db"
         );
         assert!(!redact("host=h password=x").contains('x'));
+    }
+
+    /// An `sslrootcert` that is missing, empty or not PEM is refused at start, naming the file;
+    /// without one, the system's store is enough to build the connector.
+    #[test]
+    fn a_bad_sslrootcert_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for (path, says) in [
+            (&junk, "is not a PEM certificate"),
+            (&empty, "is not a PEM certificate"),
+            (&missing, "No such file"),
+        ] {
+            let path = path.to_str().unwrap();
+            match tls(Some(path)) {
+                Err(StoreError::BadStore { reason, .. }) => {
+                    assert!(reason.contains(path) && reason.contains(says), "{reason}")
+                }
+                Err(e) => panic!("{path}: {e}"),
+                Ok(_) => panic!("{path} accepted as a CA"),
+            }
+        }
+        assert!(tls(None).is_ok());
     }
 }
