@@ -1473,3 +1473,91 @@ fn a_token_created_or_revoked_on_one_host_holds_on_another() {
         assert!(!log.contains(&token), "the token is in a broker's log");
     }
 }
+
+/// A broker frozen (SIGSTOP) across a PostgreSQL restart while another broker revokes a secret:
+/// from the moment it logs `store connection back`, no answer it serves holds the revoked
+/// secret (docs/operations.md: it re-reads what was committed meanwhile before it serves).
+/// Fetches run back to back from before it is resumed; each one that started after the log line
+/// was written is checked.
+#[test]
+fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile() {
+    if support::postgres::cluster_url().is_none() {
+        support::skip("no PostgreSQL: run scripts/postgres.sh start");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let (a, mut b) = two_hosts_on(&cluster.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(
+        served(&on_b),
+        pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
+    );
+    let pid = nix::unistd::Pid::from_raw(b.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    cluster.script("restart");
+    // Through A, back first (its first attempts may meet a connection the restart closed).
+    assert!(
+        eventually(Duration::from_secs(30), || a
+            .cli(&["delete", "TOKEN", "--user", "mona", "--yes"], None)
+            .out
+            .status
+            .success()),
+        "{}",
+        a.log_text()
+    );
+    let log = b.logs().last().unwrap().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetcher = {
+        let (stop, dir) = (Arc::clone(&stop), on_b.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let (code, body) = fetch(&dir);
+                assert_eq!(code, 200, "{body}");
+                seen.push((started, body.contains("\"TOKEN\"")));
+            }
+            seen
+        })
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("store connection back")
+        {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < end,
+            "host B never came back:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let seen = fetcher.join().unwrap();
+    let after: Vec<bool> = seen
+        .iter()
+        .filter(|(t, _)| *t > back)
+        .map(|(_, token)| *token)
+        .collect();
+    assert!(!after.is_empty(), "no fetch after host B was back");
+    let stale = after.iter().filter(|token| **token).count();
+    assert_eq!(
+        stale,
+        0,
+        "{stale} of {} answers after host B logged its connection back held the revoked TOKEN:\n{}",
+        after.len(),
+        b.log_text()
+    );
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    logs_hold_no_value(&[&a, &b]);
+}
