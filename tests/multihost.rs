@@ -3,13 +3,17 @@
 //! (`scripts/postgres.sh`). A change made through one broker reaches the sandboxes and watchers
 //! of the others; each broker serves and deletes only its own host's sandboxes; a broker cut
 //! off from the store (a TCP relay between it and PostgreSQL, closed) keeps serving its answers,
-//! refuses admin changes with a 503 and converges when the connection is back; a killed host
-//! leaves the others served and comes back with its sockets; `kill -9` during writes through two
+//! refuses admin changes with a 503 and converges when the connection is back; PostgreSQL
+//! restarted under two brokers loses no acknowledged write; `kill -9` during writes through two
 //! hosts loses no acknowledged write; a key rotated on one host is refused by another, naming
-//! the key id, until the key is provisioned there. The last test runs cases 1 and 4 with each
-//! host a docker container on a private network (`pg-net-<pid>`, an image `FROM scratch` with
-//! this build's binaries, nothing pulled) and the real init in containers mounting their
-//! sandbox directory.
+//! the key id, until the key is provisioned there.
+//!
+//! The `containers_*` tests run the five cases of issue 12 with each host a docker container on
+//! a private network (`pg-net-<pid>-<case>`, an image `pg-multihost:<pid>` `FROM scratch` with
+//! this build's binaries, nothing pulled; all removed on drop) and the real init in containers
+//! mounting their sandbox directory: a change shared and a host cut off (cases 1 and 4), a host
+//! killed and started again (2), PostgreSQL restarted under them (3), `docker kill` during 1,024
+//! writes (5).
 #![cfg(feature = "postgres")]
 
 mod support;
@@ -17,7 +21,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -422,27 +426,6 @@ fn a_key_rotated_on_one_host_is_refused_by_another_naming_it_until_provisioned()
     logs_hold_no_value(&[&a, &b]);
 }
 
-#[test]
-fn a_killed_host_leaves_the_others_served_and_comes_back_with_its_sockets() {
-    let Some(db) = TestDb::new() else { return };
-    let (mut a, mut b) = two_hosts(&db, &db.url);
-    b.start().unwrap_or_else(|e| panic!("{e}"));
-    a.set_repo("DB", "octo/a", "v1-VALUE");
-    let (_, on_a) = a.sandbox("mona", "octo/a");
-    let (_, on_b) = b.sandbox("mona", "octo/a");
-    a.kill9();
-    // B is unaffected: its sandbox served, changes through it work.
-    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
-    b.set_repo("DB", "octo/a", "v2-VALUE");
-    assert_eq!(served(&on_b), pairs(&[("DB", "v2-VALUE")]));
-    assert!(std::os::unix::net::UnixStream::connect(on_a.join("secrets.sock")).is_err());
-    // A restarted: its socket back in the same directory, serving what B wrote meanwhile.
-    a.start().unwrap();
-    assert_eq!(served(&on_a), pairs(&[("DB", "v2-VALUE")]));
-    assert_eq!(status(&a)["sandboxes_here"], 1);
-    logs_hold_no_value(&[&a, &b]);
-}
-
 /// Admin writes spread over two hosts from 16 clients while one host is killed with SIGKILL:
 /// every write acknowledged (by either host) is in the store afterwards, with its value.
 #[test]
@@ -529,13 +512,18 @@ fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_
 // ------------------------------------------------------------------------------------------
 // The same, with each broker host a docker container on a private network
 
-/// Docker resources of one test, all named `pg-...-<pid>`, removed on drop.
+/// Docker resources of one test, all named `pg-...-<pid>-<case>` (so neither two runs nor two
+/// tests of one run clash), removed on drop, failed or not; the image `pg-multihost:<pid>` is
+/// shared by the tests of one run and removed when the last one using it ends.
 struct Docker {
     tag: String,
     image: String,
     network: String,
     containers: Mutex<Vec<String>>,
 }
+
+/// How many tests of this run use the image now.
+static IMAGE_USERS: Mutex<usize> = Mutex::new(0);
 
 fn docker(args: &[&str]) -> std::process::Output {
     let out = std::process::Command::new("docker")
@@ -558,10 +546,68 @@ fn docker_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Builds `image` (no pull: `FROM scratch` with this build's binaries, the libraries they link
+/// and Debian's static busybox).
+fn build_image(image: &str) {
+    let ctx = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, String)> = vec![
+        (
+            env!("CARGO_BIN_EXE_sandbox-secrets").into(),
+            "/bin/sandbox-secrets".into(),
+        ),
+        (
+            env!("CARGO_BIN_EXE_sandbox-init").into(),
+            "/bin/sandbox-init".into(),
+        ),
+        ("/bin/busybox".into(), "/bin/busybox".into()),
+    ];
+    for bin in [
+        env!("CARGO_BIN_EXE_sandbox-secrets"),
+        env!("CARGO_BIN_EXE_sandbox-init"),
+    ] {
+        let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line
+                    .split_whitespace()
+                    .next()
+                    .filter(|p| p.starts_with('/')),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                let real = std::fs::canonicalize(p).unwrap();
+                files.push((real.display().to_string(), p.to_owned()));
+            }
+        }
+    }
+    // One tree, one layer.
+    let root = ctx.path().join("root");
+    for (from, to) in &files {
+        let dest = root.join(to.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(from, &dest).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY root/ /\n",
+    )
+    .unwrap();
+    docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        image,
+        &ctx.path().display().to_string(),
+    ]);
+}
+
 impl Docker {
-    /// An image (no pull: `FROM scratch` with this build's binaries, the libraries they link and
-    /// Debian's static busybox) and a private network; `None` (after `skip`) without docker.
-    fn new() -> Option<Self> {
+    /// The image (built by the first test of the run that needs it) and a private network for
+    /// the test `case`; `None` (after `skip`) without docker.
+    fn new(case: &str) -> Option<Self> {
         if !docker(&["info"]).status.success() {
             support::skip("docker is not available");
             return None;
@@ -570,69 +616,22 @@ impl Docker {
             support::skip("busybox-static is not installed");
             return None;
         }
-        let tag = format!("{}", std::process::id());
-        let ctx = tempfile::tempdir().unwrap();
-        let mut files: Vec<(String, String)> = vec![
-            (
-                env!("CARGO_BIN_EXE_sandbox-secrets").into(),
-                "/bin/sandbox-secrets".into(),
-            ),
-            (
-                env!("CARGO_BIN_EXE_sandbox-init").into(),
-                "/bin/sandbox-init".into(),
-            ),
-            ("/bin/busybox".into(), "/bin/busybox".into()),
-        ];
-        for bin in [
-            env!("CARGO_BIN_EXE_sandbox-secrets"),
-            env!("CARGO_BIN_EXE_sandbox-init"),
-        ] {
-            let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
-            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-                let path = match line.split_once("=>") {
-                    Some((_, rest)) => rest.split_whitespace().next(),
-                    None => line
-                        .split_whitespace()
-                        .next()
-                        .filter(|p| p.starts_with('/')),
-                };
-                if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                    let real = std::fs::canonicalize(p).unwrap();
-                    files.push((real.display().to_string(), p.to_owned()));
-                }
+        let dk = Docker {
+            tag: format!("{}-{case}", std::process::id()),
+            image: format!("pg-multihost:{}", std::process::id()),
+            network: format!("pg-net-{}-{case}", std::process::id()),
+            containers: Mutex::new(Vec::new()),
+        };
+        {
+            // Counted before the build, so a failed build is cleaned up by the drop.
+            let mut users = IMAGE_USERS.lock().unwrap_or_else(|e| e.into_inner());
+            *users += 1;
+            if *users == 1 {
+                build_image(&dk.image);
             }
         }
-        // One tree, one layer.
-        let root = ctx.path().join("root");
-        for (from, to) in &files {
-            let dest = root.join(to.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(from, &dest).unwrap();
-        }
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY root/ /\n",
-        )
-        .unwrap();
-        let image = format!("pg-multihost:{tag}");
-        docker_ok(&[
-            "build",
-            "-q",
-            "-t",
-            &image,
-            &ctx.path().display().to_string(),
-        ]);
-        let network = format!("pg-net-{tag}");
-        docker_ok(&["network", "create", &network]);
-        Some(Docker {
-            tag,
-            image,
-            network,
-            containers: Mutex::new(Vec::new()),
-        })
+        docker_ok(&["network", "create", &dk.network]);
+        Some(dk)
     }
 
     fn gateway(&self) -> String {
@@ -643,6 +642,35 @@ impl Docker {
             "{{(index .IPAM.Config 0).Gateway}}",
             &self.network,
         ])
+    }
+
+    /// Hosts A and B as containers on the store at `url` (reachable from this machine), through
+    /// a relay on the network's gateway (the test clusters listen on 127.0.0.1 only); B holds
+    /// A's key (docs/operations.md).
+    fn hosts(&self, url: &str) -> Hosts {
+        let p = parts(url);
+        let relay = Relay::to_from(self.gateway(), (p.host.clone(), p.port));
+        let mut via = parts(url);
+        via.host = self.gateway();
+        via.port = relay.port;
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let a = self.broker("host-a", &via.url(), &dir_a);
+        std::fs::create_dir_all(dir_b.join("state")).unwrap();
+        std::fs::copy(dir_a.join("state/key"), dir_b.join("state/key")).unwrap();
+        let b = self.broker("host-b", &via.url(), &dir_b);
+        Hosts {
+            a: Host {
+                container: a,
+                dir: dir_a,
+            },
+            b: Host {
+                container: b,
+                dir: dir_b,
+            },
+            _relay: relay,
+            _tmp: tmp,
+        }
     }
 
     /// A broker host: a container on the network, its state and run directories from `dir`.
@@ -675,22 +703,28 @@ impl Docker {
             "/bin/sandbox-secrets",
             "serve",
         ]);
+        self.wait_up(&name, dir);
+        name
+    }
+
+    /// Waits until the broker of container `name` answers on its admin socket under `dir`.
+    fn wait_up(&self, name: &str, dir: &Path) {
         let admin = dir.join("run/admin.sock");
         assert!(
             eventually(Duration::from_secs(30), || {
                 std::os::unix::net::UnixStream::connect(&admin).is_ok()
             }),
-            "broker {id} did not come up:\n{}",
-            self.logs(&name)
+            "broker {name} did not come up:\n{}",
+            self.logs(name)
         );
-        name
     }
 
-    /// Runs the real init in a container that mounts the sandbox directory `dir` at
-    /// `/run/sandbox` (no network): returns what `sh -c script` printed.
-    fn sandbox(&self, dir: &Path, script: &str) -> String {
+    /// Runs the real init (`args` before its command) in a container that mounts the sandbox
+    /// directory `dir` at `/run/sandbox` (no network), the command `sh -c script`.
+    fn init(&self, dir: &Path, args: &[&str], script: &str) -> std::process::Output {
         let name = format!("pg-init-{}", self.tag);
-        let out = docker(&[
+        let mount = format!("{}:/run/sandbox", dir.display());
+        let mut argv = vec![
             "run",
             "--rm",
             "--name",
@@ -698,15 +732,18 @@ impl Docker {
             "--network",
             "none",
             "-v",
-            &format!("{}:/run/sandbox", dir.display()),
+            &mount,
             &self.image,
             "/bin/sandbox-init",
-            "--",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            script,
-        ]);
+        ];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--", "/bin/busybox", "sh", "-c", script]);
+        docker(&argv)
+    }
+
+    /// What `sh -c script` printed, run by the real init in a container of the sandbox `dir`.
+    fn sandbox(&self, dir: &Path, script: &str) -> String {
+        let out = self.init(dir, &[], script);
         assert!(
             out.status.success(),
             "init container: {}",
@@ -728,11 +765,62 @@ impl Docker {
 impl Drop for Docker {
     fn drop(&mut self) {
         for c in self.containers.lock().unwrap().drain(..) {
+            // A paused container is removed too (`rm -f` kills it first).
             let _ = docker(&["rm", "-f", &c]);
         }
         let _ = docker(&["rm", "-f", &format!("pg-init-{}", self.tag)]);
         let _ = docker(&["network", "rm", &self.network]);
-        let _ = docker(&["rmi", "-f", &self.image]);
+        let mut users = IMAGE_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        *users -= 1;
+        if *users == 0 {
+            let _ = docker(&["rmi", "-f", &self.image]);
+        }
+    }
+}
+
+/// The two broker hosts of a container test.
+struct Hosts {
+    a: Host,
+    b: Host,
+    _relay: Relay,
+    _tmp: tempfile::TempDir,
+}
+
+/// A broker host in a container: its name, and the directory holding the `state` and `run`
+/// directories mounted in it.
+struct Host {
+    container: String,
+    dir: PathBuf,
+}
+
+impl Host {
+    fn run(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// The CLI on this machine against the host's admin socket (bind-mounted).
+    fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        cli_at(&self.run(), args, stdin)
+    }
+
+    fn set_repo(&self, name: &str, repo: &str, value: &str) {
+        self.cli(&["set", name, "--repo", repo], Some(value.as_bytes()))
+            .ok();
+    }
+
+    /// A sandbox created on this host: its id and its directory as seen from this machine.
+    fn sandbox(&self, user: &str, repo: &str) -> (String, PathBuf) {
+        let out = self
+            .cli(&["sandbox", "create", "--user", user, "--repo", repo], None)
+            .ok()
+            .stdout();
+        let id = out.split_whitespace().next().unwrap().to_owned();
+        let dir = self.run().join("sandboxes").join(&id);
+        (id, dir)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["status", "--json"], None).ok().stdout()).unwrap()
     }
 }
 
@@ -743,6 +831,21 @@ fn cli_at(run: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     support::daemon::run(cmd, stdin)
 }
 
+/// The broker logs of `hosts`: no value in them, nor the store's password.
+fn container_logs_hold_no_value(dk: &Docker, hosts: &Hosts, url: &str) -> String {
+    let logs = format!(
+        "{}{}",
+        dk.logs(&hosts.a.container),
+        dk.logs(&hosts.b.container)
+    );
+    assert_no_values("broker logs", logs.as_bytes(), &VALUES);
+    assert!(
+        !logs.contains(&parts(url).password),
+        "the store's password in a log"
+    );
+    logs
+}
+
 /// Cases 1 and 4 of the issue with broker hosts as containers on a private docker network and
 /// the real init in containers that mount their sandbox directory: a secret set on host A is
 /// fetched by a sandbox on host B and seen by a watch there; host B disconnected from the
@@ -750,40 +853,18 @@ fn cli_at(run: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
 /// reconnected with a change made on A meanwhile.
 #[test]
 fn containers_on_a_private_network_share_changes_and_survive_a_disconnect() {
-    let Some(dk) = Docker::new() else { return };
+    let Some(dk) = Docker::new("share") else {
+        return;
+    };
     let Some(db) = TestDb::new() else { return };
-    // PostgreSQL listens on 127.0.0.1 only: a relay on the network's gateway reaches it.
-    let p = parts(&db.url);
-    let relay = Relay::to_from(dk.gateway(), (p.host.clone(), p.port));
-    let mut via = parts(&db.url);
-    via.host = dk.gateway();
-    via.port = relay.port;
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let host_a = dk.broker("host-a", &via.url(), &dir_a);
-    std::fs::create_dir_all(dir_b.join("state")).unwrap();
-    std::fs::copy(dir_a.join("state/key"), dir_b.join("state/key")).unwrap();
-    let host_b = dk.broker("host-b", &via.url(), &dir_b);
-    let (run_a, run_b) = (dir_a.join("run"), dir_b.join("run"));
+    let hosts = dk.hosts(&db.url);
+    let (a, b) = (&hosts.a, &hosts.b);
 
     // Case 1.
-    cli_at(
-        &run_a,
-        &["set", "DB", "--repo", "octo/a"],
-        Some(b"v1-VALUE"),
-    )
-    .ok();
-    let out = cli_at(
-        &run_b,
-        &["sandbox", "create", "--user", "mona", "--repo", "octo/a"],
-        None,
-    )
-    .ok()
-    .stdout();
-    let id = out.split_whitespace().next().unwrap().to_owned();
-    let on_b = run_b.join("sandboxes").join(&id);
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    let (id, on_b) = b.sandbox("mona", "octo/a");
     assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
-    let listed = cli_at(&run_a, &["sandbox", "list"], None).ok().stdout();
+    let listed = a.cli(&["sandbox", "list"], None).ok().stdout();
     assert!(
         listed
             .lines()
@@ -800,53 +881,193 @@ fn containers_on_a_private_network_share_changes_and_survive_a_disconnect() {
         )
     });
     std::thread::sleep(Duration::from_millis(300));
-    cli_at(
-        &run_a,
-        &["set", "DB", "--repo", "octo/a"],
-        Some(b"v2-VALUE"),
-    )
-    .ok();
+    a.set_repo("DB", "octo/a", "v2-VALUE");
     let (code, _, body) = watcher.join().unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("v2-VALUE"), "{body}");
     assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
 
     // Case 4.
-    docker_ok(&["network", "disconnect", &dk.network, &host_b]);
+    docker_ok(&["network", "disconnect", &dk.network, &b.container]);
     assert!(
         eventually(Duration::from_secs(30), || {
-            let st = cli_at(&run_b, &["status", "--json"], None).ok().stdout();
-            st.contains("\"disconnected")
+            b.status()["connection"]
+                .as_str()
+                .unwrap()
+                .starts_with("disconnected")
         }),
         "host B never noticed the disconnect:\n{}",
-        dk.logs(&host_b)
+        dk.logs(&b.container)
     );
     assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
-    cli_at(
-        &run_b,
-        &["set", "DB", "--repo", "octo/a"],
-        Some(b"v3-VALUE"),
-    )
-    .fails_with("store unavailable");
-    cli_at(
-        &run_a,
-        &["set", "DB", "--repo", "octo/a"],
-        Some(b"v1-VALUE"),
-    )
-    .ok();
+    b.cli(&["set", "DB", "--repo", "octo/a"], Some(b"v3-VALUE"))
+        .fails_with("store unavailable");
+    a.set_repo("DB", "octo/a", "v1-VALUE");
     assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v2-VALUE");
-    docker_ok(&["network", "connect", &dk.network, &host_b]);
+    docker_ok(&["network", "connect", &dk.network, &b.container]);
     assert!(
         eventually(Duration::from_secs(30), || served(&on_b)
             == pairs(&[("DB", "v1-VALUE")])),
         "host B did not converge:\n{}",
-        dk.logs(&host_b)
+        dk.logs(&b.container)
     );
     assert_eq!(dk.sandbox(&on_b, "echo \"DB=$DB\""), "DB=v1-VALUE");
-    let logs = format!("{}{}", dk.logs(&host_a), dk.logs(&host_b));
+    let logs = container_logs_hold_no_value(&dk, &hosts, &db.url);
     assert!(logs.contains("store connection lost"), "{logs}");
-    assert_no_values("broker logs", logs.as_bytes(), &VALUES);
-    assert!(!logs.contains(&p.password), "the store's password in a log");
+}
+
+/// Case 2 with containers: host A's container killed (`docker kill`, SIGKILL): the real init in
+/// a sandbox of host B still fetches, changes through B still work, and a sandbox of A fails
+/// closed rather than start without its secrets; A's container started again (same volumes):
+/// its sandbox's socket is back in the same directory and the real init there fetches what B
+/// wrote meanwhile.
+#[test]
+fn containers_a_killed_host_leaves_the_others_served_and_comes_back_with_its_sockets() {
+    let Some(dk) = Docker::new("kill") else {
+        return;
+    };
+    let Some(db) = TestDb::new() else { return };
+    let hosts = dk.hosts(&db.url);
+    let (a, b) = (&hosts.a, &hosts.b);
+    let both = "echo \"DB=$DB\"";
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(dk.sandbox(&on_a, both), "DB=v1-VALUE");
+    assert_eq!(dk.sandbox(&on_b, both), "DB=v1-VALUE");
+
+    docker_ok(&["kill", &a.container]);
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Running}}", &a.container]),
+        "false"
+    );
+    // B is unaffected: its sandbox served, changes through it work and reach it.
+    assert_eq!(dk.sandbox(&on_b, both), "DB=v1-VALUE");
+    b.set_repo("DB", "octo/a", "v2-VALUE");
+    assert_eq!(dk.sandbox(&on_b, both), "DB=v2-VALUE");
+    // A's sandbox: its socket file is left but nothing answers; the init fails closed (exit 1,
+    // its command never ran).
+    assert!(std::os::unix::net::UnixStream::connect(on_a.join("secrets.sock")).is_err());
+    let dead = dk.init(&on_a, &["--secrets-timeout", "1"], "echo started");
+    assert_eq!(
+        dead.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&dead.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&dead.stdout).contains("started"),
+        "the command ran without its secrets"
+    );
+
+    // A restarted: the same container and volumes; its socket back in the same directory.
+    docker_ok(&["start", &a.container]);
+    dk.wait_up(&a.container, &a.dir);
+    assert_eq!(dk.sandbox(&on_a, both), "DB=v2-VALUE");
+    assert_eq!(a.status()["sandboxes_here"], 1);
+    assert_eq!(b.status()["sandboxes_here"], 1);
+    container_logs_hold_no_value(&dk, &hosts, &db.url);
+}
+
+/// Case 5 with containers: 1,024 admin writes from 16 clients, 8 through each host's admin
+/// socket, while host A's container is killed (`docker kill`, SIGKILL) mid-run: every write
+/// acknowledged by either host is in the store afterwards with its value, as served to sandboxes
+/// of host B and of host A started again.
+#[test]
+fn containers_docker_kill_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_write() {
+    let Some(dk) = Docker::new("writes") else {
+        return;
+    };
+    let Some(db) = TestDb::new() else { return };
+    let hosts = dk.hosts(&db.url);
+    let (a, b) = (&hosts.a, &hosts.b);
+    let runs = [a.run(), b.run()];
+    // A is killed once it has acknowledged 40 writes: mid-run, whatever the machine's speed.
+    let acked_on_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = {
+        let acked_on_a = Arc::clone(&acked_on_a);
+        let container = a.container.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(60);
+            while acked_on_a.load(Ordering::SeqCst) < 40 && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            docker_ok(&["kill", &container]);
+        })
+    };
+    // 16 clients, 8 per host, each writing its own names (64 each: 1,024 writes) on 16
+    // repositories (the limit is 100 per repository).
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let run = runs[c % 2].clone();
+            let acked_on_a = Arc::clone(&acked_on_a);
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..64 {
+                    let body =
+                        format!(r#"{{"name":"N{i}","repo":"octo/w{c}","value":"w{c}-{i}-VALUE"}}"#);
+                    match admin_post(&run, "secrets/set", body.as_bytes()) {
+                        Ok((200, _)) => {
+                            acked.push((c, i));
+                            if c % 2 == 0 {
+                                acked_on_a.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        Ok((code, text)) => panic!("set answered {code}: {text}"),
+                        Err(_) => break, // this host died with the write in flight
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<(usize, i32)> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    killer.join().unwrap();
+    let on_a = acked.iter().filter(|(c, _)| c % 2 == 0).count();
+    let on_b = acked.len() - on_a;
+    assert!(
+        (40..512).contains(&on_a),
+        "the kill must land mid-run: {on_a} acked on A"
+    );
+    assert_eq!(on_b, 512, "host B refused writes while A died");
+    // Read back through B, and through A started again.
+    docker_ok(&["start", &a.container]);
+    dk.wait_up(&a.container, &a.dir);
+    for h in [b, a] {
+        for c in 0..16 {
+            let (_, dir) = h.sandbox("mona", &format!("octo/w{c}"));
+            let got: std::collections::HashMap<String, String> = served(&dir).into_iter().collect();
+            for (_, i) in acked.iter().filter(|(cc, _)| *cc == c) {
+                assert_eq!(
+                    got.get(&format!("N{i}")).map(String::as_str),
+                    Some(format!("w{c}-{i}-VALUE").as_str()),
+                    "acknowledged write N{i} of octo/w{c} lost (read through {})",
+                    h.container
+                );
+            }
+        }
+    }
+    // And through the real init in a sandbox of each host: a write acknowledged by A just
+    // before it died.
+    let (c, i) = *acked
+        .iter()
+        .filter(|(c, _)| c % 2 == 0)
+        .max_by_key(|(_, i)| *i)
+        .unwrap();
+    let script = format!("echo \"$N{i}\"");
+    for h in [a, b] {
+        let (_, dir) = h.sandbox("mona", &format!("octo/w{c}"));
+        assert_eq!(dk.sandbox(&dir, &script), format!("w{c}-{i}-VALUE"));
+    }
+    eprintln!(
+        "docker kill of host A during writes: {} acknowledged writes ({on_a} by A), all present",
+        acked.len()
+    );
+    let logs = container_logs_hold_no_value(&dk, &hosts, &db.url);
+    assert!(!logs.contains("row refused"), "{logs}");
 }
 
 /// A PostgreSQL cluster of this test alone (`scripts/postgres.sh` with its own directory and
@@ -901,6 +1122,49 @@ impl Drop for OwnCluster {
     }
 }
 
+/// Up to 200 sets of 50 names on `repo` through the admin socket under `run`, 10 ms apart, until
+/// `stop`, while the store may be going away: each is acknowledged or refused with a 503, never
+/// anything else. Returns the numbers of the acknowledged ones (set `i` writes `W{i % 50}` =
+/// `w{i}-VALUE`).
+fn writes_through(
+    run: PathBuf,
+    repo: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<usize>> {
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..200 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let body = format!(
+                r#"{{"name":"W{}","repo":"{repo}","value":"w{i}-VALUE"}}"#,
+                i % 50
+            );
+            match admin_post(&run, "secrets/set", body.as_bytes()) {
+                Ok((200, _)) => acked.push(i),
+                Ok((503, text)) => assert!(text.contains("store unavailable"), "{text}"),
+                Ok((code, text)) => panic!("set answered {code}: {text}"),
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        acked
+    })
+}
+
+/// Whether the sandbox `dir` is served the last acknowledged value of each name of
+/// [`writes_through`].
+fn serves_last(dir: &Path, acked: &[usize]) -> bool {
+    let mut last = std::collections::HashMap::new();
+    for i in acked {
+        last.insert(i % 50, *i);
+    }
+    let got: std::collections::HashMap<String, String> = served(dir).into_iter().collect();
+    last.iter()
+        .all(|(n, i)| got.get(&format!("W{n}")) == Some(&format!("w{i}-VALUE")))
+}
+
 /// Case 3: PostgreSQL restarted under two brokers: both reconnect, every acknowledged change is
 /// there, and a revocation made right after is honoured by the other broker (no answer the
 /// store no longer authorises).
@@ -924,24 +1188,7 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
     );
     // Writes keep coming through A while PostgreSQL restarts: each is acknowledged or refused
     // with a 503, never half-applied.
-    let run_a = a.run_dir();
-    let writer = std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        for i in 0..200 {
-            let body = format!(
-                r#"{{"name":"W{}","repo":"octo/w","value":"w{i}-VALUE"}}"#,
-                i % 50
-            );
-            match admin_post(&run_a, "secrets/set", body.as_bytes()) {
-                Ok((200, _)) => acked.push(i),
-                Ok((503, text)) => assert!(text.contains("store unavailable"), "{text}"),
-                Ok((code, text)) => panic!("set answered {code}: {text}"),
-                Err(e) => panic!("{e}"),
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        acked
-    });
+    let writer = writes_through(a.run_dir(), "octo/w", Arc::default());
     std::thread::sleep(Duration::from_millis(300));
     cluster.script("restart");
     let acked = writer.join().unwrap();
@@ -954,16 +1201,12 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
         );
     }
     // The last acknowledged value of each name is what B serves.
-    let mut last = std::collections::HashMap::new();
-    for i in &acked {
-        last.insert(i % 50, *i);
-    }
     let (_, on_w) = b.sandbox("mona", "octo/w");
-    assert!(eventually(Duration::from_secs(10), || {
-        let got: std::collections::HashMap<String, String> = served(&on_w).into_iter().collect();
-        last.iter()
-            .all(|(n, i)| got.get(&format!("W{n}")) == Some(&format!("w{i}-VALUE")))
-    }));
+    assert!(
+        eventually(Duration::from_secs(10), || serves_last(&on_w, &acked)),
+        "host B serves {:?}",
+        served(&on_w)
+    );
     // A revocation through A right after: B stops serving the value.
     a.cli(&["delete", "TOKEN", "--user", "mona", "--yes"], None)
         .ok();
@@ -978,6 +1221,108 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
         acked.len()
     );
     logs_hold_no_value(&[&a, &b]);
+}
+
+/// Case 3 with containers: the store's PostgreSQL restarted under two broker containers while
+/// writes come through both. Host B is frozen (`docker pause`) across the restart, so it is still
+/// to reconnect when host A, back first, removes mona's access to TOKEN and changes DB. Once B
+/// has reconnected, the real init in its sandbox gets DB's new value and no TOKEN: nothing the
+/// store no longer authorises. Every write acknowledged by either host is served by both.
+#[test]
+fn containers_after_a_postgresql_restart_brokers_reconnect_lose_nothing_and_serve_no_revoked_secret(
+) {
+    let Some(dk) = Docker::new("restart") else {
+        return;
+    };
+    if support::postgres::cluster_url().is_none() {
+        support::skip("no PostgreSQL: run scripts/postgres.sh start");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let hosts = dk.hosts(&cluster.url);
+    let (a, b) = (&hosts.a, &hosts.b);
+    let both = "echo \"DB=$DB TOKEN=$TOKEN\"";
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    a.cli(
+        &["set", "TOKEN", "--user", "mona", "--repos", "octo/a"],
+        Some(b"v2-VALUE"),
+    )
+    .ok();
+    let (_, on_a) = a.sandbox("mona", "octo/a");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    for dir in [&on_a, &on_b] {
+        assert_eq!(dk.sandbox(dir, both), "DB=v1-VALUE TOKEN=v2-VALUE");
+    }
+    // Writes through both hosts from before the restart until B is back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = [
+        writes_through(a.run(), "octo/wa", Arc::clone(&stop)),
+        writes_through(b.run(), "octo/wb", Arc::clone(&stop)),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    docker_ok(&["pause", &b.container]);
+    cluster.script("restart");
+    assert!(
+        eventually(Duration::from_secs(30), || a.status()["connection"]
+            == "connected"),
+        "host A did not reconnect:\n{}",
+        dk.logs(&a.container)
+    );
+    // The first attempts may meet a pooled connection the restart closed: a 503, nothing done.
+    let through_a = |args: &[&str], value: Option<&[u8]>| {
+        assert!(
+            eventually(Duration::from_secs(20), || a
+                .cli(args, value)
+                .out
+                .status
+                .success()),
+            "{args:?} through host A never succeeded:\n{}",
+            dk.logs(&a.container)
+        );
+    };
+    through_a(&["delete", "TOKEN", "--user", "mona", "--yes"], None);
+    through_a(&["set", "DB", "--repo", "octo/a"], Some(b"v3-VALUE"));
+    docker_ok(&["unpause", &b.container]);
+    assert!(
+        eventually(Duration::from_secs(30), || dk
+            .logs(&b.container)
+            .contains("store connection back")
+            && b.status()["connection"] == "connected"),
+        "host B did not reconnect:\n{}",
+        dk.logs(&b.container)
+    );
+    // Reconnected: B serves what the store holds now, at once.
+    assert_eq!(served(&on_b), pairs(&[("DB", "v3-VALUE")]));
+    for dir in [&on_b, &on_a] {
+        assert_eq!(dk.sandbox(dir, both), "DB=v3-VALUE TOKEN=");
+    }
+    // No acknowledged write lost: each host's last acknowledged values, read through both.
+    stop.store(true, Ordering::SeqCst);
+    let [wa, wb] = writers.map(|w| w.join().unwrap());
+    assert!(!wa.is_empty() && !wb.is_empty(), "{wa:?} {wb:?}");
+    for h in [a, b] {
+        for (repo, acked) in [("octo/wa", &wa), ("octo/wb", &wb)] {
+            let (_, dir) = h.sandbox("mona", repo);
+            assert!(
+                eventually(Duration::from_secs(10), || serves_last(&dir, acked)),
+                "{} serves {:?} on {repo}",
+                h.container,
+                served(&dir)
+            );
+        }
+    }
+    eprintln!(
+        "PostgreSQL restarted under two broker containers: {} and {} writes acknowledged through A and B, all present",
+        wa.len(),
+        wb.len()
+    );
+    container_logs_hold_no_value(&dk, &hosts, &cluster.url);
+    for host in [&a.container, &b.container] {
+        let log = dk.logs(host);
+        assert!(log.contains("store connection lost"), "{host}:\n{log}");
+    }
 }
 
 /// TLS to the store: with `sslmode=verify-full` and the cluster's CA (`sslrootcert`) the broker's
@@ -1127,4 +1472,92 @@ fn a_token_created_or_revoked_on_one_host_holds_on_another() {
     for log in [a.log_text(), b.log_text()] {
         assert!(!log.contains(&token), "the token is in a broker's log");
     }
+}
+
+/// A broker frozen (SIGSTOP) across a PostgreSQL restart while another broker revokes a secret:
+/// from the moment it logs `store connection back`, no answer it serves holds the revoked
+/// secret (docs/operations.md: it re-reads what was committed meanwhile before it serves).
+/// Fetches run back to back from before it is resumed; each one that started after the log line
+/// was written is checked.
+#[test]
+fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile() {
+    if support::postgres::cluster_url().is_none() {
+        support::skip("no PostgreSQL: run scripts/postgres.sh start");
+        return;
+    }
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let (a, mut b) = two_hosts_on(&cluster.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    a.set_repo("DB", "octo/a", "v1-VALUE");
+    a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
+    let (_, on_b) = b.sandbox("mona", "octo/a");
+    assert_eq!(
+        served(&on_b),
+        pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
+    );
+    let pid = nix::unistd::Pid::from_raw(b.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    cluster.script("restart");
+    // Through A, back first (its first attempts may meet a connection the restart closed).
+    assert!(
+        eventually(Duration::from_secs(30), || a
+            .cli(&["delete", "TOKEN", "--user", "mona", "--yes"], None)
+            .out
+            .status
+            .success()),
+        "{}",
+        a.log_text()
+    );
+    let log = b.logs().last().unwrap().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetcher = {
+        let (stop, dir) = (Arc::clone(&stop), on_b.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let (code, body) = fetch(&dir);
+                assert_eq!(code, 200, "{body}");
+                seen.push((started, body.contains("\"TOKEN\"")));
+            }
+            seen
+        })
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("store connection back")
+        {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < end,
+            "host B never came back:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let seen = fetcher.join().unwrap();
+    let after: Vec<bool> = seen
+        .iter()
+        .filter(|(t, _)| *t > back)
+        .map(|(_, token)| *token)
+        .collect();
+    assert!(!after.is_empty(), "no fetch after host B was back");
+    let stale = after.iter().filter(|token| **token).count();
+    assert_eq!(
+        stale,
+        0,
+        "{stale} of {} answers after host B logged its connection back held the revoked TOKEN:\n{}",
+        after.len(),
+        b.log_text()
+    );
+    assert_eq!(served(&on_b), pairs(&[("DB", "v1-VALUE")]));
+    logs_hold_no_value(&[&a, &b]);
 }

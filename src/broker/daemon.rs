@@ -116,6 +116,11 @@ pub const BUILDS_AT_ONCE: usize = 1;
 /// that would eat into them is refused, so existing sandboxes stay served.
 pub const DESCRIPTOR_RESERVE: usize = 64;
 
+/// How long an answer waits, once a shared store's connection is back, for the store to be
+/// re-read ([`Daemon::reread`]) before the answer cached before is served anyway (as while
+/// disconnected); under the init's default `--secrets-timeout` (5 s).
+pub const REREAD_WAIT: Duration = Duration::from_secs(2);
+
 /// Why a daemon operation failed. Never holds a value.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -254,6 +259,9 @@ pub struct Daemon {
     serve: ServeSandbox,
     /// Connections open over all sockets.
     connections: AtomicUsize,
+    /// For a shared store: the connection epoch (`Link::epoch`) since which the store was last
+    /// re-read, published by `server::follow_store`.
+    reread: tokio::sync::watch::Sender<u64>,
     /// The soft descriptor limit the daemon runs with, and the descriptors it held at start.
     fd_limit: u64,
     fd_base: usize,
@@ -287,6 +295,7 @@ impl Daemon {
             builds: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
             serve,
             connections: AtomicUsize::new(0),
+            reread: tokio::sync::watch::Sender::new(0),
             fd_limit,
             fd_base: open_descriptors(),
         });
@@ -308,6 +317,41 @@ impl Daemon {
     }
     pub fn answers(&self) -> &AnswerCache {
         &self.answers
+    }
+
+    /// Records that a shared store was re-read during connection epoch `epoch`.
+    pub fn reread_in(&self, epoch: u64) {
+        self.reread.send_if_modified(|e| {
+            let moved = epoch > *e;
+            *e = (*e).max(epoch);
+            moved
+        });
+    }
+
+    /// Once a shared store's connection is (back) up, waits until the store was re-read since
+    /// (at most [`REREAD_WAIT`]): what was committed while this broker was away (a secret
+    /// deleted, an access removed) holds before any answer is served. Returns at once for a
+    /// private store, while disconnected (the answers cached so far are served), or when re-read.
+    pub async fn reread(&self) {
+        let Some(link) = self.store.link() else {
+            return;
+        };
+        let epoch = {
+            let l = link.borrow();
+            if !l.connected {
+                return;
+            }
+            l.epoch
+        };
+        let mut done = self.reread.subscribe();
+        if tokio::time::timeout(REREAD_WAIT, done.wait_for(|e| *e >= epoch))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the store was not re-read within {REREAD_WAIT:?} of its connection coming back; serving the answer read before"
+            );
+        }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {

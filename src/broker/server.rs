@@ -181,7 +181,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// For a store several brokers share: whenever another broker commits (or the connection comes
 /// back), re-reads the store, drops the cached answers of older generations and wakes the
 /// watchers whose answer changed. While the connection is down, the answers cached so far keep
-/// being served (they were valid when cached); the listener logs the loss and the return.
+/// being served (they were valid when cached); the listener logs the loss and the return. Once
+/// it is back, answers wait for the re-read ([`Daemon::reread`]).
 async fn follow_store(
     daemon: Arc<Daemon>,
     mut link: tokio::sync::watch::Receiver<super::store::backend::Link>,
@@ -212,6 +213,7 @@ async fn follow_store(
             match read {
                 Ok(Ok(true)) => {
                     daemon.answers().sync(daemon.store().generation());
+                    daemon.reread_in(now);
                     let woken = daemon.wake_watchers();
                     tracing::debug!(
                         generation = daemon.store().stored_generation(),
@@ -219,7 +221,7 @@ async fn follow_store(
                         "store changed by another broker"
                     );
                 }
-                Ok(Ok(false)) => {}
+                Ok(Ok(false)) => daemon.reread_in(now),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot re-read the store; serving what was read before");
                     // Try again at the next announcement, or after a pause.

@@ -120,10 +120,12 @@ pub async fn answer(
     r
 }
 
-/// The answer now, with its `ETag`, or the refusal (audited). A cached answer is served at once;
-/// building one (opening and encoding up to megabytes of values) runs on a blocking thread, so it
-/// never holds an async worker another sandbox's fetch needs.
+/// The answer now, with its `ETag`, or the refusal (audited); after a shared store's connection
+/// came back, only once the store was re-read ([`Daemon::reread`]). A cached answer is served at
+/// once; building one (opening and encoding up to megabytes of values) runs on a blocking thread,
+/// so it never holds an async worker another sandbox's fetch needs.
 async fn read(daemon: &Arc<Daemon>, id: &str) -> Response<SecretBody> {
+    daemon.reread().await;
     let built = match daemon.cached_answer(id) {
         Some(body) => Ok(body),
         None => {
