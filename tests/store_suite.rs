@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::*;
@@ -346,44 +345,25 @@ fn a_row_sealed_with_a_key_this_host_lacks_is_refused_naming_the_key_id(db: &Db)
     w.d.stop();
 }
 
-/// Creates sandboxes from `clients` threads until the daemon stops answering or `until`;
-/// returns the ids whose create was acknowledged.
-fn create_until(run_dir: &Path, clients: usize, until: std::time::Instant) -> Vec<String> {
-    let threads: Vec<_> = (0..clients)
-        .map(|i| {
-            let run_dir = run_dir.to_owned();
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                let body = format!(r#"{{"user":"user{i}","repo":"octo/r{i}"}}"#);
-                while std::time::Instant::now() < until {
-                    match admin_post(&run_dir, "sandboxes/create", body.as_bytes()) {
-                        Ok((200, text)) => {
-                            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                            acked.push(v["id"].as_str().unwrap().to_owned());
-                        }
-                        Ok((status, text)) => panic!("create answered {status}: {text}"),
-                        Err(_) => break, // the daemon died with this create in flight
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
-}
-
 fn kill_9_during_concurrent_creates_loses_no_acknowledged_sandbox(db: &Db) {
     let mut d = db.started();
     let mut rng = Rng::from_env("kill_9_during_concurrent_creates");
     let mut all: Vec<String> = Vec::new();
     for cycle in 0..3 {
+        let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let killer = {
             let pid = d.pid();
-            let wait = Duration::from_millis(150 + rng.below(350));
+            let wait = Duration::from_millis(rng.below(350));
+            let acks = std::sync::Arc::clone(&acks);
             std::thread::spawn(move || {
+                // Strikes a random while after the first acknowledged create: on a loaded
+                // machine a fixed delay could land before any create was answered.
+                let limit = std::time::Instant::now() + Duration::from_secs(8);
+                while acks.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    && std::time::Instant::now() < limit
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 std::thread::sleep(wait);
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -395,6 +375,7 @@ fn kill_9_during_concurrent_creates_loses_no_acknowledged_sandbox(db: &Db) {
             &d.run_dir(),
             16,
             std::time::Instant::now() + Duration::from_secs(10),
+            &acks,
         );
         killer.join().unwrap();
         d.kill9();

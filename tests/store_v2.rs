@@ -460,35 +460,6 @@ fn rows_refused_at_start_never_stop_the_daemon() {
 // ------------------------------------------------------------------------------------------
 // Group commit: concurrent creates
 
-/// Creates sandboxes from `clients` threads until the daemon stops answering or `until`;
-/// returns the ids whose create was acknowledged.
-fn create_until(run_dir: &Path, clients: usize, until: std::time::Instant) -> Vec<String> {
-    let threads: Vec<_> = (0..clients)
-        .map(|i| {
-            let run_dir = run_dir.to_owned();
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                let body = format!(r#"{{"user":"user{i}","repo":"octo/r{i}"}}"#);
-                while std::time::Instant::now() < until {
-                    match admin_post(&run_dir, "sandboxes/create", body.as_bytes()) {
-                        Ok((200, text)) => {
-                            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                            acked.push(v["id"].as_str().unwrap().to_owned());
-                        }
-                        Ok((status, text)) => panic!("create answered {status}: {text}"),
-                        Err(_) => break, // the daemon died with this create in flight
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
-}
-
 /// Concurrent creates share transactions: 16 clients get many more creates per second than one
 /// fsync each would allow. Prints the figure; the bound here is loose (a debug build on a
 /// shared machine), BENCHMARKS.md has the release figure.
@@ -496,7 +467,12 @@ fn create_until(run_dir: &Path, clients: usize, until: std::time::Instant) -> Ve
 fn concurrent_creates_share_commits() {
     let mut d = Daemon::new();
     let started = std::time::Instant::now();
-    let acked = create_until(&d.run_dir(), 16, started + Duration::from_secs(2));
+    let acked = create_until(
+        &d.run_dir(),
+        16,
+        started + Duration::from_secs(2),
+        &Default::default(),
+    );
     let rate = acked.len() as f64 / started.elapsed().as_secs_f64();
     eprintln!(
         "group commit: {} creates from 16 clients, {rate:.0}/s",

@@ -641,3 +641,40 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// Creates sandboxes from `clients` threads until the daemon stops answering or `until`;
+/// returns the ids whose create was acknowledged. `acked` counts them as they come (a killer
+/// thread waits for the first before it strikes).
+pub fn create_until(
+    run_dir: &Path,
+    clients: usize,
+    until: std::time::Instant,
+    acked: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let run_dir = run_dir.to_owned();
+            let count = std::sync::Arc::clone(acked);
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                let body = format!(r#"{{"user":"user{i}","repo":"octo/r{i}"}}"#);
+                while std::time::Instant::now() < until {
+                    match admin_post(&run_dir, "sandboxes/create", body.as_bytes()) {
+                        Ok((200, text)) => {
+                            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            ids.push(v["id"].as_str().unwrap().to_owned());
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok((status, text)) => panic!("create answered {status}: {text}"),
+                        Err(_) => break, // the daemon died with this create in flight
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
