@@ -292,16 +292,17 @@ struct Placement {
     dir: PathBuf,
 }
 
-/// Whether `name` is among `names` (sorted, as [`fetch::fetch`] returns them).
-fn is_secret(names: &[String], name: &str) -> bool {
-    names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+/// Whether `name` is among `secrets` (sorted by name, as [`fetch::fetch`] returns them).
+fn is_secret(secrets: &[Secret], name: &str) -> bool {
+    secrets
+        .binary_search_by(|s| s.name.as_str().cmp(name))
+        .is_ok()
 }
 
 fn place(secrets: &[Secret], env: &[(OsString, OsString)], dir: PathBuf) -> Placement {
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let rest: usize = env
         .iter()
-        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if is_secret(&names, k)))
+        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if is_secret(secrets, k)))
         .map(|(k, v)| env::entry_cost(k.len(), v.len()))
         .sum();
     let lens: Vec<(usize, usize)> = secrets
@@ -356,8 +357,10 @@ pub fn place_secrets(
     }
 
     let (placement, chosen) = place_and_choose(&secrets, inherited);
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-    let mut prepared = Prepared::default();
+    let mut prepared = Prepared {
+        vars: Vec::with_capacity(secrets.len()),
+        ..Prepared::default()
+    };
     let dir_ready =
         chosen.map(|dir| dir.and_then(|dir| spill::open_spill_dir(&dir, target.uid, target.gid)));
     let spilled_names: Vec<String> = secrets
@@ -369,12 +372,22 @@ pub fn place_secrets(
     // Registry credentials are written last (below): a spill that fails stops the start with no
     // new credentials on disk. Their triplets are taken now, before the values move.
     let (entries, entry_warnings) = registry_entries(&secrets);
-    for (secret, spilled) in secrets.iter().zip(placement.spilled.iter().copied()) {
+    // A value the environment takes moves there, unless `--secrets-dir` still needs it below
+    // (then it is copied): one copy less of every value, which is what a start costs most.
+    let values_needed_later = files.secrets_dir.is_some();
+    let mut secrets = secrets;
+    for (i, spilled) in placement.spilled.iter().copied().enumerate() {
         if !spilled {
-            let value = SecretString::from(secret.value.expose_secret().to_owned());
+            let secret = &mut secrets[i];
+            let value = if values_needed_later {
+                SecretString::from(secret.value.expose_secret().to_owned())
+            } else {
+                std::mem::replace(&mut secret.value, SecretString::from(String::new()))
+            };
             prepared.vars.push((secret.name.clone(), value));
             continue;
         }
+        let secret = &secrets[i];
         let written = match &dir_ready {
             Some(Ok(d)) => write_spill(d, secret, target.uid, target.gid),
             Some(Err(e)) => Err(Error::SpillDir {
@@ -403,7 +416,7 @@ pub fn place_secrets(
         if lookup(inherited, &secret.name).is_some() {
             prepared.unset.push(secret.name.clone());
         }
-        if is_secret(&names, &file_var) {
+        if is_secret(&secrets, &file_var) {
             warn(format_args!(
                 "secret {} is too large for the environment and went to {}, but {file_var} is \
                  a secret too and keeps its value; read the file directly",
@@ -673,7 +686,6 @@ pub fn write_env(
     };
     let secrets = fetched.secrets;
     let (placement, chosen) = place_and_choose(&secrets, env);
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
     if let Some(chosen) = chosen {
         let spill_err = |source| Error::SpillDir {
@@ -692,7 +704,7 @@ pub fn write_env(
         for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
             let path = write_spill(&d, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);
-            if is_secret(&names, &file_var) {
+            if is_secret(&secrets, &file_var) {
                 warn(format_args!(
                     "secret {} is too large for the environment and went to {}, but {file_var} \
                      is a secret too and keeps its value",
