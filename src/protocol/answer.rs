@@ -5,7 +5,9 @@
 //! limit), then the shape (top level, `sandbox`, `repository`, `secrets`, the count, each secret
 //! in order), then names and NULs in order, then duplicates. A key given twice counts once, the
 //! last one (as the tree's map did). Nothing here returns serde's own type errors, which quote
-//! the offending string; values are copied once, into [`SecretString`]s.
+//! the offending string; values are copied once, into [`SecretString`]s. One visitor type reads
+//! every part (told which by [`Want`]), so serde_json's parser is instantiated once for it: the
+//! static init stays small.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,7 +21,7 @@ use super::{dangerous, normalize_name, AnswerError, WireSecret, MAX_SECRETS_PER_
 /// secrets in the order they came.
 pub(super) fn read(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let top = match Expected(Top)
+    let top = match Want::Answer
         .deserialize(&mut de)
         .and_then(|top| de.end().map(|()| top))
     {
@@ -27,7 +29,7 @@ pub(super) fn read(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
         Err(e) => return Err(AnswerError::Shape(e.to_string())),
         Ok(top) => top,
     };
-    let Some(mut top) = top else {
+    let Json::Answer(mut top) = top else {
         return Err(AnswerError::Shape("not a JSON object".into()));
     };
     if top.other {
@@ -66,7 +68,48 @@ pub(super) fn read(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
 /// merge needs) hands a number that fits no 64-bit type to `visit_map`, as a one-entry map.
 const NUMBER: &str = "$serde_json::private::Number";
 
+/// What the value about to be read should be, and so what is kept of it. Any value is read to
+/// its end (a syntax error anywhere comes first); one of another type is [`Json::Other`] (or
+/// [`Json::Str`], [`Json::Bool`]), never an error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Nothing kept (an unknown field, `sandbox`, `dangerous`: only its type matters).
+    Skip,
+    /// A key of an object: [`Json::Key`].
+    Key,
+    /// A name: its text.
+    Name,
+    /// A value: a [`SecretString`].
+    Value,
+    /// The whole answer: [`Json::Answer`].
+    Answer,
+    /// `secrets`: [`Json::List`].
+    List,
+    /// One of `secrets`: [`Json::Item`].
+    Item,
+}
+
+/// One JSON value as far as the answer cares.
+enum Json<'de> {
+    Str(Text<'de>),
+    Bool(bool),
+    Key(Key),
+    Answer(Box<Fields>),
+    List(Box<List>),
+    Item(Item<'de>),
+    /// Any other value, or one not of the type wanted.
+    Other,
+}
+
+/// A string, kept as [`Want`] said.
+enum Text<'de> {
+    Skipped,
+    Plain(Cow<'de, str>),
+    Secret(SecretString),
+}
+
 /// The keys the answer knows; any other is [`Key::Other`].
+#[derive(Clone, Copy)]
 enum Key {
     Sandbox,
     Repository,
@@ -79,60 +122,7 @@ enum Key {
     Other,
 }
 
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Key;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for Key {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
-        Ok(match key {
-            "sandbox" => Key::Sandbox,
-            "repository" => Key::Repository,
-            "secrets" => Key::Secrets,
-            "name" => Key::Name,
-            "value" => Key::Value,
-            "dangerous" => Key::Dangerous,
-            NUMBER => Key::Number,
-            _ => Key::Other,
-        })
-    }
-}
-
-/// One JSON value as far as the answer cares. Containers and other scalars are read to their
-/// end (checked, not kept) and are [`Json::Other`].
-enum Json<'de> {
-    Str(Text<'de>),
-    Bool(bool),
-    Other,
-}
-
-/// A string, kept as [`Any`] was asked to.
-enum Text<'de> {
-    Skipped,
-    Plain(Cow<'de, str>),
-    Secret(SecretString),
-}
-
-/// Reads any JSON value; a string is kept as `Text::Plain` (names), as a [`SecretString`]
-/// (values), or not at all.
-#[derive(Clone, Copy)]
-enum Any {
-    Skip,
-    Plain,
-    Secret,
-}
-
-impl<'de> DeserializeSeed<'de> for Any {
+impl<'de> DeserializeSeed<'de> for Want {
     type Value = Json<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
@@ -140,11 +130,11 @@ impl<'de> DeserializeSeed<'de> for Any {
     }
 }
 
-impl<'de> Visitor<'de> for Any {
+impl<'de> Visitor<'de> for Want {
     type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+        f.write_str("a part of a secrets answer")
     }
 
     fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
@@ -169,139 +159,108 @@ impl<'de> Visitor<'de> for Any {
 
     fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Json<'de>, E> {
         match self {
-            Any::Plain => Ok(Json::Str(Text::Plain(Cow::Borrowed(s)))),
+            Want::Name => Ok(Json::Str(Text::Plain(Cow::Borrowed(s)))),
             _ => self.visit_str(s),
         }
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
-        Ok(Json::Str(match self {
-            Any::Skip => Text::Skipped,
-            Any::Plain => Text::Plain(Cow::Owned(s.to_owned())),
+        Ok(match self {
+            Want::Key => Json::Key(match s {
+                "sandbox" => Key::Sandbox,
+                "repository" => Key::Repository,
+                "secrets" => Key::Secrets,
+                "name" => Key::Name,
+                "value" => Key::Value,
+                "dangerous" => Key::Dangerous,
+                NUMBER => Key::Number,
+                _ => Key::Other,
+            }),
+            Want::Name => Json::Str(Text::Plain(Cow::Owned(s.to_owned()))),
             // `to_owned` allocates exactly `s.len()`: the box takes it over without a copy.
-            Any::Secret => Text::Secret(SecretString::from(s.to_owned())),
-        }))
+            Want::Value => Json::Str(Text::Secret(SecretString::from(s.to_owned()))),
+            _ => Json::Str(Text::Skipped),
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        while seq.next_element_seed(Any::Skip)?.is_some() {}
-        Ok(Json::Other)
-    }
-
-    // Numbers in a map ([`NUMBER`]) too.
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        while map.next_key_seed(Any::Skip)?.is_some() {
-            map.next_value_seed(Any::Skip)?;
+        if self != Want::List {
+            while seq.next_element_seed(Want::Skip)?.is_some() {}
+            return Ok(Json::Other);
         }
-        Ok(Json::Other)
+        let mut list = List::default();
+        while let Some(item) = seq.next_element_seed(Want::Item)? {
+            list.push(item);
+        }
+        Ok(Json::List(Box::new(list)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut top = Fields::default();
+        let mut item = Item::default();
+        let mut first = true;
+        while let Some(key) = map.next_key_seed(Want::Key)? {
+            let key = match key {
+                Json::Key(key) => key,
+                _ => Key::Other,
+            };
+            let want = match (self, key) {
+                // A number ([`NUMBER`]), or an object whose first key is spelled like one: not
+                // the object wanted either way.
+                (_, Key::Number) if first => {
+                    map.next_value_seed(Want::Skip)?;
+                    while map.next_key_seed(Want::Skip)?.is_some() {
+                        map.next_value_seed(Want::Skip)?;
+                    }
+                    return Ok(Json::Other);
+                }
+                (Want::Answer, Key::Secrets) => Want::List,
+                (Want::Item, Key::Name) => Want::Name,
+                (Want::Item, Key::Value) => Want::Value,
+                _ => Want::Skip,
+            };
+            first = false;
+            let value = map.next_value_seed(want)?;
+            match (self, key, value) {
+                (Want::Answer, Key::Sandbox, v) => top.sandbox = Some(matches!(v, Json::Str(_))),
+                (Want::Answer, Key::Repository, v) => {
+                    top.repository = Some(matches!(v, Json::Str(_)))
+                }
+                (Want::Answer, Key::Secrets, Json::List(list)) => top.secrets = Some(Some(list)),
+                (Want::Answer, Key::Secrets, _) => top.secrets = Some(None),
+                (Want::Item, Key::Name, Json::Str(Text::Plain(name))) => {
+                    item.name = Some(Some(name))
+                }
+                (Want::Item, Key::Name, _) => item.name = Some(None),
+                (Want::Item, Key::Value, Json::Str(Text::Secret(value))) => {
+                    item.value = Some(Some(value))
+                }
+                (Want::Item, Key::Value, _) => item.value = Some(None),
+                (Want::Item, Key::Dangerous, Json::Bool(b)) => item.dangerous = Some(Some(b)),
+                (Want::Item, Key::Dangerous, _) => item.dangerous = Some(None),
+                _ => {
+                    top.other = true;
+                    item.other = true;
+                }
+            }
+        }
+        Ok(match self {
+            Want::Answer => Json::Answer(Box::new(top)),
+            Want::Item => Json::Item(item),
+            _ => Json::Other,
+        })
     }
 }
 
-/// A container of the answer: [`Expected`] reads it as one when the value is one, and reads
-/// anything else to its end (a syntax error there comes first) as `Default` (`None`: not this).
-trait Container<'de>: Sized {
-    type Out: Default;
-
-    /// An object. Its first key [`Key::Number`] means it is a number.
-    fn map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error> {
-        Any::Skip.visit_map(map).map(|_| Self::Out::default())
-    }
-
-    fn seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Out, A::Error> {
-        Any::Skip.visit_seq(seq).map(|_| Self::Out::default())
-    }
-}
-
-struct Expected<C>(C);
-
-impl<'de, C: Container<'de>> DeserializeSeed<'de> for Expected<C> {
-    type Value = C::Out;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<C::Out, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, C: Container<'de>> Visitor<'de> for Expected<C> {
-    type Value = C::Out;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a part of a secrets answer")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_unit<E>(self) -> Result<C::Out, E> {
-        Ok(C::Out::default())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<C::Out, A::Error> {
-        self.0.seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<C::Out, A::Error> {
-        self.0.map(map)
-    }
-}
-
-/// The top level as read.
+/// The top level as read: each field, when present, as its last occurrence, and whether it
+/// had the right type.
 #[derive(Default)]
 struct Fields {
     /// A key other than the three.
     other: bool,
-    /// `sandbox` seen, and whether it was a string.
     sandbox: Option<bool>,
     repository: Option<bool>,
-    /// `secrets` seen, and its list when it was an array.
-    secrets: Option<Option<List>>,
-}
-
-/// The top level: `None` when it is not an object.
-struct Top;
-
-impl<'de> Container<'de> for Top {
-    type Out = Option<Fields>;
-
-    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Fields>, A::Error> {
-        let mut top = Fields::default();
-        let mut first = true;
-        while let Some(key) = map.next_key_seed(Key::Other)? {
-            let is_str = |v: Json<'_>| matches!(v, Json::Str(_));
-            match key {
-                Key::Number if first => {
-                    map.next_value_seed(Any::Skip)?;
-                    return Any::Skip.visit_map(map).map(|_| None);
-                }
-                Key::Sandbox => top.sandbox = Some(is_str(map.next_value_seed(Any::Skip)?)),
-                Key::Repository => top.repository = Some(is_str(map.next_value_seed(Any::Skip)?)),
-                Key::Secrets => top.secrets = Some(map.next_value_seed(Expected(Secrets))?),
-                _ => {
-                    top.other = true;
-                    map.next_value_seed(Any::Skip)?;
-                }
-            }
-            first = false;
-        }
-        Ok(Some(top))
-    }
+    secrets: Option<Option<Box<List>>>,
 }
 
 /// The `secrets` array as read: the secrets that passed, how many there were, and the first
@@ -314,33 +273,18 @@ struct List {
     name: Option<AnswerError>,
 }
 
-/// `secrets`: `None` when it is not an array.
-struct Secrets;
-
-impl<'de> Container<'de> for Secrets {
-    type Out = Option<List>;
-
-    fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<List>, A::Error> {
-        let mut list = List::default();
-        while let Some(item) = seq.next_element_seed(Expected(Secret))? {
-            list.push(item);
-        }
-        Ok(Some(list))
-    }
-}
-
 impl List {
-    /// Takes the next secret (`None`: not an object). Past the first broken rule nothing more
-    /// is kept, only counted and checked for a shape rule (to which a name error gives way).
-    fn push(&mut self, item: Option<Item<'_>>) {
+    /// Takes the next element of `secrets`. Past the first broken rule nothing more is kept,
+    /// only counted and checked for a shape rule (to which a name error gives way).
+    fn push(&mut self, element: Json<'_>) {
         let i = self.count;
         self.count += 1;
         if i >= MOST || self.shape.is_some() {
             return;
         }
-        let checked = match item {
-            Some(item) => item.shape(i),
-            None => Err(format!("`secrets[{i}]` is not an object")),
+        let checked = match element {
+            Json::Item(item) => item.shape(i),
+            _ => Err(format!("`secrets[{i}]` is not an object")),
         };
         let (raw, value, marked) = match checked {
             Ok(checked) => checked,
@@ -373,13 +317,14 @@ impl List {
     }
 }
 
-/// A secret as read, before its rules are checked.
+/// A secret as read, before its rules are checked: each field, when present, as its last
+/// occurrence, and `None` inside when it had the wrong type.
 #[derive(Default)]
 struct Item<'de> {
     other: bool,
-    name: Option<Json<'de>>,
-    value: Option<Json<'de>>,
-    dangerous: Option<Json<'de>>,
+    name: Option<Option<Cow<'de, str>>>,
+    value: Option<Option<SecretString>>,
+    dangerous: Option<Option<bool>>,
 }
 
 impl<'de> Item<'de> {
@@ -393,51 +338,22 @@ impl<'de> Item<'de> {
         }
         let marked = match self.dangerous {
             None => false,
-            Some(Json::Bool(b)) => b,
-            Some(_) => return Err(format!("`secrets[{i}].dangerous` is not true or false")),
+            Some(Some(b)) => b,
+            Some(None) => return Err(format!("`secrets[{i}].dangerous` is not true or false")),
         };
         let missing = |field| format!("`secrets[{i}]` has no field `{field}`");
         let not_str = |field| format!("`secrets[{i}].{field}` is not a string");
         let name = match self.name {
-            Some(Json::Str(Text::Plain(name))) => name,
-            Some(_) => return Err(not_str("name")),
+            Some(Some(name)) => name,
+            Some(None) => return Err(not_str("name")),
             None => return Err(missing("name")),
         };
         let value = match self.value {
-            Some(Json::Str(Text::Secret(value))) => value,
-            Some(_) => return Err(not_str("value")),
+            Some(Some(value)) => value,
+            Some(None) => return Err(not_str("value")),
             None => return Err(missing("value")),
         };
         Ok((name, value, marked))
-    }
-}
-
-/// One element of `secrets`: `None` when it is not an object.
-struct Secret;
-
-impl<'de> Container<'de> for Secret {
-    type Out = Option<Item<'de>>;
-
-    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Item<'de>>, A::Error> {
-        let mut item = Item::default();
-        let mut first = true;
-        while let Some(key) = map.next_key_seed(Key::Other)? {
-            match key {
-                Key::Number if first => {
-                    map.next_value_seed(Any::Skip)?;
-                    return Any::Skip.visit_map(map).map(|_| None);
-                }
-                Key::Name => item.name = Some(map.next_value_seed(Any::Plain)?),
-                Key::Value => item.value = Some(map.next_value_seed(Any::Secret)?),
-                Key::Dangerous => item.dangerous = Some(map.next_value_seed(Any::Skip)?),
-                _ => {
-                    item.other = true;
-                    map.next_value_seed(Any::Skip)?;
-                }
-            }
-            first = false;
-        }
-        Ok(Some(item))
     }
 }
 
