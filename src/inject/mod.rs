@@ -372,22 +372,7 @@ pub fn place_secrets(
     // Registry credentials are written last (below): a spill that fails stops the start with no
     // new credentials on disk. Their triplets are taken now, before the values move.
     let (entries, entry_warnings) = registry_entries(&secrets);
-    // A value the environment takes moves there, unless `--secrets-dir` still needs it below
-    // (then it is copied): one copy less of every value, which is what a start costs most.
-    let values_needed_later = files.secrets_dir.is_some();
-    let mut secrets = secrets;
-    for (i, spilled) in placement.spilled.iter().copied().enumerate() {
-        if !spilled {
-            let secret = &mut secrets[i];
-            let value = if values_needed_later {
-                SecretString::from(secret.value.expose_secret().to_owned())
-            } else {
-                std::mem::replace(&mut secret.value, SecretString::from(String::new()))
-            };
-            prepared.vars.push((secret.name.clone(), value));
-            continue;
-        }
-        let secret = &secrets[i];
+    for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
         let written = match &dir_ready {
             Some(Ok(d)) => write_spill(d, secret, target.uid, target.gid),
             Some(Err(e)) => Err(Error::SpillDir {
@@ -442,6 +427,25 @@ pub fn place_secrets(
         });
         prepared.vars.push((file_var, SecretString::from(path)));
     }
+    // The secrets the environment takes move there (names looked up above are no longer
+    // needed), unless `--secrets-dir` still needs the values below (then they are copied):
+    // two copies less of every secret, which is what a start costs most.
+    let values_needed_later = files.secrets_dir.is_some();
+    let mut secrets = secrets;
+    for (secret, _) in secrets
+        .iter_mut()
+        .zip(&placement.spilled)
+        .filter(|(_, &s)| !s)
+    {
+        let kept = if values_needed_later {
+            let value = secret.value.expose_secret().to_owned();
+            (secret.name.clone(), SecretString::from(value))
+        } else {
+            let value = std::mem::replace(&mut secret.value, SecretString::from(String::new()));
+            (std::mem::take(&mut secret.name), value)
+        };
+        prepared.vars.push(kept);
+    }
     let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
     if let Some(dir) = &files.secrets_dir {
         if let Err(e) = write_secrets_dir(dir, &placement.dir, &secrets, target) {
@@ -464,7 +468,8 @@ pub fn place_secrets(
         }
     }
     registry_credentials(opts, files, target, inherited, entries, entry_warnings)?;
-    prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
+    // Each name once (a `NAME_FILE` that is also a secret's name was skipped above).
+    prepared.vars.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
 }
 
