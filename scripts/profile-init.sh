@@ -5,8 +5,9 @@
 # bench-inject.sh. Deterministic, unlike wall-clock time, so it can be compared on a busy host.
 #   scripts/profile-init.sh [N] [triplet]
 # Builds the init with symbols (profile `init`, not stripped) in $PROF_TARGET (default
-# /tmp/prof-target), prints the init's instruction total (the forked child's, before its exec,
-# apart) and leaves callgrind.out.* in $PROF_OUT (default target/profile) for callgrind_annotate.
+# /tmp/prof-target), or takes the binary $INIT (e.g. target/static/sandbox-init, or an older
+# build to compare), prints the init's instruction total and leaves callgrind.out.* in
+# $PROF_OUT (default target/profile) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,10 +15,12 @@ N=${1:-100}
 TRIPLET=${2:-}
 PROF_TARGET=${PROF_TARGET:-/tmp/prof-target}
 PROF_OUT=${PROF_OUT:-$ROOT/target/profile}
-CARGO_PROFILE_INIT_STRIP=false CARGO_PROFILE_INIT_DEBUG=1 CARGO_TARGET_DIR=$PROF_TARGET \
-  cargo build --quiet --profile init --target x86_64-unknown-linux-musl --no-default-features \
-  --bin sandbox-init
-INIT=$PROF_TARGET/x86_64-unknown-linux-musl/init/sandbox-init
+if [[ -z ${INIT:-} ]]; then
+  CARGO_PROFILE_INIT_STRIP=false CARGO_PROFILE_INIT_DEBUG=1 CARGO_TARGET_DIR=$PROF_TARGET \
+    cargo build --quiet --profile init --target x86_64-unknown-linux-musl --no-default-features \
+    --bin sandbox-init
+  INIT=$PROF_TARGET/x86_64-unknown-linux-musl/init/sandbox-init
+fi
 # The broker only serves: a debug build is enough, its speed is not measured.
 cargo build --quiet --bin sandbox-secrets
 SECRETS=$ROOT/target/debug/sandbox-secrets
@@ -35,9 +38,11 @@ for i in $(seq 1 "$plain"); do
   value "$i" | "$SECRETS" set "BENCH_$i" --user prof --repos octo/prof >/dev/null
 done
 if [[ -n $TRIPLET ]]; then
+  # (`set` warns while the triplet is incomplete.)
   printf 'registry.example.test:5000' |
-    "$SECRETS" set ACME_CONTAINER_REGISTRY_SERVER --user prof --repos octo/prof >/dev/null
-  printf 'robot' | "$SECRETS" set ACME_CONTAINER_REGISTRY_USER --user prof --repos octo/prof >/dev/null
+    "$SECRETS" set ACME_CONTAINER_REGISTRY_SERVER --user prof --repos octo/prof >/dev/null 2>&1
+  printf 'robot' |
+    "$SECRETS" set ACME_CONTAINER_REGISTRY_USER --user prof --repos octo/prof >/dev/null 2>&1
   value 0 | "$SECRETS" set ACME_CONTAINER_REGISTRY_PASSWORD --user prof --repos octo/prof >/dev/null
 fi
 read -r _ dir < <("$SECRETS" sandbox create --user prof --repo octo/prof)
@@ -54,4 +59,4 @@ mapfile -t outs < <(ls "$PROF_OUT"/callgrind.out.* | sort -t. -k3 -n)
 total() { sed -n 's/^summary: //p' "$1"; }
 echo "init ($N secrets${TRIPLET:+, a registry triplet among them}): $(total "${outs[0]}") instructions"
 for f in "${outs[@]:1}"; do echo "forked child, before exec: $(total "$f") instructions"; done
-echo "binary: $INIT ($(stat -c %s "$INIT") bytes unstripped); profiles: ${outs[*]}"
+echo "binary: $INIT ($(stat -c %s "$INIT") bytes); profiles: ${outs[*]}"
