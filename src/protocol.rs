@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
+mod answer;
 pub mod http1;
 
 /// Path of the sandbox API.
@@ -288,10 +289,56 @@ pub const DANGEROUS: &[Danger] = {
     ]
 };
 
-/// The rule of [`DANGEROUS`] that refuses the upper-case `name`, if any.
+/// The rule of [`DANGEROUS`] that refuses the upper-case `name`, if any: the first in the
+/// table's order.
 pub fn dangerous(name: &str) -> Option<&'static Danger> {
-    DANGEROUS.iter().find(|d| d.pattern.matches(name))
+    // Only the rules that can match a name of this first byte are tried, in the table's order
+    // (every name of an answer is checked against the table: trying all of it was the larger
+    // half of the cost of a name).
+    let mut rules = match name.as_bytes().first() {
+        Some(&b) if b.is_ascii() => RULES_BY_FIRST_BYTE[usize::from(b)],
+        _ => SUFFIX_RULES,
+    };
+    while rules != 0 {
+        let d = &DANGEROUS[rules.trailing_zeros() as usize];
+        if d.pattern.matches(name) {
+            return Some(d);
+        }
+        rules &= rules - 1;
+    }
+    None
 }
+
+/// The rules of [`DANGEROUS`] (bit `i` for rule `i`) that can match a name by its first byte:
+/// the exact and prefix rules starting with it, and every suffix rule.
+const RULES_BY_FIRST_BYTE: [u64; 128] = {
+    assert!(DANGEROUS.len() <= 64, "one bit per rule");
+    let mut table = [SUFFIX_RULES; 128];
+    let mut i = 0;
+    while i < DANGEROUS.len() {
+        if let Pattern::Exact(p) | Pattern::Prefix(p) = DANGEROUS[i].pattern {
+            let first = p.as_bytes()[0];
+            assert!(first.is_ascii(), "patterns are ASCII");
+            table[first as usize] |= 1 << i;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// The suffix rules of [`DANGEROUS`], one bit each: the only ones an empty name, or one not
+/// starting with ASCII, could match.
+const SUFFIX_RULES: u64 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < DANGEROUS.len() {
+        if let Pattern::Suffix(_) = DANGEROUS[i].pattern {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
+};
 
 /// Why a secret name was refused. The message names the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -574,38 +621,23 @@ pub enum AnswerError {
 /// Decodes the body of `200 GET /v1/secrets`: exactly `{"sandbox","repository","secrets":
 /// [{"name","value"}]}` (fields of later versions are refused under `/v1`: docs/wire-format.md),
 /// at most [`MAX_SECRETS_PER_ANSWER`] secrets, every name passing [`normalize_name`] (a
-/// dangerous name only when marked `"dangerous": true`, which is then kept) and appearing once, no value holding a NUL. Returned sorted by name. The shape
-/// is checked by hand, because serde's own messages quote the offending string (`invalid type:
-/// string "..."`), which could be a value; every string of the parsed document is zeroized.
+/// dangerous name only when marked `"dangerous": true`, which is then kept) and appearing once,
+/// no value holding a NUL. Returned sorted by name. Read in one pass straight into the secrets
+/// (`protocol::answer`), no tree of JSON values; the shape is checked by hand, because serde's
+/// own messages quote the offending string (`invalid type: string "..."`), which could be a
+/// value. Each value is copied once, into its `SecretString`.
 pub fn decode_answer(body: &[u8]) -> Result<Vec<WireSecret>, AnswerError> {
-    // A tree of JSON values costs far more memory than its text: count them first.
+    // Bound the work on a hostile body (and keep its refusal the same): count the values first.
     if json_values_over(body, MAX_JSON_VALUES) {
         return Err(AnswerError::Shape(format!(
             "more than {MAX_JSON_VALUES} JSON values (an answer holds at most \
              {MAX_SECRETS_PER_ANSWER} secrets)"
         )));
     }
-    let mut doc = match serde_json::from_slice::<serde_json::Value>(body) {
-        // serde_json's syntax messages hold a line and column, never input text.
-        Err(e) => return Err(AnswerError::Shape(e.to_string())),
-        Ok(v) => ScrubbedJson(v),
-    };
-    let pairs = decode_shape(&mut doc.0).map_err(AnswerError::Shape)?;
-    let mut out = Vec::with_capacity(pairs.len());
-    for (raw, value, marked) in pairs {
-        // A dangerous name passes only when the broker marked it allowed.
-        let name = normalize_name(&raw, marked)?;
-        if let Some(offset) = value.expose_secret().bytes().position(|b| b == 0) {
-            return Err(AnswerError::Nul { name, offset });
-        }
-        let dangerous = marked && is_dangerous(&name);
-        out.push(WireSecret {
-            name,
-            value,
-            dangerous,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = answer::read(body)?;
+    // Names are unique once the answer is accepted, so an unstable sort gives the same order
+    // (and allocates nothing).
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     if let Some(w) = out.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(AnswerError::Duplicate(w[0].name.clone()));
     }
@@ -642,93 +674,35 @@ impl Drop for ScrubbedJson {
 /// outside strings (every value but the first follows one of them): an upper bound, found in one
 /// pass without allocating. Bytes need not be valid JSON or UTF-8.
 pub fn json_values_over(body: &[u8], limit: usize) -> bool {
+    // A search for the next byte that matters rather than a state per byte: most bytes are
+    // inside strings, which are skipped to their closing quote an escape at a time.
     let mut count = 1usize;
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while let Some(at) = body[i..]
+        .iter()
+        .position(|&b| matches!(b, b'"' | b',' | b':'))
+    {
+        i += at + 1;
+        if body[i - 1] != b'"' {
+            count += 1;
+            if count > limit {
+                return true;
             }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b',' | b':' => {
-                    count += 1;
-                    if count > limit {
-                        return true;
-                    }
+            continue;
+        }
+        loop {
+            match body[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                None => return false,
+                // The escaped byte, whatever it is, is skipped with its backslash.
+                Some(at) if body[i + at] == b'\\' => i = (i + at + 2).min(body.len()),
+                Some(at) => {
+                    i += at + 1;
+                    break;
                 }
-                _ => {}
             }
         }
     }
     false
-}
-
-/// The wire shape of a 200 answer, checked field by field; the names and values are moved out
-/// of `doc` (whose remaining strings the caller zeroizes). The error names the field, never its
-/// content.
-fn decode_shape(doc: &mut serde_json::Value) -> Result<Vec<(String, SecretString, bool)>, String> {
-    use serde_json::Value;
-    let Value::Object(top) = doc else {
-        return Err("not a JSON object".into());
-    };
-    if top
-        .keys()
-        .any(|k| !matches!(k.as_str(), "sandbox" | "repository" | "secrets"))
-    {
-        return Err("a field other than sandbox, repository and secrets".into());
-    }
-    for field in ["sandbox", "repository"] {
-        match top.get(field) {
-            Some(Value::String(_)) => {}
-            Some(_) => return Err(format!("`{field}` is not a string")),
-            None => return Err(format!("missing field `{field}`")),
-        }
-    }
-    let list = match top.get_mut("secrets") {
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err("`secrets` is not an array".into()),
-        None => return Err("missing field `secrets`".into()),
-    };
-    let most = MAX_SECRETS_PER_ANSWER;
-    if list.len() > most {
-        return Err(format!(
-            "{} secrets, more than the {most} an answer may hold",
-            list.len()
-        ));
-    }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, item) in list.iter_mut().enumerate() {
-        let Value::Object(fields) = item else {
-            return Err(format!("`secrets[{i}]` is not an object"));
-        };
-        if fields
-            .keys()
-            .any(|k| !matches!(k.as_str(), "name" | "value" | "dangerous"))
-        {
-            return Err(format!(
-                "`secrets[{i}]` has a field other than name and value (and dangerous)"
-            ));
-        }
-        let marked = match fields.get("dangerous") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(format!("`secrets[{i}].dangerous` is not true or false")),
-        };
-        let mut take = |field: &str| match fields.get_mut(field) {
-            Some(Value::String(s)) => Ok(std::mem::take(s)),
-            Some(_) => Err(format!("`secrets[{i}].{field}` is not a string")),
-            None => Err(format!("`secrets[{i}]` has no field `{field}`")),
-        };
-        let name = take("name")?;
-        let value = SecretString::from(take("value")?);
-        out.push((name, value, marked));
-    }
-    Ok(out)
 }
 
 /// The body of every error answer. Never holds a value.
@@ -779,6 +753,14 @@ pub struct Answer {
     pub status: http::StatusCode,
     pub headers: Vec<(String, String)>,
     pub body: Zeroizing<Vec<u8>>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // `Zeroizing` wipes a Vec's elements one volatile write at a time but its spare capacity
+        // in bulk: emptied first, the whole body is spare capacity, wiped at memset speed.
+        self.body.clear();
+    }
 }
 
 impl Answer {
@@ -1059,6 +1041,35 @@ mod tests {
     }
 
     #[test]
+    fn the_rule_found_is_the_first_of_the_table_that_matches() {
+        let mut names: Vec<String> = vec![String::new(), "é".into(), "NODE_PROXY".into()];
+        for d in DANGEROUS {
+            let example = d.pattern.example();
+            for name in [
+                example.clone(),
+                format!("{example}_X"),
+                format!("X{example}"),
+                example[1..].to_owned(),
+                example[..example.len() - 1].to_owned(),
+            ] {
+                names.push(name);
+            }
+        }
+        for first in 0u8..=255 {
+            names
+                .push(String::from_utf8_lossy(&[first, b'_', b'P', b'R', b'O', b'X', b'Y']).into());
+        }
+        for name in &names {
+            let scanned = DANGEROUS.iter().find(|d| d.pattern.matches(name));
+            assert_eq!(dangerous(name), scanned, "{name:?}");
+        }
+        assert_eq!(
+            dangerous("NODE_PROXY").unwrap().pattern,
+            Pattern::Prefix("NODE_")
+        );
+    }
+
+    #[test]
     fn name_errors_name_the_rule() {
         let e = normalize_name("GITHUB_X", false).unwrap_err().to_string();
         assert!(e.contains("GITHUB_") && e.contains("reserved"), "{e}");
@@ -1196,6 +1207,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dangerous` is not true or false"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// The search-based count agrees with a state per byte on any bytes.
+        #[test]
+        fn json_values_are_counted_as_a_state_machine_counts_them(
+            body in proptest::collection::vec(
+                proptest::sample::select(b"\"\\,:a{[ \xff".to_vec()),
+                0..60,
+            ),
+            limit in 0usize..12,
+        ) {
+            let mut count = 1usize;
+            let (mut in_string, mut escaped, mut over) = (false, false, false);
+            for &b in &body {
+                if in_string {
+                    match (escaped, b) {
+                        (true, _) => escaped = false,
+                        (false, b'\\') => escaped = true,
+                        (false, b'"') => in_string = false,
+                        _ => {}
+                    }
+                } else if b == b'"' {
+                    in_string = true;
+                } else if b == b',' || b == b':' {
+                    count += 1;
+                    over |= count > limit;
+                }
+            }
+            proptest::prop_assert_eq!(json_values_over(&body, limit), over);
+        }
     }
 
     proptest::proptest! {

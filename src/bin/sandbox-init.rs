@@ -8,9 +8,6 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use secrecy::ExposeSecret;
-use zeroize::Zeroizing;
-
 use sandbox_init::cli::{self, Invocation};
 use sandbox_init::{init, inject, logging, sys};
 
@@ -167,16 +164,11 @@ impl init::Changes for Refresh {
     }
 }
 
-/// The secrets step's variables as the init's extra environment (the values move into the
-/// init's zeroizing strings; `prepared` is dropped, zeroized, here).
+/// The secrets step's variables as the init's extra environment: they move, uncopied.
 fn extra_env(prepared: inject::Prepared) -> init::ExtraEnv {
     init::ExtraEnv {
-        add: prepared
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), Zeroizing::new(v.expose_secret().to_owned())))
-            .collect(),
-        remove: prepared.unset.clone(),
+        add: prepared.vars,
+        remove: prepared.unset,
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd;
-use zeroize::Zeroizing;
+use secrecy::SecretString;
 
 use crate::sys;
 use signals::{Rewrite, SigName};
@@ -194,10 +194,11 @@ pub struct Identity {
 }
 
 /// Variables the binary adds to the child's environment on top of the init's own (replacing
-/// any of the same name; values zeroized on drop), and inherited names it removes.
+/// any of the same name; values zeroized on drop, redacted in `Debug`), and inherited names it
+/// removes.
 #[derive(Debug, Default)]
 pub struct ExtraEnv {
-    pub add: Vec<(String, Zeroizing<String>)>,
+    pub add: Vec<(String, SecretString)>,
     pub remove: Vec<String>,
 }
 

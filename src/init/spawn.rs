@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::unistd::{self, Pid};
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::privdrop;
@@ -42,7 +43,7 @@ pub enum SpawnError {
 pub fn compose_env<'a>(
     inherited: &[(OsString, OsString)],
     user_vars: &'a [(&str, OsString)],
-    added: &'a [(String, Zeroizing<String>)],
+    added: &'a [(String, SecretString)],
     removed: &'a [String],
 ) -> Vec<Zeroizing<Vec<u8>>> {
     fn entry(name: &[u8], value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
@@ -57,13 +58,22 @@ pub fn compose_env<'a>(
         Some(e)
     }
     // Sorted name lists, so each membership test is a binary search: with hundreds of added
-    // variables the linear scans were the init's largest CPU cost before exec.
+    // variables the linear scans were the init's largest CPU cost before exec. The binary
+    // passes `added` sorted by name, each once: then it is its own list, and every entry is the
+    // last of its name.
     let sorted = |names: Vec<&'a [u8]>| {
         let mut names = names;
         names.sort_unstable();
         names
     };
-    let added_names = sorted(added.iter().map(|(s, _)| s.as_bytes()).collect());
+    let unique = added
+        .windows(2)
+        .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes());
+    let added_names = if unique {
+        added.iter().map(|(s, _)| s.as_bytes()).collect()
+    } else {
+        sorted(added.iter().map(|(s, _)| s.as_bytes()).collect())
+    };
     let user_names = sorted(user_vars.iter().map(|(u, _)| u.as_bytes()).collect());
     let removed_names = sorted(removed.iter().map(|u| u.as_bytes()).collect());
     let added_named = |n: &[u8]| added_names.binary_search(&n).is_ok();
@@ -88,6 +98,12 @@ pub fn compose_env<'a>(
             push(k.as_bytes(), v.as_bytes());
         }
     }
+    if unique {
+        for (k, v) in added {
+            push(k.as_bytes(), v.expose_secret().as_bytes());
+        }
+        return out;
+    }
     // A later duplicate wins: keep the last occurrence of each name, in input order.
     let mut last: Vec<(&[u8], usize)> = added
         .iter()
@@ -98,7 +114,7 @@ pub fn compose_env<'a>(
     for (i, (k, v)) in added.iter().enumerate() {
         let at = last.partition_point(|(n, _)| *n <= k.as_bytes());
         if at > 0 && last[at - 1].1 == i {
-            push(k.as_bytes(), v.as_bytes());
+            push(k.as_bytes(), v.expose_secret().as_bytes());
         }
     }
     out
@@ -335,8 +351,8 @@ mod tests {
         OsString::from(s)
     }
 
-    fn zs(s: &str) -> Zeroizing<String> {
-        Zeroizing::new(s.to_string())
+    fn zs(s: &str) -> SecretString {
+        SecretString::from(s)
     }
 
     fn show(env: &[Zeroizing<Vec<u8>>]) -> Vec<String> {

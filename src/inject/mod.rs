@@ -292,16 +292,17 @@ struct Placement {
     dir: PathBuf,
 }
 
-/// Whether `name` is among `names` (sorted, as [`fetch::fetch`] returns them).
-fn is_secret(names: &[String], name: &str) -> bool {
-    names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+/// Whether `name` is among `secrets` (sorted by name, as [`fetch::fetch`] returns them).
+fn is_secret(secrets: &[Secret], name: &str) -> bool {
+    secrets
+        .binary_search_by(|s| s.name.as_str().cmp(name))
+        .is_ok()
 }
 
 fn place(secrets: &[Secret], env: &[(OsString, OsString)], dir: PathBuf) -> Placement {
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let rest: usize = env
         .iter()
-        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if is_secret(&names, k)))
+        .filter(|(k, _)| !matches!(k.to_str(), Some(k) if is_secret(secrets, k)))
         .map(|(k, v)| env::entry_cost(k.len(), v.len()))
         .sum();
     let lens: Vec<(usize, usize)> = secrets
@@ -356,8 +357,10 @@ pub fn place_secrets(
     }
 
     let (placement, chosen) = place_and_choose(&secrets, inherited);
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
-    let mut prepared = Prepared::default();
+    let mut prepared = Prepared {
+        vars: Vec::with_capacity(secrets.len()),
+        ..Prepared::default()
+    };
     let dir_ready =
         chosen.map(|dir| dir.and_then(|dir| spill::open_spill_dir(&dir, target.uid, target.gid)));
     let spilled_names: Vec<String> = secrets
@@ -369,12 +372,7 @@ pub fn place_secrets(
     // Registry credentials are written last (below): a spill that fails stops the start with no
     // new credentials on disk. Their triplets are taken now, before the values move.
     let (entries, entry_warnings) = registry_entries(&secrets);
-    for (secret, spilled) in secrets.iter().zip(placement.spilled.iter().copied()) {
-        if !spilled {
-            let value = SecretString::from(secret.value.expose_secret().to_owned());
-            prepared.vars.push((secret.name.clone(), value));
-            continue;
-        }
+    for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
         let written = match &dir_ready {
             Some(Ok(d)) => write_spill(d, secret, target.uid, target.gid),
             Some(Err(e)) => Err(Error::SpillDir {
@@ -403,7 +401,7 @@ pub fn place_secrets(
         if lookup(inherited, &secret.name).is_some() {
             prepared.unset.push(secret.name.clone());
         }
-        if is_secret(&names, &file_var) {
+        if is_secret(&secrets, &file_var) {
             warn(format_args!(
                 "secret {} is too large for the environment and went to {}, but {file_var} is \
                  a secret too and keeps its value; read the file directly",
@@ -429,6 +427,25 @@ pub fn place_secrets(
         });
         prepared.vars.push((file_var, SecretString::from(path)));
     }
+    // The secrets the environment takes move there (names looked up above are no longer
+    // needed), unless `--secrets-dir` still needs the values below (then they are copied):
+    // two copies less of every secret, which is what a start costs most.
+    let values_needed_later = files.secrets_dir.is_some();
+    let mut secrets = secrets;
+    for (secret, _) in secrets
+        .iter_mut()
+        .zip(&placement.spilled)
+        .filter(|(_, &s)| !s)
+    {
+        let kept = if values_needed_later {
+            let value = secret.value.expose_secret().to_owned();
+            (secret.name.clone(), SecretString::from(value))
+        } else {
+            let value = std::mem::replace(&mut secret.value, SecretString::from(String::new()));
+            (std::mem::take(&mut secret.name), value)
+        };
+        prepared.vars.push(kept);
+    }
     let keep: Vec<&str> = spilled_names.iter().map(String::as_str).collect();
     if let Some(dir) = &files.secrets_dir {
         if let Err(e) = write_secrets_dir(dir, &placement.dir, &secrets, target) {
@@ -451,7 +468,8 @@ pub fn place_secrets(
         }
     }
     registry_credentials(opts, files, target, inherited, entries, entry_warnings)?;
-    prepared.vars.sort_by(|a, b| a.0.cmp(&b.0));
+    // Each name once (a `NAME_FILE` that is also a secret's name was skipped above).
+    prepared.vars.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(prepared)
 }
 
@@ -673,7 +691,6 @@ pub fn write_env(
     };
     let secrets = fetched.secrets;
     let (placement, chosen) = place_and_choose(&secrets, env);
-    let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
     let mut files: Vec<(String, String)> = Vec::new();
     if let Some(chosen) = chosen {
         let spill_err = |source| Error::SpillDir {
@@ -692,7 +709,7 @@ pub fn write_env(
         for (secret, _) in secrets.iter().zip(&placement.spilled).filter(|(_, &s)| s) {
             let path = write_spill(&d, secret, uid, gid)?;
             let file_var = format!("{}_FILE", secret.name);
-            if is_secret(&names, &file_var) {
+            if is_secret(&secrets, &file_var) {
                 warn(format_args!(
                     "secret {} is too large for the environment and went to {}, but {file_var} \
                      is a secret too and keeps its value",
