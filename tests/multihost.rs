@@ -1489,13 +1489,37 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
         return;
     };
     let (a, mut b) = two_hosts_on(&cluster.url);
+    b.serve_args = vec!["--http".into(), "127.0.0.1:0".into()];
     b.start().unwrap_or_else(|e| panic!("{e}"));
+    let base = b.http_base();
     a.set_repo("DB", "octo/a", "v1-VALUE");
     a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
     let (_, on_b) = b.sandbox("mona", "octo/a");
     assert_eq!(
         served(&on_b),
         pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
+    );
+    // A platform token made through A, working on B; revoked through A while B is away.
+    let api_token = a
+        .cli(&["token", "create", "--user", "mona"], None)
+        .ok()
+        .stdout()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let list = a.cli(&["token", "list", "--json"], None).ok().stdout();
+    let token_id = serde_json::from_str::<serde_json::Value>(&list).unwrap()["tokens"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = "/v1/users/mona/secrets";
+    assert!(
+        eventually(Duration::from_secs(5), || api_status(
+            &base, path, &api_token
+        ) == 200),
+        "{}",
+        b.log_text()
     );
     let pid = nix::unistd::Pid::from_raw(b.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -1510,8 +1534,21 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
         "{}",
         a.log_text()
     );
+    a.cli(&["token", "revoke", &token_id], None).ok();
     let log = b.logs().last().unwrap().clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (stop, base, t) = (Arc::clone(&stop), base.clone(), api_token.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                seen.push((started, api_status(&base, path, &t)));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
     let fetcher = {
         let (stop, dir) = (Arc::clone(&stop), on_b.clone());
         std::thread::spawn(move || {
@@ -1544,6 +1581,23 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let seen = fetcher.join().unwrap();
+    let calls = caller.join().unwrap();
+    let accepted: Vec<u16> = calls
+        .iter()
+        .filter(|(t, _)| *t > back)
+        .map(|(_, status)| *status)
+        // Refused: 401, or 429 once the failures are rate-limited.
+        .filter(|status| !matches!(status, 401 | 429))
+        .collect();
+    assert!(
+        calls.iter().any(|(t, _)| *t > back),
+        "no API call after host B was back"
+    );
+    assert!(
+        accepted.is_empty(),
+        "after host B logged its connection back, the token revoked meanwhile got {accepted:?}:\n{}",
+        b.log_text()
+    );
     let after: Vec<bool> = seen
         .iter()
         .filter(|(t, _)| *t > back)

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -262,6 +262,8 @@ pub struct Daemon {
     /// For a shared store: the connection epoch (`Link::epoch`) since which the store was last
     /// re-read, published by `server::follow_store`.
     reread: tokio::sync::watch::Sender<u64>,
+    /// The connection epoch whose late re-read was last logged (once per epoch, not per fetch).
+    reread_warned: AtomicU64,
     /// The soft descriptor limit the daemon runs with, and the descriptors it held at start.
     fd_limit: u64,
     fd_base: usize,
@@ -296,6 +298,7 @@ impl Daemon {
             serve,
             connections: AtomicUsize::new(0),
             reread: tokio::sync::watch::Sender::new(0),
+            reread_warned: AtomicU64::new(0),
             fd_limit,
             fd_base: open_descriptors(),
         });
@@ -347,6 +350,7 @@ impl Daemon {
         if tokio::time::timeout(REREAD_WAIT, done.wait_for(|e| *e >= epoch))
             .await
             .is_err()
+            && self.reread_warned.swap(epoch, Ordering::Relaxed) != epoch
         {
             tracing::warn!(
                 "the store was not re-read within {REREAD_WAIT:?} of its connection coming back; serving the answer read before"

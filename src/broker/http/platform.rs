@@ -618,6 +618,9 @@ impl FromRequestParts<Shared> for Caller {
             .get::<Peer>()
             .map(|c| c.0 .0.ip())
             .expect("serve_on sets every request's peer address");
+        // After a shared store's connection came back, a token revoked meanwhile is revoked
+        // here too before anything is authenticated (the tokens are read before the store).
+        p.daemon.reread().await;
         authenticate(p, &parts.headers, peer)
     }
 }

@@ -333,6 +333,7 @@ impl FromRequestParts<Shared> for Page {
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, p)
             .await
             .map_err(|_| not_found())?;
+        p.daemon.reread().await;
         let s = signed(p, &parts.headers).map_err(|r| *r)?;
         let place = place(&s, &params).ok_or_else(not_found)?;
         Ok(Page { s, place, params })
@@ -356,6 +357,7 @@ impl FromRequest<Shared> for Posted {
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(&mut parts, p)
             .await
             .map_err(|_| not_found())?;
+        p.daemon.reread().await;
         let s = signed(p, &parts.headers).map_err(|r| *r)?;
         let raw = Bytes::from_request(Request::from_parts(parts, body), p)
             .await
@@ -459,6 +461,7 @@ async fn signin_post(
     let Some(token) = form.secret("token") else {
         return retry("Paste a token (sandbox-secrets token create --user YOU).");
     };
+    p.daemon.reread().await;
     let scope = match p.daemon.store().authenticate(token.expose_secret().trim()) {
         Ok((_, scope)) => scope,
         Err(e) => {
