@@ -407,6 +407,12 @@ impl Daemon {
     /// Binds a sandbox's socket and starts serving it. A bind that fails for want of
     /// descriptors is the descriptor ceiling, named as such.
     pub fn start_sandbox(self: &Arc<Self>, id: &str) -> Result<(), DaemonError> {
+        self.start(id, false)
+    }
+
+    /// [`Daemon::start_sandbox`]; `new`: the sandbox is being created and its id was never
+    /// answered ([`Layout::bind_new_sandbox`]).
+    fn start(self: &Arc<Self>, id: &str, new: bool) -> Result<(), DaemonError> {
         let (sandboxes, open) = {
             let live = self.live();
             (live.slots.len(), live.open)
@@ -415,7 +421,7 @@ impl Daemon {
             return Err(DaemonError::ShuttingDown);
         }
         self.check_descriptors(sandboxes)?;
-        let std_listener = self.bind_sandbox(id)?;
+        let std_listener = self.bind_with(id, new)?;
         self.start_bound(id, std_listener)
     }
 
@@ -423,7 +429,20 @@ impl Daemon {
     /// socket there, without serving it yet, so a restart can bind many at once on several
     /// threads. A bind that fails for want of descriptors is the descriptor ceiling.
     pub fn bind_sandbox(&self, id: &str) -> Result<std::os::unix::net::UnixListener, DaemonError> {
-        self.layout.bind_sandbox(id).map_err(|e| match &e {
+        self.bind_with(id, false)
+    }
+
+    fn bind_with(
+        &self,
+        id: &str,
+        new: bool,
+    ) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+        let bound = if new {
+            self.layout.bind_new_sandbox(id)
+        } else {
+            self.layout.bind_sandbox(id)
+        };
+        bound.map_err(|e| match &e {
             SandboxError::Bind { source, .. } | SandboxError::OpenDir { source, .. }
                 if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
             {
@@ -498,7 +517,7 @@ impl Daemon {
                 .unwrap_or(0),
         };
         self.store.add_sandbox(row.clone())?;
-        if let Err(e) = self.start_sandbox(&id) {
+        if let Err(e) = self.start(&id, true) {
             self.stop_slot(&id);
             let _ = self.layout.remove_sandbox(&id);
             let _ = self.store.remove_sandbox(&id);

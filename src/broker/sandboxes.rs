@@ -133,16 +133,25 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), SandboxError> {
 /// O_DIRECTORY`, checked to be a directory owned by this process's uid, and its mode is set
 /// through that descriptor, so an entry swapped in between cannot redirect the chmod. An existing
 /// directory of ours is reused (restart); anything else at `path` is refused and left alone.
-pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
+///
+/// Returns true when the directory was made by this call (false: an existing one reused).
+pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<bool, SandboxError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // Every sandbox at a restart: a directory of ours with its mode already, seen without
+    // following a symlink, is reused as it is (one lstat(2) instead of open, fstat, close).
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.is_dir() && meta.uid() == euid() && meta.mode() & 0o7777 == mode {
+            return Ok(false);
+        }
+    }
     let open = || {
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
     };
-    // An existing directory (every sandbox at a restart) is opened at once; only a missing one
-    // is made first.
+    // An existing directory is opened at once; only a missing one is made first.
+    let mut made = false;
     let opened = match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new().mode(mode).create(path) {
@@ -152,7 +161,11 @@ pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
                         source: e,
                     })
                 }
-                _ => open(),
+                Err(_) => open(),
+                Ok(()) => {
+                    made = true;
+                    open()
+                }
             }
         }
         other => other,
@@ -183,19 +196,24 @@ pub fn mkdir_nofollow(path: &Path, mode: u32) -> Result<(), SandboxError> {
         path: path.to_owned(),
         source,
     })?;
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
+    if meta.uid() != euid() {
         return Err(refuse(format!("a directory of uid {}", meta.uid())));
     }
-    if meta.mode() & 0o7777 == mode {
-        return Ok(());
+    if meta.mode() & 0o7777 != mode {
+        dir.set_permissions(Permissions::from_mode(mode))
+            .map_err(|source| SandboxError::Chmod {
+                path: path.to_owned(),
+                mode,
+                source,
+            })?;
     }
-    dir.set_permissions(Permissions::from_mode(mode))
-        .map_err(|source| SandboxError::Chmod {
-            path: path.to_owned(),
-            mode,
-            source,
-        })
+    Ok(made)
+}
+
+/// This process's effective uid, asked of the kernel once (it never changes in the daemon).
+fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| nix::unistd::geteuid().as_raw())
 }
 
 /// Binds a unix socket at `path` with `mode`. An existing socket that answers a connect is a
@@ -221,18 +239,51 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, SandboxError>
 /// Binds a unix socket at `path` and sets its mode by path: only for a path whose directory no
 /// one but this daemon can write, or the chmod could be redirected through a swapped-in symlink.
 fn bind_in_own_dir(path: &Path, mode: u32) -> Result<UnixListener, SandboxError> {
-    let listener = UnixListener::bind(path).map_err(|source| SandboxError::Bind {
+    let listener = listen_nonblocking(path).map_err(|source| SandboxError::Bind {
         path: path.to_owned(),
         source,
     })?;
     chmod(path, mode)?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| SandboxError::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
     Ok(listener)
+}
+
+/// A listening unix socket at `path`, made non-blocking and close-on-exec by socket(2) itself
+/// (no fcntl or ioctl after it: a restart makes tens of thousands).
+fn listen_nonblocking(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    socket::listen(&fd, Backlog::MAXCONN)?;
+    Ok(UnixListener::from(fd))
+}
+
+/// Writes a new marker file at `path` (never through an existing name), mode [`MARKER_MODE`].
+fn write_marker(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MARKER_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.set_permissions(Permissions::from_mode(MARKER_MODE))?;
+    f.write_all(b"served by sandbox-secrets\n")
+}
+
+/// True when the sandbox directory `dir` already holds a marker the daemon wrote (every sandbox
+/// at a restart): a regular file of this uid, mode [`MARKER_MODE`], one link, seen without
+/// following a symlink. It is kept as it is; anything else is replaced.
+fn marker_in_place(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir.join(MARKER_NAME)).is_ok_and(|m| {
+        m.is_file() && m.uid() == euid() && m.mode() & 0o7777 == MARKER_MODE && m.nlink() == 1
+    })
 }
 
 /// Paths under the run directory.
@@ -315,9 +366,33 @@ impl Layout {
     /// itself, never followed; a directory makes it fail). Only one daemon runs per run
     /// directory (the admin socket says so), so an old socket there is always stale.
     pub fn bind_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
+        self.bind(id, false)
+    }
+
+    /// [`Layout::bind_sandbox`] for a sandbox being created, whose id no one has been told yet.
+    /// When this call makes its directory, nobody but this daemon's uid can write it and no
+    /// container has it mounted (the platform learns the id only from the answer, sent once the
+    /// socket is live), so the marker and the socket are made in place, without staging and
+    /// renames. A directory that was already there takes the staged way.
+    pub fn bind_new_sandbox(&self, id: &str) -> Result<UnixListener, SandboxError> {
+        self.bind(id, true)
+    }
+
+    fn bind(&self, id: &str, new: bool) -> Result<UnixListener, SandboxError> {
         let dir = self.sandbox_dir(id)?;
-        mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
-        self.place_marker(id, &dir)?;
+        let made = mkdir_nofollow(&dir, SANDBOX_DIR_MODE)?;
+        if new && made {
+            let marker = dir.join(MARKER_NAME);
+            write_marker(&marker).map_err(|source| SandboxError::Place {
+                from: marker.clone(),
+                to: marker,
+                source,
+            })?;
+            return bind_in_own_dir(&dir.join(SOCKET_NAME), SANDBOX_SOCKET_MODE);
+        }
+        if !marker_in_place(&dir) {
+            self.place_marker(id, &dir)?;
+        }
         let staging = self.staging_socket(id)?;
         // A staging socket left by a daemon killed mid-create is removed and the bind retried.
         let listener = match bind_in_own_dir(&staging, SANDBOX_SOCKET_MODE) {
@@ -346,8 +421,6 @@ impl Layout {
     /// it is written in `sandboxes/` and renamed into place: a symlink or file the container put
     /// under that name is replaced, never followed or written through.
     fn place_marker(&self, id: &str, dir: &Path) -> Result<(), SandboxError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let staging = self
             .sandboxes_dir()
             .join(format!(".{}.marker", check_id(id)?));
@@ -358,17 +431,7 @@ impl Layout {
             to: to.clone(),
             source,
         };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(MARKER_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&staging)
-            .and_then(|mut f| {
-                f.set_permissions(Permissions::from_mode(MARKER_MODE))?;
-                f.write_all(b"served by sandbox-secrets\n")
-            })
-            .map_err(place)?;
+        write_marker(&staging).map_err(place)?;
         std::fs::rename(&staging, &to).map_err(|e| {
             let _ = std::fs::remove_file(&staging);
             place(e)
@@ -900,6 +963,62 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from(&id)]);
         layout.remove_sandbox(&id).unwrap();
         assert!(!sandbox.exists());
+    }
+
+    #[test]
+    fn a_new_sandbox_is_made_in_place_and_an_existing_directory_takes_the_staged_way() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("run"));
+        layout.prepare().unwrap();
+        let check = |id: &str| {
+            let socket = layout.sandbox_socket(id).unwrap();
+            let meta = std::fs::symlink_metadata(&socket).unwrap();
+            assert!(meta.file_type().is_socket(), "{meta:?}");
+            assert_eq!(meta.permissions().mode() & 0o7777, SANDBOX_SOCKET_MODE);
+            assert!(UnixStream::connect(&socket).is_ok());
+            let marker = layout.sandbox_dir(id).unwrap().join(MARKER_NAME);
+            let meta = std::fs::symlink_metadata(&marker).unwrap();
+            assert!(meta.is_file(), "{meta:?}");
+            assert_eq!(meta.permissions().mode() & 0o7777, MARKER_MODE);
+            assert_eq!(mode(&layout.sandbox_dir(id).unwrap()), SANDBOX_DIR_MODE);
+        };
+        let fresh = new_id().unwrap();
+        let _a = layout.bind_new_sandbox(&fresh).unwrap();
+        check(&fresh);
+        // A directory already there (a container could hold it) is never written in place:
+        // what was planted in it is replaced, never followed.
+        let id = new_id().unwrap();
+        let sandbox = layout.sandbox_dir(&id).unwrap();
+        std::fs::create_dir(&sandbox).unwrap();
+        let victim = dir.path().join("host-file");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, sandbox.join(SOCKET_NAME)).unwrap();
+        std::os::unix::fs::symlink(&victim, sandbox.join(MARKER_NAME)).unwrap();
+        let _b = layout.bind_new_sandbox(&id).unwrap();
+        check(&id);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(mode(&victim), 0o600);
+        // At a restart a marker the daemon wrote is kept; one with another mode is replaced.
+        drop(_b);
+        std::fs::remove_file(layout.sandbox_socket(&id).unwrap()).unwrap();
+        let marker = sandbox.join(MARKER_NAME);
+        std::fs::set_permissions(&marker, Permissions::from_mode(0o644)).unwrap();
+        let _c = layout.bind_sandbox(&id).unwrap();
+        check(&id);
+        // Nothing is left behind in `sandboxes/` but the sandboxes' directories.
+        let mut names: Vec<_> = std::fs::read_dir(layout.sandboxes_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            std::ffi::OsString::from(&fresh),
+            std::ffi::OsString::from(&id),
+        ];
+        want.sort();
+        assert_eq!(names, want);
     }
 
     #[test]

@@ -650,44 +650,115 @@ enum Outcome {
     Removed(SandboxRow),
 }
 
+/// Where a queued change waits: its leader puts the change's result here, or hands it the lead
+/// of the next batch. Each waiter sleeps on its own condvar and is woken once, never by a
+/// batch that does not hold its change.
+#[derive(Default)]
+struct Ticket {
+    state: Mutex<TicketState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+enum TicketState {
+    #[default]
+    Waiting,
+    /// The change is still queued and its waiter now leads the next batch.
+    Lead,
+    Done(Result<Outcome, StoreError>),
+}
+
+impl Ticket {
+    fn set(&self, state: TicketState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.wake.notify_one();
+    }
+    /// Waits until the change is answered (`Some`) or its waiter is handed the lead (`None`).
+    fn wait(&self) -> Option<Result<Outcome, StoreError>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match std::mem::take(&mut *state) {
+                TicketState::Waiting => {
+                    state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                TicketState::Lead => return None,
+                TicketState::Done(r) => return Some(r),
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    next: u64,
-    pending: Vec<(u64, Op)>,
-    done: HashMap<u64, Result<Outcome, StoreError>>,
-    /// True while a waiter is committing a batch; the others wait on `Store::turn`.
+    pending: Vec<(Arc<Ticket>, Op)>,
+    /// True while a waiter leads (gathers or commits) a batch; the others wait on their ticket.
     leading: bool,
-    /// Changes in the last batch and how long its commit took: when changes arrive
-    /// concurrently, a leader waits a fraction of a commit so the callers just answered can
-    /// join the next batch (PostgreSQL's `commit_delay`); one caller alone never waits.
-    last_batch: usize,
+    /// While the leader waits for its batch to fill ([`Store::gathered`]): the size it waits for.
+    gathering: usize,
+    /// Changes submitted and not yet answered (queued, being committed, or being woken).
+    active: usize,
+    /// The most changes in flight at once since the last batch was taken: under a steady load
+    /// of N concurrent callers, the batch the next leader waits to gather (PostgreSQL's
+    /// `commit_delay` with `commit_siblings`, sized by what was seen). One caller alone never
+    /// waits.
+    peak: usize,
+    /// How long the last commit took: the wait to gather a batch is at most that.
     last_commit: std::time::Duration,
 }
 
-/// The lead of a group commit. Dropping it hands out the batch's results (an error for each
-/// change if the commit never finished) and lets the next waiter lead.
+/// The most a leader waits for its batch to fill: never longer than the last commit took (a
+/// caller waiting to join pays at most about one more commit), and never over this.
+const GATHER_AT_MOST: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// The lead of a group commit. [`Lead::answer`] (or, if the commit panicked, dropping it with
+/// an error for each change) answers the batch's changes and hands the lead to the first change
+/// queued meanwhile.
 struct Lead<'a> {
     store: &'a Store,
-    tickets: Vec<u64>,
-    results: Vec<(u64, Result<Outcome, StoreError>)>,
+    tickets: Vec<Arc<Ticket>>,
+}
+
+impl Lead<'_> {
+    /// Answers each change of the batch (`results` in the batch's order); returns the result of
+    /// `own`'s change, which this thread answers itself.
+    fn answer(
+        &mut self,
+        own: &Arc<Ticket>,
+        results: Vec<Result<Outcome, StoreError>>,
+    ) -> Option<Result<Outcome, StoreError>> {
+        let mut mine = None;
+        for (ticket, result) in self.tickets.drain(..).zip(results) {
+            if Arc::ptr_eq(&ticket, own) {
+                mine = Some(result);
+            } else {
+                ticket.set(TicketState::Done(result));
+            }
+        }
+        let mut q = self.store.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.pending.first() {
+            Some((next, _)) => next.set(TicketState::Lead),
+            None => q.leading = false,
+        }
+        mine
+    }
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        let mut q = self.store.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if self.results.is_empty() {
-            for t in &self.tickets {
-                q.done.insert(
-                    *t,
-                    Err(StoreError::Untrusted(
-                        "the commit of this change did not finish".into(),
-                    )),
-                );
-            }
+        if self.tickets.is_empty() {
+            return;
         }
-        q.done.extend(self.results.drain(..));
-        q.leading = false;
-        self.store.turn.notify_all();
+        let failed = self
+            .tickets
+            .iter()
+            .map(|_| {
+                Err(StoreError::Untrusted(
+                    "the commit of this change did not finish".into(),
+                ))
+            })
+            .collect();
+        let none = Arc::new(Ticket::default());
+        self.answer(&none, failed);
     }
 }
 
@@ -714,8 +785,7 @@ pub struct Store {
     description: String,
     writer: Mutex<Writer>,
     queue: Mutex<Queue>,
-    /// Signalled when a batch is committed: its waiters take their results, and one waiter
-    /// with a change still queued leads the next batch.
+    /// Signalled when the batch a leader gathers is full ([`Store::gathered`]).
     turn: std::sync::Condvar,
     cache: RwLock<Cache>,
     keys: RwLock<KeyRing>,
@@ -1319,56 +1389,114 @@ impl Store {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `op` and waits until a batch holding it is committed (or refused). The first
-    /// waiter to get the writer commits everything queued by then in one transaction.
+    /// Queues `op` and waits until a batch holding it is committed (or refused). A caller that
+    /// finds no batch being led leads one: it lets the changes in flight join
+    /// ([`Store::gathered`]), commits everything queued by then in one transaction, answers each
+    /// change through its ticket and hands the lead to the first change queued meanwhile.
     fn submit(&self, op: Op) -> Result<Outcome, StoreError> {
-        let ticket = {
+        let ticket = Arc::new(Ticket::default());
+        let lead_now = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.next += 1;
-            let t = q.next;
-            q.pending.push((t, op));
-            t
+            q.pending.push((Arc::clone(&ticket), op));
+            q.active += 1;
+            q.peak = q.peak.max(q.active);
+            if q.gathering > 0 && q.pending.len() >= q.gathering {
+                self.turn.notify_one();
+            }
+            !std::mem::replace(&mut q.leading, true)
         };
+        // Counted out however this returns (a commit that panics included), or every later
+        // batch would wait for a change that never comes.
+        struct InFlight<'a>(&'a Mutex<Queue>);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).active -= 1;
+            }
+        }
+        let _in_flight = InFlight(&self.queue);
         blocking(|| {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if let Some(r) = q.done.remove(&ticket) {
+            if !lead_now {
+                if let Some(r) = ticket.wait() {
                     return r;
                 }
-                if q.leading {
-                    q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
-                    continue;
-                }
-                // Lead: take everything queued by now (this change included) and commit it.
-                q.leading = true;
-                if q.last_batch > 1 {
-                    let delay = (q.last_commit / 4).min(std::time::Duration::from_millis(1));
-                    q = self
-                        .turn
-                        .wait_timeout(q, delay)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                let batch = std::mem::take(&mut q.pending);
-                let size = batch.len();
-                let started = std::time::Instant::now();
-                drop(q);
-                // Hands the lead back even if the commit panics, so no waiter waits forever.
-                let mut lead = Lead {
-                    store: self,
-                    tickets: batch.iter().map(|(t, _)| *t).collect(),
-                    results: Vec::new(),
-                };
-                lead.results = {
-                    let mut writer = self.lock_writer();
-                    self.commit(&mut writer, batch)
-                };
-                drop(lead);
-                q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.last_batch = size;
-                q.last_commit = started.elapsed();
             }
+            self.lead(&ticket)
         })
+    }
+
+    /// Leads one batch holding `own`'s change (queued, not yet taken): gathers, commits,
+    /// answers, hands the lead on.
+    fn lead(&self, own: &Arc<Ticket>) -> Result<Outcome, StoreError> {
+        let batch = {
+            let mut q = self.gathered();
+            // What is in flight now is what the next batch can expect to gather.
+            q.peak = q.active;
+            std::mem::take(&mut q.pending)
+        };
+        let started = std::time::Instant::now();
+        let (tickets, ops): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let size = ops.len();
+        // Answers every change even if the commit panics, so no waiter waits forever.
+        let mut lead = Lead {
+            store: self,
+            tickets,
+        };
+        let committed = {
+            let mut writer = self.lock_writer();
+            self.commit(&mut writer, (0u64..).zip(ops).collect())
+        };
+        let mut results: Vec<Option<Result<Outcome, StoreError>>> =
+            (0..size).map(|_| None).collect();
+        for (i, r) in committed {
+            results[i as usize] = Some(r);
+        }
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Untrusted(
+                        "the commit of this change did not finish".into(),
+                    ))
+                })
+            })
+            .collect();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_commit = started.elapsed();
+        lead.answer(own, results).unwrap_or_else(|| {
+            Err(StoreError::Untrusted(
+                "the commit of this change did not finish".into(),
+            ))
+        })
+    }
+
+    /// The queue once the batch about to be taken is full: when more changes were in flight at
+    /// once than are queued, waits (at most [`GATHER_AT_MOST`], and the last commit's time)
+    /// for them to join, as the callers just answered come back under a steady load. One
+    /// caller alone never waits.
+    fn gathered(&self) -> std::sync::MutexGuard<'_, Queue> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let want = q.peak;
+        if want <= 1 || q.pending.len() >= want {
+            return q;
+        }
+        let wait = q.last_commit.min(GATHER_AT_MOST);
+        let deadline = std::time::Instant::now() + wait;
+        q.gathering = want;
+        while q.pending.len() < want {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = self
+                .turn
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        q.gathering = 0;
+        q
     }
 
     /// Commits `batch` ([`Store::commit_once`]); when another broker of a shared store
