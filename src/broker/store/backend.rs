@@ -130,6 +130,20 @@ pub enum Change {
 }
 
 impl Change {
+    /// A commit that only adds sandboxes (with the manifest rows that list them). A backend may
+    /// make it durable against a crash of the daemon (`kill -9`: the write is in the kernel)
+    /// rather than a power loss, and leave the fsync to the next commit that changes anything
+    /// else: a sandbox lost with the machine's power fails closed (its socket is gone too), and
+    /// every change of secrets, access, tokens or a sandbox's removal is synced, with the creates
+    /// written before it. The generation file is not advanced by such a commit, so it is never
+    /// newer than what a power loss leaves.
+    pub fn only_adds_sandboxes(changes: &[Change]) -> bool {
+        changes.iter().any(|c| matches!(c, Change::PutSandbox(_)))
+            && changes
+                .iter()
+                .all(|c| matches!(c, Change::PutSandbox(_) | Change::PutMeta(_)))
+    }
+
     /// What a commit was for, named by its first change, for errors ("write secret").
     pub fn step(changes: &[Change]) -> &'static str {
         match changes.first() {

@@ -1075,7 +1075,7 @@ impl Store {
                 tracing::info!(
                     store = manifest.generation,
                     file,
-                    "generation file behind the store (a crash after a commit); updated"
+                    "generation file behind the store (sandboxes created since the last other change, or a crash after a commit); updated"
                 );
             }
             FileGeneration::At(_) => {}
@@ -1645,8 +1645,12 @@ impl Store {
                 cache.prune_names();
             }
         }
-        if let Err(e) = keys::write_generation(&self.state_dir, &key, g) {
-            tracing::warn!(error = %e, "cannot update the generation file");
+        // A commit of creates alone may not be on disk until the next commit syncs it: the file
+        // follows at that commit, so a power loss never leaves it ahead of the store.
+        if !Change::only_adds_sandboxes(&changes) {
+            if let Err(e) = keys::write_generation(&self.state_dir, &key, g) {
+                tracing::warn!(error = %e, "cannot update the generation file");
+            }
         }
         Some(results)
     }

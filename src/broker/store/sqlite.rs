@@ -72,6 +72,9 @@ fn decode_token(row: &Row<'_>) -> Result<TokenRecord, Malformed> {
 pub struct Sqlite {
     path: PathBuf,
     conn: Connection,
+    /// `synchronous = NORMAL` set for a commit that only adds sandboxes
+    /// ([`Change::only_adds_sandboxes`]); `FULL` for every other commit.
+    relaxed: bool,
 }
 
 fn sql(step: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -113,6 +116,7 @@ impl Sqlite {
         Ok(Self {
             path: path.to_owned(),
             conn,
+            relaxed: false,
         })
     }
 
@@ -500,6 +504,19 @@ impl Backend for Sqlite {
     fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         // Errors name what the commit was for (its first change): "write secret", "add sandbox".
         let step = Change::step(changes);
+        // In WAL mode NORMAL still writes the commit before answering (a killed daemon loses
+        // nothing) but leaves the fsync to the next FULL commit, which syncs this one with it.
+        let relaxed = Change::only_adds_sandboxes(changes);
+        if relaxed != self.relaxed {
+            self.conn
+                .execute_batch(if relaxed {
+                    "PRAGMA synchronous = NORMAL"
+                } else {
+                    "PRAGMA synchronous = FULL"
+                })
+                .map_err(sql(step))?;
+            self.relaxed = relaxed;
+        }
         let tx = self.conn.transaction().map_err(sql(step))?;
         for change in changes {
             write(&tx, change).map_err(sql(step))?;
