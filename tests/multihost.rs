@@ -426,36 +426,34 @@ fn a_key_rotated_on_one_host_is_refused_by_another_naming_it_until_provisioned()
     logs_hold_no_value(&[&a, &b]);
 }
 
-/// Admin writes spread over two hosts from 16 clients while one host is killed with SIGKILL:
-/// every write acknowledged (by either host) is in the store afterwards, with its value.
-#[test]
-fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_write() {
-    let Some(db) = TestDb::new() else { return };
-    let (mut a, mut b) = two_hosts(&db, &db.url);
-    b.start().unwrap_or_else(|e| panic!("{e}"));
-    let runs = [a.run_dir(), b.run_dir()];
-    let pid_a = a.pid();
-    // A is killed once it has acknowledged 40 writes: mid-run, whatever the machine's speed.
-    let acked_on_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let killer = {
-        let acked_on_a = Arc::clone(&acked_on_a);
-        std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_secs(60);
-            while acked_on_a.load(Ordering::SeqCst) < 40 && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid_a),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        })
-    };
-    // 16 clients, 8 per host, each writing its own names (64 each: 1,024 writes) on 16
-    // repositories (the limit is 100 per repository).
+/// Runs `strike` on a thread once `acked` reaches `n` (or after 60 s): mid-run, whatever the
+/// machine's speed.
+fn after_acks(
+    acked: &Arc<std::sync::atomic::AtomicUsize>,
+    n: usize,
+    strike: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let acked = Arc::clone(acked);
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        while acked.load(Ordering::SeqCst) < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        strike();
+    })
+}
+
+/// 16 clients, 8 per host (`runs`: the admin run directories of A and B), each writing its own
+/// names (64 each: 1,024 writes) on 16 repositories (the limit is 100 per repository), until
+/// its host dies. Returns the acknowledged (client, index) pairs; `acked_on_a` counts A's.
+fn write_through_two_hosts(
+    runs: &[PathBuf; 2],
+    acked_on_a: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<(usize, i32)> {
     let clients: Vec<_> = (0..16)
         .map(|c| {
             let run = runs[c % 2].clone();
-            let acked_on_a = Arc::clone(&acked_on_a);
+            let acked_on_a = Arc::clone(acked_on_a);
             std::thread::spawn(move || {
                 let mut acked = Vec::new();
                 for i in 0..64 {
@@ -476,10 +474,30 @@ fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_
             })
         })
         .collect();
-    let acked: Vec<(usize, i32)> = clients
+    clients
         .into_iter()
         .flat_map(|t| t.join().unwrap())
-        .collect();
+        .collect()
+}
+
+/// Admin writes spread over two hosts from 16 clients while one host is killed with SIGKILL:
+/// every write acknowledged (by either host) is in the store afterwards, with its value.
+#[test]
+fn kill_9_of_a_host_during_concurrent_writes_on_two_hosts_loses_no_acknowledged_write() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = two_hosts(&db, &db.url);
+    b.start().unwrap_or_else(|e| panic!("{e}"));
+    let runs = [a.run_dir(), b.run_dir()];
+    let pid_a = a.pid();
+    // A is killed once it has acknowledged 40 writes: mid-run, whatever the machine's speed.
+    let acked_on_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = after_acks(&acked_on_a, 40, move || {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid_a),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let acked = write_through_two_hosts(&runs, &acked_on_a);
     killer.join().unwrap();
     a.kill9();
     let on_a = acked.iter().filter(|(c, _)| c % 2 == 0).count();
@@ -984,47 +1002,11 @@ fn containers_docker_kill_during_concurrent_writes_on_two_hosts_loses_no_acknowl
     let runs = [a.run(), b.run()];
     // A is killed once it has acknowledged 40 writes: mid-run, whatever the machine's speed.
     let acked_on_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let killer = {
-        let acked_on_a = Arc::clone(&acked_on_a);
-        let container = a.container.clone();
-        std::thread::spawn(move || {
-            let end = Instant::now() + Duration::from_secs(60);
-            while acked_on_a.load(Ordering::SeqCst) < 40 && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            docker_ok(&["kill", &container]);
-        })
-    };
-    // 16 clients, 8 per host, each writing its own names (64 each: 1,024 writes) on 16
-    // repositories (the limit is 100 per repository).
-    let clients: Vec<_> = (0..16)
-        .map(|c| {
-            let run = runs[c % 2].clone();
-            let acked_on_a = Arc::clone(&acked_on_a);
-            std::thread::spawn(move || {
-                let mut acked = Vec::new();
-                for i in 0..64 {
-                    let body =
-                        format!(r#"{{"name":"N{i}","repo":"octo/w{c}","value":"w{c}-{i}-VALUE"}}"#);
-                    match admin_post(&run, "secrets/set", body.as_bytes()) {
-                        Ok((200, _)) => {
-                            acked.push((c, i));
-                            if c % 2 == 0 {
-                                acked_on_a.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        Ok((code, text)) => panic!("set answered {code}: {text}"),
-                        Err(_) => break, // this host died with the write in flight
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
-    let acked: Vec<(usize, i32)> = clients
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let container = a.container.clone();
+    let killer = after_acks(&acked_on_a, 40, move || {
+        docker_ok(&["kill", &container]);
+    });
+    let acked = write_through_two_hosts(&runs, &acked_on_a);
     killer.join().unwrap();
     let on_a = acked.iter().filter(|(c, _)| c % 2 == 0).count();
     let on_b = acked.len() - on_a;
