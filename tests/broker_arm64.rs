@@ -24,9 +24,6 @@ use std::time::{Duration, Instant};
 const QEMU: &str = "qemu-aarch64-static";
 /// The aarch64 glibc of Debian's libc6-arm64-cross: qemu's `-L` prefix for the dynamic loader.
 const SYSROOT: &str = "/usr/aarch64-linux-gnu";
-/// ELF `e_machine` of AArch64.
-const EM_AARCH64: u16 = 183;
-
 fn from_env_or(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
@@ -166,29 +163,9 @@ fn the_binary_is_an_aarch64_elf_for_glibc() {
     let Some(bin) = arm64_broker("arm64 broker ELF") else {
         return;
     };
-    let bytes = fs::read(&bin).unwrap();
-    assert_eq!(&bytes[..4], b"\x7fELF", "{} is an ELF file", bin.display());
-    assert_eq!(bytes[4], 2, "64-bit");
-    assert_eq!(
-        u16::from_le_bytes([bytes[18], bytes[19]]),
-        EM_AARCH64,
-        "e_machine is AArch64"
-    );
     // Dynamically linked: its PT_INTERP names glibc's aarch64 loader (what the .deb's
     // `Depends: libc6` provides on an arm64 Debian).
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
-    let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
-    let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
-    let interp = (0..phnum)
-        .map(|i| phoff + i * phentsize)
-        .find(|&at| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == 3)
-        .map(|at| {
-            let off = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
-            let size = u64::from_le_bytes(bytes[at + 32..at + 40].try_into().unwrap()) as usize;
-            String::from_utf8_lossy(&bytes[off..off + size])
-                .trim_end_matches('\0')
-                .to_owned()
-        });
+    let interp = support::aarch64_elf_interp(&bin);
     assert_eq!(interp.as_deref(), Some("/lib/ld-linux-aarch64.so.1"));
     let (out, desc) = output(
         {

@@ -19,9 +19,6 @@ use std::process::{Command, Output, Stdio};
 use support::daemon::Daemon;
 
 const QEMU: &str = "qemu-aarch64-static";
-/// ELF `e_machine` of AArch64.
-const EM_AARCH64: u16 = 183;
-
 /// The arm64 init and the emulator, or `None` after a `skipped:` line.
 fn arm64_init(test: &str) -> Option<PathBuf> {
     let path = std::env::var_os("SANDBOX_INIT_ARM64")
@@ -95,23 +92,13 @@ fn the_binary_is_a_static_aarch64_elf() {
     let Some(init) = arm64_init("arm64 ELF") else {
         return;
     };
-    let bytes = fs::read(&init).unwrap();
-    assert_eq!(&bytes[..4], b"\x7fELF", "{} is an ELF file", init.display());
-    assert_eq!(bytes[4], 2, "64-bit");
-    assert_eq!(
-        u16::from_le_bytes([bytes[18], bytes[19]]),
-        EM_AARCH64,
-        "e_machine is AArch64"
-    );
     // Static: no PT_INTERP program header (no dynamic loader is asked for).
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
-    let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
-    let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
-    for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        let kind = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        assert_ne!(kind, 3, "PT_INTERP found: the arm64 init is not static");
-    }
+    let interp = support::aarch64_elf_interp(&init);
+    assert_eq!(
+        interp, None,
+        "PT_INTERP found: the arm64 init is not static"
+    );
+    let bytes = fs::read(&init).unwrap();
     assert!(
         bytes.len() <= 1_000_000,
         "the arm64 init is {} bytes, over the 1,000,000-byte budget",

@@ -115,3 +115,26 @@ pub fn pid1_unavailable() -> Option<String> {
     })
     .clone()
 }
+
+/// Checks that `path` is a 64-bit AArch64 ELF file; returns its `PT_INTERP` (the dynamic loader
+/// it asks for), `None` for a static binary.
+pub fn aarch64_elf_interp(path: &std::path::Path) -> Option<String> {
+    const EM_AARCH64: u16 = 183;
+    const PT_INTERP: u32 = 3;
+    let bytes = std::fs::read(path).unwrap();
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is an ELF file", path.display());
+    assert_eq!(bytes[4], 2, "64-bit");
+    assert_eq!(u16_at(18), EM_AARCH64 as usize, "e_machine is AArch64");
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&at| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == PT_INTERP)
+        .map(|at| {
+            let (off, size) = (u64_at(at + 8), u64_at(at + 32));
+            String::from_utf8_lossy(&bytes[off..off + size])
+                .trim_end_matches('\0')
+                .to_owned()
+        })
+}
