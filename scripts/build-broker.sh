@@ -11,17 +11,9 @@
 # nothing on a second call: scripts/package.sh and scripts/release.sh both call this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arch=x86_64
-case "${1:-}" in
-  "") ;;
-  --target)
-    case "${2:-}" in
-      x86_64 | amd64) arch=x86_64 ;;
-      aarch64 | arm64) arch=aarch64 ;;
-      *) echo "build-broker: unknown target '${2:-}' (x86_64 or aarch64)" >&2; exit 2 ;;
-    esac ;;
-  *) echo "usage: scripts/build-broker.sh [--target x86_64|aarch64]" >&2; exit 2 ;;
-esac
+# shellcheck source=scripts/lib/arch.sh
+. scripts/lib/arch.sh
+parse_arch build-broker "$@"
 
 if [[ $arch == aarch64 ]]; then
   t=aarch64-unknown-linux-gnu

@@ -10,17 +10,9 @@
 # qemu-user-static (tests/pid1_arm64.rs). Prints "<path> <bytes> <libc>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arch=x86_64
-case "${1:-}" in
-  "") ;;
-  --target)
-    case "${2:-}" in
-      x86_64 | amd64) arch=x86_64 ;;
-      aarch64 | arm64) arch=aarch64 ;;
-      *) echo "build-static: unknown target '${2:-}' (x86_64 or aarch64)" >&2; exit 2 ;;
-    esac ;;
-  *) echo "usage: scripts/build-static.sh [--target x86_64|aarch64]" >&2; exit 2 ;;
-esac
+# shellcheck source=scripts/lib/arch.sh
+. scripts/lib/arch.sh
+parse_arch build-static "$@"
 
 build() { # target [RUSTFLAGS]
   RUSTFLAGS="${2:-}" cargo build --quiet --profile init --target "$1" \
