@@ -1519,13 +1519,20 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
     a.cli(&["token", "revoke", &token_id], None).ok();
     let log = b.logs().last().unwrap().clone();
     let stop = Arc::new(AtomicBool::new(false));
+    // Requests finished by each thread, so the test stops only once some began after B was back.
+    let (calls_done, fetches_done) = (
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
     let caller = {
         let (stop, base, t) = (Arc::clone(&stop), base.clone(), api_token.clone());
+        let done = Arc::clone(&calls_done);
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 seen.push((started, api_status(&base, path, &t)));
+                done.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(5));
             }
             seen
@@ -1533,6 +1540,7 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
     };
     let fetcher = {
         let (stop, dir) = (Arc::clone(&stop), on_b.clone());
+        let done = Arc::clone(&fetches_done);
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !stop.load(Ordering::SeqCst) {
@@ -1540,6 +1548,7 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
                 let (code, body) = fetch(&dir);
                 assert_eq!(code, 200, "{body}");
                 seen.push((started, body.contains("\"TOKEN\"")));
+                done.fetch_add(1, Ordering::SeqCst);
             }
             seen
         })
@@ -1560,7 +1569,20 @@ fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile()
         );
         std::thread::sleep(Duration::from_millis(1));
     };
+    // At least 500 ms of requests after B was back, and each thread has finished two more
+    // since (the first may have begun before): a loaded machine may make one request slow.
+    let (calls_at_back, fetches_at_back) = (
+        calls_done.load(Ordering::SeqCst),
+        fetches_done.load(Ordering::SeqCst),
+    );
     std::thread::sleep(Duration::from_millis(500));
+    let end = Instant::now() + Duration::from_secs(20);
+    while (calls_done.load(Ordering::SeqCst) < calls_at_back + 2
+        || fetches_done.load(Ordering::SeqCst) < fetches_at_back + 2)
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::SeqCst);
     let seen = fetcher.join().unwrap();
     let calls = caller.join().unwrap();
