@@ -256,13 +256,15 @@ impl Store {
     /// the connection came back and an announcement may have been missed). Returns how many
     /// tokens verified.
     pub fn reload_tokens(&self) -> Result<usize, StoreError> {
-        let cache = super::blocking(|| {
+        super::blocking(|| {
+            // The copy is replaced with the writer still held, so no token commit falls between
+            // the read and the replacement (a revocation put back by a stale read).
             let mut writer = self.lock_writer();
-            load(writer.backend.as_mut(), &self.ring())
-        })?;
-        let n = cache.by_hash.len();
-        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = cache;
-        Ok(n)
+            let cache = load(writer.backend.as_mut(), &self.ring())?;
+            let n = cache.by_hash.len();
+            *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = cache;
+            Ok(n)
+        })
     }
 
     /// Every token, oldest first (expired ones included, marked by their date).
@@ -274,22 +276,23 @@ impl Store {
 
     /// Revokes the token `id`: from the next request on it authenticates nothing.
     pub fn revoke_token(&self, id: &str) -> Result<TokenInfo, StoreError> {
-        let find = |cache: &TokenCache| {
-            cache
-                .by_hash
-                .iter()
-                .find(|(_, t)| t.id == id)
-                .map(|(h, _)| h.clone())
-        };
-        if find(&self.token_cache()).is_none() {
-            return Err(StoreError::TokenNotFound(id.to_owned()));
-        }
+        let (hash, info) = self
+            .token_cache()
+            .by_hash
+            .iter()
+            .find(|(_, t)| t.id == id)
+            .map(|(h, t)| (h.clone(), t.clone()))
+            .ok_or_else(|| StoreError::TokenNotFound(id.to_owned()))?;
         // A commit at a new generation: restoring a store from before the revocation is a
         // rollback, refused until an operator accepts it, so the token cannot come back that way.
         self.submit(super::Op::RevokeToken(id.to_owned()))?;
-        let mut cache = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        let hash = find(&cache).ok_or_else(|| StoreError::TokenNotFound(id.to_owned()))?;
-        Ok(cache.by_hash.remove(&hash).expect("found above"))
+        // Gone already when the announcement of this very commit was read back meanwhile.
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_hash
+            .remove(&hash);
+        Ok(info)
     }
 
     /// The token a request presented: its id and scope, or why not.
