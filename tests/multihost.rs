@@ -1147,19 +1147,17 @@ fn serves_last(dir: &Path, acked: &[usize]) -> bool {
         .all(|(n, i)| got.get(&format!("W{n}")) == Some(&format!("w{i}-VALUE")))
 }
 
-/// Case 3: PostgreSQL restarted under two brokers: both reconnect, every acknowledged change is
-/// there, and a revocation made right after is honoured by the other broker (no answer the
-/// store no longer authorises).
-#[test]
-fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
+/// Two brokers on a PostgreSQL cluster of the test's own (the test may restart it), host B
+/// serving with `b_args` too, DB and mona's TOKEN set through A and served to a sandbox of B:
+/// the cluster, A, B and that sandbox's directory. `None` (skipped) without PostgreSQL.
+fn seeded_on_own_cluster(b_args: &[&str]) -> Option<(OwnCluster, Daemon, Daemon, PathBuf)> {
     if support::postgres::cluster_url().is_none() {
         support::skip("no PostgreSQL: run scripts/postgres.sh start");
-        return;
+        return None;
     }
-    let Some(cluster) = OwnCluster::start() else {
-        return;
-    };
+    let cluster = OwnCluster::start()?;
     let (a, mut b) = two_hosts_on(&cluster.url);
+    b.serve_args = b_args.iter().map(|a| a.to_string()).collect();
     b.start().unwrap_or_else(|e| panic!("{e}"));
     a.set_repo("DB", "octo/a", "v1-VALUE");
     a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
@@ -1168,6 +1166,40 @@ fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
         served(&on_b),
         pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
     );
+    Some((cluster, a, b, on_b))
+}
+
+/// `token create --user USER` through `d`: the token (the last line of stdout) and its id.
+fn new_token(d: &Daemon, user: &str) -> (String, String) {
+    let token = d
+        .cli(&["token", "create", "--user", user], None)
+        .ok()
+        .stdout()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let list = d.cli(&["token", "list", "--json"], None).ok().stdout();
+    let tokens: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let id = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"] == format!("user:{user}"))
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
+    (token, id)
+}
+
+/// Case 3: PostgreSQL restarted under two brokers: both reconnect, every acknowledged change is
+/// there, and a revocation made right after is honoured by the other broker (no answer the
+/// store no longer authorises).
+#[test]
+fn after_a_postgresql_restart_brokers_reconnect_and_lose_nothing() {
+    let Some((cluster, a, b, on_b)) = seeded_on_own_cluster(&[]) else {
+        return;
+    };
     // Writes keep coming through A while PostgreSQL restarts: each is acknowledged or refused
     // with a 503, never half-applied.
     let writer = writes_through(a.run_dir(), "octo/w", Arc::default());
@@ -1421,17 +1453,7 @@ fn a_token_created_or_revoked_on_one_host_holds_on_another() {
     b.serve_args = vec!["--http".into(), "127.0.0.1:0".into()];
     b.start().unwrap_or_else(|e| panic!("{e}"));
     let base = b.http_base();
-    let out = a.cli(&["token", "create", "--user", "mona"], None).ok();
-    let token = out.stdout().lines().last().unwrap().to_owned();
-    let id = a
-        .cli(&["token", "list", "--json"], None)
-        .ok()
-        .stdout()
-        .split('"')
-        .skip_while(|w| *w != "id")
-        .nth(2)
-        .unwrap()
-        .to_owned();
+    let (token, id) = new_token(&a, "mona");
     assert!(
         eventually(Duration::from_secs(5), || api_status(
             &base,
@@ -1463,38 +1485,12 @@ fn a_token_created_or_revoked_on_one_host_holds_on_another() {
 /// was written is checked.
 #[test]
 fn a_broker_back_after_a_postgresql_restart_serves_no_secret_revoked_meanwhile() {
-    if support::postgres::cluster_url().is_none() {
-        support::skip("no PostgreSQL: run scripts/postgres.sh start");
-        return;
-    }
-    let Some(cluster) = OwnCluster::start() else {
+    let Some((cluster, a, b, on_b)) = seeded_on_own_cluster(&["--http", "127.0.0.1:0"]) else {
         return;
     };
-    let (a, mut b) = two_hosts_on(&cluster.url);
-    b.serve_args = vec!["--http".into(), "127.0.0.1:0".into()];
-    b.start().unwrap_or_else(|e| panic!("{e}"));
     let base = b.http_base();
-    a.set_repo("DB", "octo/a", "v1-VALUE");
-    a.set_user("TOKEN", "mona", "octo/a", "v2-VALUE");
-    let (_, on_b) = b.sandbox("mona", "octo/a");
-    assert_eq!(
-        served(&on_b),
-        pairs(&[("DB", "v1-VALUE"), ("TOKEN", "v2-VALUE")])
-    );
     // A platform token made through A, working on B; revoked through A while B is away.
-    let api_token = a
-        .cli(&["token", "create", "--user", "mona"], None)
-        .ok()
-        .stdout()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let list = a.cli(&["token", "list", "--json"], None).ok().stdout();
-    let token_id = serde_json::from_str::<serde_json::Value>(&list).unwrap()["tokens"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (api_token, token_id) = new_token(&a, "mona");
     let path = "/v1/users/mona/secrets";
     assert!(
         eventually(Duration::from_secs(5), || api_status(
